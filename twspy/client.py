@@ -1,0 +1,183 @@
+"""Connecting as a client: :func:`connect` a URL, get a Connection."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import re
+import socket
+import ssl as _ssl
+import time
+import urllib.parse
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
+
+from .connection import Connection
+from .errors import HandshakeError, InvalidURI
+from .extension import Extension
+from .uri import WebSocketURI, parse_uri
+from .websocket import websocket
+
+__all__ = ["connect", "basic_auth", "digest_auth", "MAX_REDIRECTS", "MAX_AUTH_ATTEMPTS"]
+
+logger = logging.getLogger("twspy.client")
+
+MAX_REDIRECTS = 10
+MAX_AUTH_ATTEMPTS = 2
+_CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox")
+_WEBSOCKET_OPTIONS = ("max_size", "max_header_size", "handshake_timeout")
+
+
+def basic_auth(user: str, password: str) -> str:
+    """An ``Authorization`` value for HTTP Basic auth (RFC 7617)."""
+    return "Basic " + base64.b64encode(("%s:%s" % (user, password)).encode("utf-8")).decode("ascii")
+
+
+_DIGEST_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+
+
+def digest_auth(challenge: str, user: str, password: str, method: str, uri: str) -> str:
+    """An ``Authorization`` value answering a Digest challenge (RFC 7616; MD5/SHA-256, qop=auth)."""
+    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+              for m in _DIGEST_PARAM.finditer(challenge.split(" ", 1)[1] if " " in challenge else "")}
+    realm, nonce = params.get("realm", ""), params.get("nonce", "")
+    algorithm = params.get("algorithm", "MD5")
+    hash_name = {"MD5": "md5", "SHA-256": "sha256"}.get(algorithm.upper().replace("-SESS", ""), None)
+    if hash_name is None:
+        raise HandshakeError("unsupported Digest algorithm %s" % algorithm, 401)
+
+    def h(text: str) -> str:
+        return hashlib.new(hash_name, text.encode("utf-8")).hexdigest()
+
+    cnonce = os.urandom(8).hex()
+    nc = "00000001"
+    ha1 = h("%s:%s:%s" % (user, realm, password))
+    if algorithm.upper().endswith("-SESS"):
+        ha1 = h("%s:%s:%s" % (ha1, nonce, cnonce))
+    ha2 = h("%s:%s" % (method, uri))
+    qops = [q.strip() for q in params.get("qop", "").split(",") if q.strip()]
+    fields = ['username="%s"' % user, 'realm="%s"' % realm, 'nonce="%s"' % nonce, 'uri="%s"' % uri,
+              "algorithm=%s" % algorithm]
+    if "auth" in qops:
+        response = h("%s:%s:%s:%s:auth:%s" % (ha1, nonce, nc, cnonce, ha2))
+        fields += ["qop=auth", "nc=%s" % nc, 'cnonce="%s"' % cnonce]
+    else:
+        response = h("%s:%s:%s" % (ha1, nonce, ha2))
+    fields.append('response="%s"' % response)
+    if "opaque" in params:
+        fields.append('opaque="%s"' % params["opaque"])
+    return "Digest " + ", ".join(fields)
+
+
+def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Optional[Sequence[Extension]] = None,
+            origin: Optional[str] = None, headers: Union[None, Mapping[str, str], Iterable[Tuple[str, str]]] = None,
+            ssl: Optional[_ssl.SSLContext] = None, timeout: Optional[float] = 10,
+            connection_class: Type[Connection] = Connection, **options: Any) -> Connection:
+    """Open a WebSocket connection to a ws:// or wss:// ``url`` and return it.
+
+    Follows redirects (up to MAX_REDIRECTS) and answers a 401 with Basic or Digest auth
+    when the URL has ``user:password@`` (at most MAX_AUTH_ATTEMPTS tries).
+
+    Args:
+        protocols: subprotocols to offer (``conn.protocol`` is the chosen one).
+        extensions: Extension instances to offer (None: the defaults, permessage-deflate
+            when available; ``[]`` for none).
+        origin: the Origin header. headers: extra request headers.
+        ssl: SSLContext for wss:// (default: ``ssl.create_default_context()``, which
+            checks the certificate and the hostname, with SNI).
+        timeout: seconds for TCP connect + TLS + the HTTP upgrade (``handshake_timeout``).
+        connection_class: the Connection subclass to build.
+        **options: ``max_size``, ``max_header_size``, ``close_timeout``, ``max_queue``, ...
+
+    Raises:
+        InvalidURI, HandshakeError (``status``, ``headers``, ``body`` of the answer),
+        NegotiationError, TimeoutError, OSError.
+    """
+    if extensions is None:
+        extensions = default_extensions()
+    header_list = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
+    conn_options = {k: options.pop(k) for k in _CONNECTION_OPTIONS if k in options}
+    ws_options = {k: options.pop(k) for k in _WEBSOCKET_OPTIONS if k in options}
+    ws_options.setdefault("handshake_timeout", timeout)
+    if options:
+        raise TypeError("unexpected options: %s" % ", ".join(sorted(options)))
+    uri = parse_uri(url)
+    auth_header: Optional[str] = None
+    auth_attempts = 0
+    for _ in range(MAX_REDIRECTS + 1):
+        extra = header_list + ([("Authorization", auth_header)] if auth_header else [])
+        try:
+            ws = _open(uri, protocols or (), extensions, origin, extra, ssl, ws_options)
+        except HandshakeError as exc:
+            status = exc.status
+            if status in (301, 302, 303, 307, 308) and exc.headers is not None and "Location" in exc.headers:
+                location = urllib.parse.urljoin(_http_url(uri), exc.headers["Location"])
+                location = re.sub(r"^http", "ws", location)
+                logger.info("redirected to %s", location)
+                new = parse_uri(location)
+                if uri.secure and not new.secure:
+                    raise HandshakeError("refusing a redirect from wss:// to ws://", status, exc.headers,
+                                         exc.body) from None
+                if (new.host, new.port) != (uri.host, uri.port):
+                    auth_header = None
+                uri = new._replace(user_info=new.user_info or (uri.user_info if new.host == uri.host else None))
+                continue
+            if status == 401 and uri.user_info and exc.headers is not None and auth_attempts < MAX_AUTH_ATTEMPTS:
+                auth_attempts += 1
+                auth_header = _answer_challenge(exc.headers.get_all("WWW-Authenticate"), uri)
+                if auth_header:
+                    continue
+            raise
+        return connection_class(ws, **conn_options)
+    raise HandshakeError("too many redirects (more than %d)" % MAX_REDIRECTS)
+
+
+def _answer_challenge(challenges: List[str], uri: WebSocketURI) -> Optional[str]:
+    user, password = uri.user_info  # type: ignore[misc]
+    for challenge in challenges:
+        scheme = challenge.split(" ", 1)[0].lower()
+        if scheme == "digest":
+            return digest_auth(challenge, user, password, "GET", uri.resource)
+    for challenge in challenges:
+        if challenge.split(" ", 1)[0].lower() == "basic":
+            return basic_auth(user, password)
+    return None
+
+
+def _http_url(uri: WebSocketURI) -> str:
+    return "%s://%s%s" % ("https" if uri.secure else "http", uri.host_header, uri.resource)
+
+
+def _open(uri: WebSocketURI, protocols: Sequence[str], extensions: Sequence[Extension], origin: Optional[str],
+          headers: List[Tuple[str, str]], ssl: Optional[_ssl.SSLContext], ws_options: Dict[str, Any]) -> websocket:
+    timeout = ws_options.get("handshake_timeout")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    sock = socket.create_connection((uri.host, uri.port), timeout)
+    if uri.secure:
+        context = ssl or _ssl.create_default_context()
+    else:
+        context = None
+    ws = websocket(sock, origin=origin, protocols=protocols, extensions=extensions, location=uri.resource,
+                   ssl=context, host=uri.host_header, headers=headers, server_hostname=uri.host, **ws_options)
+    ws.server_side = False
+    try:
+        if context is not None:
+            sock.settimeout(None if deadline is None else max(0.001, deadline - time.monotonic()))
+            ws.sock = context.wrap_socket(sock, server_hostname=uri.host)
+        ws.client_handshake(uri.host_header, deadline)
+        ws.address = ws.sock.getpeername()
+        ws.sock.settimeout(None)
+    except BaseException:
+        ws.close()
+        raise
+    return ws
+
+
+def default_extensions() -> List[Extension]:
+    """What ``connect`` offers by default: permessage-deflate, as browsers do."""
+    try:
+        from .permessage_deflate import DeflateMessage
+    except ImportError:  # pragma: no cover - the module is part of the package
+        return []
+    return [DeflateMessage()]

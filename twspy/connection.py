@@ -1,0 +1,667 @@
+"""Connection: messages, fragmentation, control frames and the close handshake (RFC 6455 §5-§7).
+
+A :class:`Connection` runs over a handshaken :class:`~twspy.websocket.websocket`. Use it
+directly (``send``/``recv``/iteration) or subclass it and override the ``on*`` handlers,
+then call :meth:`Connection.receive_forever`.
+
+Threads: any thread may send; one lock covers a whole frame or fragmented message, the
+automatic pongs and the close frame, so frames never interleave. One thread reads at a
+time. While ``onmessage`` runs in the reading thread, a watchdog lets another thread keep
+reading after a short delay, so pings are still answered during slow handlers (the
+messages read meanwhile wait in a bounded queue). The common fast path hands nothing to
+another thread.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any, Deque, Iterator, List, Optional, Union
+
+from .errors import ConnectionClosed, InvalidState, PayloadTooBig, ProtocolError
+from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_UNABLE, OPCODE_BINARY, OPCODE_CLOSE,
+                    OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, decode_close, encode_close,
+                    pack_frame)
+from .message import BinaryMessage, Message, TextMessage
+from .websocket import websocket
+
+__all__ = ["Connection", "DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE"]
+
+logger = logging.getLogger("twspy.connection")
+
+DEFAULT_CLOSE_TIMEOUT = 5.0   # seconds to wait for the peer's close frame / TCP close
+DEFAULT_MAX_QUEUE = 16        # messages read ahead while a slow handler runs
+RESCUE_AFTER = 0.1            # a handler running this long gets a helper reader
+DEFAULT_MAX_OUTBOX = 4 << 20  # bytes queued for a slow client by non-blocking sends
+
+OPEN, CLOSING, CLOSED = "OPEN", "CLOSING", "CLOSED"
+_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+MessageLike = Union[Message, str, bytes, bytearray, memoryview]
+
+
+class Connection:
+    """A WebSocket connection that speaks messages.
+
+    Args:
+        sock: a :class:`~twspy.websocket.websocket` whose handshake is done.
+        close_timeout: seconds to wait for the peer's side of the closing handshake.
+        max_size: largest message (after extensions) accepted; default: ``sock.max_size``.
+        max_queue: messages read ahead while ``onmessage`` is slow.
+
+    Handlers (override them; they run in the reading thread): ``onopen()``,
+    ``onmessage(message)``, ``onping(payload)``, ``onpong(payload)``,
+    ``onclose(code, reason)`` (exactly once) and ``onerror(exc)``.
+    """
+
+    def __init__(self, sock: websocket, close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT,
+                 max_size: Optional[int] = -1, max_queue: int = DEFAULT_MAX_QUEUE,
+                 max_outbox: int = DEFAULT_MAX_OUTBOX) -> None:
+        if not sock.handshake_done:
+            raise InvalidState("Connection needs a websocket whose handshake is done")
+        self.sock = sock
+        self.close_timeout = close_timeout
+        self.max_size = sock.max_size if max_size == -1 else max_size
+        self.max_queue = max_queue
+        self.max_outbox = max_outbox
+        self.state = OPEN
+        self.close_code: Optional[int] = None
+        self.close_reason = ""
+        self.close_sent = False
+        self.close_received = False
+        self._closed = threading.Event()
+        self._state_lock = threading.Lock()
+        self._read_lock = threading.RLock()  # reentrant: a handler may close from the reading thread
+        self._onclose_called = False
+        self._inbox: Deque[Message] = collections.deque()
+        self._codecs = sock.message_codecs
+        self._rsv_owned = 0
+        for codec in self._codecs:
+            self._rsv_owned |= codec.rsv
+        # message being assembled
+        self._msg_opcode: Optional[int] = None
+        self._msg_rsv = 0
+        self._msg_parts: List[Any] = []
+        self._msg_size = 0
+        self._decoder: Any = None
+        # watchdog state
+        self.handler_since: Optional[float] = None
+        self._rescuing = False
+        # non-blocking sends (broadcast)
+        self._outbox: Optional[Deque[bytes]] = None
+        self._outbox_size = 0
+        self._out_lock = threading.Lock()
+        self._debug = logger.isEnabledFor(logging.DEBUG)
+        self._call_handler(self.onopen)
+
+    # -- handlers --------------------------------------------------------------------------
+    def onopen(self) -> None:
+        """Called once the connection is open. May be overridden."""
+
+    def onmessage(self, message: Message) -> None:
+        """Called for every message by :meth:`receive_forever`. May be overridden."""
+
+    def onping(self, payload: bytes) -> None:
+        """Called for every ping, after the pong is sent. May be overridden."""
+
+    def onpong(self, payload: bytes) -> None:
+        """Called for every pong. May be overridden."""
+
+    def onclose(self, code: int, reason: str) -> None:
+        """Called exactly once when the connection is closed, however that happened. May be overridden."""
+
+    def onerror(self, exc: BaseException) -> None:
+        """Called when the connection fails (protocol error, handler exception, I/O error). May be overridden."""
+
+    # -- properties ------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self.state == CLOSED
+
+    @property
+    def protocol(self) -> Optional[str]:
+        """The negotiated subprotocol."""
+        return self.sock.protocol
+
+    def __repr__(self) -> str:
+        return "<%s %s %s>" % (type(self).__name__, self.state, getattr(self.sock, "address", None))
+
+    # -- sending ---------------------------------------------------------------------------
+    def _encode(self, message: MessageLike, compress: bool = True) -> Any:
+        if isinstance(message, str):
+            opcode, payload = OPCODE_TEXT, message.encode("utf-8")
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            opcode, payload = OPCODE_BINARY, bytes(message) if not isinstance(message, bytes) else message
+        elif isinstance(message, Message):
+            opcode, payload = message.opcode, message.encode()
+        else:
+            raise TypeError("cannot send %s" % type(message).__name__)
+        rsv = 0
+        for codec in self._codecs:
+            payload, bits = codec.encode_message(opcode, payload, compress)
+            rsv |= bits
+        return opcode, payload, rsv
+
+    def send(self, message: MessageLike, fragment_size: Optional[int] = None, compress: bool = True) -> None:
+        """Send a message: a Message, a ``str`` (text) or bytes (binary).
+
+        ``fragment_size`` splits it into frames of at most that many bytes (§5.4);
+        ``compress=False`` sends this one uncompressed when permessage-deflate is on.
+        Raises ConnectionClosed once the closing handshake has started.
+        """
+        if self.state != OPEN or self.close_sent:
+            raise self._closed_error()
+        opcode, payload, rsv = self._encode(message, compress)
+        ws = self.sock
+        try:
+            with ws.send_lock:
+                if self.close_sent:
+                    raise self._closed_error()
+                if fragment_size is None or len(payload) <= fragment_size:
+                    ws.send_raw(opcode, payload, True, rsv)
+                else:
+                    if fragment_size <= 0:
+                        raise ValueError("fragment_size must be positive")
+                    last = len(payload) - fragment_size
+                    for start in range(0, len(payload), fragment_size):
+                        ws.send_raw(opcode if start == 0 else OPCODE_CONTINUATION,
+                                    payload[start:start + fragment_size], start >= last, rsv if start == 0 else 0)
+        except OSError as exc:
+            self._lost(exc)
+            raise self._closed_error() from exc
+
+    def send_ping(self, payload: Union[bytes, str] = b"") -> None:
+        """Send a ping (at most 125 bytes); the peer answers with a pong (``onpong``)."""
+        self._send_control(OPCODE_PING, payload.encode("utf-8") if isinstance(payload, str) else bytes(payload))
+
+    def send_pong(self, payload: Union[bytes, str] = b"") -> None:
+        """Send an unsolicited pong (a one-way heartbeat, §5.5.3)."""
+        self._send_control(OPCODE_PONG, payload.encode("utf-8") if isinstance(payload, str) else bytes(payload))
+
+    def _send_control(self, opcode: int, payload: bytes) -> None:
+        if len(payload) > 125:
+            raise ValueError("control frame payload is %d bytes; the limit is 125" % len(payload))
+        if self.state != OPEN or self.close_sent:
+            raise self._closed_error()
+        try:
+            with self.sock.send_lock:
+                self.sock.send_raw(opcode, payload)
+        except OSError as exc:
+            self._lost(exc)
+            raise self._closed_error() from exc
+
+    def prepare(self, message: MessageLike) -> Optional[bytes]:
+        """Encode ``message`` once as frame bytes that several server connections can share.
+
+        Returns None when this connection cannot share frames (it masks or compresses).
+        """
+        if self.sock._mask_out or self._codecs or self.sock._frame_codecs:
+            return None
+        opcode, payload, rsv = self._encode(message)
+        header, body = pack_frame(opcode, payload, True, rsv)
+        return header + body
+
+    def send_nowait(self, message: MessageLike, prepared: Optional[bytes] = None) -> None:
+        """Send without ever blocking the caller (used by Server.broadcast).
+
+        What the socket cannot take now is queued (at most ``max_outbox`` bytes) and a
+        helper thread flushes it; a client that lets the queue overflow is closed with 1013.
+        """
+        if self.state != OPEN or self.close_sent:
+            return
+        if prepared is None:
+            if self.sock._mask_out or self._codecs or self.sock._frame_codecs:
+                # Compression state is per connection: encode under the send lock in the flusher.
+                self._queue_out(message)
+                return
+            prepared = self.prepare(message)
+        self._queue_out(prepared)
+
+    def _queue_out(self, item: Any) -> None:
+        with self._out_lock:
+            if self._outbox is not None:
+                size = len(item)
+                if self._outbox_size + size > self.max_outbox:
+                    logger.info("%r: outbound queue full; closing with 1013", self)
+                    self._outbox = None
+                    threading.Thread(target=self._close_quietly, args=(1013, "too slow"), daemon=True).start()
+                    return
+                self._outbox.append(item)
+                self._outbox_size += size
+                return
+            lock = self.sock.send_lock
+            if isinstance(item, bytes) and _MSG_DONTWAIT and not hasattr(self.sock.sock, "pending") \
+                    and lock.acquire(blocking=False):
+                try:
+                    sent = self.sock.sock.send(item, _MSG_DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    lock.release()
+                    return
+                if sent == len(item):
+                    lock.release()
+                    return
+                # Keep the lock: the rest of this frame must go out before any other frame.
+                self._outbox = collections.deque([item[sent:]])
+                self._outbox_size = len(item) - sent
+                threading.Thread(target=self._flush, args=(True,), daemon=True).start()
+                return
+            self._outbox = collections.deque([item])
+            self._outbox_size = len(item)
+            threading.Thread(target=self._flush, args=(False,), daemon=True).start()
+
+    def _flush(self, locked: bool) -> None:
+        lock = self.sock.send_lock
+        if not locked:
+            lock.acquire()
+        try:
+            while True:
+                with self._out_lock:
+                    if not self._outbox:
+                        self._outbox = None
+                        self._outbox_size = 0
+                        return
+                    item = self._outbox.popleft()
+                    self._outbox_size -= len(item)
+                if isinstance(item, bytes):
+                    self.sock.send_frame_bytes(item)
+                else:
+                    opcode, payload, rsv = self._encode(item)
+                    self.sock.send_raw(opcode, payload, True, rsv)
+        except OSError as exc:
+            with self._out_lock:
+                self._outbox = None
+            self._lost(exc)
+        finally:
+            lock.release()
+
+    # -- receiving -------------------------------------------------------------------------
+    def recv(self, timeout: Optional[float] = None) -> Message:
+        """Receive the next message, answering pings and handling close on the way.
+
+        Raises ConnectionClosed (code and reason) once the connection is closed and
+        TimeoutError when ``timeout`` seconds pass without a whole message.
+        """
+        inbox = self._inbox
+        if inbox:
+            return inbox.popleft()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._read_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            raise TimeoutError("timed out waiting for a message")
+        try:
+            if inbox:
+                return inbox.popleft()
+            while True:
+                message = self._read_one(deadline)
+                if message is not None:
+                    return message
+        finally:
+            self._read_lock.release()
+
+    def __iter__(self) -> Iterator[Message]:
+        """Iterate over messages until the connection closes (normally or not)."""
+        while True:
+            try:
+                yield self.recv()
+            except ConnectionClosed:
+                return
+
+    def receive_forever(self) -> None:
+        """Read messages and call ``onmessage`` for each until the connection closes.
+
+        An exception in a handler is logged, given to ``onerror`` and closes the connection
+        with 1011. Returns when the connection is closed.
+        """
+        _watchdog.add(self)
+        try:
+            while True:
+                try:
+                    message = self.recv()
+                except ConnectionClosed:
+                    return
+                self.handler_since = time.monotonic()
+                try:
+                    self.onmessage(message)
+                except Exception as exc:
+                    self._handler_failed(exc)
+                    return
+                finally:
+                    self.handler_since = None
+        finally:
+            _watchdog.discard(self)
+
+    def _read_one(self, deadline: Optional[float]) -> Optional[Message]:
+        """Read and process one frame (holding the read lock); a Message when one completes."""
+        if self.state == CLOSED:
+            raise self._closed_error()
+        try:
+            frame = self.sock.read_frame(deadline)
+            if self._debug:
+                logger.debug("%r < %r", self, frame)
+            opcode = frame.opcode
+            if opcode >= 0x8:
+                if frame.rsv:
+                    raise ProtocolError("control frame with RSV bits set")
+                self._control(opcode, frame.payload)
+                return None
+            if self.close_sent:
+                return None  # §7.1.2: data after our close frame is discarded
+            if opcode == OPCODE_CONTINUATION:
+                if self._msg_opcode is None:
+                    raise ProtocolError("continuation frame without a message to continue")
+                if frame.rsv & self._rsv_owned:
+                    raise ProtocolError("RSV bits on a continuation frame")
+            else:
+                if self._msg_opcode is not None:
+                    raise ProtocolError("new data frame inside an unfinished fragmented message")
+                if frame.final and not self._codecs:
+                    return self._single(opcode, frame.payload)
+                self._msg_opcode = opcode
+                self._msg_rsv = frame.rsv
+                self._msg_parts = []
+                self._msg_size = 0
+                self._decoder = codecs.getincrementaldecoder("utf-8")("strict") if opcode == OPCODE_TEXT else None
+            return self._fragment(frame.payload, frame.final)
+        except ProtocolError as exc:
+            self._fail(exc)
+        except ConnectionClosed:
+            self._lost(None)
+        except OSError as exc:
+            self._lost(exc)
+        raise self._closed_error()
+
+    def _single(self, opcode: int, payload: bytes) -> Message:
+        if self.max_size is not None and len(payload) > self.max_size:
+            raise PayloadTooBig("message of %d bytes exceeds the limit of %d" % (len(payload), self.max_size))
+        if opcode == OPCODE_TEXT:
+            try:
+                return TextMessage(payload.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ProtocolError("invalid UTF-8 in a text message", 1007) from None
+        return BinaryMessage(payload)
+
+    def _fragment(self, payload: bytes, final: bool) -> Optional[Message]:
+        for codec in reversed(self._codecs):
+            payload = codec.decode_frame_of_message(payload, self._msg_rsv, final, self.max_size)
+        self._msg_size += len(payload)
+        if self.max_size is not None and self._msg_size > self.max_size:
+            raise PayloadTooBig("message exceeds the limit of %d bytes" % self.max_size)
+        if self._decoder is not None:
+            try:  # fail fast: as soon as the bytes cannot be valid UTF-8 any more (§8.1)
+                self._msg_parts.append(self._decoder.decode(payload, final))
+            except UnicodeDecodeError:
+                raise ProtocolError("invalid UTF-8 in a text message", 1007) from None
+        else:
+            self._msg_parts.append(payload)
+        if not final:
+            return None
+        opcode, parts = self._msg_opcode, self._msg_parts
+        self._msg_opcode, self._msg_parts, self._decoder = None, [], None
+        if opcode == OPCODE_TEXT:
+            return TextMessage("".join(parts))
+        return BinaryMessage(b"".join(parts))
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        if opcode == OPCODE_PING:
+            if not self.close_sent:
+                try:
+                    with self.sock.send_lock:
+                        if not self.close_sent:
+                            self.sock.send_raw(OPCODE_PONG, payload)
+                except OSError as exc:
+                    self._lost(exc)
+                    raise self._closed_error() from exc
+            self._call_handler(self.onping, payload)
+        elif opcode == OPCODE_PONG:
+            self._call_handler(self.onpong, payload)
+        else:
+            code, reason = decode_close(payload)
+            self.close_received = True
+            self._peer_close = (code, reason)
+            if not self.close_sent:
+                # Echo the peer's code (an empty body if it sent none: 1005 never goes on the wire).
+                self._send_close(None if code == CLOSE_NO_STATUS else code, "")
+            self._finish(code, reason)
+            raise ConnectionClosed(code, reason)
+
+    # -- closing ---------------------------------------------------------------------------
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Run the closing handshake (§7) with ``code`` and ``reason`` and return.
+
+        Waits up to ``close_timeout`` for the peer's close frame (and, on a client, for
+        the server to close TCP), then closes the socket. Calling it again does nothing.
+        """
+        if self.state == CLOSED:
+            return
+        encode_close(code, reason)  # validate before changing any state
+        self._send_close(code, reason)
+        self._wait_closed()
+
+    def _send_close(self, code: Optional[int], reason: str) -> None:
+        with self._state_lock:
+            if self.close_sent or self.state == CLOSED:
+                return
+            self.close_sent = True
+            self.state = CLOSING
+        try:
+            with self.sock.send_lock:
+                self.sock.send_raw(OPCODE_CLOSE, encode_close(code, reason))
+        except OSError:
+            pass  # the peer is gone: _wait_closed ends with 1006
+
+    def start_close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Begin the closing handshake without blocking; the reading thread finishes it."""
+        encode_close(code, reason)
+        with self._state_lock:
+            if self.close_sent or self.state == CLOSED:
+                return
+            self.close_sent = True
+            self.state = CLOSING
+        header, body = pack_frame(OPCODE_CLOSE, encode_close(code, reason), True, 0,
+                                  os.urandom(4) if self.sock._mask_out else None)
+        self._queue_out(header + body)
+
+    def _wait_closed(self) -> None:
+        deadline = None if self.close_timeout is None else time.monotonic() + self.close_timeout
+        while not self._closed.is_set():
+            left = -1 if deadline is None else deadline - time.monotonic()
+            if left != -1 and left <= 0:
+                break
+            if not self._read_lock.acquire(timeout=left):
+                break
+            try:
+                # Read (and drop) until the peer's close frame arrives.
+                while not self._closed.is_set():
+                    try:
+                        self._read_one(deadline)
+                    except ConnectionClosed:
+                        break
+                    except TimeoutError:
+                        deadline = time.monotonic()
+                        break
+            finally:
+                self._read_lock.release()
+        if not self._closed.is_set():
+            logger.debug("%r: no close frame from the peer within %ss", self, self.close_timeout)
+            self._finish(CLOSE_ABNORMAL, "")
+
+    def _fail(self, exc: ProtocolError) -> None:
+        """Fail the connection (§7.1.7): send a close with the error's code, then close."""
+        if self.state == CLOSED:
+            return
+        logger.info("%r: %s", self, exc)
+        self._call_handler(self.onerror, exc)
+        self._send_close(exc.code, _short_reason(exc.message))
+        self._drain_until_close()
+
+    def _drain_until_close(self) -> None:
+        """After sending a close (holding the read lock): wait for the peer's, bounded."""
+        deadline = None if self.close_timeout is None else time.monotonic() + self.close_timeout
+        while self.state != CLOSED:
+            try:
+                frame = self.sock.read_frame(deadline)
+            except (ProtocolError, ConnectionClosed, OSError, TimeoutError):
+                break
+            if frame.opcode == OPCODE_CLOSE:
+                try:
+                    code, reason = decode_close(frame.payload)
+                except ProtocolError:
+                    break
+                self.close_received = True
+                self._finish(code, reason)
+                return
+        self._finish(CLOSE_ABNORMAL, "")
+
+    def _lost(self, exc: Optional[BaseException]) -> None:
+        """The TCP connection broke (or the peer closed it) without a closing handshake."""
+        if self.state == CLOSED:
+            return
+        if exc is not None:
+            logger.debug("%r: connection lost: %s", self, exc)
+        self._finish(CLOSE_ABNORMAL, "")
+
+    def _finish(self, code: int, reason: str) -> None:
+        """Enter CLOSED once: close TCP (server first, §7.1.1), then call onclose."""
+        with self._state_lock:
+            if self.state == CLOSED:
+                return
+            self.state = CLOSED
+            self.close_code = code
+            self.close_reason = reason
+            self.close_sent = True
+        sock = self.sock
+        if not sock.server_side and self.close_received and code != CLOSE_ABNORMAL:
+            self._await_server_eof()
+        try:
+            sock.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+        self._closed.set()
+        self._call_handler(self.onclose, code, reason)
+
+    def _await_server_eof(self) -> None:
+        # §7.1.1: the client waits for the server to close TCP first (bounded).
+        deadline = time.monotonic() + (self.close_timeout or 0)
+        try:
+            while True:
+                self.sock._wait_readable(deadline)
+                if not self.sock.sock.recv(4096):
+                    return
+        except (OSError, TimeoutError):
+            return
+
+    def _close_quietly(self, code: int, reason: str) -> None:
+        try:
+            self.close(code, reason)
+        except Exception:  # pragma: no cover - closing is best effort here
+            logger.debug("%r: error while closing", self, exc_info=True)
+
+    def abort(self) -> None:
+        """Close the TCP connection at once, without a closing handshake (code 1006)."""
+        self._finish(CLOSE_ABNORMAL, "")
+
+    def _closed_error(self) -> ConnectionClosed:
+        if self.state == CLOSED:
+            return ConnectionClosed(self.close_code or CLOSE_ABNORMAL, self.close_reason)
+        return ConnectionClosed(self.close_code or CLOSE_ABNORMAL, "closing handshake in progress")
+
+    def _call_handler(self, handler: Any, *args: Any) -> None:
+        try:
+            handler(*args)
+        except Exception as exc:
+            if handler == self.onerror or handler == self.onclose:
+                logger.exception("%r: error in %s", self, handler.__name__)
+                return
+            self._handler_failed(exc)
+
+    def _handler_failed(self, exc: Exception) -> None:
+        logger.error("%r: error in handler", self, exc_info=exc)
+        try:
+            self.onerror(exc)
+        except Exception:
+            logger.exception("%r: error in onerror", self)
+        if self.state != CLOSED:
+            self._send_close(CLOSE_UNABLE, "")
+            if self.state != CLOSED and self._read_lock.acquire(blocking=False):
+                try:
+                    self._drain_until_close()
+                finally:
+                    self._read_lock.release()
+            else:
+                self._wait_closed()
+
+    # -- watchdog: keep reading while a slow handler runs -------------------------------------
+    def _rescue(self) -> None:
+        if not self._read_lock.acquire(blocking=False):
+            self._rescuing = False
+            return
+        try:
+            while self.handler_since is not None and self.state == OPEN and len(self._inbox) < self.max_queue:
+                try:
+                    message = self._read_one(time.monotonic() + 0.05)
+                except TimeoutError:
+                    continue
+                except ConnectionClosed:
+                    return
+                if message is not None:
+                    self._inbox.append(message)
+        finally:
+            self._rescuing = False
+            self._read_lock.release()
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _short_reason(text: str) -> str:
+    """``text`` cut to the 123 bytes a close reason may have, on a character boundary."""
+    return text.encode("utf-8")[:123].decode("utf-8", "ignore")
+
+
+class _Watchdog:
+    """One thread for the process: starts a helper reader for handlers that run long."""
+
+    def __init__(self) -> None:
+        self._conns: "set[Connection]" = set()
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+
+    def add(self, conn: Connection) -> None:
+        with self._lock:
+            self._conns.add(conn)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="twspy-watchdog", daemon=True)
+                self._thread.start()
+
+    def discard(self, conn: Connection) -> None:
+        with self._lock:
+            self._conns.discard(conn)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(RESCUE_AFTER / 2)
+            with self._lock:
+                if not self._conns:
+                    self._thread = None
+                    return
+                conns = list(self._conns)
+            now = time.monotonic()
+            for conn in conns:
+                since = conn.handler_since
+                if since is not None and now - since >= RESCUE_AFTER and not conn._rescuing \
+                        and conn.state == OPEN:
+                    conn._rescuing = True
+                    threading.Thread(target=conn._rescue, name="twspy-rescue", daemon=True).start()
+
+
+_watchdog = _Watchdog()

@@ -1,0 +1,473 @@
+"""Frames: encoding, decoding, masking and validation (RFC 6455 §5). No I/O.
+
+``Frame.pack()`` turns a frame into wire bytes; :func:`read_frame`, :func:`pop_frame`
+and :func:`contains_frame` parse bytes you already have; :class:`FrameParser` is the
+incremental parser the socket layer feeds. Every violation of §5 raises
+:class:`~twspy.errors.ProtocolError` carrying the close code to answer with, as soon as
+the header shows it (a too-long frame is refused before its payload is read).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from typing import Iterator, List, Optional, Tuple, Union
+
+from .errors import PayloadTooBig, ProtocolError
+
+__all__ = [
+    "Opcode", "CloseCode",
+    "OPCODE_CONTINUATION", "OPCODE_TEXT", "OPCODE_BINARY", "OPCODE_CLOSE", "OPCODE_PING", "OPCODE_PONG",
+    "CLOSE_NORMAL", "CLOSE_GOING_AWAY", "CLOSE_PROTOCOL_ERROR", "CLOSE_NOACCEPT_DTYPE",
+    "CLOSE_NO_STATUS", "CLOSE_ABNORMAL", "CLOSE_INVALID_DATA", "CLOSE_POLICY",
+    "CLOSE_MESSAGE_TOOBIG", "CLOSE_MISSING_EXTENSIONS", "CLOSE_UNABLE", "CLOSE_SERVICE_RESTART",
+    "CLOSE_TRY_AGAIN_LATER", "CLOSE_BAD_GATEWAY", "CLOSE_TLS_FAILURE",
+    "Frame", "ControlFrame", "FrameParser", "read_frame", "pop_frame", "contains_frame",
+    "mask", "pack_frame", "encode_close", "decode_close", "valid_close_code",
+]
+
+
+class Opcode(enum.IntEnum):
+    """Frame opcodes (§5.2); 0x3-0x7 and 0xB-0xF are reserved."""
+
+    CONTINUATION = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+class CloseCode(enum.IntEnum):
+    """Close status codes (§7.4.1 and the IANA registry)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    NOACCEPT_DTYPE = 1003
+    NO_STATUS = 1005          # never on the wire: "the close frame had no code"
+    ABNORMAL = 1006           # never on the wire: "no close frame at all"
+    INVALID_DATA = 1007
+    POLICY = 1008
+    MESSAGE_TOOBIG = 1009
+    MISSING_EXTENSIONS = 1010
+    UNABLE = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    BAD_GATEWAY = 1014
+    TLS_FAILURE = 1015        # never on the wire
+
+
+OPCODE_CONTINUATION = 0x0
+OPCODE_TEXT = 0x1
+OPCODE_BINARY = 0x2
+OPCODE_CLOSE = 0x8
+OPCODE_PING = 0x9
+OPCODE_PONG = 0xA
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_NOACCEPT_DTYPE = 1003
+CLOSE_NO_STATUS = 1005
+CLOSE_ABNORMAL = 1006
+CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY = 1008
+CLOSE_MESSAGE_TOOBIG = 1009
+CLOSE_MISSING_EXTENSIONS = 1010
+CLOSE_UNABLE = 1011
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_BAD_GATEWAY = 1014
+CLOSE_TLS_FAILURE = 1015
+
+_DATA_OPCODES = frozenset((0x0, 0x1, 0x2))
+_KNOWN_OPCODES = frozenset((0x0, 0x1, 0x2, 0x8, 0x9, 0xA))
+# Codes a peer may put on the wire (§7.4): 1004-1006, 1015 and unassigned 1016-2999 may not.
+_WIRE_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
+
+FIN, RSV1, RSV2, RSV3 = 0x80, 0x40, 0x20, 0x10
+MASK_BIT = 0x80
+
+_H2 = struct.Struct("!BB")
+_H4 = struct.Struct("!BBH")
+_H10 = struct.Struct("!BBQ")
+_U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
+
+# XOR tables for the translate-based unmasking of large payloads: 256 x 256 bytes.
+_XOR_TABLES = [bytes(b ^ k for b in range(256)) for k in range(256)]
+_TRANSLATE_THRESHOLD = 1 << 16  # measured: int XOR wins below ~64 KiB, translate above
+
+
+def mask(key: bytes, data: Union[bytes, bytearray, memoryview]) -> bytes:
+    """XOR ``data`` with the 4-byte ``key`` repeated (§5.3); masking and unmasking are the same.
+
+    Never loops per byte in Python: small payloads are XORed as one big integer, large ones
+    with four strided ``bytes.translate`` passes (2.5x faster than the integer at 16 MiB).
+    """
+    n = len(data)
+    if n == 0:
+        return b""
+    if n < _TRANSLATE_THRESHOLD:
+        k = key * (n // 4 + 1)
+        return (int.from_bytes(data, "little") ^ int.from_bytes(k[:n], "little")).to_bytes(n, "little")
+    data = bytes(data) if not isinstance(data, bytes) else data
+    out = bytearray(data)
+    tables = _XOR_TABLES
+    out[0::4] = data[0::4].translate(tables[key[0]])
+    out[1::4] = data[1::4].translate(tables[key[1]])
+    out[2::4] = data[2::4].translate(tables[key[2]])
+    out[3::4] = data[3::4].translate(tables[key[3]])
+    return bytes(out)
+
+
+def _header(b0: int, length: int, mask_bit: int) -> bytes:
+    if length < 126:
+        return _H2.pack(b0, mask_bit | length)
+    if length < 65536:
+        return _H4.pack(b0, mask_bit | 126, length)
+    return _H10.pack(b0, mask_bit | 127, length)
+
+
+def pack_frame(opcode: int, payload: bytes, final: bool = True, rsv: int = 0,
+               masking_key: Optional[bytes] = None) -> Tuple[bytes, bytes]:
+    """Encode one frame as ``(header, body)``; ``body`` is the (masked) payload.
+
+    Split in two so that the socket layer can send large payloads without copying them
+    into one buffer. ``rsv`` is the RSV bits already shifted (0x40 = RSV1).
+    """
+    b0 = (FIN if final else 0) | rsv | opcode
+    if masking_key is None:
+        return _header(b0, len(payload), 0), payload
+    return _header(b0, len(payload), MASK_BIT) + masking_key, mask(masking_key, payload)
+
+
+def valid_close_code(code: int) -> bool:
+    """Whether ``code`` may appear in a close frame on the wire (§7.4)."""
+    return code in _WIRE_CLOSE_CODES or 3000 <= code <= 4999
+
+
+def encode_close(code: Optional[int] = None, reason: Union[str, bytes] = "") -> bytes:
+    """Build a close payload; ``code=None`` gives an empty body (answering a code-less close)."""
+    if code is None or code == CLOSE_NO_STATUS:
+        if reason:
+            raise ValueError("a close reason needs a close code")
+        return b""
+    if not valid_close_code(code):
+        raise ValueError("close code %r may not be sent" % code)
+    reason_bytes = reason.encode("utf-8") if isinstance(reason, str) else bytes(reason)
+    if len(reason_bytes) > 123:
+        raise ValueError("close reason is %d bytes; the limit is 123" % len(reason_bytes))
+    return _U16.pack(code) + reason_bytes
+
+
+def decode_close(payload: bytes) -> Tuple[int, str]:
+    """Parse a received close payload into ``(code, reason)``, 1005 when it has no code.
+
+    Raises ProtocolError: 1002 for a 1-byte body or a code that may not be sent,
+    1007 for a reason that is not UTF-8 (§5.5.1, §7.4).
+    """
+    if not payload:
+        return CLOSE_NO_STATUS, ""
+    if len(payload) == 1:
+        raise ProtocolError("close frame with a 1-byte payload", CLOSE_PROTOCOL_ERROR)
+    code = _U16.unpack_from(payload)[0]
+    if not valid_close_code(code):
+        raise ProtocolError("invalid close code %d" % code, CLOSE_PROTOCOL_ERROR)
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("close reason is not valid UTF-8", CLOSE_INVALID_DATA) from None
+    return code, reason
+
+
+class Frame:
+    """One WebSocket frame (§5.2).
+
+    ``payload`` is always the unmasked application data (a ``str`` is UTF-8 encoded).
+    ``mask=True`` makes :meth:`pack` mask it, with ``masking_key`` or a fresh random key;
+    a parsed frame has ``mask`` and ``masking_key`` as they were on the wire.
+    """
+
+    __slots__ = ("opcode", "payload", "masking_key", "mask", "final", "rsv1", "rsv2", "rsv3")
+
+    def __init__(self, opcode: int, payload: Union[bytes, bytearray, str] = b"",
+                 masking_key: Optional[bytes] = None, mask: bool = False, final: bool = True,
+                 rsv1: bool = False, rsv2: bool = False, rsv3: bool = False) -> None:
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        elif not isinstance(payload, bytes):
+            payload = bytes(payload)
+        if not 0 <= opcode <= 0xF:
+            raise ValueError("opcode %r out of range" % (opcode,))
+        if masking_key is not None and len(masking_key) != 4:
+            raise ValueError("masking key must be 4 bytes")
+        self.opcode = opcode
+        self.payload = payload
+        self.masking_key = masking_key
+        self.mask = mask or masking_key is not None
+        self.final = final
+        self.rsv1 = rsv1
+        self.rsv2 = rsv2
+        self.rsv3 = rsv3
+
+    @property
+    def rsv(self) -> int:
+        """The RSV bits as they sit in the first header byte (0x40 | 0x20 | 0x10)."""
+        return (RSV1 if self.rsv1 else 0) | (RSV2 if self.rsv2 else 0) | (RSV3 if self.rsv3 else 0)
+
+    @property
+    def is_control(self) -> bool:
+        return self.opcode >= 0x8
+
+    def pack(self) -> bytes:
+        """The frame as wire bytes, masked when ``mask`` is set."""
+        key = None
+        if self.mask:
+            key = self.masking_key if self.masking_key is not None else os.urandom(4)
+        header, body = pack_frame(self.opcode, self.payload, self.final, self.rsv, key)
+        return header + body
+
+    def fragment(self, size: int, mask: bool = False) -> List["Frame"]:
+        """Split a data frame into frames of at most ``size`` payload bytes (§5.4).
+
+        The first keeps the opcode and RSV bits, the others are continuations; the last
+        carries this frame's FIN bit.
+        """
+        if self.is_control:
+            raise ValueError("control frames cannot be fragmented")
+        if size <= 0:
+            raise ValueError("fragment size must be positive")
+        payload = self.payload
+        chunks = [payload[i:i + size] for i in range(0, len(payload), size)] or [b""]
+        frames = []
+        last = len(chunks) - 1
+        for i, chunk in enumerate(chunks):
+            first = i == 0
+            frames.append(Frame(self.opcode if first else OPCODE_CONTINUATION, chunk,
+                                mask=mask or self.mask, final=self.final and i == last,
+                                rsv1=self.rsv1 and first, rsv2=self.rsv2 and first,
+                                rsv3=self.rsv3 and first))
+        return frames
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frame):
+            return NotImplemented
+        return (self.opcode, self.payload, self.final, self.rsv1, self.rsv2, self.rsv3, self.mask) == \
+            (other.opcode, other.payload, other.final, other.rsv1, other.rsv2, other.rsv3, other.mask)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        try:
+            name = Opcode(self.opcode).name
+        except ValueError:
+            name = hex(self.opcode)
+        payload = self.payload if len(self.payload) <= 32 else self.payload[:32] + b"..."
+        flags = "".join(f for f, on in (("F", self.final), ("1", self.rsv1), ("2", self.rsv2),
+                                        ("3", self.rsv3), ("M", self.mask)) if on)
+        return "<%s %s [%s] %d bytes %r>" % (type(self).__name__, name, flags, len(self.payload), payload)
+
+
+class ControlFrame(Frame):
+    """A close, ping or pong frame: payload at most 125 bytes, never fragmented (§5.5)."""
+
+    __slots__ = ()
+
+    def __init__(self, opcode: int, payload: Union[bytes, bytearray, str] = b"",
+                 masking_key: Optional[bytes] = None, mask: bool = False, final: bool = True,
+                 rsv1: bool = False, rsv2: bool = False, rsv3: bool = False) -> None:
+        super().__init__(opcode, payload, masking_key, mask, final, rsv1, rsv2, rsv3)
+        if opcode < 0x8:
+            raise ValueError("control frames have opcodes >= 8")
+        if len(self.payload) > 125:
+            raise ValueError("control frame payload is %d bytes; the limit is 125" % len(self.payload))
+
+    def unpack_close(self) -> Tuple[int, str]:
+        """``(code, reason)`` of a close frame; see :func:`decode_close`."""
+        return decode_close(self.payload)
+
+
+def _new_frame(b0: int, payload: bytes, key: Optional[bytes]) -> Frame:
+    """Build a parsed frame without re-validating what the parser already checked."""
+    frame = Frame.__new__(ControlFrame if b0 & 0x08 else Frame)
+    frame.opcode = b0 & 0x0F
+    frame.payload = payload
+    frame.masking_key = key
+    frame.mask = key is not None
+    frame.final = bool(b0 & FIN)
+    frame.rsv1 = bool(b0 & RSV1)
+    frame.rsv2 = bool(b0 & RSV2)
+    frame.rsv3 = bool(b0 & RSV3)
+    return frame
+
+
+class FrameParser:
+    """Incremental frame parser: :meth:`feed` it bytes, iterate to get whole frames.
+
+    Args:
+        max_size: largest payload accepted (PayloadTooBig, 1009), None for no limit.
+        require_mask: True on a server (client frames must be masked), False on a client
+            (server frames must not be), None to accept both.
+        rsv_allowed: RSV bits (0x70 mask) that negotiated extensions own; others are 1002.
+    """
+
+    def __init__(self, max_size: Optional[int] = None, require_mask: Optional[bool] = None,
+                 rsv_allowed: int = 0) -> None:
+        self.max_size = max_size
+        self.require_mask = require_mask
+        self.rsv_allowed = rsv_allowed
+        self.buffer = bytearray()
+        self.pos = 0
+        self._header: Optional[Tuple[int, int, Optional[bytes], int]] = None
+
+    def feed(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        """Append received bytes."""
+        if self.pos and self.pos == len(self.buffer):
+            del self.buffer[:]
+            self.pos = 0
+        self.buffer += data
+
+    def __iter__(self) -> Iterator[Frame]:
+        while True:
+            frame = self.next_frame()
+            if frame is None:
+                return
+            yield frame
+
+    def wanted(self) -> int:
+        """Bytes still missing for the frame being parsed (0 while its header is incomplete)."""
+        if self._header is None:
+            return 0
+        return max(0, self._header[3] + self._header[1] - (len(self.buffer) - self.pos))
+
+    def parse_header(self) -> Optional[Tuple[int, int, Optional[bytes], int]]:
+        """Parse and validate the next header: ``(b0, length, key, header_length)`` or None."""
+        if self._header is not None:
+            return self._header
+        buf, pos = self.buffer, self.pos
+        avail = len(buf) - pos
+        if avail < 2:
+            return None
+        b0 = buf[pos]
+        b1 = buf[pos + 1]
+        length = b1 & 0x7F
+        hlen = 2
+        if length == 126:
+            if avail < 4:
+                return None
+            length = _U16.unpack_from(buf, pos + 2)[0]
+            hlen = 4
+        elif length == 127:
+            if avail < 10:
+                return None
+            length = _U64.unpack_from(buf, pos + 2)[0]
+            hlen = 10
+        key = None
+        if b1 & MASK_BIT:
+            if avail < hlen + 4:
+                return None
+            key = bytes(buf[pos + hlen:pos + hlen + 4])
+            hlen += 4
+        check_header(b0, b1, length, self.require_mask, self.rsv_allowed, self.max_size)
+        self._header = (b0, length, key, hlen)
+        return self._header
+
+    def next_frame(self) -> Optional[Frame]:
+        """The next complete frame, or None until more bytes are fed."""
+        header = self._header or self.parse_header()
+        if header is None:
+            return None
+        b0, length, key, hlen = header
+        start = self.pos + hlen
+        end = start + length
+        buf = self.buffer
+        if len(buf) < end:
+            return None
+        payload = bytes(buf[start:end])
+        if key is not None:
+            payload = mask(key, payload)
+        self._header = None
+        if end == len(buf):
+            del buf[:]
+            self.pos = 0
+        elif end > 65536:
+            del buf[:end]
+            self.pos = 0
+        else:
+            self.pos = end
+        return _new_frame(b0, payload, key)
+
+    def take_buffer(self) -> bytes:
+        """Remove and return the unparsed bytes (e.g. to hand them to another reader)."""
+        data = bytes(self.buffer[self.pos:])
+        del self.buffer[:]
+        self.pos = 0
+        self._header = None
+        return data
+
+
+def check_header(b0: int, b1: int, length: int, require_mask: Optional[bool],
+                 rsv_allowed: int, max_size: Optional[int]) -> None:
+    """Validate a frame header before its payload is read; raise ProtocolError (§5.2, §5.5)."""
+    opcode = b0 & 0x0F
+    if opcode not in _KNOWN_OPCODES:
+        raise ProtocolError("reserved opcode 0x%x" % opcode)
+    if b0 & 0x70 & ~rsv_allowed:
+        raise ProtocolError("RSV bits 0x%02x set but no negotiated extension uses them" % (b0 & 0x70))
+    if opcode & 0x08:
+        if length > 125:
+            raise ProtocolError("control frame payload of %d bytes (limit 125)" % length)
+        if not b0 & FIN:
+            raise ProtocolError("fragmented control frame")
+    if length >> 63:
+        raise ProtocolError("64-bit payload length with the most significant bit set")
+    masked = bool(b1 & MASK_BIT)
+    if require_mask is not None and masked != require_mask:
+        raise ProtocolError("unmasked frame from a client" if require_mask else "masked frame from a server")
+    if max_size is not None and length > max_size:
+        raise PayloadTooBig("frame of %d bytes exceeds the limit of %d" % (length, max_size))
+
+
+def read_frame(data: Union[bytes, bytearray, memoryview], max_size: Optional[int] = None,
+               require_mask: Optional[bool] = None, rsv_allowed: int = 0x70) -> Tuple[Optional[Frame], int]:
+    """Parse one frame from the start of ``data``: ``(frame, bytes consumed)``, ``(None, 0)`` if incomplete.
+
+    RSV bits are accepted by default here: I/O-free callers check them against their extensions.
+    """
+    parser = FrameParser(max_size, require_mask, rsv_allowed)
+    parser.buffer = bytearray(data)
+    frame = parser.next_frame()
+    if frame is None:
+        return None, 0
+    return frame, len(data) - (len(parser.buffer) - parser.pos)
+
+
+def pop_frame(data: Union[bytes, bytearray], **options) -> Tuple[Optional[Frame], bytes]:
+    """Parse one frame from the start of ``data``: ``(frame, rest)``, ``(None, data)`` if incomplete."""
+    frame, consumed = read_frame(data, **options)
+    return frame, bytes(data[consumed:])
+
+
+def contains_frame(data: Union[bytes, bytearray]) -> bool:
+    """Whether ``data`` starts with a complete frame (headers are not validated)."""
+    n = len(data)
+    if n < 2:
+        return False
+    length = data[1] & 0x7F
+    hlen = 2
+    if length == 126:
+        if n < 4:
+            return False
+        length = _U16.unpack_from(data, 2)[0]
+        hlen = 4
+    elif length == 127:
+        if n < 10:
+            return False
+        length = _U64.unpack_from(data, 2)[0]
+        hlen = 10
+    if data[1] & MASK_BIT:
+        hlen += 4
+    return n >= hlen + length

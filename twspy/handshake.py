@@ -1,0 +1,321 @@
+"""The opening handshake (RFC 6455 §4): build and check HTTP upgrade messages.
+
+No sockets here: :func:`read_head` takes a ``recv`` callable, everything else turns bytes
+into objects and back, so tests feed bytes. Server failures raise
+:class:`~twspy.errors.HandshakeError` with the HTTP status to answer with.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from .errors import HandshakeError, NegotiationError
+from .extension import Extension, ExtensionCodec, negotiate_client, negotiate_server, offer_header, parse_tokens
+
+__all__ = [
+    "GUID", "Headers", "Request", "Response", "accept_key", "make_key", "read_head",
+    "parse_request", "parse_response", "build_request", "build_response", "error_response",
+    "server_handshake", "check_response", "MAX_HEADER_SIZE",
+]
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_HEADER_SIZE = 16 * 1024
+MAX_HEADERS = 128
+
+_REASONS = {
+    101: "Switching Protocols", 200: "OK", 301: "Moved Permanently", 302: "Found",
+    303: "See Other", 307: "Temporary Redirect", 308: "Permanent Redirect", 400: "Bad Request",
+    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    426: "Upgrade Required", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VERSION_RE = re.compile(r"HTTP/[1-9]\.[0-9]")
+_VALUE_RE = re.compile(r"[\x09\x20-\x7e\x80-\xff]*")
+
+
+class Headers:
+    """HTTP headers: an ordered multi-dict with case-insensitive names."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[Tuple[str, str]] = ()) -> None:
+        self._items: List[Tuple[str, str]] = list(items)
+
+    def add(self, name: str, value: str) -> None:
+        self._items.append((name, value))
+
+    def get_all(self, name: str) -> List[str]:
+        lname = name.lower()
+        return [v for k, v in self._items if k.lower() == lname]
+
+    def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """The value of ``name``; several lines are joined with ``, `` (RFC 7230 §3.2.2)."""
+        values = self.get_all(name)
+        return ", ".join(values) if values else default
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and bool(self.get_all(name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def items(self) -> List[Tuple[str, str]]:
+        return list(self._items)
+
+    def __repr__(self) -> str:
+        return "Headers(%r)" % self._items
+
+
+class Request:
+    """A parsed HTTP request head."""
+
+    __slots__ = ("method", "path", "version", "headers")
+
+    def __init__(self, method: str, path: str, version: str, headers: Headers) -> None:
+        self.method, self.path, self.version, self.headers = method, path, version, headers
+
+
+class Response:
+    """A parsed HTTP response head (``body`` is filled in by the reader when it has one)."""
+
+    __slots__ = ("status", "reason", "headers", "body")
+
+    def __init__(self, status: int, reason: str, headers: Headers, body: bytes = b"") -> None:
+        self.status, self.reason, self.headers, self.body = status, reason, headers, body
+
+
+def accept_key(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for ``Sec-WebSocket-Key`` (§4.2.2): base64(SHA-1(key + GUID))."""
+    return base64.b64encode(hashlib.sha1((key.strip() + GUID).encode("ascii")).digest()).decode("ascii")
+
+
+def make_key() -> str:
+    """A fresh random ``Sec-WebSocket-Key`` (16 random bytes, base64)."""
+    return base64.b64encode(os.urandom(16)).decode("ascii")
+
+
+def read_head(recv: Callable[[int], bytes], max_size: int = MAX_HEADER_SIZE) -> Tuple[bytes, bytes]:
+    """Read an HTTP head with ``recv`` until the blank line: ``(head, bytes after it)``.
+
+    The bytes after the head are returned, not dropped: the peer may send frames at once.
+    Raises HandshakeError 431 past ``max_size``, and ConnectionError on EOF.
+    """
+    buf = bytearray()
+    start = 0
+    while True:
+        chunk = recv(4096)
+        if not chunk:
+            raise ConnectionResetError("connection closed during the opening handshake")
+        buf += chunk
+        end = buf.find(b"\r\n\r\n", start)
+        if end >= 0:
+            end += 4
+            if end > max_size:
+                break
+            return bytes(buf[:end]), bytes(buf[end:])
+        if len(buf) > max_size:
+            break
+        start = max(0, len(buf) - 3)
+    raise HandshakeError("HTTP header block exceeds %d bytes" % max_size, 431)
+
+
+def _parse_head(head: bytes) -> Tuple[str, Headers]:
+    try:
+        text = head.decode("iso-8859-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
+        raise HandshakeError("undecodable HTTP head", 400) from None
+    lines = text.split("\r\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        raise HandshakeError("empty HTTP head", 400)
+    headers = Headers()
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not _TOKEN_RE.fullmatch(name):
+            raise HandshakeError("malformed header line %r" % line[:80], 400)
+        value = value.strip(" \t")
+        if not _VALUE_RE.fullmatch(value):
+            raise HandshakeError("invalid characters in header %s" % name, 400)
+        headers.add(name, value)
+    if len(headers) > MAX_HEADERS:
+        raise HandshakeError("more than %d headers" % MAX_HEADERS, 431)
+    return lines[0], headers
+
+
+def parse_request(head: bytes) -> Request:
+    """Parse a request head; HandshakeError 400 if it is not HTTP."""
+    start, headers = _parse_head(head)
+    parts = start.split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        raise HandshakeError("malformed request line %r" % start[:80], 400)
+    method, path, version = parts
+    if not _TOKEN_RE.fullmatch(method) or not path:
+        raise HandshakeError("malformed request line %r" % start[:80], 400)
+    return Request(method, path, version, headers)
+
+
+def parse_response(head: bytes) -> Response:
+    """Parse a response head; HandshakeError if it is not HTTP."""
+    start, headers = _parse_head(head)
+    parts = start.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit() or len(parts[1]) != 3:
+        raise HandshakeError("malformed status line %r" % start[:80])
+    return Response(int(parts[1]), parts[2] if len(parts) > 2 else "", headers)
+
+
+def build_request(host: str, path: str, key: str, origin: Optional[str] = None,
+                  protocols: Sequence[str] = (), extensions: Sequence[Extension] = (),
+                  headers: Iterable[Tuple[str, str]] = ()) -> bytes:
+    """The client's upgrade request (§4.1)."""
+    lines = ["GET %s HTTP/1.1" % path, "Host: %s" % host, "Upgrade: websocket",
+             "Connection: Upgrade", "Sec-WebSocket-Key: %s" % key, "Sec-WebSocket-Version: 13"]
+    if origin:
+        lines.append("Origin: %s" % origin)
+    if protocols:
+        lines.append("Sec-WebSocket-Protocol: %s" % ", ".join(protocols))
+    if extensions:
+        offer = offer_header(extensions)
+        if offer:
+            lines.append("Sec-WebSocket-Extensions: %s" % offer)
+    for name, value in headers:
+        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+            raise ValueError("header %r contains a line break" % name)
+        lines.append("%s: %s" % (name, value))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1")
+
+
+def build_response(status: int, headers: Iterable[Tuple[str, str]] = (), body: bytes = b"") -> bytes:
+    """An HTTP/1.1 response head (plus ``body`` with its Content-Length when not 101)."""
+    lines = ["HTTP/1.1 %d %s" % (status, _REASONS.get(status, "Unknown"))]
+    lines.extend("%s: %s" % (k, v) for k, v in headers)
+    if status != 101:
+        lines.append("Content-Length: %d" % len(body))
+        lines.append("Connection: close")
+        if body:
+            lines.append("Content-Type: text/plain; charset=utf-8")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + (body if status != 101 else b"")
+
+
+def error_response(exc: HandshakeError) -> bytes:
+    """The HTTP reply for a failed server handshake."""
+    status = exc.status or 400
+    return build_response(status, exc.extra_headers, (exc.message + "\n").encode("utf-8"))
+
+
+def _has_token(value: Optional[str], token: str) -> bool:
+    return value is not None and token in (t.strip(" \t").lower() for t in value.split(","))
+
+
+def default_select_subprotocol(client_protocols: Sequence[str], server_protocols: Sequence[str]) -> Optional[str]:
+    """The first of the client's subprotocols (its preference order) that the server supports."""
+    for protocol in client_protocols:
+        if protocol in server_protocols:
+            return protocol
+    return None
+
+
+def server_handshake(request: Request, protocols: Sequence[str] = (),
+                     extensions: Sequence[Extension] = (), trusted_origins: Sequence[str] = (),
+                     locations: Sequence[str] = (),
+                     select_subprotocol: Optional[Callable[[List[str], Sequence[str]], Optional[str]]] = None,
+                     ) -> Tuple[bytes, Optional[str], List[ExtensionCodec]]:
+    """Validate an upgrade request (§4.2.1) and build the 101 response (§4.2.2).
+
+    Returns ``(response bytes, subprotocol, extension codecs)``. Raises HandshakeError with
+    405, 400, 426 (with ``Sec-WebSocket-Version: 13``), 403 or 404.
+    """
+    headers = request.headers
+    if request.method != "GET":
+        raise HandshakeError("method %s is not GET" % request.method, 405, extra_headers=(("Allow", "GET"),))
+    if not _VERSION_RE.fullmatch(request.version) or request.version < "HTTP/1.1":
+        raise HandshakeError("%s is older than HTTP/1.1" % request.version, 400)
+    if len(headers.get_all("Host")) != 1:
+        raise HandshakeError("missing or repeated Host header", 400)
+    if not _has_token(headers.get("Upgrade"), "websocket"):
+        raise HandshakeError("Upgrade: websocket header missing", 426,
+                             extra_headers=(("Upgrade", "websocket"), ("Connection", "Upgrade")))
+    if not _has_token(headers.get("Connection"), "upgrade"):
+        raise HandshakeError("Connection: Upgrade header missing", 426,
+                             extra_headers=(("Upgrade", "websocket"), ("Connection", "Upgrade")))
+    versions = headers.get_all("Sec-WebSocket-Version")
+    if len(versions) != 1 or versions[0].strip() != "13":
+        raise HandshakeError("unsupported Sec-WebSocket-Version %r" % ", ".join(versions), 426,
+                             extra_headers=(("Sec-WebSocket-Version", "13"),))
+    keys = headers.get_all("Sec-WebSocket-Key")
+    if len(keys) != 1:
+        raise HandshakeError("missing or repeated Sec-WebSocket-Key", 400)
+    key = keys[0].strip()
+    try:
+        raw = base64.b64decode(key.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raw = b""
+    if len(raw) != 16:
+        raise HandshakeError("invalid Sec-WebSocket-Key %r" % key[:40], 400)
+    origin = headers.get("Origin")
+    if trusted_origins and (origin is None or origin.lower() not in [o.lower() for o in trusted_origins]):
+        raise HandshakeError("origin %r is not allowed" % origin, 403)
+    if locations and request.path.split("?", 1)[0] not in locations:
+        raise HandshakeError("location %r is not served" % request.path, 403)
+    try:
+        client_protocols = parse_tokens(headers.get("Sec-WebSocket-Protocol") or "")
+        response_ext, codecs = negotiate_server(headers.get("Sec-WebSocket-Extensions") or "", extensions)
+    except NegotiationError as exc:
+        raise HandshakeError(exc.message, 400) from None
+    protocol = None
+    if client_protocols and protocols:
+        protocol = (select_subprotocol or default_select_subprotocol)(client_protocols, protocols)
+        if protocol is not None and protocol not in client_protocols:
+            raise HandshakeError("selected subprotocol %r was not offered" % protocol, 500)
+    lines = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", accept_key(key))]
+    if protocol:
+        lines.append(("Sec-WebSocket-Protocol", protocol))
+    if response_ext:
+        lines.append(("Sec-WebSocket-Extensions", response_ext))
+    return build_response(101, lines), protocol, codecs
+
+
+def check_response(response: Response, key: str, protocols: Sequence[str] = (),
+                   extensions: Sequence[Extension] = ()) -> Tuple[Optional[str], List[ExtensionCodec]]:
+    """Validate the server's answer (§4.1): ``(subprotocol, extension codecs)``.
+
+    Raises HandshakeError (status set) for a non-101 status, HandshakeError for a bad
+    upgrade or accept key, NegotiationError for an unoffered subprotocol or extension.
+    """
+    headers = response.headers
+    if response.status != 101:
+        raise HandshakeError("server answered %d %s" % (response.status, response.reason),
+                             response.status, headers, response.body)
+    if not _has_token(headers.get("Upgrade"), "websocket"):
+        raise HandshakeError("response lacks Upgrade: websocket", None, headers)
+    if not _has_token(headers.get("Connection"), "upgrade"):
+        raise HandshakeError("response lacks Connection: Upgrade", None, headers)
+    accepts = headers.get_all("Sec-WebSocket-Accept")
+    if len(accepts) != 1 or accepts[0].strip() != accept_key(key):
+        raise HandshakeError("wrong Sec-WebSocket-Accept", None, headers)
+    answered = headers.get_all("Sec-WebSocket-Protocol")
+    protocol = None
+    if answered:
+        if len(answered) != 1 or answered[0].strip() not in protocols:
+            raise NegotiationError("server chose subprotocol %r, which was not offered" % ", ".join(answered))
+        protocol = answered[0].strip()
+    codecs = negotiate_client(headers.get("Sec-WebSocket-Extensions") or "", extensions)
+    return protocol, codecs

@@ -1,0 +1,457 @@
+"""The socket-like end point: handshakes, then whole frames in and out.
+
+A :class:`websocket` wraps a ``socket.socket`` (and forwards its methods). A server
+``bind``s, ``listen``s and ``accept``s (the handshake runs inside ``accept``); a client
+``connect``s. Then ``send(*frames)`` and ``recv() -> Frame``. It owns the receive buffer,
+the per-frame extensions and the RSV bits they own; messages live in Connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import ssl as _ssl
+import threading
+import time
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+from .errors import ConnectionClosed, HandshakeError, InvalidState, NegotiationError, ProtocolError
+from .extension import Extension, ExtensionCodec
+from .frame import (CLOSE_MISSING_EXTENSIONS, OPCODE_CLOSE, Frame, FrameParser, _new_frame, encode_close, mask,
+                    pack_frame)
+from .handshake import (MAX_HEADER_SIZE, Headers, build_request, check_response, error_response, make_key,
+                        parse_request, parse_response, read_head, server_handshake)
+
+__all__ = ["websocket", "DEFAULT_MAX_SIZE", "DEFAULT_HANDSHAKE_TIMEOUT"]
+
+logger = logging.getLogger("twspy.websocket")
+
+DEFAULT_MAX_SIZE = 1 << 20          # 1 MiB per frame and per message, as python-websockets
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0    # seconds for TLS + HTTP upgrade
+_RECV_SIZE = 256 * 1024             # one read can carry many small frames
+_LARGE = 256 * 1024                 # payloads from this size are read straight into their buffer
+_SMALL_SEND = 16 * 1024             # below this, header + payload go out in one sendall
+
+
+class websocket:
+    """A WebSocket end point with the socket API.
+
+    Args:
+        sock: an existing socket to wrap (a new TCP socket of ``family`` by default).
+        origin: client: the Origin header to send.
+        protocols: client: subprotocols to offer; server: subprotocols supported.
+        extensions: :class:`~twspy.extension.Extension` instances to offer/accept.
+        location: client: the resource (path and query) to request.
+        trusted_origins: server: accepted Origin values (empty: any); others get 403.
+        locations: server: served paths (empty: any); others get 403.
+        auth: client: ``(user, password)`` sent as Basic auth.
+        ssl: an ``ssl.SSLContext`` (server: wraps accepted sockets; client: wraps on
+            connect; ``True`` for ``ssl.create_default_context()``).
+        host: client: the Host header (default: from the address).
+        headers: client: extra request headers as ``(name, value)`` pairs.
+        max_size: largest frame payload accepted (1009 beyond); None for no limit.
+        max_header_size: largest HTTP head accepted (431 beyond).
+        handshake_timeout: seconds for the TLS and HTTP handshakes.
+        select_subprotocol: server: ``f(client_protocols, server_protocols)`` picking one.
+    """
+
+    def __init__(self, sock: Optional[socket.socket] = None, origin: Optional[str] = None,
+                 protocols: Sequence[str] = (), extensions: Sequence[Extension] = (),
+                 location: str = "/", trusted_origins: Sequence[str] = (), locations: Sequence[str] = (),
+                 auth: Optional[Tuple[str, str]] = None, ssl: Union[None, bool, _ssl.SSLContext] = None,
+                 host: Optional[str] = None, headers: Sequence[Tuple[str, str]] = (),
+                 max_size: Optional[int] = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
+                 handshake_timeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT,
+                 select_subprotocol: Optional[Callable[[List[str], Sequence[str]], Optional[str]]] = None,
+                 family: int = socket.AF_INET, server_hostname: Optional[str] = None) -> None:
+        self.sock = sock if sock is not None else socket.socket(family, socket.SOCK_STREAM)
+        self.origin = origin
+        self.protocols = list(protocols)
+        self.extension_offers = list(extensions)
+        self.location = location
+        self.trusted_origins = list(trusted_origins)
+        self.locations = list(locations)
+        self.auth = auth
+        self.ssl = _ssl.create_default_context() if ssl is True else (ssl or None)
+        self.host = host
+        self.request_headers_extra = list(headers)
+        self.max_size = max_size
+        self.max_header_size = max_header_size
+        self.handshake_timeout = handshake_timeout
+        self.select_subprotocol = select_subprotocol
+        self.server_hostname = server_hostname
+
+        self.server_side: Optional[bool] = None   # None until accept()/connect()
+        self.handshake_done = False
+        self.protocol: Optional[str] = None       # negotiated subprotocol
+        self.extensions: List[ExtensionCodec] = []  # negotiated codecs, order of application
+        self.path: Optional[str] = None           # server: request target; client: location
+        self.headers: Optional[Headers] = None    # server: request headers; client: response headers
+        self.address: Any = None                  # peer address
+        self.send_lock = threading.Lock()         # one whole frame (or message) at a time
+        self._parser = FrameParser(max_size)
+        self._rbuf = bytearray(_RECV_SIZE)
+        self._rview = memoryview(self._rbuf)
+        self._frame_codecs: List[ExtensionCodec] = []
+        self._mask_out = False
+        self._large: Optional[Tuple[int, Optional[bytes], bytearray, int]] = None
+        self._poller: Optional[selectors.BaseSelector] = None
+
+    # -- socket API ---------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        # Forward the rest of the socket API (bind, listen, fileno, setsockopt, ...).
+        if name == "sock":
+            raise AttributeError(name)
+        return getattr(self.sock, name)
+
+    def bind(self, address: Any) -> None:
+        self.sock.bind(address)
+
+    def listen(self, backlog: int = 128) -> None:
+        self.sock.listen(backlog)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        """Close the socket (no close handshake: that is Connection.close())."""
+        try:
+            self.sock.close()
+        finally:
+            self.close_poller()
+            for codec in self.extensions:
+                codec.close()
+
+    def shutdown(self, how: int) -> None:
+        self.sock.shutdown(how)
+
+    def settimeout(self, timeout: Optional[float]) -> None:
+        self.sock.settimeout(timeout)
+
+    def __enter__(self) -> "websocket":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        role = {None: "unconnected", True: "server", False: "client"}[self.server_side]
+        try:
+            fd = self.sock.fileno()
+        except OSError:  # pragma: no cover
+            fd = -1
+        return "<twspy.websocket %s fd=%d path=%r>" % (role, fd, self.path)
+
+    # -- server -------------------------------------------------------------------------------
+    def _child(self, sock: socket.socket) -> "websocket":
+        return websocket(sock, protocols=self.protocols, extensions=self.extension_offers,
+                         trusted_origins=self.trusted_origins, locations=self.locations, ssl=self.ssl,
+                         max_size=self.max_size, max_header_size=self.max_header_size,
+                         handshake_timeout=self.handshake_timeout, select_subprotocol=self.select_subprotocol)
+
+    def accept(self, handshake: bool = True) -> Tuple["websocket", Any]:
+        """Accept a client and run the server handshake: ``(websocket, address)``.
+
+        With ``handshake=False`` the caller runs :meth:`server_handshake` itself (the
+        Server does, in the client's own thread). A failed handshake answers the HTTP
+        error, closes the socket and raises HandshakeError.
+        """
+        sock, address = self.sock.accept()
+        client = self._child(sock)
+        client.address = address
+        client.server_side = True
+        if handshake:
+            client.server_handshake()
+        return client, address
+
+    def server_handshake(self, timeout: Optional[float] = -1.0) -> None:
+        """Run TLS (if configured) and the HTTP upgrade as a server, within ``timeout``.
+
+        ``timeout=-1`` means ``handshake_timeout``. Bytes after the request stay buffered.
+        """
+        self.server_side = True
+        deadline = _deadline(self.handshake_timeout if timeout == -1.0 else timeout)
+        old_timeout = self.sock.gettimeout()
+        try:
+            if self.ssl is not None and not isinstance(self.sock, _ssl.SSLSocket):
+                self.sock.settimeout(_remaining(deadline))
+                self.sock = self.ssl.wrap_socket(self.sock, server_side=True)
+            try:
+                head, rest = read_head(lambda n: self._recv_before(deadline, n), self.max_header_size)
+                request = parse_request(head)
+                response, self.protocol, self.extensions = server_handshake(
+                    request, self.protocols, self.extension_offers, self.trusted_origins, self.locations,
+                    self.select_subprotocol)
+            except HandshakeError as exc:
+                self._send_before(deadline, error_response(exc))
+                raise
+            self._send_before(deadline, response)
+        except BaseException:
+            self.close()
+            raise
+        self.path = request.path
+        self.headers = request.headers
+        self._opened(rest, require_mask=True)
+        self.sock.settimeout(old_timeout)
+
+    # -- client -------------------------------------------------------------------------------
+    def connect(self, address: Any) -> None:
+        """Connect to ``address`` and run the client handshake for ``location``.
+
+        Raises HandshakeError (with the HTTP status, headers and body when the server
+        answered something else than 101) or NegotiationError (after sending close 1010).
+        """
+        self.server_side = False
+        deadline = _deadline(self.handshake_timeout)
+        old_timeout = self.sock.gettimeout()
+        try:
+            self.sock.settimeout(_remaining(deadline))
+            self.sock.connect(address)
+            self.address = address
+            host = self.host or _host_header(address, self.ssl is not None)
+            if self.ssl is not None and not isinstance(self.sock, _ssl.SSLSocket):
+                # SNI and hostname checking use the name we were asked to reach.
+                self.sock = self.ssl.wrap_socket(self.sock, server_hostname=self.server_hostname or address[0])
+            self.client_handshake(host, deadline)
+        except BaseException:
+            self.close()
+            raise
+        self.sock.settimeout(old_timeout)
+
+    def client_handshake(self, host: str, deadline: Optional[float] = None) -> None:
+        """Send the upgrade request over the connected socket and check the answer."""
+        self.server_side = False
+        key = make_key()
+        headers = list(self.request_headers_extra)
+        if self.auth is not None:
+            from .client import basic_auth  # local: client imports websocket
+            headers.append(("Authorization", basic_auth(*self.auth)))
+        self._send_before(deadline, build_request(host, self.location, key, self.origin, self.protocols,
+                                                  self.extension_offers, headers))
+        head, rest = read_head(lambda n: self._recv_before(deadline, n), self.max_header_size)
+        response = parse_response(head)
+        if response.status != 101:
+            response.body = self._read_body(response, rest, deadline)
+        self.headers = response.headers
+        self.path = self.location
+        try:
+            self.protocol, self.extensions = check_response(response, key, self.protocols,
+                                                            self.extension_offers)
+        except NegotiationError as exc:
+            # RFC 7692 §5.1 / RFC 6455 §7.4.1: tell the server why before leaving (1010).
+            try:
+                header, body = pack_frame(OPCODE_CLOSE, encode_close(CLOSE_MISSING_EXTENSIONS, exc.message[:120]),
+                                          True, 0, os.urandom(4))
+                self.sock.sendall(header + body)
+            except (OSError, ValueError):
+                pass
+            exc.status, exc.headers = response.status, response.headers
+            raise
+        self._opened(rest, require_mask=False)
+
+    def _read_body(self, response: Any, rest: bytes, deadline: Optional[float]) -> bytes:
+        """Read a non-101 response body (bounded by max_header_size) for the error report."""
+        try:
+            length = int(response.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        length = min(length, self.max_header_size)
+        body = bytearray(rest[:length])
+        try:
+            while len(body) < length:
+                chunk = self._recv_before(deadline, length - len(body))
+                if not chunk:
+                    break
+                body += chunk
+        except (OSError, TimeoutError):
+            pass
+        return bytes(body)
+
+    # -- after the handshake ------------------------------------------------------------------
+    def _opened(self, rest: bytes, require_mask: bool) -> None:
+        self.handshake_done = True
+        self._mask_out = not require_mask
+        rsv = 0
+        for codec in self.extensions:
+            rsv |= codec.rsv
+        self._frame_codecs = [c for c in self.extensions if c.per_frame]
+        self._parser = FrameParser(self.max_size, require_mask, rsv)
+        if rest:
+            self._parser.feed(rest)
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):  # pragma: no cover - not TCP (e.g. a socketpair)
+            pass
+
+    @property
+    def message_codecs(self) -> List[ExtensionCodec]:
+        """The negotiated per-message codecs (applied by Connection)."""
+        return [c for c in self.extensions if not c.per_frame]
+
+    def send(self, *frames: Frame) -> None:
+        """Send whole frames, in order, without interleaving with other threads.
+
+        A client masks every frame with a fresh key; a server never masks.
+        """
+        if not self.handshake_done:
+            raise InvalidState("send() before the opening handshake")
+        with self.send_lock:
+            for frame in frames:
+                if self._frame_codecs and not frame.is_control:
+                    for codec in self._frame_codecs:
+                        frame = codec.encode_frame(frame)
+                self.send_raw(frame.opcode, frame.payload, frame.final, frame.rsv)
+
+    def send_raw(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> None:
+        """Send one frame; the caller holds ``send_lock`` (Connection's fast path)."""
+        if self._frame_codecs and opcode < 0x8:
+            frame = Frame(opcode, payload, final=final, rsv1=bool(rsv & 0x40), rsv2=bool(rsv & 0x20),
+                          rsv3=bool(rsv & 0x10))
+            for codec in self._frame_codecs:
+                frame = codec.encode_frame(frame)
+            payload, rsv = frame.payload, frame.rsv
+        key = os.urandom(4) if self._mask_out else None
+        header, body = pack_frame(opcode, payload, final, rsv, key)
+        if len(body) < _SMALL_SEND:
+            self.sock.sendall(header + body)
+        else:
+            self.sock.sendall(header)
+            self.sock.sendall(body)
+
+    def recv(self, timeout: Optional[float] = None) -> Frame:
+        """Receive one frame (per-frame extensions decoded).
+
+        Raises ProtocolError for a frame that breaks §5 (its ``code`` is the close code to
+        send), ConnectionClosed(1006) when the peer closed the TCP connection and
+        TimeoutError when ``timeout`` passes first (nothing is lost: call again).
+        """
+        return self.read_frame(_deadline(timeout))
+
+    def read_frame(self, deadline: Optional[float] = None) -> Frame:
+        """:meth:`recv` with an absolute ``time.monotonic()`` deadline."""
+        if not self.handshake_done:
+            raise InvalidState("recv() before the opening handshake")
+        parser = self._parser
+        while True:
+            if self._large is not None:
+                frame = self._recv_large(deadline)
+                break
+            frame = parser.next_frame()
+            if frame is not None:
+                break
+            if parser._header is not None and parser.wanted() >= _LARGE:
+                b0, length, key, hlen = parser._header
+                payload = bytearray(length)
+                have = parser.take_buffer()[hlen:]
+                payload[:len(have)] = have
+                self._large = (b0, key, payload, len(have))
+                continue
+            if deadline is not None:
+                self._wait_readable(deadline)
+            self._fill()
+        if self._frame_codecs and not frame.is_control:
+            for codec in reversed(self._frame_codecs):
+                frame = codec.decode_frame(frame, self.max_size)
+        return frame
+
+    def pending(self) -> bool:
+        """Whether bytes are already buffered (so a poll() on the socket could miss them)."""
+        if len(self._parser.buffer) - self._parser.pos or self._large is not None:
+            return True
+        sock = self.sock
+        return isinstance(sock, _ssl.SSLSocket) and sock.pending() > 0
+
+    def _wait_readable(self, deadline: float) -> None:
+        if self.pending():
+            return
+        if self._poller is None:
+            self._poller = selectors.DefaultSelector()
+            self._poller.register(self.sock, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._poller.select(left):
+                if deadline - time.monotonic() <= 0:
+                    raise TimeoutError("timed out waiting for a frame")
+                continue
+            return
+
+    def _fill(self) -> None:
+        try:
+            n = self.sock.recv_into(self._rbuf)
+        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
+            n = 0
+        except _ssl.SSLError as exc:
+            logger.debug("TLS error while reading: %s", exc)
+            n = 0
+        if not n:
+            raise ConnectionClosed(1006, "")
+        self._parser.feed(self._rview[:n])
+
+    def _recv_large(self, deadline: Optional[float]) -> Frame:
+        """Read a large payload straight into its own buffer; resumable after a timeout."""
+        b0, key, payload, got = self._large  # type: ignore[misc]
+        length = len(payload)
+        with memoryview(payload) as view:
+            while got < length:
+                if deadline is not None:
+                    self._wait_readable(deadline)
+                try:
+                    n = self.sock.recv_into(view[got:], min(length - got, 4 << 20))
+                except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
+                    n = 0
+                if not n:
+                    self._large = None
+                    raise ConnectionClosed(1006, "")
+                got += n
+                self._large = (b0, key, payload, got)
+        self._large = None
+        data = mask(key, payload) if key is not None else bytes(payload)
+        return _new_frame(b0, data, key)
+
+    def close_poller(self) -> None:
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
+
+    # -- handshake I/O with a deadline ------------------------------------------------------
+    def _recv_before(self, deadline: Optional[float], n: int) -> bytes:
+        self.sock.settimeout(_remaining(deadline))
+        try:
+            return self.sock.recv(n)
+        except socket.timeout:
+            raise TimeoutError("opening handshake timed out") from None
+
+    def _send_before(self, deadline: Optional[float], data: bytes) -> None:
+        try:
+            self.sock.settimeout(_remaining(deadline))
+            self.sock.sendall(data)
+        except socket.timeout:
+            raise TimeoutError("opening handshake timed out") from None
+        except OSError:
+            # A client that left while we answer its bad request: nothing more to tell it.
+            if not (self.server_side and not data.startswith(b"HTTP/1.1 101")):
+                raise
+
+
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _remaining(deadline: Optional[float]) -> Optional[float]:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("opening handshake timed out")
+    return left
+
+
+def _host_header(address: Any, secure: bool) -> str:
+    host, port = address[0], address[1]
+    if ":" in host:
+        host = "[%s]" % host
+    if port == (443 if secure else 80):
+        return host
+    return "%s:%d" % (host, port)
