@@ -1,0 +1,40 @@
+# twspy — every target is a one-liner; `make help` lists them.
+PYTHON ?= python3
+
+.PHONY: help test test-all cov lint bench compliance compliance-full fuzz clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
+
+test: ## run the test suite (installs pytest if missing)
+	@$(PYTHON) -c "import pytest" 2>/dev/null || $(PYTHON) -m pip install -q pytest
+	$(PYTHON) -m pytest -q test
+
+test-all: ## run the suite on every installed Python 3.9-3.13 (pyenv)
+	@for v in 3.9 3.10 3.11 3.12 3.13; do \
+	  py=$$(ls -d $$HOME/.pyenv/versions/$$v.*/bin/python 2>/dev/null | tail -1); \
+	  [ -n "$$py" ] || { echo "python $$v: not installed"; continue; }; \
+	  echo "== $$py"; $(MAKE) -s test PYTHON=$$py || exit 1; done
+
+cov: ## branch coverage of the protocol code
+	$(PYTHON) -m pytest -q --cov=twspy --cov-branch --cov-report=term-missing test
+
+lint: ## ruff and mypy, when installed
+	-$(PYTHON) -m ruff check twspy test
+	-$(PYTHON) -m mypy twspy
+
+bench: ## benchmarks against peers and raw TCP (see bench/README.md)
+	$(PYTHON) bench/run.py
+
+compliance: ## Autobahn quick cases, both roles (see compliance/README.md)
+	$(PYTHON) compliance/run.py --quick
+
+compliance-full: ## every Autobahn case, both roles
+	$(PYTHON) compliance/run.py
+
+fuzz: ## a bounded fuzzing campaign against a live server
+	$(PYTHON) test/fuzz.py
+
+clean: ## remove caches and build output
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis htmlcov .coverage
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,91 @@
+"""Shared fixtures: loopback servers on port 0, socket pairs, and a thread-leak check."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import twspy  # noqa: E402
+from twspy.websocket import DEFAULT_MAX_SIZE  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CERT = os.path.join(HERE, "certs", "localhost.pem")
+KEY = os.path.join(HERE, "certs", "localhost.key")
+
+
+def wait_for(predicate, timeout=5.0, interval=0.005):
+    """Poll ``predicate`` until true (for conditions no event signals); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within %ss" % timeout)
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads():
+    """Every test ends with the threads it started (the shared watchdog aside)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        extra = [t for t in set(threading.enumerate()) - before
+                 if t.is_alive() and t.name not in ("twspy-watchdog", "twspy-rescue")]
+        if not extra or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert not extra, "threads left running: %r" % extra
+
+
+@pytest.fixture
+def serve():
+    """``serve(ServerClass, **kwargs)`` starts a server on 127.0.0.1:0 in a thread; shut down after."""
+    servers = []
+
+    def start(cls=twspy.Server, **kwargs):
+        server = cls(("127.0.0.1", 0), **kwargs)
+        thread = server.serve_in_thread()
+        servers.append((server, thread))
+        return server
+
+    yield start
+    for server, thread in servers:
+        server.shutdown()
+        thread.join(5)
+        assert not thread.is_alive()
+
+
+def url(server, path="/"):
+    return "ws://127.0.0.1:%d%s" % (server.address[1], path)
+
+
+@pytest.fixture
+def pair():
+    """A connected (server websocket, client websocket) pair over a socketpair, handshake marked done.
+
+    Frames written by hand on the raw peer socket test protocol edge cases byte by byte.
+    """
+    made = []
+
+    def make(server_side=True, extensions=(), max_size=DEFAULT_MAX_SIZE):
+        a, b = socket.socketpair()
+        a.settimeout(5)
+        b.settimeout(5)
+        ws = twspy.websocket(a, max_size=max_size)
+        ws.server_side = server_side
+        ws.extensions = list(extensions)
+        ws._opened(b"", require_mask=server_side)
+        made.append((ws, b))
+        return ws, b
+
+    yield make
+    for ws, raw in made:
+        ws.close()
+        raw.close()
