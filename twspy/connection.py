@@ -26,7 +26,7 @@ from typing import Any, Deque, Iterator, List, Optional, Union
 from .errors import ConnectionClosed, InvalidState, PayloadTooBig, ProtocolError
 from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_UNABLE, OPCODE_BINARY, OPCODE_CLOSE,
                     OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, decode_close, encode_close,
-                    pack_frame)
+                    pack_frame, valid_close_code)
 from .message import BinaryMessage, Message, TextMessage
 from .websocket import websocket
 
@@ -372,6 +372,8 @@ class Connection:
             self._fail(exc)
         except ConnectionClosed:
             self._lost(None)
+        except TimeoutError:
+            raise  # nothing lost: the parser keeps partial frames for the next call
         except OSError as exc:
             self._lost(exc)
         raise self._closed_error()
@@ -421,9 +423,8 @@ class Connection:
         elif opcode == OPCODE_PONG:
             self._call_handler(self.onpong, payload)
         else:
+            self.close_received = True  # even if invalid: the peer will not send another
             code, reason = decode_close(payload)
-            self.close_received = True
-            self._peer_close = (code, reason)
             if not self.close_sent:
                 # Echo the peer's code (an empty body if it sent none: 1005 never goes on the wire).
                 self._send_close(None if code == CLOSE_NO_STATUS else code, "")
@@ -437,9 +438,11 @@ class Connection:
         Waits up to ``close_timeout`` for the peer's close frame (and, on a client, for
         the server to close TCP), then closes the socket. Calling it again does nothing.
         """
+        if not valid_close_code(code):
+            raise ValueError("close code %r may not be sent (RFC 6455 §7.4)" % (code,))
         if self.state == CLOSED:
             return
-        encode_close(code, reason)  # validate before changing any state
+        encode_close(code, reason)  # validate the reason before changing any state
         self._send_close(code, reason)
         self._wait_closed()
 
@@ -498,7 +501,24 @@ class Connection:
         logger.info("%r: %s", self, exc)
         self._call_handler(self.onerror, exc)
         self._send_close(exc.code, _short_reason(exc.message))
-        self._drain_until_close()
+        if not self.close_received:
+            self._discard_until_eof()
+        self._finish(exc.code, exc.message)
+
+    def _discard_until_eof(self) -> None:
+        """§7.1.7: process nothing more; a server half-closes, both wait (bounded) for the peer's EOF."""
+        sock = self.sock
+        try:
+            if sock.server_side:
+                sock.sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + (self.close_timeout or 0)
+            sock._parser.take_buffer()
+            while True:
+                sock._wait_readable(deadline)
+                if not sock.sock.recv(65536):
+                    return
+        except (OSError, TimeoutError, ValueError):
+            return
 
     def _drain_until_close(self) -> None:
         """After sending a close (holding the read lock): wait for the peer's, bounded."""

@@ -114,3 +114,8 @@ class InvalidURI(WebSocketError, ValueError):
         super().__init__("%s isn't a valid WebSocket URI: %s" % (uri, why))
         self.uri = uri
         self.why = why
+
+    def __reduce__(self):  # type: ignore[override]
+        # ``args`` holds the formatted message, not (uri, why): without this, copy.copy()
+        # and pickle (e.g. across multiprocessing) fail with a TypeError.
+        return type(self), (self.uri, self.why)

@@ -30,7 +30,7 @@ _PARAM_RE = re.compile(_OWS + ";" + _OWS + "(" + _TOKEN + ")(?:" + _OWS + "=" + 
                        r"(?:(" + _TOKEN + r")|\"((?:[^\"\\]|\\.)*)\"))?")
 _NAME_RE = re.compile(_OWS + "(" + _TOKEN + ")")
 _COMMA_RE = re.compile(_OWS + "," + _OWS)
-_END_RE = re.compile(_OWS + "$")
+_END_RE = re.compile(_OWS + r"\Z")  # not "$", which also matches before a trailing newline
 
 
 def parse_extensions(value: str) -> List[Tuple[str, Params]]:
@@ -191,7 +191,8 @@ def negotiate_server(header: str, extensions: Sequence[Extension]) -> Tuple[str,
                     codecs.append(codec)
                     used.append(ext)
                     rsv_taken |= ext.rsv
-                break
+                    break
+                # declined: another configured extension with this name may accept it
     return format_extensions(accepted), codecs
 
 
@@ -215,6 +216,8 @@ def negotiate_client(header: str, extensions: Sequence[Extension]) -> List[Exten
         if ext.rsv & rsv_taken:
             raise NegotiationError("server accepted extensions that share RSV bits")
         offers = [o for o in ext.offers() if o[0] == name]
+        if not offers:  # e.g. an alias of an extension that only offered its main name
+            raise NegotiationError("server accepted extension %s, which was not offered" % name)
         codecs.append(ext.accept_response(name, params, offers))
         used.append(ext)
         rsv_taken |= ext.rsv

@@ -157,7 +157,14 @@ def encode_close(code: Optional[int] = None, reason: Union[str, bytes] = "") -> 
         return b""
     if not valid_close_code(code):
         raise ValueError("close code %r may not be sent" % code)
-    reason_bytes = reason.encode("utf-8") if isinstance(reason, str) else bytes(reason)
+    if isinstance(reason, str):
+        reason_bytes = reason.encode("utf-8")
+    else:
+        reason_bytes = bytes(reason)
+        try:  # §5.5.1: the reason is UTF-8; a peer would fail the connection (1007)
+            reason_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("close reason is not valid UTF-8") from None
     if len(reason_bytes) > 123:
         raise ValueError("close reason is %d bytes; the limit is 123" % len(reason_bytes))
     return _U16.pack(code) + reason_bytes
@@ -284,6 +291,8 @@ class ControlFrame(Frame):
             raise ValueError("control frames have opcodes >= 8")
         if len(self.payload) > 125:
             raise ValueError("control frame payload is %d bytes; the limit is 125" % len(self.payload))
+        if not final:
+            raise ValueError("control frames cannot be fragmented")
 
     def unpack_close(self) -> Tuple[int, str]:
         """``(code, reason)`` of a close frame; see :func:`decode_close`."""
@@ -365,13 +374,15 @@ class FrameParser:
                 return None
             length = _U64.unpack_from(buf, pos + 2)[0]
             hlen = 10
+        # Validate as soon as the length is known, before waiting for the masking key or
+        # the payload (§10.4): a 2**62-byte announcement fails at once.
+        check_header(b0, b1, length, self.require_mask, self.rsv_allowed, self.max_size)
         key = None
         if b1 & MASK_BIT:
             if avail < hlen + 4:
                 return None
             key = bytes(buf[pos + hlen:pos + hlen + 4])
             hlen += 4
-        check_header(b0, b1, length, self.require_mask, self.rsv_allowed, self.max_size)
         self._header = (b0, length, key, hlen)
         return self._header
 

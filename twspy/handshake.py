@@ -38,6 +38,7 @@ _REASONS = {
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VERSION_RE = re.compile(r"HTTP/[1-9]\.[0-9]")
 _VALUE_RE = re.compile(r"[\x09\x20-\x7e\x80-\xff]*")
+_STATUS_RE = re.compile(r"[0-9]{3}")  # not str.isdigit(): latin-1 "\xb2" ("²") is a digit to it
 
 
 class Headers:
@@ -177,7 +178,7 @@ def parse_response(head: bytes) -> Response:
     """Parse a response head; HandshakeError if it is not HTTP."""
     start, headers = _parse_head(head)
     parts = start.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit() or len(parts[1]) != 3:
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not _STATUS_RE.fullmatch(parts[1]):
         raise HandshakeError("malformed status line %r" % start[:80])
     return Response(int(parts[1]), parts[2] if len(parts) > 2 else "", headers)
 
@@ -185,7 +186,17 @@ def parse_response(head: bytes) -> Response:
 def build_request(host: str, path: str, key: str, origin: Optional[str] = None,
                   protocols: Sequence[str] = (), extensions: Sequence[Extension] = (),
                   headers: Iterable[Tuple[str, str]] = ()) -> bytes:
-    """The client's upgrade request (§4.1)."""
+    """The client's upgrade request (§4.1).
+
+    Raises ValueError for a value with a line break (header injection) or a subprotocol
+    that is not a token (§4.1: ``1#token``; the server would answer 400).
+    """
+    for value in (host, path, key, origin or "") + tuple(protocols):
+        if "\r" in value or "\n" in value:
+            raise ValueError("%r contains a line break" % value)
+    for protocol in protocols:
+        if not _TOKEN_RE.fullmatch(protocol):
+            raise ValueError("subprotocol %r is not a token" % protocol)
     lines = ["GET %s HTTP/1.1" % path, "Host: %s" % host, "Upgrade: websocket",
              "Connection: Upgrade", "Sec-WebSocket-Key: %s" % key, "Sec-WebSocket-Version: 13"]
     if origin:
@@ -241,7 +252,9 @@ def server_handshake(request: Request, protocols: Sequence[str] = (),
     """Validate an upgrade request (§4.2.1) and build the 101 response (§4.2.2).
 
     Returns ``(response bytes, subprotocol, extension codecs)``. Raises HandshakeError with
-    405, 400, 426 (with ``Sec-WebSocket-Version: 13``), 403 or 404.
+    405 (+ ``Allow: GET``), 400, 426 (with ``Sec-WebSocket-Version: 13`` for a bad version),
+    403 (origin not trusted or path not in ``locations``) or 500 (the selector picked a
+    subprotocol the client did not offer).
     """
     headers = request.headers
     if request.method != "GET":
@@ -281,7 +294,8 @@ def server_handshake(request: Request, protocols: Sequence[str] = (),
     except NegotiationError as exc:
         raise HandshakeError(exc.message, 400) from None
     protocol = None
-    if client_protocols and protocols:
+    # A custom selector runs even without a ``protocols`` list: it may decide on its own.
+    if client_protocols and (protocols or select_subprotocol is not None):
         protocol = (select_subprotocol or default_select_subprotocol)(client_protocols, protocols)
         if protocol is not None and protocol not in client_protocols:
             raise HandshakeError("selected subprotocol %r was not offered" % protocol, 500)

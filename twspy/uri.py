@@ -54,4 +54,6 @@ def parse_uri(uri: str) -> WebSocketURI:
     user_info = None
     if parsed.username is not None or parsed.password is not None:
         user_info = (urllib.parse.unquote(parsed.username or ""), urllib.parse.unquote(parsed.password or ""))
-    return WebSocketURI(secure, parsed.hostname, port or (443 if secure else 80), resource, user_info)
+    if port is None:  # not ``port or default``: an explicit :0 must not turn into :80
+        port = 443 if secure else 80
+    return WebSocketURI(secure, parsed.hostname, port, resource, user_info)

@@ -364,7 +364,9 @@ class websocket:
         return isinstance(sock, _ssl.SSLSocket) and sock.pending() > 0
 
     def _wait_readable(self, deadline: float) -> None:
-        if self.pending():
+        # Only the TLS layer's own buffer counts: bytes in our parser are not a whole frame yet.
+        sock = self.sock
+        if isinstance(sock, _ssl.SSLSocket) and sock.pending() > 0:
             return
         if self._poller is None:
             self._poller = selectors.DefaultSelector()

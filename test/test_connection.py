@@ -1,0 +1,554 @@
+"""Connection: RFC 6455 §5-§8 behaviour, byte by byte, over socket pairs.
+
+The peer is a raw socket writing hand-built frames (masked, as a client must) and
+reading what twspy answers.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+import twspy
+from twspy import Frame
+from twspy.frame import FrameParser
+
+KEY = bytes.fromhex("37fa213d")
+
+
+class Peer:
+    """The raw end of a socket pair: writes frames, parses what comes back."""
+
+    def __init__(self, sock, client=True):
+        self.sock = sock
+        self.client = client
+        self.parser = FrameParser(require_mask=not client)
+
+    def send(self, *frames):
+        for frame in frames:
+            if isinstance(frame, Frame):
+                if self.client:
+                    frame.masking_key, frame.mask = KEY, True
+                frame = frame.pack()
+            self.sock.sendall(frame)
+
+    def frame(self, timeout=5):
+        self.sock.settimeout(timeout)
+        while True:
+            frame = self.parser.next_frame()
+            if frame is not None:
+                return frame
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("peer closed")
+            self.parser.feed(data)
+
+    def close_code(self):
+        frame = self.frame()
+        assert frame.opcode == twspy.OPCODE_CLOSE, frame
+        return twspy.frame.decode_close(frame.payload)[0] if frame.payload else None
+
+    def eof(self, timeout=5):
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+
+class Recorder(twspy.Connection):
+    def __init__(self, *args, **kwargs):
+        self.events = []
+        super().__init__(*args, **kwargs)
+
+    def onopen(self):
+        self.events.append(("open",))
+
+    def onmessage(self, message):
+        self.events.append(("message", message))
+
+    def onping(self, payload):
+        self.events.append(("ping", payload))
+
+    def onpong(self, payload):
+        self.events.append(("pong", payload))
+
+    def onclose(self, code, reason):
+        self.events.append(("close", code, reason))
+
+    def onerror(self, exc):
+        self.events.append(("error", exc))
+
+
+@pytest.fixture
+def conn(pair):
+    """A server-role Connection and the raw client peer."""
+    ws, raw = pair(server_side=True)
+    connection = Recorder(ws, close_timeout=2)
+    return connection, Peer(raw, client=True)
+
+
+def recv_in_thread(connection):
+    """Start ``connection.recv()`` in a thread; returns a join() that gives its result or exception."""
+    result = []
+
+    def run():
+        try:
+            result.append(connection.recv(timeout=5))
+        except BaseException as exc:  # noqa: B902 - handed to the test
+            result.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+
+    def join():
+        thread.join(10)
+        assert not thread.is_alive()
+        return result[0]
+
+    return join
+
+
+def expect_failure(connection, peer, code):
+    """The connection fails with ``code``: close frame sent, peer's echo awaited, TCP closed."""
+    join = recv_in_thread(connection)
+    assert peer.close_code() == code
+    peer.send(Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(code)))
+    assert peer.eof()  # §7.1.7: the server closes TCP without waiting
+    peer.sock.shutdown(socket.SHUT_WR)
+    assert isinstance(join(), twspy.ConnectionClosed)
+    assert [e[1] for e in connection.events if e[0] == "close"] == [code]
+    assert any(e[0] == "error" and isinstance(e[1], twspy.ProtocolError) and e[1].code == code
+               for e in connection.events)
+
+
+class TestDataFrames:
+    """§5.6, §5.4: messages, fragmentation."""
+
+    def test_single_text(self, conn):
+        c, peer = conn
+        peer.send(bytes.fromhex("818537fa213d7f9f4d5158"))  # RFC §5.7 masked "Hello"
+        assert c.recv(5) == twspy.TextMessage("Hello")
+
+    def test_binary_and_empty(self, conn):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_BINARY, b"\x00\xff"), Frame(twspy.OPCODE_TEXT, b""))
+        assert c.recv(5) == twspy.BinaryMessage(b"\x00\xff")
+        assert c.recv(5) == twspy.TextMessage("")
+
+    def test_fragmented_with_ping_between(self, conn):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_TEXT, "Hel", final=False), Frame(twspy.OPCODE_PING, b""),
+                  Frame(twspy.OPCODE_CONTINUATION, "lo"))
+        assert c.recv(5) == twspy.TextMessage("Hello")
+        pong = peer.frame()
+        assert pong.pack() == bytes.fromhex("8a00")
+        assert ("ping", b"") in c.events
+
+    def test_empty_fragments(self, conn):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_BINARY, b"", final=False), Frame(twspy.OPCODE_CONTINUATION, b"a", final=False),
+                  Frame(twspy.OPCODE_CONTINUATION, b""))
+        assert c.recv(5) == twspy.BinaryMessage(b"a")
+
+    def test_many_frames_in_one_write(self, conn):
+        c, peer = conn
+        data = b"".join(Frame(twspy.OPCODE_TEXT, str(i), masking_key=KEY).pack() for i in range(100))
+        peer.send(data)
+        assert [c.recv(5).payload for _ in range(100)] == [str(i) for i in range(100)]
+
+    def test_large_message(self, conn):
+        c, peer = conn
+        payload = bytes(range(256)) * 4096  # 1 MiB: read straight into its own buffer
+        sender = threading.Thread(target=peer.send, args=(Frame(twspy.OPCODE_BINARY, payload),))
+        sender.start()
+        assert c.recv(10).payload == payload
+        sender.join(5)
+
+    def test_continuation_without_start(self, conn):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_CONTINUATION, "lo"))
+        expect_failure(c, peer, 1002)
+
+    def test_new_message_inside_fragmented(self, conn):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_TEXT, "Hel", final=False), Frame(twspy.OPCODE_TEXT, "lo"))
+        expect_failure(c, peer, 1002)
+
+
+class TestFraming:
+    """§5.2: header rules enforced on received frames."""
+
+    @pytest.mark.parametrize("raw", ["c10548656c6c6f", "a10548656c6c6f", "910548656c6c6f"])
+    def test_rsv_without_extension(self, conn, raw):
+        c, peer = conn
+        frame = twspy.read_frame(bytes.fromhex(raw))[0]
+        frame.masking_key, frame.mask = KEY, True
+        peer.send(frame.pack())
+        expect_failure(c, peer, 1002)
+
+    @pytest.mark.parametrize("opcode", [3, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF])
+    def test_reserved_opcode(self, conn, opcode):
+        c, peer = conn
+        peer.send(Frame(opcode, b""))
+        expect_failure(c, peer, 1002)
+
+    def test_control_frame_too_long(self, conn):
+        c, peer = conn
+        peer.send(bytes.fromhex("89fe007e") + KEY + twspy.mask(KEY, b"x" * 126))
+        expect_failure(c, peer, 1002)
+
+    def test_fragmented_ping(self, conn):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_PING, b"", final=False))
+        expect_failure(c, peer, 1002)
+
+    def test_64bit_length_msb(self, conn):
+        c, peer = conn
+        peer.send(bytes.fromhex("82ff8000000000000000") + KEY)
+        expect_failure(c, peer, 1002)
+
+    def test_unmasked_client_frame(self, pair):
+        ws, raw = pair(server_side=True)
+        c = Recorder(ws, close_timeout=2)
+        peer = Peer(raw, client=False)  # "client" that forgets to mask
+        peer.parser.require_mask = False
+        peer.send(bytes.fromhex("810548656c6c6f"))
+        expect_failure(c, peer, 1002)
+
+    def test_masked_server_frame(self, pair):
+        ws, raw = pair(server_side=False)
+        c = Recorder(ws, close_timeout=0.5)
+        peer = Peer(raw, client=False)
+        peer.parser.require_mask = True  # a client masks its answer
+        peer.send(bytes.fromhex("818537fa213d7f9f4d5158"))
+        join = recv_in_thread(c)
+        assert peer.close_code() == 1002
+        peer.sock.sendall(Frame(twspy.OPCODE_CLOSE, b"\x03\xea").pack())  # the server's echo, unmasked
+        peer.sock.shutdown(socket.SHUT_WR)  # and its TCP close, which the client waits for
+        assert isinstance(join(), twspy.ConnectionClosed)
+        assert c.close_code == 1002
+
+    def test_max_size_frame(self, pair):
+        ws, raw = pair(server_side=True, max_size=1000)
+        c = Recorder(ws, close_timeout=2)
+        peer = Peer(raw)
+        peer.send(bytes.fromhex("82fe0fa0") + KEY)  # 4000 bytes announced, none sent: refused at the header
+        expect_failure(c, peer, 1009)
+
+    def test_max_size_fragmented_message(self, pair):
+        ws, raw = pair(server_side=True, max_size=1000)
+        c = Recorder(ws, close_timeout=2)
+        peer = Peer(raw)
+        peer.send(*[Frame(twspy.OPCODE_BINARY if i == 0 else 0, b"x" * 400, final=False) for i in range(3)])
+        expect_failure(c, peer, 1009)
+
+
+class TestUTF8:
+    """§5.6, §8.1: text is validated incrementally and fails fast."""
+
+    def test_invalid(self, conn):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_TEXT, b"\xff"))
+        expect_failure(c, peer, 1007)
+
+    def test_split_code_point(self, conn):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_TEXT, b"\xce", final=False), Frame(twspy.OPCODE_CONTINUATION, b"\xba"))
+        assert c.recv(5) == twspy.TextMessage("κ")
+
+    def test_fail_fast_before_fin(self, conn):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_TEXT, bytes.fromhex("cebae1bdb9"), final=False),
+                  Frame(twspy.OPCODE_CONTINUATION, bytes.fromhex("f490"), final=False))
+        # No FIN was sent: the close must come from the invalid prefix alone.
+        expect_failure(c, peer, 1007)
+
+    def test_truncated_at_fin(self, conn):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_TEXT, b"ok\xce", final=False), Frame(twspy.OPCODE_CONTINUATION, b""))
+        expect_failure(c, peer, 1007)
+
+
+class TestControlFrames:
+    """§5.5: ping, pong."""
+
+    def test_ping_answered_with_same_payload(self, conn):
+        c, peer = conn
+        peer.send(bytes.fromhex("898537fa213d7f9f4d5158"), Frame(twspy.OPCODE_TEXT, "x"))
+        assert c.recv(5).payload == "x"
+        assert peer.frame().pack() == bytes.fromhex("8a0548656c6c6f")
+
+    def test_unsolicited_pong_ignored(self, conn):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_PONG, b"beat"), Frame(twspy.OPCODE_TEXT, "x"))
+        assert c.recv(5).payload == "x"
+        assert ("pong", b"beat") in c.events
+        peer.sock.settimeout(0.05)
+        with pytest.raises(OSError):
+            peer.sock.recv(1)  # nothing was sent back
+
+    def test_send_ping(self, conn):
+        c, peer = conn
+        c.send_ping(b"abc")
+        frame = peer.frame()
+        assert (frame.opcode, frame.payload) == (twspy.OPCODE_PING, b"abc")
+        with pytest.raises(ValueError):
+            c.send_ping(b"x" * 126)
+
+    def test_client_masks_control_frames(self, pair):
+        ws, raw = pair(server_side=False)
+        c = twspy.Connection(ws, close_timeout=0.5)
+        peer = Peer(raw, client=False)
+        peer.parser.require_mask = True
+        peer.send(bytes.fromhex("890548656c6c6f"))  # unmasked ping from the "server"
+        c.send_ping(b"p")
+        c.send("t")
+        with pytest.raises(TimeoutError):
+            c.recv(0.2)
+        frames = [peer.frame() for _ in range(3)]
+        assert all(f.mask and f.masking_key for f in frames)
+        assert {f.opcode for f in frames} == {twspy.OPCODE_PONG, twspy.OPCODE_PING, twspy.OPCODE_TEXT}
+
+    def test_ping_answered_while_handler_runs(self, conn):
+        c, peer = conn
+        release = threading.Event()
+        entered = threading.Event()
+
+        def onmessage(message):
+            entered.set()
+            release.wait(10)
+
+        c.onmessage = onmessage
+        reader = threading.Thread(target=c.receive_forever)
+        reader.start()
+        try:
+            peer.send(Frame(twspy.OPCODE_TEXT, "slow"))
+            assert entered.wait(5)
+            peer.send(Frame(twspy.OPCODE_PING, b"still there?"))
+            pong = peer.frame(timeout=5)
+            assert (pong.opcode, pong.payload) == (twspy.OPCODE_PONG, b"still there?")
+        finally:
+            release.set()
+        peer.send(Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(1000)))
+        reader.join(5)
+        assert not reader.is_alive()
+
+
+class TestClose:
+    """§5.5.1, §7: the closing handshake."""
+
+    def test_peer_initiated(self, conn):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_CLOSE, b"\x03\xe8bye"))
+        with pytest.raises(twspy.ConnectionClosed) as info:
+            c.recv(5)
+        assert (info.value.code, info.value.reason) == (1000, "bye")
+        assert peer.close_code() == 1000       # echoed
+        assert peer.eof()                      # and the server closed TCP
+        with pytest.raises(twspy.ConnectionClosed):
+            c.send("late")
+        with pytest.raises(twspy.ConnectionClosed):
+            c.recv(1)
+        assert c.events.count(("close", 1000, "bye")) == 1
+
+    def test_empty_close_answered_empty(self, conn):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_CLOSE, b""))
+        with pytest.raises(twspy.ConnectionClosed) as info:
+            c.recv(5)
+        assert info.value.code == 1005
+        assert peer.frame().pack() == bytes.fromhex("8800")
+
+    @pytest.mark.parametrize("payload,code", [
+        ("03", 1002), ("03ed", 1002), ("03e7", 1002), ("03ec", 1002), ("03ee", 1002), ("03f7", 1002),
+        ("1388", 1002), ("0bb7", 1002), ("03e8ff", 1007)])
+    def test_invalid_close(self, conn, payload, code):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_CLOSE, bytes.fromhex(payload)))
+        with pytest.raises(twspy.ConnectionClosed):
+            c.recv(5)
+        assert peer.close_code() == code
+
+    @pytest.mark.parametrize("code", [1000, 1001, 1003, 1011, 1014, 3000, 4999])
+    def test_valid_codes_echoed(self, conn, code):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(code)))
+        with pytest.raises(twspy.ConnectionClosed) as info:
+            c.recv(5)
+        assert info.value.code == code
+        assert peer.close_code() == code
+
+    def test_local_close(self, conn):
+        c, peer = conn
+
+        def answer():
+            assert peer.close_code() == 4000
+            peer.send(Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(4000)))
+
+        t = threading.Thread(target=answer)
+        t.start()
+        c.close(4000, "done")
+        t.join(5)
+        assert c.closed and c.close_code == 4000
+        assert peer.eof()
+        c.close()  # again: nothing happens
+        assert c.events.count(("close", 4000, "")) == 1
+
+    def test_close_timeout(self, pair):
+        ws, raw = pair(server_side=True)
+        c = Recorder(ws, close_timeout=0.2)
+        start = time.monotonic()
+        c.close(1000)
+        assert time.monotonic() - start < 2
+        assert c.close_code == 1006
+        assert Peer(raw).close_code() == 1000
+
+    def test_close_from_other_thread_while_reading(self, conn):
+        c, peer = conn
+        reader = threading.Thread(target=c.receive_forever)
+        reader.start()
+
+        def answer():
+            assert peer.close_code() == 1000
+            peer.send(Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(1000)))
+
+        t = threading.Thread(target=answer)
+        t.start()
+        c.close()
+        t.join(5)
+        reader.join(5)
+        assert not reader.is_alive()
+        assert c.close_code == 1000
+
+    def test_data_after_close_sent_is_dropped(self, conn):
+        c, peer = conn
+
+        def answer():
+            assert peer.close_code() == 1000
+            peer.send(Frame(twspy.OPCODE_TEXT, "ignored"), Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(1000)))
+
+        t = threading.Thread(target=answer)
+        t.start()
+        c.close()
+        t.join(5)
+        assert not [e for e in c.events if e[0] == "message"]
+        assert c.close_code == 1000
+
+    def test_tcp_lost_is_1006(self, conn):
+        c, peer = conn
+        peer.sock.close()
+        with pytest.raises(twspy.ConnectionClosed) as info:
+            c.recv(5)
+        assert info.value.code == 1006
+        assert c.events.count(("close", 1006, "")) == 1
+
+    def test_invalid_local_close_code(self, conn):
+        c, peer = conn
+        for code in (1005, 1006, 999, 2000, 5000):
+            with pytest.raises(ValueError):
+                c.close(code)
+        assert not c.closed
+
+    def test_iteration_ends_at_close(self, conn):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_TEXT, "a"), Frame(twspy.OPCODE_TEXT, "b"),
+                  Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(1000)))
+        assert [m.payload for m in c] == ["a", "b"]
+
+
+class TestSending:
+    def test_server_does_not_mask(self, conn):
+        c, peer = conn
+        c.send("Hello")
+        c.send(b"\x01")
+        assert peer.frame().pack() == bytes.fromhex("810548656c6c6f")
+        assert peer.frame().pack() == bytes.fromhex("820101")
+
+    def test_fragment_size(self, conn):
+        c, peer = conn
+        c.send("Hello", fragment_size=2)
+        frames = [peer.frame() for _ in range(3)]
+        assert [(f.opcode, f.payload, f.final) for f in frames] == [
+            (1, b"He", False), (0, b"ll", False), (0, b"o", True)]
+
+    def test_message_objects(self, conn):
+        c, peer = conn
+        c.send(twspy.TextMessage("t"))
+        c.send(twspy.BinaryMessage(b"b"))
+        assert [(f.opcode, f.payload) for f in (peer.frame(), peer.frame())] == [(1, b"t"), (2, b"b")]
+        with pytest.raises(TypeError):
+            c.send(42)
+
+    def test_threads_never_interleave(self, conn):
+        c, peer = conn
+        n_threads, n_messages = 8, 20
+
+        def sender(i):
+            for j in range(n_messages):
+                c.send(("%d:%d:" % (i, j)) + "x" * 300, fragment_size=7)
+
+        threads = [threading.Thread(target=sender, args=(i,)) for i in range(n_threads)]
+        for t in threads:
+            t.start()
+        seen = {i: [] for i in range(n_threads)}
+        for _ in range(n_threads * n_messages):
+            parts = []
+            while True:
+                frame = peer.frame()
+                assert frame.opcode == (1 if not parts else 0), "fragments interleaved"
+                parts.append(frame.payload)
+                if frame.final:
+                    break
+            i, j, rest = b"".join(parts).decode().split(":")
+            assert rest == "x" * 300
+            seen[int(i)].append(int(j))
+        for t in threads:
+            t.join(5)
+        assert all(seen[i] == list(range(n_messages)) for i in seen)
+
+    def test_recv_timeout_loses_nothing(self, conn):
+        c, peer = conn
+        with pytest.raises(TimeoutError):
+            c.recv(0.05)
+        frame = Frame(twspy.OPCODE_TEXT, "abcdef", masking_key=KEY).pack()
+        peer.send(frame[:4])
+        with pytest.raises(TimeoutError):
+            c.recv(0.05)
+        peer.send(frame[4:])
+        assert c.recv(5).payload == "abcdef"
+
+
+class TestHandlers:
+    def test_onopen_called(self, conn):
+        c, peer = conn
+        assert c.events[0] == ("open",)
+
+    def test_handler_exception_closes_1011(self, conn, caplog):
+        c, peer = conn
+
+        def onmessage(message):
+            raise RuntimeError("boom")
+
+        c.onmessage = onmessage
+        reader = threading.Thread(target=c.receive_forever)
+        reader.start()
+        peer.send(Frame(twspy.OPCODE_TEXT, "x"))
+        assert peer.close_code() == 1011
+        peer.send(Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(1011)))
+        reader.join(5)
+        assert not reader.is_alive()
+        assert any(e[0] == "error" and isinstance(e[1], RuntimeError) for e in c.events)
+        assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)
+        assert c.events.count(("close", 1011, "")) == 1
+
+    def test_receive_forever_dispatches(self, conn):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_TEXT, "a"), Frame(twspy.OPCODE_BINARY, b"b"),
+                  Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(1000, "end")))
+        c.receive_forever()
+        assert [e[1] for e in c.events if e[0] == "message"] == [twspy.TextMessage("a"), twspy.BinaryMessage(b"b")]
+        assert c.events[-1] == ("close", 1000, "end")
