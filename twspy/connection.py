@@ -24,7 +24,7 @@ import time
 from typing import Any, Deque, Iterator, List, Optional, Union
 
 from .errors import ConnectionClosed, InvalidState, PayloadTooBig, ProtocolError
-from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_UNABLE, OPCODE_BINARY, OPCODE_CLOSE,
+from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE, OPCODE_BINARY, OPCODE_CLOSE,
                     OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, decode_close, encode_close,
                     pack_frame, valid_close_code)
 from .message import BinaryMessage, Message, TextMessage
@@ -227,9 +227,12 @@ class Connection:
             if self._outbox is not None:
                 size = len(item)
                 if self._outbox_size + size > self.max_outbox:
-                    logger.info("%r: outbound queue full; closing with 1013", self)
+                    # Its buffers are full, so a close frame could not get through either:
+                    # drop the connection (1013, try again later) and free the flusher.
+                    logger.info("%r: outbound queue over %d bytes; dropping the client", self, self.max_outbox)
                     self._outbox = None
-                    threading.Thread(target=self._close_quietly, args=(1013, "too slow"), daemon=True).start()
+                    threading.Thread(target=self._finish, args=(CLOSE_TRY_AGAIN_LATER, "outbound queue overflow"),
+                                     daemon=True).start()
                     return
                 self._outbox.append(item)
                 self._outbox_size += size

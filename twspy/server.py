@@ -110,6 +110,7 @@ class Server:
         self._stopping = False
         self._stopped = threading.Event()
         self._running = threading.Event()
+        self._loop_done = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.sock.sock, selectors.EVENT_READ)
@@ -155,6 +156,7 @@ class Server:
         except KeyboardInterrupt:
             logger.info("interrupted")
         finally:
+            self._loop_done.set()
             self.shutdown()
 
     def serve_in_thread(self) -> threading.Thread:
@@ -274,6 +276,11 @@ class Server:
             pass
         deadline = time.monotonic() + timeout
         try:
+            # Stop accepting first; the accept loop owns the selector until it has left it.
+            if self._running.is_set():
+                self._loop_done.wait(timeout)
+            self._selector.close()
+            self.sock.close()
             with self._lock:
                 clients = list(self.clients)
             for client in clients:
@@ -288,8 +295,6 @@ class Server:
                 client.abort()
             self._join(time.monotonic() + 1.0)
         finally:
-            self._selector.close()
-            self.sock.close()
             self._wake_r.close()
             self._wake_w.close()
             self._stopped.set()

@@ -320,6 +320,10 @@ class websocket:
             self.sock.sendall(header)
             self.sock.sendall(body)
 
+    def send_frame_bytes(self, data: bytes) -> None:
+        """Send already encoded frames (see Connection.prepare); the caller holds ``send_lock``."""
+        self.sock.sendall(data)
+
     def recv(self, timeout: Optional[float] = None) -> Frame:
         """Receive one frame (per-frame extensions decoded).
 
