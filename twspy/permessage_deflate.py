@@ -8,9 +8,9 @@ Defaults, and why:
 
 * ``compress_level=6`` (zlib's default, as in python-websockets and Node ``ws``). Measured
   with CPython 3.11 / zlib 1.2.13 on source text and JSON: level 1 is 2-3.5x faster but its
-  output is 10-20 % larger; level 9 is 3-4x slower for 1-2 % less.
+  output is 10-25 % larger; level 9 is 3-4x slower for < 1 % less.
 * ``mem_level=5`` instead of zlib's 8 (python-websockets does the same): the compressor
-  needs about 144 KiB instead of 256 KiB per connection, for output < 1 % larger.
+  needs about 144 KiB instead of 256 KiB per connection, for output at most 2 % larger.
 * ``threshold=32``: smaller messages are sent uncompressed. Below that size deflating
   saves at most a couple of dozen bytes, far less than the 40+ bytes of TCP/IP headers
   around every packet, and costs ~3 us per message; without context takeover it even
