@@ -18,7 +18,6 @@ import codecs
 import collections
 import logging
 import os
-import socket
 import threading
 import time
 from typing import Any, Deque, Iterator, List, Optional, Union
@@ -40,7 +39,6 @@ RESCUE_AFTER = 0.1            # a handler running this long gets a helper reader
 DEFAULT_MAX_OUTBOX = 4 << 20  # bytes queued for a slow client by non-blocking sends
 
 OPEN, CLOSING, CLOSED = "OPEN", "CLOSING", "CLOSED"
-_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 MessageLike = Union[Message, str, bytes, bytearray, memoryview]
 
@@ -200,7 +198,7 @@ class Connection:
 
         Returns None when this connection cannot share frames (it masks or compresses).
         """
-        if self.sock._mask_out or self._codecs or self.sock._frame_codecs:
+        if self._codecs or not self.sock.can_share_frames:
             return None
         opcode, payload, rsv = self._encode(message)
         header, body = pack_frame(opcode, payload, True, rsv)
@@ -215,7 +213,7 @@ class Connection:
         if self.state != OPEN or self.close_sent:
             return
         if prepared is None:
-            if self.sock._mask_out or self._codecs or self.sock._frame_codecs:
+            if self._codecs or not self.sock.can_share_frames:
                 # Compression state is per connection: encode under the send lock in the flusher.
                 self._queue_out(message)
                 return
@@ -238,17 +236,20 @@ class Connection:
                 self._outbox_size += size
                 return
             lock = self.sock.send_lock
-            if isinstance(item, bytes) and _MSG_DONTWAIT and not hasattr(self.sock.sock, "pending") \
-                    and lock.acquire(blocking=False):
+            if isinstance(item, bytes) and lock.acquire(blocking=False):
                 try:
-                    sent = self.sock.sock.send(item, _MSG_DONTWAIT)
-                except BlockingIOError:
-                    sent = 0
+                    sent = self.sock.send_nowait(item)
                 except OSError:
                     lock.release()
                     return
                 if sent == len(item):
                     lock.release()
+                    return
+                if sent < 0:  # this transport cannot send without blocking: the flusher will
+                    lock.release()
+                    self._outbox = collections.deque([item])
+                    self._outbox_size = len(item)
+                    threading.Thread(target=self._flush, args=(False,), daemon=True).start()
                     return
                 # Keep the lock: the rest of this frame must go out before any other frame.
                 self._outbox = collections.deque([item[sent:]])
@@ -470,7 +471,7 @@ class Connection:
             self.close_sent = True
             self.state = CLOSING
         header, body = pack_frame(OPCODE_CLOSE, encode_close(code, reason), True, 0,
-                                  os.urandom(4) if self.sock._mask_out else None)
+                                  None if self.sock.can_share_frames else os.urandom(4))
         self._queue_out(header + body)
 
     def _wait_closed(self) -> None:
@@ -510,18 +511,10 @@ class Connection:
 
     def _discard_until_eof(self) -> None:
         """§7.1.7: process nothing more; a server half-closes, both wait (bounded) for the peer's EOF."""
-        sock = self.sock
-        try:
-            if sock.server_side:
-                sock.sock.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + (self.close_timeout or 0)
-            sock._parser.take_buffer()
-            while True:
-                sock._wait_readable(deadline)
-                if not sock.sock.recv(65536):
-                    return
-        except (OSError, TimeoutError, ValueError):
-            return
+        if self.sock.server_side:
+            self.sock.half_close()
+        self.sock.wait_eof(None if self.close_timeout is None else time.monotonic() + self.close_timeout,
+                           discard=True)
 
     def _drain_until_close(self) -> None:
         """After sending a close (holding the read lock): wait for the peer's, bounded."""
@@ -560,31 +553,11 @@ class Connection:
             self.close_sent = True
         sock = self.sock
         if not sock.server_side and self.close_received and code != CLOSE_ABNORMAL:
-            self._await_server_eof()
-        try:
-            sock.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        sock.close()
+            # §7.1.1: the client waits for the server to close TCP first (bounded).
+            sock.wait_eof(time.monotonic() + (self.close_timeout or 0))
+        sock.abort()
         self._closed.set()
         self._call_handler(self.onclose, code, reason)
-
-    def _await_server_eof(self) -> None:
-        # §7.1.1: the client waits for the server to close TCP first (bounded).
-        deadline = time.monotonic() + (self.close_timeout or 0)
-        try:
-            while True:
-                self.sock._wait_readable(deadline)
-                if not self.sock.sock.recv(4096):
-                    return
-        except (OSError, TimeoutError):
-            return
-
-    def _close_quietly(self, code: int, reason: str) -> None:
-        try:
-            self.close(code, reason)
-        except Exception:  # pragma: no cover - closing is best effort here
-            logger.debug("%r: error while closing", self, exc_info=True)
 
     def abort(self) -> None:
         """Close the TCP connection at once, without a closing handshake (code 1006)."""

@@ -210,6 +210,10 @@ class Server:
             if self._stopping:
                 ws.close()
                 return
+            if any(codec.name == "mux" for codec in ws.extensions):
+                from .multiplex import serve_multiplexed  # each logical channel becomes a client
+                serve_multiplexed(self, ws)
+                return
             client = self.connection_class(self, ws, **self.connection_options)
             with self._lock:
                 self.clients.add(client)

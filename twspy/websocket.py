@@ -33,6 +33,7 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0    # seconds for TLS + HTTP upgrade
 _RECV_SIZE = 256 * 1024             # one read can carry many small frames
 _LARGE = 256 * 1024                 # payloads from this size are read straight into their buffer
 _SMALL_SEND = 16 * 1024             # below this, header + payload go out in one sendall
+_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 class websocket:
@@ -319,6 +320,53 @@ class websocket:
         else:
             self.sock.sendall(header)
             self.sock.sendall(body)
+
+    # -- the transport interface Connection uses (a mux channel implements the same) ----------
+    @property
+    def can_share_frames(self) -> bool:
+        """Whether frames encoded once can be sent as they are (no masking, no per-frame codec)."""
+        return not self._mask_out and not self._frame_codecs
+
+    def send_nowait(self, data: bytes) -> int:
+        """Send what the socket takes now without blocking; the caller holds ``send_lock``.
+
+        Returns the number of bytes sent, or -1 when the transport cannot (TLS).
+        """
+        if not _MSG_DONTWAIT or isinstance(self.sock, _ssl.SSLSocket):
+            return -1
+        try:
+            return self.sock.send(data, _MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+
+    def half_close(self) -> None:
+        """Shut down our sending side (TCP FIN); reading goes on."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def wait_eof(self, deadline: Optional[float], discard: bool = False) -> None:
+        """Read (and drop) until the peer closes TCP or ``deadline`` passes; never raises."""
+        if discard:
+            self._parser.take_buffer()
+            self._large = None
+        try:
+            while True:
+                if deadline is not None:
+                    self._wait_readable(deadline)
+                if not self.sock.recv(65536):
+                    return
+        except (OSError, TimeoutError, ValueError):
+            return
+
+    def abort(self) -> None:
+        """Shut the TCP connection down both ways and close the socket (wakes any reader)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.close()
 
     def send_frame_bytes(self, data: bytes) -> None:
         """Send already encoded frames (see Connection.prepare); the caller holds ``send_lock``."""
