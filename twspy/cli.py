@@ -10,7 +10,7 @@ import sys
 import threading
 from typing import List, Optional
 
-from .client import connect, default_extensions
+from .client import connect
 from .errors import ConnectionClosed, WebSocketError
 from .message import Message, TextMessage
 from .server import Server, ServerConnection
@@ -76,7 +76,7 @@ def _echo(args: argparse.Namespace) -> int:
     if args.certfile:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.certfile, args.keyfile)
-    extensions = [] if args.no_compression else default_extensions()
+    extensions = [] if args.no_compression else None  # None: the defaults (permessage-deflate)
     server = EchoServer((args.host, args.port), ssl=context, max_size=args.max_size, extensions=extensions,
                         protocols=args.subprotocol)
     scheme = "wss" if context else "ws"

@@ -16,10 +16,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from .connection import Connection
 from .errors import HandshakeError, InvalidURI
 from .extension import Extension
+from .permessage_deflate import default_extensions
 from .uri import WebSocketURI, parse_uri
 from .websocket import websocket
 
-__all__ = ["connect", "basic_auth", "digest_auth", "MAX_REDIRECTS", "MAX_AUTH_ATTEMPTS"]
+__all__ = ["connect", "basic_auth", "digest_auth", "default_extensions", "MAX_REDIRECTS", "MAX_AUTH_ATTEMPTS"]
 
 logger = logging.getLogger("twspy.client")
 
@@ -172,12 +173,3 @@ def _open(uri: WebSocketURI, protocols: Sequence[str], extensions: Sequence[Exte
         ws.close()
         raise
     return ws
-
-
-def default_extensions() -> List[Extension]:
-    """What ``connect`` offers by default: permessage-deflate, as browsers do."""
-    try:
-        from .permessage_deflate import DeflateMessage
-    except ImportError:  # pragma: no cover - the module is part of the package
-        return []
-    return [DeflateMessage()]

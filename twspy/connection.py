@@ -130,7 +130,7 @@ class Connection:
         return "<%s %s %s>" % (type(self).__name__, self.state, getattr(self.sock, "address", None))
 
     # -- sending ---------------------------------------------------------------------------
-    def _encode(self, message: MessageLike, compress: bool = True) -> Any:
+    def _encode(self, message: MessageLike) -> Any:
         if isinstance(message, str):
             opcode, payload = OPCODE_TEXT, message.encode("utf-8")
         elif isinstance(message, (bytes, bytearray, memoryview)):
@@ -139,11 +139,16 @@ class Connection:
             opcode, payload = message.opcode, message.encode()
         else:
             raise TypeError("cannot send %s" % type(message).__name__)
+        return opcode, payload
+
+    def _compress(self, opcode: int, payload: bytes, compress: bool = True) -> Any:
+        # Called with the send lock held: with context takeover the compressor's history
+        # must follow the order in which messages go on the wire.
         rsv = 0
         for codec in self._codecs:
             payload, bits = codec.encode_message(opcode, payload, compress)
             rsv |= bits
-        return opcode, payload, rsv
+        return payload, rsv
 
     def send(self, message: MessageLike, fragment_size: Optional[int] = None, compress: bool = True) -> None:
         """Send a message: a Message, a ``str`` (text) or bytes (binary).
@@ -154,12 +159,15 @@ class Connection:
         """
         if self.state != OPEN or self.close_sent:
             raise self._closed_error()
-        opcode, payload, rsv = self._encode(message, compress)
+        opcode, payload = self._encode(message)
         ws = self.sock
         try:
             with ws.send_lock:
                 if self.close_sent:
                     raise self._closed_error()
+                rsv = 0
+                if self._codecs:
+                    payload, rsv = self._compress(opcode, payload, compress)
                 if fragment_size is None or len(payload) <= fragment_size:
                     ws.send_raw(opcode, payload, True, rsv)
                 else:
@@ -200,8 +208,8 @@ class Connection:
         """
         if self._codecs or not self.sock.can_share_frames:
             return None
-        opcode, payload, rsv = self._encode(message)
-        header, body = pack_frame(opcode, payload, True, rsv)
+        opcode, payload = self._encode(message)
+        header, body = pack_frame(opcode, payload, True, 0)
         return header + body
 
     def send_nowait(self, message: MessageLike, prepared: Optional[bytes] = None) -> None:
@@ -276,7 +284,8 @@ class Connection:
                 if isinstance(item, bytes):
                     self.sock.send_frame_bytes(item)
                 else:
-                    opcode, payload, rsv = self._encode(item)
+                    opcode, payload = self._encode(item)
+                    payload, rsv = self._compress(opcode, payload)
                     self.sock.send_raw(opcode, payload, True, rsv)
         except OSError as exc:
             with self._out_lock:

@@ -33,7 +33,7 @@ from .errors import NegotiationError, PayloadTooBig, ProtocolError
 from .extension import Extension, ExtensionCodec, Params, format_extensions
 from .frame import RSV1
 
-__all__ = ["DeflateMessage", "DeflateMessageCodec"]
+__all__ = ["DeflateMessage", "DeflateMessageCodec", "default_extensions"]
 
 logger = logging.getLogger(__name__)
 
@@ -466,3 +466,8 @@ class DeflateMessage(Extension):
                     self.server_no_context_takeover, self.client_no_context_takeover,
                     self.server_max_window_bits, self.client_max_window_bits,
                     self.compress_level, self.mem_level, self.threshold))
+
+
+def default_extensions() -> List[Extension]:
+    """What twspy.connect offers and Server accepts unless told otherwise: permessage-deflate, as browsers speak."""
+    return [DeflateMessage()]

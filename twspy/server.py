@@ -16,6 +16,7 @@ from .errors import HandshakeError
 from .frame import CLOSE_GOING_AWAY
 from .handshake import Headers, build_response
 from .message import Message
+from .permessage_deflate import default_extensions
 from .websocket import websocket
 
 __all__ = ["Server", "ServerConnection"]
@@ -86,7 +87,8 @@ class Server:
         backlog_size: the listen() backlog.
         max_connections: clients served at once (handshaking included); more get HTTP 503.
         close_timeout, max_queue, max_outbox: passed to each client's Connection.
-        **websocket_kwargs: protocols, extensions, trusted_origins, locations, max_size,
+        **websocket_kwargs: protocols, extensions (default: permessage-deflate; ``[]`` for
+            none), trusted_origins, locations, max_size,
             max_header_size, handshake_timeout: see :class:`~twspy.websocket.websocket`.
     """
 
@@ -95,6 +97,8 @@ class Server:
     def __init__(self, address: Tuple[str, int] = ("127.0.0.1", 8000), ssl: Optional[_ssl.SSLContext] = None,
                  backlog_size: int = 128, max_connections: int = 1024, **websocket_kwargs: Any) -> None:
         self.connection_options = {k: websocket_kwargs.pop(k) for k in _CONNECTION_OPTIONS if k in websocket_kwargs}
+        if websocket_kwargs.get("extensions") is None:
+            websocket_kwargs["extensions"] = default_extensions()  # permessage-deflate; extensions=[] for none
         host = address[0]
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = websocket(ssl=ssl, family=family, select_subprotocol=self.select_subprotocol,

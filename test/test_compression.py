@@ -1,0 +1,161 @@
+"""Compression extensions end to end: twspy client <-> twspy Server over loopback."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+
+import twspy
+from twspy import DeflateFrame, DeflateMessage
+from twspy.cli import EchoServer
+
+from conftest import url
+
+SIZES = [0, 1, 125, 126, 1024, 65535, 65536, 1 << 20]
+
+
+def text_of(size, seed=0):
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "{\"id\": 1}", "κόσμε", "🙂"]
+    out = []
+    n = 0
+    while n < size:
+        w = rng.choice(words)
+        out.append(w)
+        n += len(w.encode())
+    return "".join(out).encode()[:size].decode("utf-8", "ignore")
+
+
+def names(conn):
+    return [codec.name for codec in conn.sock.extensions]
+
+
+class TestPermessageDeflate:
+    def test_negotiated_by_default(self, serve):
+        server = serve(EchoServer)
+        with twspy.connect(url(server)) as conn:
+            assert names(conn) == ["permessage-deflate"]
+            conn.send("x" * 10000)
+            frame = conn.sock.recv(5)  # below the Connection: the echo as it travelled
+            assert frame.rsv1 and len(frame.payload) < 200
+        assert conn.close_code == 1000
+
+    def test_switched_off(self, serve):
+        server = serve(EchoServer, extensions=[])
+        with twspy.connect(url(server)) as conn:
+            assert names(conn) == []
+            conn.send("plain")
+            assert conn.recv(5).payload == "plain"
+        with twspy.connect(url(serve(EchoServer)), extensions=[]) as conn:
+            assert names(conn) == []
+
+    @pytest.mark.parametrize("options", [
+        {}, {"server_no_context_takeover": True, "client_no_context_takeover": True},
+        {"server_max_window_bits": 9, "client_max_window_bits": 10}])
+    def test_round_trips(self, serve, options):
+        server = serve(EchoServer, max_size=4 << 20)
+        with twspy.connect(url(server), extensions=[DeflateMessage(**options)], max_size=4 << 20) as conn:
+            assert names(conn) == ["permessage-deflate"]
+            for size in SIZES:
+                text = text_of(size, size)
+                conn.send(text)
+                assert conn.recv(10).payload == text
+                data = random.Random(size).randbytes(size) if hasattr(random.Random, "randbytes") else \
+                    bytes(random.Random(size).getrandbits(8) for _ in range(size))
+                conn.send(data, fragment_size=4096)
+                assert conn.recv(10).payload == data
+                conn.send_ping(b"between")
+            conn.send("no thanks", compress=False)
+            assert conn.recv(5).payload == "no thanks"
+
+    def test_sixteen_mib(self, serve):
+        server = serve(EchoServer, max_size=17 << 20)
+        payload = (b"0123456789abcdef" * 4096 + bytes(range(256)) * 16) * 240  # ~16.7 MB, compressible
+        payload = payload[:16 << 20]
+        with twspy.connect(url(server), max_size=17 << 20) as conn:
+            conn.send(payload, fragment_size=1 << 20)
+            assert conn.recv(30).payload == payload
+
+    def test_fragmented_and_interleaved_control(self, serve):
+        server = serve(EchoServer)
+        with twspy.connect(url(server)) as conn:
+            for i in range(20):
+                message = text_of(5000, i)
+                conn.send(message, fragment_size=333)
+                conn.send_ping(str(i))
+                assert conn.recv(5).payload == message
+
+    def test_decompression_bomb_is_1009(self, serve):
+        server = serve(EchoServer, max_size=1 << 20)
+        with twspy.connect(url(server)) as conn:
+            conn.send(bytes(64 << 20))  # 64 MiB of zeros: about 64 KiB on the wire
+            with pytest.raises(twspy.ConnectionClosed) as info:
+                conn.recv(10)
+            assert info.value.code == 1009
+
+    def test_close_codes(self, serve):
+        server = serve(EchoServer)
+        conn = twspy.connect(url(server))
+        conn.close(4321, "bye")
+        assert conn.close_code == 4321
+
+    def test_threads_share_one_compressor(self, serve):
+        server = serve(EchoServer)
+        with twspy.connect(url(server)) as conn:
+            sent = ["%d:%s" % (i, text_of(300, i)) for i in range(40)]
+
+            def send(items):
+                for item in items:
+                    conn.send(item)
+
+            threads = [threading.Thread(target=send, args=(sent[i::4],)) for i in range(4)]
+            for t in threads:
+                t.start()
+            got = sorted(conn.recv(5).payload for _ in sent)
+            for t in threads:
+                t.join(5)
+            assert got == sorted(sent)
+
+
+class TestDeflateFrame:
+    @pytest.mark.parametrize("server_ext,client_ext,expected", [
+        ([DeflateFrame()], [DeflateFrame()], ["deflate-frame"]),
+        ([DeflateFrame()], [], []),
+        ([], [DeflateFrame()], []),
+        ([DeflateMessage(), DeflateFrame()], [DeflateFrame(), DeflateMessage()], ["deflate-frame"]),
+    ])
+    def test_negotiation(self, serve, server_ext, client_ext, expected):
+        server = serve(EchoServer, extensions=server_ext)
+        with twspy.connect(url(server), extensions=client_ext) as conn:
+            assert names(conn) == expected
+            conn.send("hello " * 100)
+            assert conn.recv(5).payload == "hello " * 100
+
+    @pytest.mark.parametrize("options", [{}, {"no_context_takeover": True}, {"max_window_bits": 10}])
+    def test_round_trips(self, serve, options):
+        server = serve(EchoServer, extensions=[DeflateFrame()], max_size=2 << 20)
+        with twspy.connect(url(server), extensions=[DeflateFrame(**options)], max_size=2 << 20) as conn:
+            for size in SIZES:
+                text = text_of(size, size)
+                conn.send(text, fragment_size=1000)
+                assert conn.recv(10).payload == text
+                conn.send(text.encode())
+                assert conn.recv(10).payload == text.encode()
+                conn.send_ping(b"p")
+            frame_check = conn.sock
+            conn.send("y" * 5000)
+            frame = frame_check.recv(5)
+            while frame.is_control:  # the pongs of the pings above
+                frame = frame_check.recv(5)
+            assert frame.payload == b"y" * 5000  # decoded by the websocket layer
+            assert not frame.rsv1
+
+    def test_bomb_is_1009(self, serve):
+        server = serve(EchoServer, extensions=[DeflateFrame()], max_size=1 << 20)
+        with twspy.connect(url(server), extensions=[DeflateFrame()]) as conn:
+            conn.send(bytes(32 << 20))
+            with pytest.raises(twspy.ConnectionClosed) as info:
+                conn.recv(10)
+            assert info.value.code == 1009
