@@ -424,19 +424,21 @@ class TestClose:
         assert not reader.is_alive()
         assert c.close_code == 1000
 
-    def test_data_after_close_sent_is_dropped(self, conn):
+    def test_messages_sent_before_peer_close_are_kept(self, conn):
         c, peer = conn
 
         def answer():
             assert peer.close_code() == 1000
-            peer.send(Frame(twspy.OPCODE_TEXT, "ignored"), Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(1000)))
+            peer.send(Frame(twspy.OPCODE_TEXT, "in flight"), Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(1000)))
 
         t = threading.Thread(target=answer)
         t.start()
         c.close()
         t.join(5)
-        assert not [e for e in c.events if e[0] == "message"]
         assert c.close_code == 1000
+        assert c.recv(1).payload == "in flight"
+        with pytest.raises(twspy.ConnectionClosed):
+            c.recv(1)
 
     def test_tcp_lost_is_1006(self, conn):
         c, peer = conn

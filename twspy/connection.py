@@ -363,8 +363,6 @@ class Connection:
                     raise ProtocolError("control frame with RSV bits set")
                 self._control(opcode, frame.payload)
                 return None
-            if self.close_sent:
-                return None  # §7.1.2: data after our close frame is discarded
             if opcode == OPCODE_CONTINUATION:
                 if self._msg_opcode is None:
                     raise ProtocolError("continuation frame without a message to continue")
@@ -492,10 +490,13 @@ class Connection:
             if not self._read_lock.acquire(timeout=left):
                 break
             try:
-                # Read (and drop) until the peer's close frame arrives.
+                # Read until the peer's close frame arrives; messages it sent before that are
+                # kept for recv() (bounded by max_queue, beyond which §7.1.2 lets us drop them).
                 while not self._closed.is_set():
                     try:
-                        self._read_one(deadline)
+                        message = self._read_one(deadline)
+                        if message is not None and len(self._inbox) < self.max_queue:
+                            self._inbox.append(message)
                     except ConnectionClosed:
                         break
                     except TimeoutError:
