@@ -44,6 +44,8 @@ class ServerConnection(Connection):
         super().__init__(sock, **options)
 
     def onopen(self) -> None:
+        with self.server._lock:  # a member of server.clients before the handler runs (it may broadcast)
+            self.server.clients.add(self)
         self.server.onopen(self)
 
     def onmessage(self, message: Message) -> None:

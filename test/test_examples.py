@@ -1,0 +1,84 @@
+"""Every program in examples/ runs as written, and the README shows them exactly."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+
+
+def python(script, *args, **kwargs):
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, os.path.join(EXAMPLES, script)] + list(args), cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.fixture
+def server_example():
+    procs = []
+
+    def start(script):
+        proc = python(script, "0")
+        procs.append(proc)
+        line = proc.stdout.readline()
+        match = re.search(r"ws://127\.0\.0\.1:(\d+)/", line)
+        assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
+        return int(match.group(1))
+
+    yield start
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def run(script, *args):
+    proc = python(script, *args)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_raw_frames(server_example):
+    port = server_example("raw_server.py")
+    out = run("raw_client.py", str(port))
+    assert out.splitlines() == ["you said: Hello", "closed with (1000, '')"]
+
+
+def test_connection_subclass(server_example):
+    port = server_example("connection_echo.py")
+    out = run("client.py", "ws://127.0.0.1:%d/" % port)
+    assert out.splitlines() == ["Hello", "BinaryMessage(b'\\x00\\x01\\x02')", "closed with 1000"]
+
+
+def test_server_subclass(server_example):
+    port = server_example("chat_server.py")
+    out = run("client.py", "ws://127.0.0.1:%d/" % port).splitlines()
+    assert re.fullmatch(r"\d+ joined \(1 here\)", out[0])
+    assert re.fullmatch(r"\d+: Hello", out[1])
+
+
+def test_tls():
+    assert run("tls_echo.py").splitlines() == ["over TLS"]
+
+
+def test_readme_shows_the_examples():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    shown = re.findall(r"<!-- (examples/\w+\.py) -->\n```python\n(.*?)```", readme, re.S)
+    assert {name for name, _ in shown} == {"examples/" + n for n in os.listdir(EXAMPLES) if n.endswith(".py")}
+    for name, code in shown:
+        with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+            assert f.read() == code, "README's copy of %s is out of date" % name
