@@ -266,3 +266,90 @@ class TestHandshakeFailures:
         assert info.value.status == 503
         a.close()
         b.close()
+
+
+class TestLimits:
+    def test_shutdown_drops_clients_in_handshake(self, serve):
+        server = serve(EchoServer, handshake_timeout=30)
+        stuck = socket.create_connection(("127.0.0.1", server.address[1]), timeout=5)
+        stuck.sendall(b"GET / HTTP/1.1\r\n")
+        wait_for(lambda: server._handshaking)
+        start = time.monotonic()
+        server.shutdown()
+        assert time.monotonic() - start < 2.5
+        assert stuck.recv(10) == b""
+        stuck.close()
+
+    def test_bytes_after_request_are_kept(self, serve):
+        server = serve(EchoServer, extensions=[])
+        with socket.create_connection(("127.0.0.1", server.address[1]), timeout=5) as sock:
+            frame = twspy.Frame(twspy.OPCODE_TEXT, "early", mask=True).pack()
+            sock.sendall(upgrade() + frame)  # the frame travels in the same segment as the request
+            data = b""
+            while b"early" not in data:
+                chunk = sock.recv(4096)
+                assert chunk
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 101") and data.endswith(b"\x81\x05early")
+
+    def test_write_timeout_frees_the_thread(self, serve):
+        sent = threading.Event()
+        failed = []
+
+        class Firehose(twspy.Server):
+            def onmessage(self, client, message):
+                try:
+                    for _ in range(10000):  # bounded; the peer never reads
+                        client.send(b"z" * 65536)
+                except twspy.ConnectionClosed as exc:
+                    failed.append(exc.code)
+                sent.set()
+
+        server = serve(Firehose, write_timeout=0.3, extensions=[])
+        sock = socket.create_connection(("127.0.0.1", server.address[1]), timeout=5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(upgrade() + twspy.Frame(twspy.OPCODE_TEXT, "go", mask=True).pack())
+        assert sent.wait(10)
+        assert failed == [1006]
+        wait_for(lambda: not server.clients)
+        sock.close()
+
+    def test_keepalive_pings_and_drops_dead_peer(self, serve):
+        closed = []
+
+        class Watched(EchoServer):
+            def onclose(self, client, code, reason):
+                closed.append(code)
+
+        server = serve(Watched, ping_interval=0.1, ping_timeout=0.3, extensions=[])
+        with socket.create_connection(("127.0.0.1", server.address[1]), timeout=5) as sock:
+            sock.sendall(upgrade())
+            reply = sock.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 101")
+            parser = twspy.FrameParser()
+            parser.feed(reply.split(b"\r\n\r\n", 1)[1])
+            while True:  # a ping arrives; we play dead and never answer it
+                frame = parser.next_frame()
+                if frame is not None:
+                    break
+                parser.feed(sock.recv(4096))
+            assert frame.opcode == twspy.OPCODE_PING and len(frame.payload) == 4
+            wait_for(lambda: closed, timeout=5)
+            assert closed == [1006]
+
+    def test_keepalive_alive_peer_stays(self, serve):
+        server = serve(EchoServer, ping_interval=0.05, ping_timeout=0.2, extensions=[])
+        pongs = []
+
+        class Counting(twspy.Connection):
+            def onping(self, payload):
+                pongs.append(payload)
+
+        with twspy.connect(url(server), connection_class=Counting, extensions=[]) as conn:
+            deadline = time.monotonic() + 0.6
+            while time.monotonic() < deadline:
+                conn.send("x")
+                assert conn.recv(5).payload == "x"
+                time.sleep(0.02)
+            assert len(pongs) >= 3  # pinged several times and never dropped
+            assert conn.state == "OPEN"

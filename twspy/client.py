@@ -13,7 +13,7 @@ import time
 import urllib.parse
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
-from .connection import Connection
+from .connection import DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
 from .errors import HandshakeError, InvalidURI
 from .extension import Extension
 from .permessage_deflate import default_extensions
@@ -26,8 +26,8 @@ logger = logging.getLogger("twspy.client")
 
 MAX_REDIRECTS = 10
 MAX_AUTH_ATTEMPTS = 2
-_CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox")
-_WEBSOCKET_OPTIONS = ("max_size", "max_header_size", "handshake_timeout")
+_CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout")
+_WEBSOCKET_OPTIONS = ("max_size", "max_header_size", "handshake_timeout", "write_timeout")
 
 
 def basic_auth(user: str, password: str) -> str:
@@ -99,6 +99,8 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
         extensions = default_extensions()
     header_list = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
     conn_options = {k: options.pop(k) for k in _CONNECTION_OPTIONS if k in options}
+    conn_options.setdefault("ping_interval", DEFAULT_PING_INTERVAL)
+    conn_options.setdefault("ping_timeout", DEFAULT_PING_TIMEOUT)
     ws_options = {k: options.pop(k) for k in _WEBSOCKET_OPTIONS if k in options}
     ws_options.setdefault("handshake_timeout", timeout)
     if options:

@@ -29,7 +29,7 @@ from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGA
 from .message import BinaryMessage, Message, TextMessage
 from .websocket import websocket
 
-__all__ = ["Connection", "DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE"]
+__all__ = ["Connection", "DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE", "DEFAULT_PING_INTERVAL", "DEFAULT_PING_TIMEOUT"]
 
 logger = logging.getLogger("twspy.connection")
 
@@ -37,6 +37,8 @@ DEFAULT_CLOSE_TIMEOUT = 5.0   # seconds to wait for the peer's close frame / TCP
 DEFAULT_MAX_QUEUE = 16        # messages read ahead while a slow handler runs
 RESCUE_AFTER = 0.1            # a handler running this long gets a helper reader
 DEFAULT_MAX_OUTBOX = 4 << 20  # bytes queued for a slow client by non-blocking sends
+DEFAULT_PING_INTERVAL = 20.0  # Server and connect() send keepalive pings this often...
+DEFAULT_PING_TIMEOUT = 20.0   # ...and drop a peer that leaves one unanswered this long
 
 OPEN, CLOSING, CLOSED = "OPEN", "CLOSING", "CLOSED"
 
@@ -51,6 +53,10 @@ class Connection:
         close_timeout: seconds to wait for the peer's side of the closing handshake.
         max_size: largest message (after extensions) accepted; default: ``sock.max_size``.
         max_queue: messages read ahead while ``onmessage`` is slow.
+        max_outbox: bytes queued by :meth:`send_nowait` for a peer that does not read.
+        ping_interval: send a keepalive ping this often (seconds; None: never).
+        ping_timeout: while the connection is being read, a keepalive ping unanswered
+            for this long fails it (close 1011, then TCP dropped: 1006 locally).
 
     Handlers (override them; they run in the reading thread): ``onopen()``,
     ``onmessage(message)``, ``onping(payload)``, ``onpong(payload)``,
@@ -59,7 +65,8 @@ class Connection:
 
     def __init__(self, sock: websocket, close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT,
                  max_size: Optional[int] = -1, max_queue: int = DEFAULT_MAX_QUEUE,
-                 max_outbox: int = DEFAULT_MAX_OUTBOX) -> None:
+                 max_outbox: int = DEFAULT_MAX_OUTBOX, ping_interval: Optional[float] = None,
+                 ping_timeout: Optional[float] = None) -> None:
         if not sock.handshake_done:
             raise InvalidState("Connection needs a websocket whose handshake is done")
         self.sock = sock
@@ -67,6 +74,12 @@ class Connection:
         self.max_size = sock.max_size if max_size == -1 else max_size
         self.max_queue = max_queue
         self.max_outbox = max_outbox
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self._ping_sent: Optional[float] = None   # monotonic time of the unanswered keepalive ping
+        self._ping_payload = b""
+        self._next_ping = None if ping_interval is None else time.monotonic() + ping_interval
+        self._readers = 0                         # threads currently reading (keepalive judges only then)
         self.state = OPEN
         self.close_code: Optional[int] = None
         self.close_reason = ""
@@ -95,6 +108,8 @@ class Connection:
         self._outbox_size = 0
         self._out_lock = threading.Lock()
         self._debug = logger.isEnabledFor(logging.DEBUG)
+        if ping_interval is not None:
+            _watchdog.add(self)
         self._call_handler(self.onopen)
 
     # -- handlers --------------------------------------------------------------------------
@@ -307,6 +322,7 @@ class Connection:
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._read_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             raise TimeoutError("timed out waiting for a message")
+        self._readers += 1
         try:
             if inbox:
                 return inbox.popleft()
@@ -315,6 +331,7 @@ class Connection:
                 if message is not None:
                     return message
         finally:
+            self._readers -= 1
             self._read_lock.release()
 
     def __iter__(self) -> Iterator[Message]:
@@ -347,7 +364,8 @@ class Connection:
                 finally:
                     self.handler_since = None
         finally:
-            _watchdog.discard(self)
+            if self.ping_interval is None or self.state == CLOSED:
+                _watchdog.discard(self)
 
     def _read_one(self, deadline: Optional[float]) -> Optional[Message]:
         """Read and process one frame (holding the read lock); a Message when one completes."""
@@ -432,6 +450,8 @@ class Connection:
                     raise self._closed_error() from exc
             self._call_handler(self.onping, payload)
         elif opcode == OPCODE_PONG:
+            if self._ping_sent is not None and payload == self._ping_payload:
+                self._ping_sent = None
             self._call_handler(self.onpong, payload)
         else:
             self.close_received = True  # even if invalid: the peer will not send another
@@ -567,6 +587,7 @@ class Connection:
             sock.wait_eof(time.monotonic() + (self.close_timeout or 0))
         sock.abort()
         self._closed.set()
+        _watchdog.discard(self)
         self._call_handler(self.onclose, code, reason)
 
     def abort(self) -> None:
@@ -603,11 +624,37 @@ class Connection:
             else:
                 self._wait_closed()
 
+    # -- watchdog: keepalive, and reading on while a slow handler runs ------------------------
+    def _keepalive(self, now: float) -> None:
+        """Called by the watchdog: send the next ping, or fail a peer that stopped answering."""
+        if self.state != OPEN or self.close_sent:
+            return
+        if self._ping_sent is not None:
+            if self.ping_timeout is not None and self._readers and now - self._ping_sent > self.ping_timeout:
+                logger.info("%r: no pong within %ss; closing", self, self.ping_timeout)
+                self._ping_sent = None
+                self.start_close(CLOSE_UNABLE, "keepalive ping timeout")
+                self.sock.abort()  # the peer is not answering: do not wait for its close frame
+            return
+        if self._next_ping is not None and now >= self._next_ping:
+            self._next_ping = now + (self.ping_interval or 0)
+            self._ping_payload = os.urandom(4)
+            lock = self.sock.send_lock
+            if lock.acquire(blocking=False):  # never wait behind a large send: try next round
+                try:
+                    self.sock.send_raw(OPCODE_PING, self._ping_payload)
+                    self._ping_sent = now
+                except OSError:
+                    pass
+                finally:
+                    lock.release()
+
     # -- watchdog: keep reading while a slow handler runs -------------------------------------
     def _rescue(self) -> None:
         if not self._read_lock.acquire(blocking=False):
             self._rescuing = False
             return
+        self._readers += 1
         try:
             while self.handler_since is not None and self.state == OPEN and len(self._inbox) < self.max_queue:
                 try:
@@ -619,6 +666,7 @@ class Connection:
                 if message is not None:
                     self._inbox.append(message)
         finally:
+            self._readers -= 1
             self._rescuing = False
             self._read_lock.release()
 
@@ -635,7 +683,11 @@ def _short_reason(text: str) -> str:
 
 
 class _Watchdog:
-    """One thread for the process: starts a helper reader for handlers that run long."""
+    """One thread for the process: keepalive pings, and a helper reader for handlers that run long.
+
+    It wakes every RESCUE_AFTER / 2 seconds while any connection is registered and exits when
+    none is left, so an idle process has no extra thread.
+    """
 
     def __init__(self) -> None:
         self._conns: "set[Connection]" = set()
@@ -663,6 +715,8 @@ class _Watchdog:
                 conns = list(self._conns)
             now = time.monotonic()
             for conn in conns:
+                if conn.ping_interval is not None:
+                    conn._keepalive(now)
                 since = conn.handler_since
                 if since is not None and now - since >= RESCUE_AFTER and not conn._rescuing \
                         and conn.state == OPEN:

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, List, Optional, Sequence, Set, Tuple
 
-from .connection import Connection
+from .connection import DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
 from .errors import HandshakeError
 from .frame import CLOSE_GOING_AWAY
 from .handshake import Headers, build_response
@@ -23,7 +23,7 @@ __all__ = ["Server", "ServerConnection"]
 
 logger = logging.getLogger("twspy.server")
 
-_CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox")
+_CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout")
 
 
 class ServerConnection(Connection):
@@ -88,7 +88,8 @@ class Server:
         ssl: an ``ssl.SSLContext`` with the certificate, for wss://.
         backlog_size: the listen() backlog.
         max_connections: clients served at once (handshaking included); more get HTTP 503.
-        close_timeout, max_queue, max_outbox: passed to each client's Connection.
+        close_timeout, max_queue, max_outbox, ping_interval (default 20 s), ping_timeout
+            (default 20 s): passed to each client's Connection.
         **websocket_kwargs: protocols, extensions (default: permessage-deflate; ``[]`` for
             none), trusted_origins, locations, max_size,
             max_header_size, handshake_timeout: see :class:`~twspy.websocket.websocket`.
@@ -99,6 +100,8 @@ class Server:
     def __init__(self, address: Tuple[str, int] = ("127.0.0.1", 8000), ssl: Optional[_ssl.SSLContext] = None,
                  backlog_size: int = 128, max_connections: int = 1024, **websocket_kwargs: Any) -> None:
         self.connection_options = {k: websocket_kwargs.pop(k) for k in _CONNECTION_OPTIONS if k in websocket_kwargs}
+        self.connection_options.setdefault("ping_interval", DEFAULT_PING_INTERVAL)
+        self.connection_options.setdefault("ping_timeout", DEFAULT_PING_TIMEOUT)
         if websocket_kwargs.get("extensions") is None:
             websocket_kwargs["extensions"] = default_extensions()  # permessage-deflate; extensions=[] for none
         host = address[0]
@@ -112,6 +115,7 @@ class Server:
         self.max_connections = max_connections
         self.clients: Set[ServerConnection] = set()
         self._threads: Set[threading.Thread] = set()
+        self._handshaking: Set[socket.socket] = set()  # raw sockets still in the opening handshake
         self._lock = threading.Lock()
         self._stopping = False
         self._stopped = threading.Event()
@@ -204,6 +208,8 @@ class Server:
         try:
             ws = self.sock._child(sock)
             ws.address = address
+            with self._lock:
+                self._handshaking.add(sock)
             try:
                 ws.server_handshake()
             except HandshakeError as exc:
@@ -213,6 +219,9 @@ class Server:
                 # Probes, port scanners and slow clients end here: not an error of ours.
                 logger.info("%s: handshake failed: %s", _fmt_address(address), exc or type(exc).__name__)
                 return
+            finally:
+                with self._lock:
+                    self._handshaking.discard(sock)
             if self._stopping:
                 ws.close()
                 return
@@ -293,6 +302,12 @@ class Server:
             self.sock.close()
             with self._lock:
                 clients = list(self.clients)
+                handshaking = list(self._handshaking)
+            for raw in handshaking:  # not open yet: nothing to close politely
+                try:
+                    raw.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             for client in clients:
                 try:
                     client.start_close(code, reason)

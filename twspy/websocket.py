@@ -13,6 +13,7 @@ import os
 import selectors
 import socket
 import ssl as _ssl
+import struct
 import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
@@ -30,6 +31,7 @@ logger = logging.getLogger("twspy.websocket")
 
 DEFAULT_MAX_SIZE = 1 << 20          # 1 MiB per frame and per message, as python-websockets
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0    # seconds for TLS + HTTP upgrade
+DEFAULT_WRITE_TIMEOUT = 30.0        # seconds a send may make no progress
 _RECV_SIZE = 256 * 1024             # one read can carry many small frames
 _LARGE = 256 * 1024                 # payloads from this size are read straight into their buffer
 _SMALL_SEND = 16 * 1024             # below this, header + payload go out in one sendall
@@ -56,6 +58,8 @@ class websocket:
         max_header_size: largest HTTP head accepted (431 beyond).
         handshake_timeout: seconds for the TLS and HTTP handshakes.
         select_subprotocol: server: ``f(client_protocols, server_protocols)`` picking one.
+        write_timeout: a send that makes no progress for this long fails the connection
+            (a peer that never reads cannot pin a thread); None for no limit.
     """
 
     def __init__(self, sock: Optional[socket.socket] = None, origin: Optional[str] = None,
@@ -66,7 +70,8 @@ class websocket:
                  max_size: Optional[int] = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
                  handshake_timeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT,
                  select_subprotocol: Optional[Callable[[List[str], Sequence[str]], Optional[str]]] = None,
-                 family: int = socket.AF_INET, server_hostname: Optional[str] = None) -> None:
+                 family: int = socket.AF_INET, server_hostname: Optional[str] = None,
+                 write_timeout: Optional[float] = DEFAULT_WRITE_TIMEOUT) -> None:
         self.sock = sock if sock is not None else socket.socket(family, socket.SOCK_STREAM)
         self.origin = origin
         self.protocols = list(protocols)
@@ -83,6 +88,7 @@ class websocket:
         self.handshake_timeout = handshake_timeout
         self.select_subprotocol = select_subprotocol
         self.server_hostname = server_hostname
+        self.write_timeout = write_timeout
 
         self.server_side: Optional[bool] = None   # None until accept()/connect()
         self.handshake_done = False
@@ -150,7 +156,8 @@ class websocket:
         return websocket(sock, protocols=self.protocols, extensions=self.extension_offers,
                          trusted_origins=self.trusted_origins, locations=self.locations, ssl=self.ssl,
                          max_size=self.max_size, max_header_size=self.max_header_size,
-                         handshake_timeout=self.handshake_timeout, select_subprotocol=self.select_subprotocol)
+                         handshake_timeout=self.handshake_timeout, select_subprotocol=self.select_subprotocol,
+                         write_timeout=self.write_timeout)
 
     def accept(self, handshake: bool = True) -> Tuple["websocket", Any]:
         """Accept a client and run the server handshake: ``(websocket, address)``.
@@ -285,6 +292,14 @@ class websocket:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):  # pragma: no cover - not TCP (e.g. a socketpair)
             pass
+        if self.write_timeout is not None:
+            # SO_SNDTIMEO bounds each blocking send without touching reads (settimeout would).
+            seconds = int(self.write_timeout)
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                                     struct.pack("ll", seconds, int((self.write_timeout - seconds) * 1e6)))
+            except (OSError, AttributeError, struct.error):  # pragma: no cover - platform without it
+                pass
 
     @property
     def message_codecs(self) -> List[ExtensionCodec]:
