@@ -358,6 +358,10 @@ class Connection:
                 self.handler_since = time.monotonic()
                 try:
                     self.onmessage(message)
+                except ConnectionClosed as exc:
+                    if self.state != CLOSED and not self.close_sent:
+                        self._handler_failed(exc)
+                    return  # otherwise the handler's send met a connection that is gone: not its bug
                 except Exception as exc:
                     self._handler_failed(exc)
                     return
