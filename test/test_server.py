@@ -176,7 +176,7 @@ class TestBroadcast:
         slow_client = [c for c in server.clients if c.address[1] == slow.getsockname()[1]][0]
         slow_client.onclose = lambda code, reason: closed.append(code)
         start = time.monotonic()
-        for i in range(400):  # up to 25 MiB: more than the kernel buffers plus the 1 MiB outbox
+        for _ in range(400):  # up to 25 MiB: more than the kernel buffers plus the 1 MiB outbox
             server.broadcast(payload)
             assert fast.recv(5).payload == payload  # never held up by the slow one
             if closed:

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 from .client import connect
 from .errors import ConnectionClosed, WebSocketError
+from .extension import Extension
 from .message import Message, TextMessage
 from .server import Server, ServerConnection
 from .websocket import DEFAULT_MAX_SIZE
@@ -76,7 +77,7 @@ def _echo(args: argparse.Namespace) -> int:
     if args.certfile:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.certfile, args.keyfile)
-    extensions = [] if args.no_compression else None  # None: the defaults (permessage-deflate)
+    extensions: Optional[List[Extension]] = [] if args.no_compression else None  # None: permessage-deflate
     server = EchoServer((args.host, args.port), ssl=context, max_size=args.max_size, extensions=extensions,
                         protocols=args.subprotocol)
     scheme = "wss" if context else "ws"
@@ -113,9 +114,10 @@ def _connect(args: argparse.Namespace) -> int:
     def reader() -> None:
         for message in conn:
             if isinstance(message, TextMessage):
-                print("< %s" % message.payload, flush=True)
+                print("< %s" % message, flush=True)
             else:
-                print("< (binary, %d bytes) %s" % (len(message.payload), message.payload[:64].hex()), flush=True)
+                data = message.encode()
+                print("< (binary, %d bytes) %s" % (len(data), data[:64].hex()), flush=True)
         print("disconnected: %s %s" % (conn.close_code, conn.close_reason), file=sys.stderr, flush=True)
 
     thread = threading.Thread(target=reader, daemon=True)

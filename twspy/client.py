@@ -14,8 +14,9 @@ import urllib.parse
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 from .connection import DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
-from .errors import HandshakeError, InvalidURI
+from .errors import HandshakeError
 from .extension import Extension
+from .handshake import Headers
 from .permessage_deflate import default_extensions
 from .uri import WebSocketURI, parse_uri
 from .websocket import websocket
@@ -114,8 +115,9 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
             ws = _open(uri, protocols or (), extensions, origin, extra, ssl, ws_options)
         except HandshakeError as exc:
             status = exc.status
-            if status in (301, 302, 303, 307, 308) and exc.headers is not None and "Location" in exc.headers:
-                location = urllib.parse.urljoin(_http_url(uri), exc.headers["Location"])
+            answer = exc.headers if isinstance(exc.headers, Headers) else None
+            if status in (301, 302, 303, 307, 308) and answer is not None and "Location" in answer:
+                location = urllib.parse.urljoin(_http_url(uri), answer["Location"])
                 location = re.sub(r"^http", "ws", location)
                 logger.info("redirected to %s", location)
                 new = parse_uri(location)
@@ -126,9 +128,9 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
                     auth_header = None
                 uri = new._replace(user_info=new.user_info or (uri.user_info if new.host == uri.host else None))
                 continue
-            if status == 401 and uri.user_info and exc.headers is not None and auth_attempts < MAX_AUTH_ATTEMPTS:
+            if status == 401 and uri.user_info and answer is not None and auth_attempts < MAX_AUTH_ATTEMPTS:
                 auth_attempts += 1
-                auth_header = _answer_challenge(exc.headers.get_all("WWW-Authenticate"), uri)
+                auth_header = _answer_challenge(answer.get_all("WWW-Authenticate"), uri)
                 if auth_header:
                     continue
             raise

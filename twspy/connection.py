@@ -23,13 +23,15 @@ import time
 from typing import Any, Deque, Iterator, List, Optional, Union
 
 from .errors import ConnectionClosed, InvalidState, PayloadTooBig, ProtocolError
-from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE, OPCODE_BINARY, OPCODE_CLOSE,
+from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE,
+                    OPCODE_BINARY, OPCODE_CLOSE,
                     OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, decode_close, encode_close,
                     pack_frame, valid_close_code)
 from .message import BinaryMessage, Message, TextMessage
 from .websocket import websocket
 
-__all__ = ["Connection", "DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE", "DEFAULT_PING_INTERVAL", "DEFAULT_PING_TIMEOUT"]
+__all__ = ["Connection", "DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE", "DEFAULT_PING_INTERVAL",
+           "DEFAULT_PING_TIMEOUT"]
 
 logger = logging.getLogger("twspy.connection")
 

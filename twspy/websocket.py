@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
-from .errors import ConnectionClosed, HandshakeError, InvalidState, NegotiationError, ProtocolError
+from .errors import ConnectionClosed, HandshakeError, InvalidState, NegotiationError
 from .extension import Extension, ExtensionCodec
 from .frame import (CLOSE_MISSING_EXTENSIONS, OPCODE_CLOSE, Frame, FrameParser, _new_frame, encode_close, mask,
                     pack_frame)
@@ -405,8 +405,9 @@ class websocket:
             if self._large is not None:
                 frame = self._recv_large(deadline)
                 break
-            frame = parser.next_frame()
-            if frame is not None:
+            parsed = parser.next_frame()
+            if parsed is not None:
+                frame = parsed
                 break
             if parser._header is not None and parser.wanted() >= _LARGE:
                 b0, length, key, hlen = parser._header
