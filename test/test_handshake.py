@@ -682,3 +682,31 @@ class FakeExt(Extension):
 
     def accept_response(self, name, params, offers):
         return FakeCodec(name, params)
+
+
+class TestStricterRequests:
+    """Details of §4.1/§4.2.1 the owner tightened after review."""
+
+    def _request(self, **fields):
+        base = {"Host": "h", "Upgrade": "websocket", "Connection": "Upgrade",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+        base.update(fields)
+        head = "GET / HTTP/1.1\r\n" + "".join("%s: %s\r\n" % kv for kv in base.items()) + "\r\n"
+        return parse_request(head.encode())
+
+    def test_empty_host_is_400(self):
+        with pytest.raises(HandshakeError) as info:
+            server_handshake(self._request(Host=""))
+        assert info.value.status == 400
+
+    def test_repeated_subprotocol_is_400(self):
+        with pytest.raises(HandshakeError) as info:
+            server_handshake(self._request(**{"Sec-WebSocket-Protocol": "chat, chat"}), protocols=["chat"])
+        assert info.value.status == 400
+
+    def test_client_wants_exactly_websocket(self):
+        from twspy.handshake import Headers, Response, check_response
+        headers = Headers([("Upgrade", "h2c, websocket"), ("Connection", "Upgrade"),
+                           ("Sec-WebSocket-Accept", accept_key("dGhlIHNhbXBsZSBub25jZQ=="))])
+        with pytest.raises(HandshakeError):
+            check_response(Response(101, "Switching Protocols", headers), "dGhlIHNhbXBsZSBub25jZQ==")

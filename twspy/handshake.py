@@ -261,7 +261,8 @@ def server_handshake(request: Request, protocols: Sequence[str] = (),
         raise HandshakeError("method %s is not GET" % request.method, 405, extra_headers=(("Allow", "GET"),))
     if not _VERSION_RE.fullmatch(request.version) or request.version < "HTTP/1.1":
         raise HandshakeError("%s is older than HTTP/1.1" % request.version, 400)
-    if len(headers.get_all("Host")) != 1:
+    hosts = headers.get_all("Host")
+    if len(hosts) != 1 or not hosts[0]:
         raise HandshakeError("missing or repeated Host header", 400)
     if not _has_token(headers.get("Upgrade"), "websocket"):
         raise HandshakeError("Upgrade: websocket header missing", 426,
@@ -290,6 +291,8 @@ def server_handshake(request: Request, protocols: Sequence[str] = (),
         raise HandshakeError("location %r is not served" % request.path, 403)
     try:
         client_protocols = parse_tokens(headers.get("Sec-WebSocket-Protocol") or "")
+        if len(set(client_protocols)) != len(client_protocols):
+            raise NegotiationError("repeated subprotocol in Sec-WebSocket-Protocol", 400)
         response_ext, codecs = negotiate_server(headers.get("Sec-WebSocket-Extensions") or "", extensions)
     except NegotiationError as exc:
         raise HandshakeError(exc.message, 400) from None
@@ -318,7 +321,8 @@ def check_response(response: Response, key: str, protocols: Sequence[str] = (),
     if response.status != 101:
         raise HandshakeError("server answered %d %s" % (response.status, response.reason),
                              response.status, headers, response.body)
-    if not _has_token(headers.get("Upgrade"), "websocket"):
+    upgrade = headers.get("Upgrade")
+    if upgrade is None or upgrade.strip(" \t").lower() != "websocket":  # §4.1: exactly "websocket"
         raise HandshakeError("response lacks Upgrade: websocket", None, headers)
     if not _has_token(headers.get("Connection"), "upgrade"):
         raise HandshakeError("response lacks Connection: Upgrade", None, headers)
