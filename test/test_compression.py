@@ -159,3 +159,20 @@ class TestDeflateFrame:
             with pytest.raises(twspy.ConnectionClosed) as info:
                 conn.recv(10)
             assert info.value.code == 1009
+
+
+def test_broadcast_to_compressing_and_plain_clients(serve):
+    server = serve(EchoServer)
+    clients = [twspy.connect(url(server), extensions=None if i % 2 else []) for i in range(6)]
+    try:
+        from conftest import wait_for
+        wait_for(lambda: len(server.clients) == 6)
+        for i in range(50):
+            server.broadcast(b"bin %d" % i if i % 2 else "text %d" % i)
+        for conn in clients:
+            got = [conn.recv(5) for _ in range(50)]
+            assert got == [twspy.BinaryMessage(b"bin %d" % i) if i % 2 else twspy.TextMessage("text %d" % i)
+                           for i in range(50)]
+    finally:
+        for conn in clients:
+            conn.close()

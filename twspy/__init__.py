@@ -24,14 +24,9 @@ from .message import BinaryMessage, Message, TextMessage
 from .server import Server, ServerConnection
 from .websocket import websocket
 
-try:
-    from .permessage_deflate import DeflateMessage
-except ImportError:  # pragma: no cover - being written
-    pass
-try:
-    from .deflate_frame import DeflateFrame
-except ImportError:  # pragma: no cover
-    pass
+from .deflate_frame import DeflateFrame
+from .permessage_deflate import DeflateMessage
+from .multiplex import Multiplex, connect_multiplexed
 
 __version__ = "0.1.0"
 
@@ -41,6 +36,7 @@ __all__ = [
     "connect", "Connection", "Server", "ServerConnection", "websocket",
     "Frame", "ControlFrame", "FrameParser", "read_frame", "pop_frame", "contains_frame", "mask",
     "Message", "TextMessage", "BinaryMessage", "Extension", "ExtensionCodec", "DeflateMessage", "DeflateFrame",
+    "Multiplex", "connect_multiplexed",
     "WebSocketError", "HandshakeError", "NegotiationError", "ProtocolError", "PayloadTooBig",
     "ConnectionClosed", "SocketClosed", "InvalidState", "InvalidURI",
     "Opcode", "CloseCode",

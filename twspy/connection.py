@@ -232,58 +232,65 @@ class Connection:
     def send_nowait(self, message: MessageLike, prepared: Optional[bytes] = None) -> None:
         """Send without ever blocking the caller (used by Server.broadcast).
 
-        What the socket cannot take now is queued (at most ``max_outbox`` bytes) and a
-        helper thread flushes it; a client that lets the queue overflow is closed with 1013.
+        ``prepared`` is the message already encoded by :meth:`prepare`. What the socket
+        cannot take now is queued, in order, and a helper thread flushes it; a peer that lets
+        the queue grow past ``max_outbox`` bytes is dropped (1013).
         """
         if self.state != OPEN or self.close_sent:
             return
-        if prepared is None:
-            if self._codecs or not self.sock.can_share_frames:
-                # Compression state is per connection: encode under the send lock in the flusher.
-                self._queue_out(message)
-                return
-            prepared = self.prepare(message)
-        self._queue_out(prepared)
+        self._nowait(message, prepared)
 
-    def _queue_out(self, item: Any) -> None:
+    def _nowait(self, message: Optional[MessageLike], prepared: Optional[bytes]) -> None:
+        lock = self.sock.send_lock
         with self._out_lock:
-            if self._outbox is not None:
-                size = len(item)
-                if self._outbox_size + size > self.max_outbox:
-                    # Its buffers are full, so a close frame could not get through either:
-                    # drop the connection (1013, try again later) and free the flusher.
-                    logger.info("%r: outbound queue over %d bytes; dropping the client", self, self.max_outbox)
-                    self._outbox = None
-                    threading.Thread(target=self._finish, args=(CLOSE_TRY_AGAIN_LATER, "outbound queue overflow"),
-                                     daemon=True).start()
-                    return
-                self._outbox.append(item)
-                self._outbox_size += size
-                return
-            lock = self.sock.send_lock
-            if isinstance(item, bytes) and lock.acquire(blocking=False):
+            if self._outbox is None and lock.acquire(blocking=False):
+                # Nothing queued and the socket is ours: encode now (compression state follows
+                # the wire order under the lock) and hand the kernel what it takes.
                 try:
-                    sent = self.sock.send_nowait(item)
-                except OSError:
+                    data = prepared if prepared is not None else self._frame_bytes(message)  # type: ignore[arg-type]
+                    sent = -1 if data is None else self.sock.send_nowait(data)
+                except OSError as exc:
+                    lock.release()
+                    threading.Thread(target=self._lost, args=(exc,), daemon=True).start()
+                    return
+                if data is not None and sent == len(data):
                     lock.release()
                     return
-                if sent == len(item):
+                if data is None:  # this transport has no standalone frames: the flusher encodes
                     lock.release()
-                    return
-                if sent < 0:  # this transport cannot send without blocking: the flusher will
-                    lock.release()
-                    self._outbox = collections.deque([item])
-                    self._outbox_size = len(item)
-                    threading.Thread(target=self._flush, args=(False,), daemon=True).start()
-                    return
-                # Keep the lock: the rest of this frame must go out before any other frame.
-                self._outbox = collections.deque([item[sent:]])
-                self._outbox_size = len(item) - sent
-                threading.Thread(target=self._flush, args=(True,), daemon=True).start()
+                    self._start_flusher(collections.deque([_as_message(message)]),  # type: ignore[arg-type]
+                                        locked=False)
+                elif sent < 0:   # it cannot send without blocking (TLS): the flusher sends it all
+                    self._start_flusher(collections.deque([data]), locked=True)
+                else:            # keep the lock: the rest of this frame goes out before any other
+                    self._start_flusher(collections.deque([data[sent:]]), locked=True)
                 return
-            self._outbox = collections.deque([item])
-            self._outbox_size = len(item)
-            threading.Thread(target=self._flush, args=(False,), daemon=True).start()
+            item: Any = prepared if prepared is not None else _as_message(message)  # type: ignore[arg-type]
+            if self._outbox is None:
+                self._start_flusher(collections.deque([item]), locked=False)
+                return
+            if self._outbox_size + len(item) > self.max_outbox:
+                # Its buffers are full, so a close frame could not get through either:
+                # drop the connection (1013, try again later) and free the flusher.
+                logger.info("%r: outbound queue over %d bytes; dropping the client", self, self.max_outbox)
+                self._outbox = None
+                threading.Thread(target=self._finish, args=(CLOSE_TRY_AGAIN_LATER, "outbound queue overflow"),
+                                 daemon=True).start()
+                return
+            self._outbox.append(item)
+            self._outbox_size += len(item)
+
+    def _frame_bytes(self, message: MessageLike) -> Optional[bytes]:
+        """Encode and compress ``message`` into wire bytes; the caller holds the send lock."""
+        opcode, payload = self._encode(message)
+        payload, rsv = self._compress(opcode, payload)
+        return self.sock.frame_bytes(opcode, payload, True, rsv)
+
+    def _start_flusher(self, outbox: Deque[Any], locked: bool) -> None:
+        # With self._out_lock held. Items are bytes (encoded frames) or Messages (encoded later).
+        self._outbox = outbox
+        self._outbox_size = sum(len(item) for item in outbox)
+        threading.Thread(target=self._flush, args=(locked,), daemon=True).start()
 
     def _flush(self, locked: bool) -> None:
         lock = self.sock.send_lock
@@ -503,9 +510,12 @@ class Connection:
                 return
             self.close_sent = True
             self.state = CLOSING
-        header, body = pack_frame(OPCODE_CLOSE, encode_close(code, reason), True, 0,
-                                  None if self.sock.can_share_frames else os.urandom(4))
-        self._queue_out(header + body)
+        payload = encode_close(code, reason)
+        data = self.sock.frame_bytes(OPCODE_CLOSE, payload)
+        if data is None:  # a mux channel re-encapsulates RFC 6455 frames given to send_frame_bytes
+            header, body = pack_frame(OPCODE_CLOSE, payload, True, 0, os.urandom(4))
+            data = header + body
+        self._nowait(None, data)
 
     def _wait_closed(self) -> None:
         deadline = None if self.close_timeout is None else time.monotonic() + self.close_timeout
@@ -681,6 +691,15 @@ class Connection:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _as_message(message: MessageLike) -> Message:
+    """Queued items that are bytes are encoded frames, so queue payloads as Messages."""
+    if isinstance(message, Message):
+        return message
+    if isinstance(message, str):
+        return TextMessage(message)
+    return BinaryMessage(message)
 
 
 def _short_reason(text: str) -> str:

@@ -342,6 +342,17 @@ class websocket:
         """Whether frames encoded once can be sent as they are (no masking, no per-frame codec)."""
         return not self._mask_out and not self._frame_codecs
 
+    def frame_bytes(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> Optional[bytes]:
+        """One frame as wire bytes (per-frame codecs applied, masked on a client); hold ``send_lock``."""
+        if self._frame_codecs and opcode < 0x8:
+            frame = Frame(opcode, payload, final=final, rsv1=bool(rsv & 0x40), rsv2=bool(rsv & 0x20),
+                          rsv3=bool(rsv & 0x10))
+            for codec in self._frame_codecs:
+                frame = codec.encode_frame(frame)
+            payload, rsv = frame.payload, frame.rsv
+        header, body = pack_frame(opcode, payload, final, rsv, os.urandom(4) if self._mask_out else None)
+        return header + body
+
     def send_nowait(self, data: bytes) -> int:
         """Send what the socket takes now without blocking; the caller holds ``send_lock``.
 
