@@ -82,3 +82,13 @@ def test_readme_shows_the_examples():
     for name, code in shown:
         with open(os.path.join(ROOT, name), encoding="utf-8") as f:
             assert f.read() == code, "README's copy of %s is out of date" % name
+
+
+def test_compression():
+    lines = run("compression.py").splitlines()
+    assert lines[0] == "['permessage-deflate']" and int(lines[1]) == 760
+    assert lines[2] == "a secret next to attacker-chosen text"
+
+
+def test_multiplex():
+    assert run("multiplex.py").splitlines() == ["/main says hi", "/chat says hello", "/news says hey"]
