@@ -176,7 +176,10 @@ class Connection:
         """
         if self.state != OPEN or self.close_sent:
             raise self._closed_error()
-        opcode, payload = self._encode(message)
+        if type(message) is str:  # the common cases first, without the isinstance chain
+            opcode, payload = OPCODE_TEXT, message.encode("utf-8")
+        else:
+            opcode, payload = self._encode(message)
         ws = self.sock
         try:
             with ws.send_lock:

