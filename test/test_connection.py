@@ -554,3 +554,37 @@ class TestHandlers:
         c.receive_forever()
         assert [e[1] for e in c.events if e[0] == "message"] == [twspy.TextMessage("a"), twspy.BinaryMessage(b"b")]
         assert c.events[-1] == ("close", 1000, "end")
+
+
+class TestUTF8FailFastWithinAFrame:
+    """§8.1: a text frame whose bytes can no longer be UTF-8 fails before it is complete."""
+
+    @pytest.mark.parametrize("fragmented", [False, True])
+    def test_partial_frame(self, conn, fragmented):
+        c, peer = conn
+        if fragmented:
+            peer.send(Frame(twspy.OPCODE_TEXT, "κ", final=False))
+            frame = Frame(twspy.OPCODE_CONTINUATION, bytes.fromhex("cebae1bdb9f4908080") + b"x" * 100,
+                          masking_key=KEY).pack()
+        else:
+            frame = Frame(twspy.OPCODE_TEXT, bytes.fromhex("cebae1bdb9f4908080") + b"x" * 100, masking_key=KEY).pack()
+        peer.send(frame[:-100])  # the frame is not complete: 100 bytes are still missing
+        expect_failure(c, peer, 1007)
+
+    def test_large_partial_frame(self, conn):
+        c, peer = conn
+        payload = b"a" * 300000 + b"\xff" + b"b" * 300000  # read straight into its buffer
+        frame = Frame(twspy.OPCODE_TEXT, payload, masking_key=KEY).pack()
+        sender = threading.Thread(target=peer.sock.sendall, args=(frame[:400000],))
+        sender.start()  # more than the socket buffers hold: it completes as twspy reads
+        expect_failure(c, peer, 1007)
+        sender.join(5)
+
+    def test_valid_split_frames_still_pass(self, conn):
+        c, peer = conn
+        text = "κόσμε🙂" * 50000
+        frame = Frame(twspy.OPCODE_TEXT, text, masking_key=KEY).pack()
+        join = recv_in_thread(c)
+        for i in range(0, len(frame), 7777):  # code points split across reads
+            peer.send(frame[i:i + 7777])
+        assert join() == twspy.TextMessage(text)

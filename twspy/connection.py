@@ -110,6 +110,9 @@ class Connection:
         self._outbox_size = 0
         self._out_lock = threading.Lock()
         self._debug = logger.isEnabledFor(logging.DEBUG)
+        self._validator: Any = None  # UTF-8 check of a text frame that is still arriving
+        if not self._codecs and hasattr(sock, "partial_hook"):
+            sock.partial_hook = self._check_partial
         if ping_interval is not None:
             _watchdog.add(self)
         self._call_handler(self.onopen)
@@ -389,6 +392,7 @@ class Connection:
             raise self._closed_error()
         try:
             frame = self.sock.read_frame(deadline)
+            self._validator = None
             if self._debug:
                 logger.debug("%r < %r", self, frame)
             opcode = frame.opcode
@@ -422,6 +426,24 @@ class Connection:
         except OSError as exc:
             self._lost(exc)
         raise self._closed_error()
+
+    def _check_partial(self, b0: int, chunk: bytes) -> None:
+        """Validate UTF-8 of a text frame before it has fully arrived (§8.1: fail fast)."""
+        validator = self._validator
+        if validator is None:
+            opcode = b0 & 0x0F
+            if opcode == OPCODE_TEXT and self._msg_opcode is None:
+                validator = codecs.getincrementaldecoder("utf-8")("strict")
+            elif opcode == OPCODE_CONTINUATION and self._msg_opcode == OPCODE_TEXT and self._decoder is not None:
+                validator = codecs.getincrementaldecoder("utf-8")("strict")
+                validator.setstate(self._decoder.getstate())  # continue from the message so far
+            else:
+                return
+            self._validator = validator
+        try:
+            validator.decode(chunk, False)
+        except UnicodeDecodeError:
+            raise ProtocolError("invalid UTF-8 in a text message", 1007) from None
 
     def _single(self, opcode: int, payload: bytes) -> Message:
         if self.max_size is not None and len(payload) > self.max_size:

@@ -405,24 +405,20 @@ class FrameParser:
                 if b0 in _FAST_B0 and length < 126 and (self.max_size is None or length <= self.max_size):
                     masked = b1 & 0x80
                     if self.require_mask is None or bool(masked) == self.require_mask:
-                        if masked:
-                            end = pos + 6 + length
-                            if avail < 6 + length:
-                                return None
-                            key = bytes(buf[pos + 2:pos + 6])
-                            payload = mask(key, buf[pos + 6:end]) if length else b""
-                        else:
-                            end = pos + 2 + length
-                            if avail < 2 + length:
-                                return None
-                            key = None
-                            payload = bytes(buf[pos + 2:end])
-                        if end == len(buf):
-                            del buf[:]
-                            self.pos = 0
-                        else:
-                            self.pos = end
-                        return _new_frame(b0, payload, key)
+                        end = pos + (6 if masked else 2) + length
+                        if avail >= end - pos:  # else the general path below records the header
+                            if masked:
+                                key = bytes(buf[pos + 2:pos + 6])
+                                payload = mask(key, buf[pos + 6:end]) if length else b""
+                            else:
+                                key = None
+                                payload = bytes(buf[pos + 2:end])
+                            if end == len(buf):
+                                del buf[:]
+                                self.pos = 0
+                            else:
+                                self.pos = end
+                            return _new_frame(b0, payload, key)
         header = self._header or self.parse_header()
         if header is None:
             return None

@@ -106,6 +106,9 @@ class websocket:
         self._mask_out = False
         self._large: Optional[Tuple[int, Optional[bytes], bytearray, int]] = None
         self._keys: Deque[bytes] = collections.deque()
+        # Connection's fail-fast check of partly received frames: f(first header byte, payload bytes)
+        self.partial_hook: Optional[Callable[[int, bytes], None]] = None
+        self._partial_done = 0
         self._poller: Optional[selectors.BaseSelector] = None
 
     # -- socket API ---------------------------------------------------------------------------
@@ -435,6 +438,8 @@ class websocket:
             if parsed is not None:
                 frame = parsed
                 break
+            if self.partial_hook is not None and parser._header is not None:
+                self._report_partial()
             if parser._header is not None and parser.wanted() >= _LARGE:
                 b0, length, key, hlen = parser._header
                 payload = bytearray(length)
@@ -445,10 +450,34 @@ class websocket:
             if deadline is not None:
                 self._wait_readable(deadline)
             self._fill()
+        self._partial_done = 0
         if self._frame_codecs and not frame.is_control:
             for codec in reversed(self._frame_codecs):
                 frame = codec.decode_frame(frame, self.max_size)
         return frame
+
+    def _report_partial(self) -> None:
+        """Give ``partial_hook`` the unmasked payload bytes of the pending frame not given yet.
+
+        Lets Connection reject invalid UTF-8 while a long text frame is still arriving
+        (§8.1 fail fast) instead of after its last byte.
+        """
+        parser = self._parser
+        b0, length, key, hlen = parser._header  # type: ignore[misc]
+        if b0 & 0x70:  # compressed by an extension: nothing to check before inflating
+            return
+        first = parser.pos + hlen
+        start = first + self._partial_done
+        end = min(len(parser.buffer), first + length)
+        if end > start:
+            self._give_partial(b0, key, parser.buffer[start:end])
+
+    def _give_partial(self, b0: int, key: Optional[bytes], chunk: Union[bytes, bytearray, memoryview]) -> None:
+        if key is not None:
+            shift = self._partial_done % 4
+            chunk = mask(key[shift:] + key[:shift], chunk)
+        self._partial_done += len(chunk)
+        self.partial_hook(b0, bytes(chunk))  # type: ignore[misc]
 
     def pending(self) -> bool:
         """Whether bytes are already buffered (so a poll() on the socket could miss them)."""
@@ -502,6 +531,8 @@ class websocket:
                     raise ConnectionClosed(1006, "")
                 got += n
                 self._large = (b0, key, payload, got)
+                if self.partial_hook is not None and not b0 & 0x70:
+                    self._give_partial(b0, key, view[self._partial_done:got])
         self._large = None
         data = mask(key, payload) if key is not None else bytes(payload)
         return _new_frame(b0, data, key)
