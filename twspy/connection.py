@@ -179,8 +179,13 @@ class Connection:
         """
         if self.state != OPEN or self.close_sent:
             raise self._closed_error()
-        if type(message) is str:  # the common cases first, without the isinstance chain
-            opcode, payload = OPCODE_TEXT, message.encode("utf-8")
+        kind = type(message)  # the common cases first, without the isinstance chain
+        if kind is str:
+            opcode, payload = OPCODE_TEXT, message.encode("utf-8")  # type: ignore[union-attr]
+        elif kind is TextMessage:
+            opcode, payload = OPCODE_TEXT, message.payload.encode("utf-8")  # type: ignore[union-attr]
+        elif kind is BinaryMessage or kind is bytes:
+            opcode, payload = OPCODE_BINARY, message if kind is bytes else message.payload  # type: ignore[union-attr]
         else:
             opcode, payload = self._encode(message)
         ws = self.sock
@@ -448,12 +453,15 @@ class Connection:
     def _single(self, opcode: int, payload: bytes) -> Message:
         if self.max_size is not None and len(payload) > self.max_size:
             raise PayloadTooBig("message of %d bytes exceeds the limit of %d" % (len(payload), self.max_size))
+        message = _new_message(_TEXT if opcode == OPCODE_TEXT else _BINARY)  # skips __init__'s type checks
         if opcode == OPCODE_TEXT:
             try:
-                return TextMessage(payload.decode("utf-8"))
+                payload = payload.decode("utf-8")  # type: ignore[assignment]
             except UnicodeDecodeError:
                 raise ProtocolError("invalid UTF-8 in a text message", 1007) from None
-        return BinaryMessage(payload)
+        message.opcode = opcode
+        message.payload = payload
+        return message
 
     def _fragment(self, payload: bytes, final: bool) -> Optional[Message]:
         for codec in reversed(self._codecs):
@@ -716,6 +724,10 @@ class Connection:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+_new_message = object.__new__
+_TEXT, _BINARY = TextMessage, BinaryMessage
 
 
 def _as_message(message: MessageLike) -> Message:

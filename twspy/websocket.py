@@ -353,6 +353,10 @@ class websocket:
 
     def send_raw(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> None:
         """Send one frame; the caller holds ``send_lock`` (Connection's fast path)."""
+        n = len(payload)
+        if n < 126 and not self._mask_out and not self._frame_codecs:  # a server's small frame
+            self.sock.sendall(_H2.pack((0x80 | rsv | opcode) if final else (rsv | opcode), n) + payload)
+            return
         header, body = self._encode_frame(opcode, payload, final, rsv)
         if len(body) < _SMALL_SEND:
             self.sock.sendall(header + body)
