@@ -179,15 +179,16 @@ class Connection:
         """
         if self.state != OPEN or self.close_sent:
             raise self._closed_error()
-        kind = type(message)  # the common cases first, without the isinstance chain
+        item: Any = message
+        kind = type(item)  # the common cases first, without the isinstance chain
         if kind is str:
-            opcode, payload = OPCODE_TEXT, message.encode("utf-8")  # type: ignore[union-attr]
+            opcode, payload = OPCODE_TEXT, item.encode("utf-8")
         elif kind is TextMessage:
-            opcode, payload = OPCODE_TEXT, message.payload.encode("utf-8")  # type: ignore[union-attr]
+            opcode, payload = OPCODE_TEXT, item.payload.encode("utf-8")
         elif kind is BinaryMessage or kind is bytes:
-            opcode, payload = OPCODE_BINARY, message if kind is bytes else message.payload  # type: ignore[union-attr]
+            opcode, payload = OPCODE_BINARY, item if kind is bytes else item.payload
         else:
-            opcode, payload = self._encode(message)
+            opcode, payload = self._encode(item)
         ws = self.sock
         try:
             with ws.send_lock:
