@@ -588,3 +588,63 @@ class TestUTF8FailFastWithinAFrame:
         for i in range(0, len(frame), 7777):  # code points split across reads
             peer.send(frame[i:i + 7777])
         assert join() == twspy.TextMessage(text)
+
+
+class TestKeepalive:
+    def test_pong_before_send_returns_is_recognised(self, pair):
+        """Regression: the pong can be read before send_raw returns (a thread switch)."""
+        ws, raw = pair(server_side=False)
+        c = Recorder(ws, close_timeout=0.2, ping_interval=0.05, ping_timeout=0.3)
+        peer = Peer(raw, client=False)
+        peer.parser.require_mask = True
+        send_raw = ws.send_raw
+
+        def send_raw_then_switch(opcode, *args):
+            send_raw(opcode, *args)
+            if opcode == twspy.OPCODE_PING:
+                time.sleep(0.01)  # the reader handles the pong meanwhile
+
+        ws.send_raw = send_raw_then_switch
+        stop = threading.Event()
+
+        def answer_pings():
+            while not stop.is_set():
+                try:
+                    frame = peer.frame(timeout=0.1)
+                except OSError:
+                    continue
+                except EOFError:
+                    return
+                if frame.opcode == twspy.OPCODE_PING:
+                    peer.sock.sendall(Frame(twspy.OPCODE_PONG, frame.payload).pack())
+
+        answerer = threading.Thread(target=answer_pings)
+        answerer.start()
+        try:
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                try:
+                    c.recv(timeout=0.1)
+                except TimeoutError:
+                    pass
+            assert c.state == "OPEN"
+            assert sum(1 for e in c.events if e[0] == "pong") >= 5
+        finally:
+            stop.set()
+            answerer.join(5)
+            c.abort()
+
+    def test_silent_peer_closes_with_1006(self, pair):
+        ws, raw = pair(server_side=False)
+        c = Recorder(ws, close_timeout=0.2, ping_interval=0.05, ping_timeout=0.2)
+        with pytest.raises(twspy.ConnectionClosed) as info:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    c.recv(timeout=0.1)
+                except TimeoutError:
+                    pass
+        assert info.value.code == 1006
+        assert c.closed and c.close_code == 1006
+        assert [e for e in c.events if e[0] == "close"] == [("close", 1006, "keepalive ping timeout")]
+        c.close()  # nothing left to do, and no error

@@ -684,18 +684,21 @@ class Connection:
                 logger.info("%r: no pong within %ss; closing", self, self.ping_timeout)
                 self._ping_sent = None
                 self.start_close(CLOSE_UNABLE, "keepalive ping timeout")
-                self.sock.abort()  # the peer is not answering: do not wait for its close frame
+                # The peer is not answering: do not wait for its close frame (1006 locally).
+                self._finish(CLOSE_ABNORMAL, "keepalive ping timeout")
             return
         if self._next_ping is not None and now >= self._next_ping:
             self._next_ping = now + (self.ping_interval or 0)
             self._ping_payload = os.urandom(4)
             lock = self.sock.send_lock
             if lock.acquire(blocking=False):  # never wait behind a large send: try next round
+                # Outstanding before it is sent: the reading thread may see the pong before
+                # send_raw returns, and must recognise it.
+                self._ping_sent = now
                 try:
                     self.sock.send_raw(OPCODE_PING, self._ping_payload)
-                    self._ping_sent = now
                 except OSError:
-                    pass
+                    self._ping_sent = None
                 finally:
                     lock.release()
 

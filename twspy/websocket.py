@@ -405,7 +405,7 @@ class websocket:
                     self._wait_readable(deadline)
                 if not self.sock.recv(65536):
                     return
-        except (OSError, TimeoutError, ValueError):
+        except (OSError, TimeoutError, ValueError, ConnectionClosed):
             return
 
     def abort(self) -> None:
@@ -495,12 +495,19 @@ class websocket:
         sock = self.sock
         if isinstance(sock, _ssl.SSLSocket) and sock.pending() > 0:
             return
-        if self._poller is None:
-            self._poller = selectors.DefaultSelector()
-            self._poller.register(self.sock, selectors.EVENT_READ)
+        try:
+            if self._poller is None:
+                self._poller = selectors.DefaultSelector()
+                self._poller.register(self.sock, selectors.EVENT_READ)
+        except (ValueError, OSError):  # the socket was closed under us (abort from another thread)
+            raise ConnectionClosed(1006, "") from None
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self._poller.select(left):
+            try:
+                ready = left > 0 and self._poller.select(left)
+            except (ValueError, OSError, AttributeError):  # closed meanwhile (poller released)
+                raise ConnectionClosed(1006, "") from None
+            if not ready:
                 if deadline - time.monotonic() <= 0:
                     raise TimeoutError("timed out waiting for a frame")
                 continue
