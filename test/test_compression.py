@@ -176,3 +176,30 @@ def test_broadcast_to_compressing_and_plain_clients(serve):
     finally:
         for conn in clients:
             conn.close()
+
+
+@pytest.mark.parametrize("extensions", [[DeflateFrame()], [twspy.Multiplex()]], ids=["deflate-frame", "mux"])
+def test_sizes_up_to_16_mib(serve, extensions):
+    """Each extension round-trips text and binary from 0 B to 16 MiB, with pings and close codes."""
+    server = serve(EchoServer, extensions=extensions, max_size=17 << 20)
+    sizes = [0, 1, 125, 126, 65535, 65536, 1 << 20, 16 << 20]
+    if isinstance(extensions[0], twspy.Multiplex):
+        mux = twspy.connect_multiplexed(url(server), timeout=10, max_size=17 << 20)
+        conn = mux.open_channel("/big", max_size=17 << 20)
+    else:
+        mux = None
+        conn = twspy.connect(url(server), extensions=[DeflateFrame()], max_size=17 << 20)
+    try:
+        for size in sizes:
+            data = (b"0123456789abcdef" * (size // 16 + 1))[:size]
+            conn.send(data, fragment_size=1 << 20)
+            assert conn.recv(60).payload == data
+            conn.send(data.decode())
+            assert conn.recv(60).payload == data.decode()
+            conn.send_ping(b"between")
+        conn.close(4002, "big done")
+        assert conn.close_code == 4002
+    finally:
+        conn.abort()
+        if mux is not None:
+            mux.close()
