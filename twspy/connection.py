@@ -111,7 +111,8 @@ class Connection:
         self._out_lock = threading.Lock()
         self._debug = logger.isEnabledFor(logging.DEBUG)
         self._validator: Any = None  # UTF-8 check of a text frame that is still arriving
-        if not self._codecs and hasattr(sock, "partial_hook"):
+        self._partial_checks = not self._codecs and hasattr(sock, "partial_hook")
+        if self._partial_checks:
             sock.partial_hook = self._check_partial
         if ping_interval is not None:
             _watchdog.add(self)
@@ -422,6 +423,8 @@ class Connection:
                 self._msg_parts = []
                 self._msg_size = 0
                 self._decoder = codecs.getincrementaldecoder("utf-8")("strict") if opcode == OPCODE_TEXT else None
+                if self._partial_checks:
+                    self.sock.text_in_progress = opcode == OPCODE_TEXT
             return self._fragment(frame.payload, frame.final)
         except ProtocolError as exc:
             self._fail(exc)
@@ -481,6 +484,8 @@ class Connection:
             return None
         opcode, parts = self._msg_opcode, self._msg_parts
         self._msg_opcode, self._msg_parts, self._decoder = None, [], None
+        if self._partial_checks:
+            self.sock.text_in_progress = False
         if opcode == OPCODE_TEXT:
             return TextMessage("".join(parts))
         return BinaryMessage(b"".join(parts))

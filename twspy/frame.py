@@ -24,7 +24,7 @@ __all__ = [
     "CLOSE_MESSAGE_TOOBIG", "CLOSE_MISSING_EXTENSIONS", "CLOSE_UNABLE", "CLOSE_SERVICE_RESTART",
     "CLOSE_TRY_AGAIN_LATER", "CLOSE_BAD_GATEWAY", "CLOSE_TLS_FAILURE",
     "Frame", "ControlFrame", "FrameParser", "read_frame", "pop_frame", "contains_frame",
-    "mask", "pack_frame", "encode_close", "decode_close", "valid_close_code",
+    "mask", "mask_into", "pack_frame", "encode_close", "decode_close", "valid_close_code",
 ]
 
 
@@ -122,6 +122,18 @@ def mask(key: bytes, data: Union[bytes, bytearray, memoryview]) -> bytes:
     out[2::4] = out[2::4].translate(tables[key[2]])
     out[3::4] = out[3::4].translate(tables[key[3]])
     return bytes(out)
+
+
+def mask_into(key: bytes, buffer: bytearray) -> None:
+    """:func:`mask` in place, for a buffer we own (large payloads: one copy less)."""
+    if len(buffer) <= _SMALL_MASK:
+        buffer[:] = mask(key, buffer)
+        return
+    tables = _XOR_TABLES
+    buffer[0::4] = buffer[0::4].translate(tables[key[0]])
+    buffer[1::4] = buffer[1::4].translate(tables[key[1]])
+    buffer[2::4] = buffer[2::4].translate(tables[key[2]])
+    buffer[3::4] = buffer[3::4].translate(tables[key[3]])
 
 
 def _header(b0: int, length: int, mask_bit: int) -> bytes:
