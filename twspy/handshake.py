@@ -20,7 +20,7 @@ from .extension import Extension, ExtensionCodec, negotiate_client, negotiate_se
 __all__ = [
     "GUID", "Headers", "Request", "Response", "accept_key", "make_key", "read_head",
     "parse_request", "parse_response", "build_request", "build_response", "error_response",
-    "server_handshake", "check_response", "MAX_HEADER_SIZE",
+    "server_handshake", "check_response", "chosen_subprotocol", "has_token", "MAX_HEADER_SIZE",
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -232,7 +232,8 @@ def error_response(exc: HandshakeError) -> bytes:
     return build_response(status, exc.extra_headers, (exc.message + "\n").encode("utf-8"))
 
 
-def _has_token(value: Optional[str], token: str) -> bool:
+def has_token(value: Optional[str], token: str) -> bool:
+    """Whether a comma-separated header value such as ``Connection`` lists ``token`` (any case)."""
     return value is not None and token in (t.strip(" \t").lower() for t in value.split(","))
 
 
@@ -264,10 +265,10 @@ def server_handshake(request: Request, protocols: Sequence[str] = (),
     hosts = headers.get_all("Host")
     if len(hosts) != 1 or not hosts[0]:
         raise HandshakeError("missing or repeated Host header", 400)
-    if not _has_token(headers.get("Upgrade"), "websocket"):
+    if not has_token(headers.get("Upgrade"), "websocket"):
         raise HandshakeError("Upgrade: websocket header missing", 426,
                              extra_headers=(("Upgrade", "websocket"), ("Connection", "Upgrade")))
-    if not _has_token(headers.get("Connection"), "upgrade"):
+    if not has_token(headers.get("Connection"), "upgrade"):
         raise HandshakeError("Connection: Upgrade header missing", 426,
                              extra_headers=(("Upgrade", "websocket"), ("Connection", "Upgrade")))
     versions = headers.get_all("Sec-WebSocket-Version")
@@ -324,16 +325,21 @@ def check_response(response: Response, key: str, protocols: Sequence[str] = (),
     upgrade = headers.get("Upgrade")
     if upgrade is None or upgrade.strip(" \t").lower() != "websocket":  # §4.1: exactly "websocket"
         raise HandshakeError("response lacks Upgrade: websocket", None, headers)
-    if not _has_token(headers.get("Connection"), "upgrade"):
+    if not has_token(headers.get("Connection"), "upgrade"):
         raise HandshakeError("response lacks Connection: Upgrade", None, headers)
     accepts = headers.get_all("Sec-WebSocket-Accept")
     if len(accepts) != 1 or accepts[0].strip() != accept_key(key):
         raise HandshakeError("wrong Sec-WebSocket-Accept", None, headers)
-    answered = headers.get_all("Sec-WebSocket-Protocol")
-    protocol = None
-    if answered:
-        if len(answered) != 1 or answered[0].strip() not in protocols:
-            raise NegotiationError("server chose subprotocol %r, which was not offered" % ", ".join(answered))
-        protocol = answered[0].strip()
+    protocol = chosen_subprotocol(headers, protocols)
     codecs = negotiate_client(headers.get("Sec-WebSocket-Extensions") or "", extensions)
     return protocol, codecs
+
+
+def chosen_subprotocol(headers: Headers, protocols: Sequence[str]) -> Optional[str]:
+    """The server's ``Sec-WebSocket-Protocol`` answer, checked against the client's offers (§4.1)."""
+    answered = headers.get_all("Sec-WebSocket-Protocol")
+    if not answered:
+        return None
+    if len(answered) != 1 or answered[0].strip() not in protocols:
+        raise NegotiationError("server chose subprotocol %r, which was not offered" % ", ".join(answered))
+    return answered[0].strip()

@@ -71,7 +71,8 @@ from .extension import Extension, ExtensionCodec, Params
 from .frame import (CLOSE_ABNORMAL, CLOSE_MISSING_EXTENSIONS, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_UNABLE,
                     OPCODE_BINARY, OPCODE_CLOSE, OPCODE_CONTINUATION, RSV1, RSV2, RSV3, Frame, _new_frame,
                     encode_close, read_frame, valid_close_code)
-from .handshake import Headers, Request, make_key, parse_request, parse_response, server_handshake
+from .handshake import (Headers, Request, chosen_subprotocol, has_token, make_key, parse_request, parse_response,
+                        server_handshake)
 from .websocket import websocket
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -1454,14 +1455,9 @@ def _check_response(response: AddChannelResponse, protocols: Sequence[str]) -> T
     headers = parsed.headers
     if parsed.status != 101:
         raise HandshakeError("channel accepted with status %d" % parsed.status, None, headers)
-    if "upgrade" not in [t.strip(" \t").lower() for t in (headers.get("Connection") or "").split(",")]:
+    if not has_token(headers.get("Connection"), "upgrade"):
         raise HandshakeError("channel response lacks Connection: Upgrade", None, headers)
-    answered = headers.get_all("Sec-WebSocket-Protocol")
-    protocol = None
-    if answered:
-        if len(answered) != 1 or answered[0].strip() not in protocols:
-            raise NegotiationError("server chose subprotocol %r, which was not offered" % ", ".join(answered))
-        protocol = answered[0].strip()
+    protocol = chosen_subprotocol(headers, protocols)
     if headers.get("Sec-WebSocket-Extensions"):
         raise NegotiationError("server accepted channel extensions that were not offered")
     return protocol, headers
