@@ -594,7 +594,7 @@ class TestKeepalive:
     def test_pong_before_send_returns_is_recognised(self, pair):
         """Regression: the pong can be read before send_raw returns (a thread switch)."""
         ws, raw = pair(server_side=False)
-        c = Recorder(ws, close_timeout=0.2, ping_interval=0.05, ping_timeout=0.3)
+        c = Recorder(ws, close_timeout=0.2, ping_interval=0.05, ping_timeout=1.0)
         peer = Peer(raw, client=False)
         peer.parser.require_mask = True
         send_raw = ws.send_raw
@@ -621,14 +621,14 @@ class TestKeepalive:
         answerer = threading.Thread(target=answer_pings)
         answerer.start()
         try:
-            deadline = time.monotonic() + 1.0
+            deadline = time.monotonic() + 2.0  # pings every 0.05 s; 1 s unanswered would close it
             while time.monotonic() < deadline:
                 try:
                     c.recv(timeout=0.1)
                 except TimeoutError:
                     pass
             assert c.state == "OPEN"
-            assert sum(1 for e in c.events if e[0] == "pong") >= 5
+            assert sum(1 for e in c.events if e[0] == "pong") >= 3
         finally:
             stop.set()
             answerer.join(5)

@@ -437,7 +437,8 @@ class websocket:
             if self._large is not None:
                 frame = self._recv_large(deadline)
                 break
-            parsed = parser.next_frame()
+            # An empty buffer (the usual case before a read) needs no parsing attempt.
+            parsed = parser.next_frame() if parser.pos < len(parser.buffer) else None
             if parsed is not None:
                 frame = parsed
                 break
