@@ -405,45 +405,37 @@ class FrameParser:
 
     def next_frame(self) -> Optional[Frame]:
         """The next complete frame, or None until more bytes are fed."""
-        if self._header is None:
+        buf, pos = self.buffer, self.pos
+        end = -1
+        if self._header is None and len(buf) - pos >= 2:
             # Fast path for the common frame: FIN, no RSV, text/binary/ping/pong, < 126 bytes,
             # masked as expected. Same checks as check_header, fused (measured: -30% per frame).
-            buf, pos = self.buffer, self.pos
-            avail = len(buf) - pos
-            if avail >= 2:
-                b0 = buf[pos]
-                b1 = buf[pos + 1]
-                length = b1 & 0x7F
-                if b0 in _FAST_B0 and length < 126 and (self.max_size is None or length <= self.max_size):
-                    masked = b1 & 0x80
-                    if self.require_mask is None or bool(masked) == self.require_mask:
-                        end = pos + (6 if masked else 2) + length
-                        if avail >= end - pos:  # else the general path below records the header
-                            if masked:
-                                key = bytes(buf[pos + 2:pos + 6])
-                                payload = mask(key, buf[pos + 6:end]) if length else b""
-                            else:
-                                key = None
-                                payload = bytes(buf[pos + 2:end])
-                            if end == len(buf):
-                                del buf[:]
-                                self.pos = 0
-                            else:
-                                self.pos = end
-                            return _new_frame(b0, payload, key)
-        header = self._header or self.parse_header()
-        if header is None:
-            return None
-        b0, length, key, hlen = header
-        start = self.pos + hlen
-        end = start + length
-        buf = self.buffer
-        if len(buf) < end:
-            return None
-        payload = bytes(buf[start:end])
-        if key is not None:
-            payload = mask(key, payload)
-        self._header = None
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            length = b1 & 0x7F
+            masked = b1 & 0x80
+            if b0 in _FAST_B0 and length < 126 and (self.max_size is None or length <= self.max_size) \
+                    and (self.require_mask is None or bool(masked) == self.require_mask) \
+                    and len(buf) >= pos + (6 if masked else 2) + length:
+                if masked:
+                    end = pos + 6 + length
+                    key: Optional[bytes] = bytes(buf[pos + 2:pos + 6])
+                    payload = mask(key, buf[pos + 6:end]) if length else b""  # type: ignore[arg-type]
+                else:
+                    end = pos + 2 + length
+                    key = None
+                    payload = bytes(buf[pos + 2:end])
+        if end < 0:  # the general path, which also records an incomplete header
+            header = self._header or self.parse_header()
+            if header is None:
+                return None
+            b0, length, key, hlen = header
+            start = pos + hlen
+            end = start + length
+            if len(buf) < end:
+                return None
+            payload = mask(key, buf[start:end]) if key is not None else bytes(buf[start:end])
+            self._header = None
         if end == len(buf):
             del buf[:]
             self.pos = 0
