@@ -29,6 +29,8 @@ import time
 import zlib
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
+from procs import raise_nofile
+
 __all__ = [
     "Target", "Workload", "make_payload", "json_payload", "open_connection", "checked_echo", "close_all",
     "echo_worker", "connect_worker", "idle_worker", "client_worker", "one_connection",
@@ -302,7 +304,7 @@ def _worker(body: Callable[[Any, Dict[str, Any]], Any]) -> Callable[[Any, Dict[s
     def run(pipe: Any, cfg: Dict[str, Any]) -> None:
         from procs import die_with_parent
         die_with_parent()
-        _raise_nofile()
+        raise_nofile()
         try:
             result = body(pipe, cfg)
             pipe.send(("done", result))
@@ -317,18 +319,6 @@ def _worker(body: Callable[[Any, Dict[str, Any]], Any]) -> Callable[[Any, Dict[s
             pipe.close()
     run.__name__ = body.__name__
     return run
-
-
-def _raise_nofile() -> None:
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
 
 
 # -- echo: messages/s, throughput and latency --------------------------------------------------

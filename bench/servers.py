@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import socket
 import sys
 import threading
 
-__all__ = ["KINDS", "PEERS", "MAX_SIZE", "main", "profile_to", "raise_nofile"]
+from procs import raise_nofile  # bench/ is this script's directory, hence on sys.path
+
+__all__ = ["KINDS", "PEERS", "MAX_SIZE", "main", "profile_to"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ("twspy", "websockets-sync", "websockets-asyncio", "aiohttp", "raw-tcp")
@@ -181,18 +182,6 @@ SERVE = {
     "aiohttp": serve_aiohttp,
     "raw-tcp": serve_raw_tcp,
 }
-
-
-def raise_nofile() -> None:
-    """Raise the soft file descriptor limit to the hard one (1,000 idle connections and more)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
 
 
 def profile_to(path: str) -> None:
