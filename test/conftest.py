@@ -29,6 +29,19 @@ def wait_for(predicate, timeout=5.0, interval=0.005):
         time.sleep(interval)
 
 
+def frame_from(sock, parser, timeout=5):
+    """The next frame a raw test peer receives on ``sock``, parsed by its ``FrameParser``."""
+    sock.settimeout(timeout)
+    while True:
+        frame = parser.next_frame()
+        if frame is not None:
+            return frame
+        data = sock.recv(65536)
+        if not data:
+            raise EOFError("peer closed")
+        parser.feed(data)
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_threads():
     """Every test ends with the threads it started (the shared watchdog aside)."""

@@ -16,6 +16,8 @@ import twspy
 from twspy import Frame
 from twspy.frame import FrameParser
 
+from conftest import frame_from
+
 KEY = bytes.fromhex("37fa213d")
 
 
@@ -36,15 +38,7 @@ class Peer:
             self.sock.sendall(frame)
 
     def frame(self, timeout=5):
-        self.sock.settimeout(timeout)
-        while True:
-            frame = self.parser.next_frame()
-            if frame is not None:
-                return frame
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError("peer closed")
-            self.parser.feed(data)
+        return frame_from(self.sock, self.parser, timeout)
 
     def close_code(self):
         frame = self.frame()

@@ -22,7 +22,7 @@ from twspy.multiplex import (AddChannelRequest, AddChannelResponse, Channel, Dro
 from twspy.multiplex import _accept_head, _request_head
 from twspy.permessage_deflate import DeflateMessage
 
-from conftest import url, wait_for
+from conftest import frame_from, url, wait_for
 
 H = bytes.fromhex
 HS97 = b"GET /chat HTTP/1.1\r\nHost: server.example.com\r\nConnection: Upgrade\r\nOrigin: http://example.com\r\n\r\n"
@@ -300,15 +300,7 @@ class Peer:
         self.send(encode_control_blocks(*blocks))
 
     def frame(self, timeout=5) -> Frame:
-        self.sock.settimeout(timeout)
-        while True:
-            frame = self.parser.next_frame()
-            if frame is not None:
-                return frame
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError("peer closed")
-            self.parser.feed(data)
+        return frame_from(self.sock, self.parser, timeout)
 
     def message(self, timeout=5) -> bytes:
         parts = []
