@@ -12,7 +12,8 @@ import binascii
 import hashlib
 import os
 import re
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from http import HTTPStatus
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .errors import HandshakeError, NegotiationError
 from .extension import Extension, ExtensionCodec, negotiate_client, negotiate_server, offer_header, parse_tokens
@@ -21,6 +22,7 @@ __all__ = [
     "GUID", "Headers", "Request", "Response", "accept_key", "make_key", "read_head",
     "parse_request", "parse_response", "build_request", "build_response", "error_response",
     "server_handshake", "check_response", "chosen_subprotocol", "has_token", "MAX_HEADER_SIZE",
+    "Reply", "reply_response",
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -84,12 +86,22 @@ class Headers:
 
 
 class Request:
-    """A parsed HTTP request head."""
+    """A parsed HTTP request head.
 
-    __slots__ = ("method", "path", "version", "headers")
+    On a server, ``address`` is the peer's address and ``state`` a dict that request hooks
+    (``process_request``, filters' ``on_connect``) may fill for the connection to read later
+    as ``client.request.state``.
+    """
 
-    def __init__(self, method: str, path: str, version: str, headers: Headers) -> None:
+    __slots__ = ("method", "path", "version", "headers", "address", "state")
+
+    def __init__(self, method: str, path: str, version: str, headers: Headers, address: Any = None) -> None:
         self.method, self.path, self.version, self.headers = method, path, version, headers
+        self.address = address
+        self.state: Dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return "<Request %s %s>" % (self.method, self.path)
 
 
 class Response:
@@ -216,7 +228,7 @@ def build_request(host: str, path: str, key: str, origin: Optional[str] = None,
 
 def build_response(status: int, headers: Iterable[Tuple[str, str]] = (), body: bytes = b"") -> bytes:
     """An HTTP/1.1 response head (plus ``body`` with its Content-Length when not 101)."""
-    lines = ["HTTP/1.1 %d %s" % (status, _REASONS.get(status, "Unknown"))]
+    lines = ["HTTP/1.1 %d %s" % (status, _reason(status))]
     lines.extend("%s: %s" % (k, v) for k, v in headers)
     if status != 101:
         lines.append("Content-Length: %d" % len(body))
@@ -224,6 +236,50 @@ def build_response(status: int, headers: Iterable[Tuple[str, str]] = (), body: b
         if body:
             lines.append("Content-Type: text/plain; charset=utf-8")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + (body if status != 101 else b"")
+
+
+Reply = Union[None, int, Tuple[int, Union[str, bytes]],
+              Tuple[int, Iterable[Tuple[str, str]], Union[str, bytes]], Response]
+"""What a request hook returns: None to go on with the upgrade, or an HTTP answer given as a
+status, ``(status, body)``, ``(status, headers, body)`` or a :class:`Response`."""
+
+
+def reply_response(reply: Reply) -> Optional[Tuple[int, bytes]]:
+    """``(status, response bytes)`` for a request hook's :data:`Reply` (None for None).
+
+    Raises TypeError for anything else, ValueError for a status that is not a final
+    HTTP status (1xx would leave the client waiting for a 101 that never comes).
+    """
+    if reply is None:
+        return None
+    headers: Iterable[Tuple[str, str]] = ()
+    body: Union[str, bytes] = b""
+    if isinstance(reply, Response):
+        status, headers, body = reply.status, reply.headers.items(), reply.body
+    elif isinstance(reply, int):
+        status = reply
+    elif isinstance(reply, tuple) and len(reply) == 2:
+        status, body = reply
+    elif isinstance(reply, tuple) and len(reply) == 3:
+        status, headers, body = reply
+    else:
+        raise TypeError("a request hook returned %r; expected None, a status, (status, body), "
+                        "(status, headers, body) or a Response" % (reply,))
+    if not isinstance(status, int) or not 200 <= status <= 599:
+        raise ValueError("a request hook answered with HTTP status %r; expected 200-599" % (status,))
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    for name, value in headers:
+        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+            raise ValueError("header %r contains a line break" % name)
+    return status, build_response(status, headers, body)
+
+
+def _reason(status: int) -> str:
+    try:
+        return _REASONS.get(status) or HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 
 def error_response(exc: HandshakeError) -> bytes:

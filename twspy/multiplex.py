@@ -498,6 +498,7 @@ class ChannelSocket:
         self.server_side = session.server_side
         self.path = path
         self.headers = headers
+        self.request: Optional[Request] = None  # server: the channel's upgrade request
         self.protocol = protocol
         self.address = session.ws.address
         self.max_size = session.ws.max_size
@@ -1262,6 +1263,7 @@ class _ServerSession(_Session):
             slots = (NewChannelSlot(self._slots, self.window) if self._slots else NewChannelSlot(0, 0, True))
             self._queue_blocks(slots.encode(), FlowControl(1, self.window).encode())
             lsock = self._new_channel(1, ws.path or "/", ws.headers, ws.protocol, self.codec.quota or 0)
+            lsock.request = ws.request
             self._start(lsock)
             self._read_loop(_STOP_CHECK)
         finally:
@@ -1379,6 +1381,14 @@ class _ServerSession(_Session):
                                               ws.select_subprotocol)
             if self.server._stopping:
                 raise HandshakeError("shutting down", 503)
+            # The server's request hooks (process_request, filters' on_connect) see every channel.
+            request = Request(request.method, request.path, request.version, request.headers, ws.address)
+            answer = ws._process_request(request)
+            if answer is not None:
+                logger.info("%s: mux channel %d answered %d by process_request", _fmt(ws.address), cid, answer[0])
+                self._queue_blocks(AddChannelResponse(cid, answer[1], rejected=True).encode())
+                self._grant_slot()
+                return
         except HandshakeError as exc:
             logger.info("%s: mux channel %d refused: %s", _fmt(ws.address), cid, exc)
             self._queue_blocks(AddChannelResponse(cid, _status_head(exc.status or 400), rejected=True).encode())
@@ -1387,6 +1397,7 @@ class _ServerSession(_Session):
         if block.encoding == ENCODING_IDENTITY:
             self._delta_base = request.headers
         lsock = self._new_channel(cid, request.path, request.headers, protocol, 0)
+        lsock.request = request
         self._queue_blocks(AddChannelResponse(cid, _accept_head(protocol)).encode())
         self._start(lsock)
 

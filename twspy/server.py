@@ -13,8 +13,9 @@ from typing import Any, List, Optional, Sequence, Set, Tuple
 
 from .connection import DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
 from .errors import HandshakeError
+from .filters import Filter, run_close, run_connect, run_message, run_open
 from .frame import CLOSE_GOING_AWAY
-from .handshake import Headers, build_response
+from .handshake import Headers, Reply, Request, build_response
 from .message import Message
 from .permessage_deflate import default_extensions
 from .websocket import websocket
@@ -23,33 +24,46 @@ __all__ = ["Server", "ServerConnection"]
 
 logger = logging.getLogger("twspy.server")
 
-_CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout")
+_CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout", "queue_messages")
 
 
 class ServerConnection(Connection):
     """A client of a :class:`Server`: a Connection whose handlers call the server's.
 
-    Attributes: ``server``, ``id`` (unique in the process), ``path`` and ``headers`` of the
-    upgrade request, ``address`` of the peer.
+    Attributes: ``server``; ``id``, a string unique in the process (and across a cluster
+    when a :class:`~twspy.hub.Hub` is attached: ``"<node id>.<n>"``); ``request``, ``path``
+    and ``headers`` of the upgrade request; ``address`` of the peer.
     """
 
     _ids = itertools.count(1)
 
     def __init__(self, server: "Server", sock: websocket, **options: Any) -> None:
         self.server = server
-        self.id = next(self._ids)
+        n = next(self._ids)
+        self.id = "%s.%d" % (server.node_id, n) if server.node_id else str(n)
+        self.request: Request = getattr(sock, "request", None) or Request("GET", sock.path or "/", "HTTP/1.1", Headers())
         self.path: str = sock.path or "/"
         self.headers: Headers = sock.headers or Headers()
         self.address = sock.address
         super().__init__(sock, **options)
 
+    # Each handler runs the server's filters first (in list order), then the server's handler.
     def onopen(self) -> None:
-        with self.server._lock:  # a member of server.clients before the handler runs (it may broadcast)
-            self.server.clients.add(self)
-        self.server.onopen(self)
+        server = self.server
+        with server._lock:  # a member of server.clients before the handler runs (it may broadcast)
+            server.clients.add(self)
+        if server.filters and not run_open(server.filters, self):
+            return
+        server.onopen(self)
 
     def onmessage(self, message: Message) -> None:
-        self.server.onmessage(self, message)
+        server = self.server
+        if server.filters:
+            filtered = run_message(server.filters, self, message)
+            if filtered is None:
+                return
+            message = filtered
+        server.onmessage(self, message)
 
     def onping(self, payload: bytes) -> None:
         self.server.onping(self, payload)
@@ -58,13 +72,16 @@ class ServerConnection(Connection):
         self.server.onpong(self, payload)
 
     def onclose(self, code: int, reason: str) -> None:
-        self.server.onclose(self, code, reason)
+        server = self.server
+        if server.filters:
+            run_close(server.filters, self, code, reason)
+        server.onclose(self, code, reason)
 
     def onerror(self, exc: BaseException) -> None:
         self.server.onerror(self, exc)
 
     def __repr__(self) -> str:
-        return "<client #%d %s %s>" % (self.id, _fmt_address(self.address), self.path)
+        return "<client #%s %s %s>" % (self.id, _fmt_address(self.address), self.path)
 
 
 class Server:
@@ -80,6 +97,12 @@ class Server:
     - ``onerror(client, exc)`` — after a protocol error or an exception in a handler
       (which is logged with its traceback and closes that client with 1011)
     - ``select_subprotocol(client_protocols, server_protocols)``
+    - ``process_request(path, headers)`` — before the upgrade: None to go on, or an HTTP
+      answer (a status, ``(status, body)`` or ``(status, headers, body)``) sent instead,
+      e.g. 200 for a health check or 401; runs in the client's thread
+
+    Or compose it from ``filters`` (see :mod:`twspy.filters`): they run in list order
+    before the server's own handlers.
 
     Then ``run()``; ``shutdown()`` from any thread (or Ctrl-C) stops it.
 
@@ -88,8 +111,11 @@ class Server:
         ssl: an ``ssl.SSLContext`` with the certificate, for wss://.
         backlog_size: the listen() backlog.
         max_connections: clients served at once (handshaking included); more get HTTP 503.
+        filters: :class:`~twspy.filters.Filter` objects run in order on connect, open, each
+            message and close (``server.filters`` is the list; it may be changed before ``run``).
+        hub: a :class:`~twspy.hub.Hub` to attach (topics, cluster-wide broadcast and send-to-id).
         close_timeout, max_queue, max_outbox, ping_interval (default 20 s), ping_timeout
-            (default 20 s): passed to each client's Connection.
+            (default 20 s), queue_messages: passed to each client's Connection.
         **websocket_kwargs: protocols, extensions (default: permessage-deflate; ``[]`` for
             none), trusted_origins, locations, max_size,
             max_header_size, handshake_timeout: see :class:`~twspy.websocket.websocket`.
@@ -98,7 +124,8 @@ class Server:
     connection_class = ServerConnection
 
     def __init__(self, address: Tuple[str, int] = ("127.0.0.1", 8000), ssl: Optional[_ssl.SSLContext] = None,
-                 backlog_size: int = 128, max_connections: int = 1024, **websocket_kwargs: Any) -> None:
+                 backlog_size: int = 128, max_connections: int = 1024, filters: Sequence[Filter] = (),
+                 hub: Any = None, **websocket_kwargs: Any) -> None:
         self.connection_options = {k: websocket_kwargs.pop(k) for k in _CONNECTION_OPTIONS if k in websocket_kwargs}
         self.connection_options.setdefault("ping_interval", DEFAULT_PING_INTERVAL)
         self.connection_options.setdefault("ping_timeout", DEFAULT_PING_TIMEOUT)
@@ -107,7 +134,7 @@ class Server:
         host = address[0]
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = websocket(ssl=ssl, family=family, select_subprotocol=self.select_subprotocol,
-                              **websocket_kwargs)
+                              process_request=self._process_request, **websocket_kwargs)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(address)
         self.sock.listen(backlog_size)
@@ -125,6 +152,11 @@ class Server:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.sock.sock, selectors.EVENT_READ)
         self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self.filters: List[Filter] = list(filters)
+        self.node_id: Optional[str] = None  # set by an attached hub: client ids become routable
+        self.hub: Any = None
+        if hub is not None:
+            hub.attach(self)
 
     # -- handlers (may be overridden) -------------------------------------------------------
     def onopen(self, client: ServerConnection) -> None:
@@ -151,6 +183,16 @@ class Server:
             if protocol in server_protocols:
                 return protocol
         return None
+
+    def process_request(self, path: str, headers: Headers) -> Reply:
+        """Answer a request before the upgrade: None to go on (the default), or an HTTP reply."""
+        return None
+
+    def _process_request(self, request: Request) -> Reply:
+        reply = self.process_request(request.path, request.headers)
+        if reply is None and self.filters:
+            reply = run_connect(self.filters, request)
+        return reply
 
     # -- serving ---------------------------------------------------------------------------
     def run(self) -> None:

@@ -23,8 +23,8 @@ from .errors import ConnectionClosed, HandshakeError, InvalidState, NegotiationE
 from .extension import Extension, ExtensionCodec
 from .frame import (_H2, CLOSE_MISSING_EXTENSIONS, OPCODE_CLOSE, Frame, FrameParser, _header, _new_frame,
                     encode_close, mask, mask_into, pack_frame)
-from .handshake import (MAX_HEADER_SIZE, Headers, build_request, check_response, error_response, make_key,
-                        parse_request, parse_response, read_head, server_handshake)
+from .handshake import (MAX_HEADER_SIZE, Headers, Reply, Request, build_request, check_response, error_response,
+                        make_key, parse_request, parse_response, read_head, reply_response, server_handshake)
 
 __all__ = ["websocket", "DEFAULT_MAX_SIZE", "DEFAULT_HANDSHAKE_TIMEOUT"]
 
@@ -59,6 +59,11 @@ class websocket:
         max_header_size: largest HTTP head accepted (431 beyond).
         handshake_timeout: seconds for the TLS and HTTP handshakes.
         select_subprotocol: server: ``f(client_protocols, server_protocols)`` picking one.
+        process_request: server: ``f(request)`` called with the parsed
+            :class:`~twspy.handshake.Request` before the upgrade is checked; it returns None to
+            go on or an HTTP answer (:data:`~twspy.handshake.Reply`: a status, ``(status, body)``,
+            ``(status, headers, body)``) that is sent instead of the upgrade (health checks,
+            401, 502, ...). HandshakeError raised in it answers its status; another exception 500.
         write_timeout: a send that makes no progress for this long fails the connection
             (a peer that never reads cannot pin a thread); None for no limit.
     """
@@ -72,7 +77,8 @@ class websocket:
                  handshake_timeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT,
                  select_subprotocol: Optional[Callable[[List[str], Sequence[str]], Optional[str]]] = None,
                  family: int = socket.AF_INET, server_hostname: Optional[str] = None,
-                 write_timeout: Optional[float] = DEFAULT_WRITE_TIMEOUT) -> None:
+                 write_timeout: Optional[float] = DEFAULT_WRITE_TIMEOUT,
+                 process_request: Optional[Callable[[Request], Reply]] = None) -> None:
         self.sock = sock if sock is not None else socket.socket(family, socket.SOCK_STREAM)
         self.origin = origin
         self.protocols = list(protocols)
@@ -90,6 +96,7 @@ class websocket:
         self.select_subprotocol = select_subprotocol
         self.server_hostname = server_hostname
         self.write_timeout = write_timeout
+        self.process_request = process_request
 
         self.server_side: Optional[bool] = None   # None until accept()/connect()
         self.handshake_done = False
@@ -97,6 +104,7 @@ class websocket:
         self.extensions: List[ExtensionCodec] = []  # negotiated codecs, order of application
         self.path: Optional[str] = None           # server: request target; client: location
         self.headers: Optional[Headers] = None    # server: request headers; client: response headers
+        self.request: Optional[Request] = None    # server: the upgrade request
         self.address: Any = None                  # peer address
         self.send_lock = threading.Lock()         # one whole frame (or message) at a time
         self._parser = FrameParser(max_size)
@@ -161,7 +169,7 @@ class websocket:
                          trusted_origins=self.trusted_origins, locations=self.locations, ssl=self.ssl,
                          max_size=self.max_size, max_header_size=self.max_header_size,
                          handshake_timeout=self.handshake_timeout, select_subprotocol=self.select_subprotocol,
-                         write_timeout=self.write_timeout)
+                         write_timeout=self.write_timeout, process_request=self.process_request)
 
     def accept(self, handshake: bool = True) -> Tuple["websocket", Any]:
         """Accept a client and run the server handshake: ``(websocket, address)``.
@@ -193,12 +201,19 @@ class websocket:
             try:
                 head, rest = read_head(lambda n: self._recv_before(deadline, n), self.max_header_size)
                 request = parse_request(head)
-                response, self.protocol, self.extensions = server_handshake(
-                    request, self.protocols, self.extension_offers, self.trusted_origins, self.locations,
-                    self.select_subprotocol)
+                request.address = self.address
+                self.request = request
+                answer = self._process_request(request)
+                if answer is None:
+                    response, self.protocol, self.extensions = server_handshake(
+                        request, self.protocols, self.extension_offers, self.trusted_origins, self.locations,
+                        self.select_subprotocol)
             except HandshakeError as exc:
                 self._send_before(deadline, error_response(exc))
                 raise
+            if answer is not None:
+                self._send_before(deadline, answer[1])
+                raise HandshakeError("answered by process_request", answer[0])
             self._send_before(deadline, response)
         except BaseException:
             self.close()
@@ -207,6 +222,17 @@ class websocket:
         self.headers = request.headers
         self._opened(rest, require_mask=True)
         self.sock.settimeout(old_timeout)
+
+    def _process_request(self, request: Request) -> Optional[Tuple[int, bytes]]:
+        if self.process_request is None:
+            return None
+        try:
+            return reply_response(self.process_request(request))
+        except HandshakeError:
+            raise
+        except Exception as exc:
+            logger.exception("process_request failed for %r", request)
+            raise HandshakeError("internal server error", 500) from exc
 
     # -- client -------------------------------------------------------------------------------
     def connect(self, address: Any) -> None:
