@@ -9,7 +9,7 @@ import socket
 import ssl as _ssl
 import threading
 import time
-from typing import Any, List, Optional, Sequence, Set, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .connection import DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
 from .errors import HandshakeError
@@ -20,7 +20,7 @@ from .message import Message
 from .permessage_deflate import default_extensions
 from .websocket import websocket
 
-__all__ = ["Server", "ServerConnection"]
+__all__ = ["Server", "ServerConnection", "send_all"]
 
 logger = logging.getLogger("twspy.server")
 
@@ -41,7 +41,8 @@ class ServerConnection(Connection):
         self.server = server
         n = next(self._ids)
         self.id = "%s.%d" % (server.node_id, n) if server.node_id else str(n)
-        self.request: Request = getattr(sock, "request", None) or Request("GET", sock.path or "/", "HTTP/1.1", Headers())
+        request = getattr(sock, "request", None)  # None for sockets made without a handshake
+        self.request: Request = request or Request("GET", sock.path or "/", "HTTP/1.1", Headers())
         self.path: str = sock.path or "/"
         self.headers: Headers = sock.headers or Headers()
         self.address = sock.address
@@ -302,18 +303,9 @@ class Server:
         (see :meth:`Connection.send_nowait`).
         """
         excluded = exclude if isinstance(exclude, (set, frozenset, list, tuple)) else (exclude,)
-        prepared = None
         with self._lock:
-            clients = list(self.clients)
-        for client in clients:
-            if client in excluded:
-                continue
-            data = None
-            if not client._codecs:
-                if prepared is None:
-                    prepared = client.prepare(message)
-                data = prepared
-            client.send_nowait(message, data)
+            clients = [client for client in self.clients if client not in excluded]
+        send_all(clients, message)
 
     _stop_code = CLOSE_GOING_AWAY
     _stop_reason = ""
@@ -384,6 +376,19 @@ class Server:
 
     def __exit__(self, *exc: Any) -> None:
         self.shutdown()
+
+
+def send_all(clients: Iterable[Connection], message: Any) -> None:
+    """Send ``message`` to each client without blocking (:meth:`Connection.send_nowait`),
+    encoding its frame once for every client that can share it."""
+    prepared = None
+    for client in clients:
+        data = None
+        if not client._codecs:
+            if prepared is None:
+                prepared = client.prepare(message)
+            data = prepared
+        client.send_nowait(message, data)
 
 
 def _fmt_address(address: Any) -> str:

@@ -1,0 +1,309 @@
+"""Brokers for :class:`twspy.hub.Hub`: an append-only log shared by the nodes of a cluster.
+
+A broker is deliberately dumb: every node appends its entries (flat ``str -> bytes`` dicts)
+to one ordered log and reads everyone's entries from a cursor. Ordering, deduplication, gap
+detection and replay after a broker restart live in the hub, so any log with these
+operations will do:
+
+- ``append(entries, generation) -> bool`` — in order, atomically and only if the broker is
+  still in ``generation`` (False, nothing appended, otherwise); raises :class:`BrokerUnavailable`
+- ``read(cursor, timeout) -> [(id, entry), ...]`` — entries after ``cursor`` (waiting up
+  to ``timeout`` for one)
+- ``tail() -> cursor`` — the cursor of the newest entry (where a new reader starts)
+- ``generation() -> str`` — changes when the broker lost its data (a restart without
+  persistence): the hub then replays what it sent recently and reads from the start.
+  ``append`` checks it in the same step so nothing new lands in a log before the replay
+- ``set_presence(node, clients, ttl)``, ``drop_presence(node)``, ``presence()`` — which
+  clients each live node has and their topic filters; a node that stops refreshing its
+  presence (it crashed) disappears after ``ttl`` seconds
+
+:class:`MemoryBroker` keeps the log in the process (``memory://`` and ``memory://name``,
+several hubs on one broker behave like a cluster); :class:`RedisBroker` keeps it in a Redis
+Stream (``redis://host:port/db``), through the optional ``redis`` package.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import urlsplit
+
+from .errors import WebSocketError
+
+__all__ = ["HubError", "BrokerUnavailable", "Broker", "MemoryBroker", "RedisBroker", "open_broker"]
+
+Entry = Dict[str, bytes]
+Presence = Dict[str, Dict[str, List[str]]]  # node -> client id -> topic filters
+
+DEFAULT_MAXLEN = 100_000  # entries a broker keeps; readers further behind see a gap (reported)
+
+
+class HubError(WebSocketError):
+    """A hub or broker cannot do what was asked (bad broker URL, missing ``redis`` package, ...)."""
+
+
+class BrokerUnavailable(HubError, ConnectionError):
+    """The broker cannot be reached right now; the hub retries with backoff."""
+
+
+class Broker:
+    """The interface of a broker (see the module docstring)."""
+
+    url = ""
+
+    def append(self, entries: List[Entry], generation: str) -> bool:
+        raise NotImplementedError
+
+    def read(self, cursor: str, timeout: float) -> List[Tuple[str, Entry]]:
+        raise NotImplementedError
+
+    def tail(self) -> str:
+        raise NotImplementedError
+
+    def generation(self) -> str:
+        raise NotImplementedError
+
+    def set_presence(self, node: str, clients: Dict[str, List[str]], ttl: float) -> None:
+        raise NotImplementedError
+
+    def drop_presence(self, node: str) -> None:
+        raise NotImplementedError
+
+    def presence(self) -> Presence:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryBroker(Broker):
+    """An in-process broker: the default, with no dependencies.
+
+    For tests it can also misbehave on purpose: ``down = True`` makes every call raise
+    :class:`BrokerUnavailable` (an outage) and :meth:`restart` drops the log and presence
+    (a Redis restart without persistence).
+    """
+
+    def __init__(self, maxlen: int = DEFAULT_MAXLEN, url: str = "memory://") -> None:
+        self.url = url
+        self.maxlen = maxlen
+        self.down = False
+        self._cond = threading.Condition()
+        self._log: List[Tuple[int, Entry]] = []
+        self._ids = itertools.count(1)
+        self._generation = secrets.token_hex(8)
+        self._presence: Dict[str, Tuple[float, Dict[str, List[str]]]] = {}
+
+    def _check(self) -> None:
+        if self.down:
+            raise BrokerUnavailable("memory broker %s is down" % self.url)
+
+    def append(self, entries: List[Entry], generation: str) -> bool:
+        with self._cond:
+            self._check()
+            if generation != self._generation:
+                return False
+            for entry in entries:
+                self._log.append((next(self._ids), dict(entry)))
+            if len(self._log) > self.maxlen:
+                del self._log[:len(self._log) - self.maxlen]
+            self._cond.notify_all()
+            return True
+
+    def read(self, cursor: str, timeout: float) -> List[Tuple[str, Entry]]:
+        after = int(cursor)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                self._check()
+                if self._log and self._log[-1][0] > after:
+                    # ids are increasing: find the first one after the cursor from the end.
+                    i = len(self._log)
+                    while i > 0 and self._log[i - 1][0] > after:
+                        i -= 1
+                    return [(str(n), e) for n, e in self._log[i:i + 1000]]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return []
+                self._cond.wait(left)
+
+    def tail(self) -> str:
+        with self._cond:
+            self._check()
+            return str(self._log[-1][0]) if self._log else "0"
+
+    def generation(self) -> str:
+        with self._cond:
+            self._check()
+            return self._generation
+
+    def restart(self) -> None:
+        """Lose every entry and all presence, as a broker restarted without persistence."""
+        with self._cond:
+            self._log.clear()
+            self._ids = itertools.count(1)
+            self._presence.clear()
+            self._generation = secrets.token_hex(8)
+            self._cond.notify_all()
+
+    def set_presence(self, node: str, clients: Dict[str, List[str]], ttl: float) -> None:
+        with self._cond:
+            self._check()
+            self._presence[node] = (time.monotonic() + ttl, {k: list(v) for k, v in clients.items()})
+
+    def drop_presence(self, node: str) -> None:
+        with self._cond:
+            self._check()
+            self._presence.pop(node, None)
+
+    def presence(self) -> Presence:
+        with self._cond:
+            self._check()
+            now = time.monotonic()
+            for node in [n for n, (expiry, _) in self._presence.items() if expiry <= now]:
+                del self._presence[node]
+            return {node: {k: list(v) for k, v in clients.items()}
+                    for node, (_, clients) in self._presence.items()}
+
+
+class RedisBroker(Broker):
+    """A broker on a Redis Stream (Redis 5 or newer), with the ``redis`` package.
+
+    Keys (``prefix`` defaults to ``twspy``): ``{prefix}:log`` the stream (trimmed to about
+    ``maxlen`` entries), ``{prefix}:generation`` a random token set by the first node (gone
+    after a restart without persistence, which is how nodes notice one) and
+    ``{prefix}:presence:{node}`` a hash per node that expires unless refreshed.
+    """
+
+    def __init__(self, url: str, prefix: str = "twspy", maxlen: int = DEFAULT_MAXLEN,
+                 socket_timeout: float = 5.0) -> None:
+        try:
+            import redis
+        except ImportError:
+            raise HubError("a redis:// hub needs the redis package: pip install 'twspy[redis]'") from None
+        self.url = url
+        self.maxlen = maxlen
+        self._redis_errors = (redis.RedisError, OSError)
+        # No retries inside redis-py: a failure must reach the hub, which then checks the
+        # generation before it goes on (a silent retry could hide a restart).
+        self._client = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=2.0,
+                                            retry=None, retry_on_timeout=False, health_check_interval=0)
+        self._log = prefix + ":log"
+        self._gen_key = prefix + ":generation"
+        self._presence_prefix = prefix + ":presence:"
+        self._append = self._client.register_script(_APPEND)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except self._redis_errors as exc:
+            raise BrokerUnavailable("redis %s: %s failed: %s" % (self.url, what, exc)) from exc
+
+    def append(self, entries: List[Entry], generation: str) -> bool:
+        args: List[Any] = [generation, self.maxlen]
+        for entry in entries:
+            args.append(len(entry))
+            for name, value in entry.items():
+                args += (name, value)
+        return bool(self._call("XADD", self._append, keys=[self._gen_key, self._log], args=args))
+
+    def read(self, cursor: str, timeout: float) -> List[Tuple[str, Entry]]:
+        def run() -> List[Tuple[str, Entry]]:
+            reply = self._client.xread({self._log: cursor}, count=1000, block=max(1, int(timeout * 1000)))
+            entries: List[Tuple[str, Entry]] = []
+            for _stream, items in reply or ():
+                for entry_id, fields in items:
+                    entries.append((_text(entry_id), {_text(k): v for k, v in fields.items()}))
+            return entries
+        return self._call("XREAD", run)
+
+    def tail(self) -> str:
+        def run() -> str:
+            last = self._client.xrevrange(self._log, count=1)
+            return _text(last[0][0]) if last else "0-0"
+        return self._call("XREVRANGE", run)
+
+    def generation(self) -> str:
+        def run() -> str:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.set(self._gen_key, secrets.token_hex(8), nx=True)  # the first node (after a restart) sets it
+            pipe.get(self._gen_key)
+            return _text(pipe.execute()[1])
+        return self._call("GET", run)
+
+    def set_presence(self, node: str, clients: Dict[str, List[str]], ttl: float) -> None:
+        key = self._presence_prefix + node
+
+        def run() -> None:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.delete(key)
+            # A node with no clients still has a key (a marker field), so it counts as alive.
+            pipe.hset(key, mapping={"": "", **{cid: "\n".join(f) for cid, f in clients.items()}})
+            pipe.pexpire(key, max(1, int(ttl * 1000)))
+            pipe.execute()
+        self._call("HSET", run)
+
+    def drop_presence(self, node: str) -> None:
+        self._call("DEL", self._client.delete, self._presence_prefix + node)
+
+    def presence(self) -> Presence:
+        def run() -> Presence:
+            result: Presence = {}
+            for key in self._client.scan_iter(match=self._presence_prefix + "*", count=100):
+                node = _text(key)[len(self._presence_prefix):]
+                fields = self._client.hgetall(key)
+                result[node] = {_text(k): [f for f in _text(v).split("\n") if f]
+                                for k, v in fields.items() if k}
+            return result
+        return self._call("SCAN", run)
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except self._redis_errors:  # pragma: no cover
+            pass
+
+
+# Append entries only if the generation is still ours, atomically (a Lua script): after a
+# restart nothing new may land in the fresh log before the hub's replay of older entries.
+_APPEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local i = 3
+while i <= #ARGV do
+    local n = tonumber(ARGV[i])
+    local args = {'XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*'}
+    for j = 1, 2 * n do args[#args + 1] = ARGV[i + j] end
+    redis.call(unpack(args))
+    i = i + 2 * n + 1
+end
+return 1
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+_named: Dict[str, MemoryBroker] = {}
+_named_lock = threading.Lock()
+
+
+def open_broker(url: Optional[str] = None, **options: Any) -> Broker:
+    """A broker for ``url``: None or ``memory://`` (a private in-process broker),
+    ``memory://name`` (one broker per name in the process: hubs that share it form a
+    cluster), ``redis://`` / ``rediss://`` / ``unix://`` (:class:`RedisBroker`)."""
+    if url is None or url == "memory://":
+        return MemoryBroker(**options)
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "memory":
+        with _named_lock:
+            broker = _named.get(url)
+            if broker is None:
+                broker = _named[url] = MemoryBroker(url=url, **options)
+            return broker
+    if scheme in ("redis", "rediss", "unix"):
+        return RedisBroker(url, **options)
+    raise HubError("unknown broker URL %r: use memory://, memory://name or redis://host:port/db" % url)

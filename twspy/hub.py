@@ -1,0 +1,681 @@
+"""Topics, broadcast and send-to-id for clients on any server of a cluster.
+
+::
+
+    hub = Hub("redis://127.0.0.1:6379/0")       # or Hub() for one process
+    server = Server(("127.0.0.1", 8000), hub=hub)
+    ...
+    hub.subscribe(client, "chat/+")              # MQTT topic filters (twspy.topics)
+    hub.publish("chat/lobby", "hello")          # every subscriber, on every server
+    hub.send_to("3f9a2c1b.7", b"\\x00\\x01")      # one client, wherever it is
+
+How delivery works, and why it loses nothing it acknowledged:
+
+- Local clients are served at once by the calling thread (a broker outage degrades the
+  cluster to single-server delivery; it never stops it). Sends never block: a client that
+  lets its outbound queue pass ``max_outbox`` bytes is closed with 1013.
+- Everything for other servers goes, in order, through one writer thread into the broker's
+  log (:mod:`twspy.broker`): a Redis Stream or an in-process log. Every entry carries its
+  node id and a per-node sequence number.
+- A reader thread reads the log from the last id it saw, skips its own node's entries, drops
+  duplicates and notices gaps per origin by sequence number (reported by :meth:`Hub.on_gap`,
+  never silent). Order per publisher is the log's order.
+- When the broker is unreachable both threads retry with backoff; entries wait in a bounded
+  queue (``max_pending``). When the broker comes back having lost its data (a restart
+  without persistence: its *generation* changed) every node appends again the entries it
+  sent recently (``replay``, kept after the broker accepted them) and reads the new log from
+  its start; receivers drop what they already had. So an entry the broker accepted is
+  delivered once, in order, even across a restart; one it never accepted is reported.
+
+Client ids are ``"<node id>.<n>"``: unique in the cluster and routable to their node.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import logging
+import random
+import secrets
+import threading
+import time
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
+
+from .broker import Broker, BrokerUnavailable, Entry, HubError, MemoryBroker, RedisBroker, open_broker
+from .filters import Filter
+from .frame import CLOSE_NORMAL
+from .message import BinaryMessage, Message, TextMessage
+from .server import send_all
+from .topics import InvalidTopic, SubscriptionTree, matches, validate_topic
+
+__all__ = ["Hub", "TopicBroadcast", "HubError", "BrokerUnavailable", "MemoryBroker", "RedisBroker"]
+
+logger = logging.getLogger("twspy.hub")
+
+MessageLike = Union[str, bytes, bytearray, memoryview, Message]
+Ids = Union[None, str, Any, Iterable[Any]]
+
+DEFAULT_MAX_PENDING = 10_000   # entries waiting for the broker before publishes report a loss
+DEFAULT_REPLAY = 10_000        # accepted entries kept to append again after a broker restart
+
+# Entry kinds on the log.
+_PUBLISH, _BROADCAST, _SEND, _DISCONNECT = b"p", b"b", b"s", b"d"
+
+
+class Hub:
+    """A pub/sub hub for the clients of one or more :class:`~twspy.server.Server`.
+
+    Args:
+        broker: None or ``"memory://"`` (this process only), ``"memory://name"`` (hubs in
+            one process that share the name form a cluster: handy for tests),
+            ``"redis://host:port/db"`` (needs ``pip install 'twspy[redis]'``) or a
+            :class:`~twspy.broker.Broker`.
+        node_id: this node's id (random by default); client ids start with it.
+        max_pending: entries waiting for an unreachable broker; beyond it a publish is
+            delivered locally only, returns False and the other nodes see (and report) a gap.
+        replay: entries appended again after a broker restart that lost its data.
+        on_gap: ``f(origin_node, first_seq, last_seq)`` called for entries that were lost
+            (see :meth:`on_gap`).
+        heartbeat: seconds between presence refreshes and broker checks.
+        presence_ttl: seconds after which a silent node's presence disappears.
+        prefix: key prefix in Redis (several independent clusters can share one Redis).
+    """
+
+    def __init__(self, broker: Union[None, str, Broker] = None, *, node_id: Optional[str] = None,
+                 max_pending: int = DEFAULT_MAX_PENDING, replay: int = DEFAULT_REPLAY,
+                 on_gap: Optional[Callable[[str, int, int], None]] = None, heartbeat: float = 2.0,
+                 presence_ttl: float = 10.0, prefix: str = "twspy") -> None:
+        if isinstance(broker, Broker):
+            self.broker = broker
+        elif isinstance(broker, str) and broker.lower().startswith(("redis", "unix")):
+            self.broker = open_broker(broker, prefix=prefix)
+        else:
+            self.broker = open_broker(broker)
+        self.node_id = node_id or secrets.token_hex(4)
+        if not self.node_id or "." in self.node_id or "," in self.node_id:
+            raise ValueError("node_id %r: non-empty, without '.' or ','" % self.node_id)
+        self.max_pending = max_pending
+        self.heartbeat = heartbeat
+        self.presence_ttl = presence_ttl
+        self._on_gap = on_gap
+        self.servers: List[Any] = []
+        self.stats: Dict[str, int] = collections.Counter()  # published, received, duplicates, gaps, ...
+        self._lock = threading.Lock()
+        self._clients: Dict[str, Any] = {}
+        self._subs = SubscriptionTree()
+        self._seq = 0
+        self._pending: Deque[Tuple[Entry, Optional[Callable[[bool], None]]]] = collections.deque()
+        self._replay: Deque[Entry] = collections.deque(maxlen=replay)
+        self._work = threading.Condition(self._lock)   # the writer waits on it
+        self._presence_dirty = True
+        self._accepted = 0      # entries the broker accepted (for flush)
+        self._queued = 0        # entries ever queued
+        self._last_seq: Dict[str, int] = {}     # origin node -> last sequence number delivered
+        self._closing = False
+        self.connected = threading.Event()      # set while the broker answers
+        self._closed = threading.Event()
+        self._writer = threading.Thread(target=self._write_loop, name="twspy-hub-writer", daemon=True)
+        self._reader = threading.Thread(target=self._read_loop, name="twspy-hub-reader", daemon=True)
+        self._writer.start()
+        self._reader.start()
+
+    def __repr__(self) -> str:
+        return "<Hub %s on %s, %d clients>" % (self.node_id, self.broker.url, len(self._clients))
+
+    # -- servers and clients ----------------------------------------------------------------
+    def attach(self, server: Any) -> None:
+        """Serve ``server``'s clients: ids routable through this hub, cleanup on close.
+
+        ``Server(..., hub=hub)`` calls it; call it before clients connect.
+        """
+        with self._lock:
+            if server in self.servers:
+                return
+            self.servers.append(server)
+        server.hub = self
+        server.node_id = self.node_id
+        server.filters.insert(0, _Membership(self))
+
+    def _join(self, client: Any) -> None:
+        with self._lock:
+            self._clients[client.id] = client
+            self._presence_dirty = True
+            self._work.notify()
+
+    def _leave(self, client: Any) -> None:
+        self._subs.remove_key(client.id)
+        with self._lock:
+            self._clients.pop(client.id, None)
+            self._presence_dirty = True
+            self._work.notify()
+
+    def subscribe(self, client: Any, topic_filter: str) -> bool:
+        """Deliver messages published to topics matching ``topic_filter`` (MQTT rules) to
+        ``client`` (a client of an attached server, or its id). True if it is new.
+        Raises :class:`~twspy.topics.InvalidTopic` for a bad filter."""
+        cid = self._local_id(client)
+        added = self._subs.add(topic_filter, cid)
+        self._mark_presence()
+        return added
+
+    def unsubscribe(self, client: Any, topic_filter: Optional[str] = None) -> bool:
+        """Stop one subscription of ``client`` (every one with None). True if any existed."""
+        cid = self._local_id(client)
+        if topic_filter is None:
+            removed = bool(self._subs.remove_key(cid))
+        else:
+            removed = self._subs.remove(topic_filter, cid)
+        self._mark_presence()
+        return removed
+
+    def subscriptions(self, client: Any) -> Set[str]:
+        """The topic filters of a local client."""
+        return self._subs.filters(self._local_id(client))
+
+    def _local_id(self, client: Any) -> str:
+        cid = client if isinstance(client, str) else client.id
+        with self._lock:
+            if cid not in self._clients:
+                raise KeyError("%r is not an open client of this hub's servers" % (client,))
+        return cid
+
+    def _mark_presence(self) -> None:
+        with self._lock:
+            self._presence_dirty = True
+            self._work.notify()
+
+    # -- sending -------------------------------------------------------------------------------
+    def publish(self, topic: str, message: MessageLike, exclude: Ids = None,
+                on_done: Optional[Callable[[bool], None]] = None) -> bool:
+        """Send ``message`` to every client, on any server, subscribed to a filter matching
+        ``topic``, but those in ``exclude`` (clients or ids).
+
+        Local subscribers get it before this returns. Returns True when it is queued for
+        the other servers, False when the broker has been unreachable long enough for
+        ``max_pending`` entries to wait (then only local subscribers got it, the loss is
+        logged and the other nodes report a gap). ``on_done(accepted)`` is called once the
+        broker accepted it (True) or it was given up (False).
+        """
+        validate_topic(topic)
+        msg = _as_message(message)
+        excluded = _ids(exclude)
+        with self._lock:
+            self._deliver_local(self._subs.match(topic), excluded, msg)
+            return self._queue(_PUBLISH, {"t": topic.encode("utf-8"), "x": _join_ids(excluded)}, msg, on_done)
+
+    def broadcast(self, message: MessageLike, exclude: Ids = None,
+                  on_done: Optional[Callable[[bool], None]] = None) -> bool:
+        """Send ``message`` to every client of every server (but those in ``exclude``)."""
+        msg = _as_message(message)
+        excluded = _ids(exclude)
+        with self._lock:
+            self._deliver_local(list(self._clients), excluded, msg)
+            return self._queue(_BROADCAST, {"x": _join_ids(excluded)}, msg, on_done)
+
+    def send_to(self, ids: Ids, message: MessageLike, on_done: Optional[Callable[[bool], None]] = None) -> bool:
+        """Send ``message`` to the client(s) with these ids, on whichever server they are.
+
+        Ids of clients that are gone are ignored (there is no one to tell).
+        """
+        msg = _as_message(message)
+        local, remote = self._split(_ids(ids))
+        with self._lock:
+            self._deliver_local(local, (), msg)
+            if not remote:
+                if on_done is not None:
+                    on_done(True)
+                return True
+            return self._queue(_SEND, {"i": _join_ids(remote)}, msg, on_done)
+
+    def disconnect(self, ids: Ids, code: int = CLOSE_NORMAL, reason: str = "") -> bool:
+        """Close the client(s) with these ids, on whichever server they are."""
+        local, remote = self._split(_ids(ids))
+        with self._lock:
+            clients = [self._clients[cid] for cid in local if cid in self._clients]
+            queued = self._queue(_DISCONNECT, {"i": _join_ids(remote), "c": str(code).encode(),
+                                               "r": reason.encode("utf-8")}, None, None) if remote else True
+        for client in clients:
+            client.start_close(code, reason)
+        return queued
+
+    def _split(self, ids: Set[str]) -> Tuple[List[str], Set[str]]:
+        prefix = self.node_id + "."
+        local = [cid for cid in ids if cid.startswith(prefix)]
+        return local, ids.difference(local)
+
+    def _deliver_local(self, ids: Iterable[str], excluded: Iterable[str], msg: Message) -> None:
+        # Called with self._lock held: local delivery and queueing happen in one order for
+        # every publisher, so subscribers here and elsewhere see the same order.
+        clients = [self._clients[cid] for cid in ids if cid not in excluded and cid in self._clients]
+        if clients:
+            send_all(clients, msg)
+            self.stats["delivered"] += len(clients)
+
+    def _queue(self, kind: bytes, fields: Dict[str, bytes], msg: Optional[Message],
+               on_done: Optional[Callable[[bool], None]]) -> bool:
+        self._seq += 1
+        entry: Entry = {"o": self.node_id.encode(), "s": str(self._seq).encode(), "k": kind}
+        entry.update(fields)
+        if msg is not None:
+            entry["y"] = b"t" if isinstance(msg, TextMessage) else b"b"
+            entry["d"] = msg.encode()
+        self.stats["published"] += 1
+        if len(self._pending) >= self.max_pending or self._closing:
+            self.stats["dropped"] += 1
+            logger.warning("hub %s: broker %s unreachable with %d entries waiting: entry %d reaches "
+                           "this server only", self.node_id, self.broker.url, len(self._pending), self._seq)
+            if on_done is not None:
+                on_done(False)
+            return False
+        self._pending.append((entry, on_done))
+        self._queued += 1
+        self._work.notify()
+        return True
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the broker has accepted every entry queued so far; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            target = self._queued
+            while self._accepted < target and not self._closing:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._work.wait(left if left is None else min(left, 0.5))
+            return self._accepted >= target
+
+    # -- presence ---------------------------------------------------------------------------
+    def presence(self, topic: Optional[str] = None) -> Set[str]:
+        """Ids of the clients, on any live server, subscribed to a filter matching ``topic``
+        (every client with None). Remote presence is as fresh as the last heartbeat.
+
+        Raises BrokerUnavailable when the broker cannot be asked (local presence alone
+        would be a wrong answer, not a degraded one).
+        """
+        if topic is not None:
+            validate_topic(topic)
+        with self._lock:
+            local = set(self._clients)
+        result = {cid for cid in local if topic is None or self._subs.filters(cid) and any(
+            matches(f, topic) for f in self._subs.filters(cid))}
+        for node, clients in self.broker.presence().items():
+            if node == self.node_id:
+                continue
+            for cid, filters in clients.items():
+                if topic is None or any(matches(f, topic) for f in filters):
+                    result.add(cid)
+        return result
+
+    # -- gaps --------------------------------------------------------------------------------
+    def on_gap(self, origin: str, first: int, last: int) -> None:
+        """Entries ``first``..``last`` from node ``origin`` cannot be delivered here (the broker
+        trimmed them, lost them, or that node could not queue them). Logged at WARNING; calls
+        the ``on_gap`` given to the constructor. May be overridden."""
+        logger.warning("hub %s: lost entries %d..%d from node %s", self.node_id, first, last, origin)
+        if self._on_gap is not None:
+            self._on_gap(origin, first, last)
+
+    # -- the writer: pending entries, presence and broker checks --------------------------------
+    def _write_loop(self) -> None:
+        generation: Optional[str] = None
+        backoff = _Backoff()
+        next_beat = 0.0
+        while True:
+            with self._lock:
+                while (not self._pending and not self._presence_dirty and not self._closing
+                       and time.monotonic() < next_beat):
+                    self._work.wait(max(0.0, next_beat - time.monotonic()))
+                if self._closing and (not self._pending or not self.connected.is_set()):
+                    break
+                batch = list(itertools.islice(self._pending, 500))
+                beat = time.monotonic() >= next_beat
+                presence = None
+                if self._presence_dirty or beat:
+                    presence = {cid: sorted(self._subs.filters(cid)) for cid in self._clients}
+                    self._presence_dirty = False
+            try:
+                if generation is None or beat:
+                    generation = self._check_generation(generation)
+                if presence is not None:
+                    self.broker.set_presence(self.node_id, presence, self.presence_ttl)
+                    next_beat = time.monotonic() + self.heartbeat
+                while batch and not self.broker.append([entry for entry, _ in batch], generation):
+                    generation = self._check_generation(generation)
+            except BrokerUnavailable as exc:
+                if presence is not None:
+                    self._mark_presence()
+                self._broker_down(exc)
+                backoff.wait(self._closed)
+                continue
+            except Exception:  # pragma: no cover - a bug: log it, keep the hub alive
+                logger.exception("hub %s: writer failed", self.node_id)
+                self._closed.wait(0.5)
+                continue
+            backoff.reset()
+            self._broker_up()
+            callbacks = []
+            with self._lock:
+                for _ in batch:
+                    entry, on_done = self._pending.popleft()
+                    self._replay.append(entry)
+                    if on_done is not None:
+                        callbacks.append(on_done)
+                self._accepted += len(batch)
+                self._work.notify_all()
+            for on_done in callbacks:
+                _call(on_done, True)
+        self._finish_writer()
+
+    def _check_generation(self, known: Optional[str]) -> str:
+        """The broker's generation; when it changed, first append again what it lost."""
+        generation = self.broker.generation()
+        while known is not None and generation != known:
+            # The broker lost its log: what it had accepted from us may be unread elsewhere.
+            # Append it again (receivers drop duplicates by sequence number) before anything
+            # new; append() refuses if the generation changes once more meanwhile.
+            with self._lock:
+                entries = list(self._replay)
+                self._presence_dirty = True
+            logger.warning("hub %s: broker %s lost its data (restarted?); appending %d recent entries again",
+                           self.node_id, self.broker.url, len(entries))
+            self.stats["replays"] += 1
+            known = generation
+            for start in range(0, len(entries), 500):
+                if not self.broker.append(entries[start:start + 500], generation):
+                    generation = self.broker.generation()
+                    break
+        return generation
+
+    def _finish_writer(self) -> None:
+        with self._lock:
+            left = list(self._pending)
+            self._pending.clear()
+            self._work.notify_all()
+        for _, on_done in left:
+            if on_done is not None:
+                _call(on_done, False)
+        if left:
+            logger.warning("hub %s: closed with %d entries the broker never accepted", self.node_id, len(left))
+        try:
+            self.broker.drop_presence(self.node_id)
+        except BrokerUnavailable:
+            pass
+
+    # -- the reader ---------------------------------------------------------------------------
+    def _read_loop(self) -> None:
+        backoff = _Backoff()
+        cursor: Optional[str] = None
+        generation: Optional[str] = None
+        while not self._closing:
+            try:
+                if generation is None:
+                    generation = self.broker.generation()
+                    cursor = self.broker.tail()
+                entries = self.broker.read(cursor, 1.0)  # type: ignore[arg-type]
+                # Checked after reading: entries count only if the log was the same throughout.
+                now = self.broker.generation()
+                if now != generation:
+                    # A new log: read it from its start; what we had already is a duplicate.
+                    generation, cursor = now, "0"
+                    continue
+            except BrokerUnavailable as exc:
+                self._broker_down(exc)
+                backoff.wait(self._closed)
+                continue
+            except Exception:  # pragma: no cover - a bug: log it, keep the hub alive
+                logger.exception("hub %s: reader failed", self.node_id)
+                self._closed.wait(0.5)
+                continue
+            backoff.reset()
+            self._broker_up()
+            for entry_id, entry in entries:
+                cursor = entry_id
+                try:
+                    self._receive(entry)
+                except Exception:  # a malformed entry must not stop the reader
+                    logger.exception("hub %s: cannot handle entry %s", self.node_id, entry_id)
+
+    def _receive(self, entry: Entry) -> None:
+        origin = entry["o"].decode()
+        if origin == self.node_id:
+            return
+        seq = int(entry["s"])
+        last = self._last_seq.get(origin)
+        if last is not None:
+            if seq <= last:
+                self.stats["duplicates"] += 1
+                return
+            if seq > last + 1:
+                self.stats["gaps"] += 1
+                self.on_gap(origin, last + 1, seq - 1)
+        self._last_seq[origin] = seq
+        self.stats["received"] += 1
+        kind = entry["k"]
+        msg = None
+        if "d" in entry:
+            msg = TextMessage(entry["d"].decode("utf-8")) if entry.get("y") == b"t" else BinaryMessage(entry["d"])
+        with self._lock:
+            if kind == _PUBLISH:
+                excluded = _split_ids(entry.get("x", b""))
+                self._deliver_local(self._subs.match(entry["t"].decode("utf-8")), excluded, msg)  # type: ignore
+            elif kind == _BROADCAST:
+                self._deliver_local(list(self._clients), _split_ids(entry.get("x", b"")), msg)  # type: ignore
+            elif kind == _SEND:
+                self._deliver_local(_split_ids(entry["i"]), (), msg)  # type: ignore[arg-type]
+            elif kind == _DISCONNECT:
+                clients = [self._clients[c] for c in _split_ids(entry["i"]) if c in self._clients]
+            else:
+                logger.warning("hub %s: unknown entry kind %r from %s", self.node_id, kind, origin)
+        if kind == _DISCONNECT:
+            for client in clients:
+                client.start_close(int(entry["c"]), entry.get("r", b"").decode("utf-8"))
+
+    # -- broker state ---------------------------------------------------------------------------
+    def _broker_down(self, exc: BaseException) -> None:
+        if self.connected.is_set() or not self.stats["down_logged"]:
+            self.stats["down_logged"] = 1
+            self.stats["outages"] += 1
+            logger.warning("hub %s: broker unavailable (%s); local delivery goes on, retrying", self.node_id, exc)
+        self.connected.clear()
+
+    def _broker_up(self) -> None:
+        if not self.connected.is_set():
+            if self.stats["outages"]:
+                logger.warning("hub %s: broker %s is back", self.node_id, self.broker.url)
+            self.connected.set()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the hub: try to hand the broker what is pending (up to ``timeout``), remove
+        this node's presence, stop the threads. Attached servers keep running."""
+        self.flush(timeout)
+        with self._lock:
+            self._closing = True
+            self._work.notify_all()
+        self._closed.set()
+        self._writer.join(timeout)
+        self._reader.join(timeout + 2)
+        self.broker.close()
+
+    def __enter__(self) -> "Hub":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class _Membership(Filter):
+    """The hub's own filter, first in each attached server's chain: tracks clients."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def on_open(self, client: Any) -> None:
+        self.hub._join(client)
+
+    def on_close(self, client: Any, code: int, reason: str) -> None:
+        self.hub._leave(client)
+
+
+class TopicBroadcast(Filter):
+    """The JSON client protocol: browser code subscribes and publishes without server code.
+
+    Needs a server with a hub. Text messages that are JSON objects with a ``type`` are
+    handled here (others pass on to the next filter); ``id`` in a request comes back in
+    its ``ack``/``error``::
+
+        → {"type": "subscribe", "topic": "chat/+", "id": 1}
+        → {"type": "unsubscribe", "topic": "chat/+"}       (no topic: every subscription)
+        → {"type": "publish", "topic": "chat/a", "data": ..., "id": 2}
+        → {"type": "broadcast", "data": ...}
+        → {"type": "send_by_conn_id", "conn_id": "ab12cd34.7", "data": ...}   ("conn_ids": [...] too)
+        ← {"type": "set_conn_id", "conn_id": "ab12cd34.3"}                     (on open)
+        ← {"type": "message", "topic": "chat/a", "data": ..., "from": "ab12cd34.3"}
+        ← {"type": "ack", "id": 2}       (publish: once the broker accepted it)
+        ← {"type": "error", "id": 2, "error": "..."}
+
+    Deliveries are ``message`` objects (``topic`` is absent for broadcast and direct sends).
+    Override :meth:`authorize_subscribe` / :meth:`authorize_publish` to restrict topics.
+    """
+
+    def on_open(self, client: Any) -> None:
+        client.send(json.dumps({"type": "set_conn_id", "conn_id": client.id}))
+
+    def authorize_subscribe(self, client: Any, topic_filter: str) -> bool:
+        """Whether ``client`` may subscribe to ``topic_filter`` (default: yes)."""
+        return True
+
+    def authorize_publish(self, client: Any, topic: Optional[str]) -> bool:
+        """Whether ``client`` may publish to ``topic`` (None: broadcast or a direct send)."""
+        return True
+
+    def on_message(self, client: Any, message: Message) -> Optional[Message]:
+        if not isinstance(message, TextMessage):
+            return message
+        try:
+            request = json.loads(message.payload)
+        except ValueError:
+            return message
+        if not isinstance(request, dict) or "type" not in request:
+            return message
+        hub: Optional[Hub] = getattr(client.server, "hub", None)
+        rid = request.get("id")
+        try:
+            if hub is None:
+                raise HubError("this server has no hub")
+            self._handle(hub, client, request, rid)
+        except (HubError, InvalidTopic, KeyError, TypeError, ValueError, PermissionError) as exc:
+            text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            self._reply(client, {"type": "error", "id": rid, "error": str(text)})
+        return None
+
+    def _handle(self, hub: Hub, client: Any, request: Dict[str, Any], rid: Any) -> None:
+        kind = request["type"]
+        if kind in ("subscribe", "unsubscribe"):
+            topic = request.get("topic")
+            if kind == "subscribe":
+                if not isinstance(topic, str):
+                    raise ValueError("subscribe needs a topic")
+                if not self.authorize_subscribe(client, topic):
+                    raise PermissionError("not allowed to subscribe to %r" % topic)
+                hub.subscribe(client, topic)
+            else:
+                if topic is not None and not isinstance(topic, str):
+                    raise ValueError("unsubscribe: topic must be a string")
+                hub.unsubscribe(client, topic)
+            self._reply(client, {"type": "ack", "id": rid})
+            return
+        if "data" not in request:
+            raise ValueError("%s needs data" % kind)
+        out: Dict[str, Any] = {"type": "message", "data": request["data"], "from": client.id}
+        done = self._acker(client, rid)
+        if kind == "publish":
+            topic = request.get("topic")
+            if not isinstance(topic, str):
+                raise ValueError("publish needs a topic")
+            validate_topic(topic)
+            if not self.authorize_publish(client, topic):
+                raise PermissionError("not allowed to publish to %r" % topic)
+            out["topic"] = topic
+            hub.publish(topic, json.dumps(out), exclude=None if request.get("echo", True) else client,
+                        on_done=done)
+        elif kind == "broadcast":
+            if not self.authorize_publish(client, None):
+                raise PermissionError("not allowed to broadcast")
+            hub.broadcast(json.dumps(out), on_done=done)
+        elif kind == "send_by_conn_id":
+            ids = request.get("conn_ids", request.get("conn_id"))
+            if isinstance(ids, str):
+                ids = [ids]
+            if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+                raise ValueError("send_by_conn_id needs conn_id or conn_ids")
+            if not self.authorize_publish(client, None):
+                raise PermissionError("not allowed to send")
+            hub.send_to(ids, json.dumps(out), on_done=done)
+        else:
+            raise ValueError("unknown type %r" % kind)
+
+    def _acker(self, client: Any, rid: Any) -> Callable[[bool], None]:
+        def done(accepted: bool) -> None:
+            if accepted:
+                self._reply(client, {"type": "ack", "id": rid})
+            else:
+                self._reply(client, {"type": "error", "id": rid,
+                                     "error": "broker unavailable: delivered on this server only"})
+        return done
+
+    @staticmethod
+    def _reply(client: Any, reply: Dict[str, Any]) -> None:
+        if reply.get("id") is None:
+            reply.pop("id", None)
+        client.send_nowait(json.dumps(reply))
+
+
+# -- helpers ----------------------------------------------------------------------------------
+class _Backoff:
+    """Exponential backoff with jitter, 50 ms to 5 s."""
+
+    def __init__(self, first: float = 0.05, cap: float = 5.0) -> None:
+        self.first, self.cap, self.delay = first, cap, first
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Sleep (interrupted by ``stop``); True unless stopping."""
+        stopped = stop.wait(self.delay * (0.5 + random.random() / 2))
+        self.delay = min(self.cap, self.delay * 2)
+        return not stopped
+
+
+def _as_message(message: MessageLike) -> Message:
+    if isinstance(message, Message):
+        return message
+    if isinstance(message, str):
+        return TextMessage(message)
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return BinaryMessage(bytes(message))
+    raise TypeError("a message is str, bytes or a Message, not %s" % type(message).__name__)
+
+
+def _ids(ids: Ids) -> Set[str]:
+    if ids is None:
+        return set()
+    if isinstance(ids, str) or hasattr(ids, "id"):
+        ids = (ids,)
+    return {i if isinstance(i, str) else i.id for i in ids}  # type: ignore[union-attr]
+
+
+def _join_ids(ids: Iterable[str]) -> bytes:
+    return ",".join(sorted(ids)).encode("utf-8")
+
+
+def _split_ids(data: bytes) -> Set[str]:
+    return set(data.decode("utf-8").split(",")) - {""} if data else set()
+
+
+def _call(fn: Callable[[bool], None], value: bool) -> None:
+    try:
+        fn(value)
+    except Exception:
+        logger.exception("hub callback %r failed", fn)
