@@ -6,8 +6,8 @@ PYTHON ?= python3
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
 
-test: ## run the test suite (installs the test extra: pytest, hypothesis, websockets)
-	@$(PYTHON) -c "import pytest, hypothesis, websockets" 2>/dev/null || $(PYTHON) -m pip install -q pytest hypothesis websockets
+test: ## run the test suite (installs the test extra: pytest, hypothesis, websockets, redis)
+	@$(PYTHON) -c "import pytest, hypothesis, websockets, redis" 2>/dev/null || $(PYTHON) -m pip install -q pytest hypothesis websockets redis
 	$(PYTHON) -m pytest -q test
 
 test-all: ## run the suite on every installed Python 3.9-3.13 (pyenv)

@@ -80,12 +80,13 @@ class Hub:
         heartbeat: seconds between presence refreshes and broker checks.
         presence_ttl: seconds after which a silent node's presence disappears.
         prefix: key prefix in Redis (several independent clusters can share one Redis).
+        ready_timeout: seconds the constructor waits for the broker (see :attr:`ready`).
     """
 
     def __init__(self, broker: Union[None, str, Broker] = None, *, node_id: Optional[str] = None,
                  max_pending: int = DEFAULT_MAX_PENDING, replay: int = DEFAULT_REPLAY,
                  on_gap: Optional[Callable[[str, int, int], None]] = None, heartbeat: float = 2.0,
-                 presence_ttl: float = 10.0, prefix: str = "twspy") -> None:
+                 presence_ttl: float = 10.0, prefix: str = "twspy", ready_timeout: float = 5.0) -> None:
         if isinstance(broker, Broker):
             self.broker = broker
         elif isinstance(broker, str) and broker.lower().startswith(("redis", "unix")):
@@ -117,8 +118,15 @@ class Hub:
         self._closed = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name="twspy-hub-writer", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name="twspy-hub-reader", daemon=True)
+        self.ready = threading.Event()          # set once the reader knows where the log ends
         self._writer.start()
         self._reader.start()
+        # Entries appended after the constructor returns reach this node's subscribers: wait
+        # (a little) for the reader to find the end of the log. An unreachable broker does
+        # not fail the constructor; the reader keeps trying and starts from where it gets in.
+        if not self.ready.wait(ready_timeout):
+            logger.warning("hub %s: broker %s not reachable yet; retrying in the background",
+                           self.node_id, self.broker.url)
 
     def __repr__(self) -> str:
         return "<Hub %s on %s, %d clients>" % (self.node_id, self.broker.url, len(self._clients))
@@ -412,6 +420,7 @@ class Hub:
                 if generation is None:
                     generation = self.broker.generation()
                     cursor = self.broker.tail()
+                    self.ready.set()
                 entries = self.broker.read(cursor, 1.0)  # type: ignore[arg-type]
                 # Checked after reading: entries count only if the log was the same throughout.
                 now = self.broker.generation()

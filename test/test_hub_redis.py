@@ -1,0 +1,392 @@
+"""The hub across processes through a real Redis: each test starts its own ``redis-server``
+(127.0.0.1, a free port, persistence off) and server processes (test/hubnode.py, or
+``python -m twspy serve --redis``), kills and restarts them, and checks what clients see.
+
+Without redis-server these tests skip, except under ``TWSPY_REQUIRE_REDIS=1`` (CI), where
+they fail.
+"""
+
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from twspy import connect
+from twspy.connection import Connection
+from twspy.websocket import websocket
+
+from conftest import wait_for
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def _require_redis() -> None:
+    missing = []
+    if REDIS_SERVER is None:
+        missing.append("redis-server (Debian: apt-get install redis-server)")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        missing.append("the redis package (pip install 'twspy[redis]')")
+    if missing:
+        why = "needs " + " and ".join(missing)
+        if os.environ.get("TWSPY_REQUIRE_REDIS"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisProcess:
+    """A redis-server of our own: start, kill -9, start again on the same port."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.url = "redis://127.0.0.1:%d/0" % self.port
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+             "--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            assert self.proc.poll() is None, "redis-server exited with %s" % self.proc.returncode
+            assert time.monotonic() < deadline, "redis-server did not answer"
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+
+
+@pytest.fixture
+def redis_server():
+    _require_redis()
+    server = RedisProcess()
+    yield server
+    server.stop()
+
+
+class Node:
+    """A server process with a Redis hub (test/hubnode.py or ``twspy serve``)."""
+
+    def __init__(self, args, env=None) -> None:
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, cwd=ROOT, env=env)
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        self.log = []
+        self.port = None
+        self._errs = []
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.log), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self._errs), daemon=True).start()
+
+    def _pump(self, stream, sink) -> None:
+        for line in stream:
+            sink.append(line.rstrip("\n"))
+            self.lines.put(line)
+
+    def wait_port(self, marker: str) -> int:
+        deadline = time.monotonic() + 15
+        while self.port is None:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError("no port from %s: %s" % (self.proc.args, self._errs)) from None
+            if marker in line:
+                self.port = int(line.split(marker, 1)[1].split()[0].split("/")[0].rsplit(":", 1)[-1])
+        return self.port
+
+    def url(self, path: str = "/") -> str:
+        return "ws://127.0.0.1:%d%s" % (self.port, path)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def crash(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def nodes(redis_server):
+    started = []
+
+    def start(*extra):
+        node = Node([sys.executable, os.path.join(HERE, "hubnode.py"), "--redis", redis_server.url, *extra])
+        node.wait_port("port ")
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+class JsonClient:
+    """A client of the hub's JSON protocol that collects what it receives in a thread."""
+
+    def __init__(self, url: str, reader: bool = True) -> None:
+        self.conn = connect(url, timeout=10, extensions=[])
+        hello = json.loads(self.conn.recv(timeout=10).payload)
+        assert hello["type"] == "set_conn_id"
+        self.id = hello["conn_id"]
+        self.inbox: "queue.Queue[dict]" = queue.Queue()
+        self.thread = None
+        if reader:
+            self.thread = threading.Thread(target=self._read, daemon=True)
+            self.thread.start()
+
+    def _read(self) -> None:
+        for message in self.conn:
+            self.inbox.put(json.loads(message.payload))
+
+    def request(self, **fields) -> None:
+        self.conn.send(json.dumps(fields))
+
+    def get(self, timeout: float = 10.0) -> dict:
+        return self.inbox.get(timeout=timeout)
+
+    def expect(self, kind: str, timeout: float = 10.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            item = self.get(max(0.01, deadline - time.monotonic()))
+            if item["type"] == kind:
+                return item
+
+    def subscribe(self, topic: str) -> None:
+        self.request(type="subscribe", topic=topic, id="sub " + topic)
+        assert self.expect("ack") == {"type": "ack", "id": "sub " + topic}
+
+    def close(self) -> None:
+        self.conn.close()
+        if self.thread is not None:
+            self.thread.join(10)
+
+
+@pytest.fixture
+def clients():
+    made = []
+
+    def make(url, reader=True):
+        client = JsonClient(url, reader)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def test_topics_and_send_to_id_cross_servers(nodes, clients):
+    a, b = nodes(), nodes()
+    alice, bob, carol = clients(a.url()), clients(b.url()), clients(b.url())
+    assert alice.id.split(".")[0] != bob.id.split(".")[0]  # ids name their node
+    alice.subscribe("chat/#")
+    bob.subscribe("chat/+")
+
+    alice.request(type="publish", topic="chat/lobby", data={"text": "hello"}, id=1)
+    want = {"type": "message", "topic": "chat/lobby", "data": {"text": "hello"}, "from": alice.id}
+    assert bob.expect("message") == want
+    assert alice.expect("message") == want
+    assert alice.expect("ack") == {"type": "ack", "id": 1}
+
+    bob.request(type="send_by_conn_id", conn_id=alice.id, data="psst", id=2)
+    assert alice.expect("message") == {"type": "message", "data": "psst", "from": bob.id}
+    assert bob.expect("ack")["id"] == 2
+
+    alice.request(type="send_by_conn_id", conn_ids=[bob.id, carol.id], data=[1, 2])
+    assert bob.expect("message")["data"] == [1, 2]
+    # carol never subscribed: the direct message is the first thing she gets.
+    assert carol.get() == {"type": "message", "data": [1, 2], "from": alice.id}
+
+    carol.request(type="broadcast", data="all")
+    for who in (alice, bob, carol):
+        assert who.expect("message") == {"type": "message", "data": "all", "from": carol.id}
+
+
+def test_redis_restart_loses_no_acknowledged_message(redis_server, nodes, clients):
+    a, b = nodes(), nodes()
+    far, near, publisher = clients(b.url()), clients(a.url()), clients(a.url())
+    far.subscribe("feed")
+    near.subscribe("feed")
+    total = 400
+    outage = threading.Event()
+
+    def publish():
+        for i in range(total):
+            publisher.request(type="publish", topic="feed", data=i, id=i, echo=False)
+            if i == 120:
+                outage.wait(20)  # the rest goes out while Redis is down and after it is back
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    try:
+        got = []
+        while len(got) < 100:
+            got.append(far.expect("message")["data"])
+        redis_server.kill()
+        outage.set()
+        time.sleep(0.5)  # the outage itself, not synchronisation
+        redis_server.start()
+    finally:
+        outage.set()
+        thread.join(30)
+    acked, failed = set(), set()
+    while len(acked) + len(failed) < total:
+        reply = publisher.get(timeout=30)
+        (acked if reply["type"] == "ack" else failed).add(reply["id"])
+    while len(got) < len(acked):
+        got.append(far.expect("message", timeout=30)["data"])
+    assert not failed
+    assert acked == set(range(total))
+    assert got == list(range(total))  # every acknowledged message, once, in order
+    local = [near.expect("message")["data"] for _ in range(total)]
+    assert local == list(range(total))
+    with pytest.raises(queue.Empty):
+        far.get(timeout=0.3)  # and nothing twice
+
+
+def _frozen_client(url_port: int) -> Connection:
+    """A client whose receive buffer is tiny and which never reads after subscribing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ws = websocket(sock, extensions=[])
+    ws.settimeout(10)
+    ws.connect(("127.0.0.1", url_port))
+    conn = Connection(ws)
+    assert json.loads(conn.recv(timeout=10).payload)["type"] == "set_conn_id"
+    conn.send(json.dumps({"type": "subscribe", "topic": "flood", "id": 0}))
+    assert json.loads(conn.recv(timeout=10).payload)["type"] == "ack"
+    return conn
+
+
+def test_frozen_slow_client_is_closed_1013_and_others_keep_up(nodes, clients):
+    a = nodes()
+    b = nodes("--max-outbox", str(64 * 1024))
+    frozen = _frozen_client(b.port)
+    try:
+        steady = clients(b.url())
+        steady.subscribe("flood")
+        publisher = clients(a.url())
+        total, filler = 1500, "x" * 8000
+        for i in range(total):
+            publisher.request(type="publish", topic="flood", data=[i, filler], echo=False)
+        got = [steady.expect("message", timeout=30)["data"][0] for _ in range(total)]
+        assert got == list(range(total))
+        closed = "%s close 1013" % frozen_id(b)
+        wait_for(lambda: any(closed in line for line in b.log), timeout=20)
+    finally:
+        frozen.abort()
+
+
+def frozen_id(node: Node) -> str:
+    # The first client to open on the node is the frozen one (Log prints "<time> <id> open <path>").
+    return next(line.split()[1] for line in node.log if " open " in line)
+
+
+def test_crashed_server_presence_disappears(redis_server, nodes, clients):
+    from twspy.hub import Hub
+    a, b = nodes(), nodes()
+    here, there = clients(a.url()), clients(b.url())
+    here.subscribe("room/1")
+    there.subscribe("room/+")
+    observer = Hub(redis_server.url, heartbeat=0.2)
+    try:
+        wait_for(lambda: observer.presence("room/1") == {here.id, there.id}, timeout=10)
+        assert observer.presence("room/2") == {there.id}
+        b.crash()
+        wait_for(lambda: observer.presence("room/1") == {here.id}, timeout=10)
+        assert observer.presence() == {here.id}
+    finally:
+        observer.close()
+
+
+def test_two_twspy_serve_processes_form_one_chat(redis_server):
+    """The README's demo: two ``python -m twspy serve --redis`` processes, a client on each;
+    Redis restarts mid-chat and nothing is lost."""
+    _require_redis()
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    servers = [Node([sys.executable, "-m", "twspy", "serve", "--redis", redis_server.url, "--port", "0"], env=env)
+               for _ in range(2)]
+    conns = []
+    try:
+        ports = [node.wait_port("on ws://") for node in servers]
+        conns = [connect("ws://127.0.0.1:%d/" % port, timeout=10) for port in ports]
+        inbox: "queue.Queue[str]" = queue.Queue()
+
+        def read():
+            for message in conns[1]:
+                inbox.put(message.payload)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        # The hub is ready when a message crosses.
+        deadline = time.monotonic() + 15
+        while True:
+            conns[0].send("ping?")
+            try:
+                if inbox.get(timeout=0.5) == "ping?":
+                    break
+            except queue.Empty:
+                assert time.monotonic() < deadline, "no message crossed the servers"
+        for i in range(150):
+            if i == 50:
+                redis_server.kill()
+            if i == 100:
+                redis_server.start()
+            conns[0].send("line %d" % i)
+        seen = []
+        while len(seen) < 150:
+            text = inbox.get(timeout=30)
+            if text.startswith("line "):
+                seen.append(text)
+        assert seen == ["line %d" % i for i in range(150)]
+    finally:
+        for conn in conns:
+            conn.close()
+        for node in servers:
+            node.proc.send_signal(signal.SIGINT)
+            node.stop()
