@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -92,3 +93,22 @@ def test_compression():
 
 def test_multiplex():
     assert run("multiplex.py").splitlines() == ["/main says hi", "/chat says hello", "/news says hey"]
+
+
+def test_hub_chat_one_process(server_example):
+    port = server_example("hub_chat.py")
+    out = run("client.py", "ws://127.0.0.1:%d/" % port).splitlines()
+    assert re.fullmatch(r"[0-9a-f]{8}\.\d+: Hello", out[0])
+    assert re.fullmatch(r"[0-9a-f]{8}\.\d+: b'\\x00\\x01\\x02'", out[1])
+
+
+def test_filters_server(server_example):
+    port = server_example("filters_server.py")
+    out = run("client.py", "ws://127.0.0.1:%d/?token=s3cret" % port).splitlines()
+    assert out == ["HELLO", "BinaryMessage(b'\\x00\\x01\\x02')", "closed with 1000"]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.makefile("rb").read().startswith(b"HTTP/1.1 200 OK\r\n")
+    proc = python("client.py", "ws://127.0.0.1:%d/" % port)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0 and "401" in err

@@ -390,3 +390,31 @@ def test_two_twspy_serve_processes_form_one_chat(redis_server):
         for node in servers:
             node.proc.send_signal(signal.SIGINT)
             node.stop()
+
+
+def test_hub_chat_example_across_two_processes(redis_server):
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    script = os.path.join(ROOT, "examples", "hub_chat.py")
+    rooms = [Node([sys.executable, script, "0", redis_server.url], env=env) for _ in range(2)]
+    conns = []
+    try:
+        ports = [room.wait_port("ws://127.0.0.1:") for room in rooms]
+        conns = [connect("ws://127.0.0.1:%d/" % port, timeout=10) for port in ports]
+        ids = []
+        for conn in conns:  # each hears itself once its subscription is in place
+            conn.send("here")
+            ids.append(conn.recv(timeout=10).payload.split(": ")[0])
+        assert ids[0].split(".")[0] != ids[1].split(".")[0]  # two nodes
+        conns[0].send("Hello")
+        for conn in conns:
+            while True:  # skip the other's "here", if it came after the subscription
+                text = conn.recv(timeout=10).payload
+                if not text.endswith(": here"):
+                    break
+            assert text == "%s: Hello" % ids[0]
+    finally:
+        for conn in conns:
+            conn.close()
+        for room in rooms:
+            room.proc.send_signal(signal.SIGINT)
+            room.stop()
