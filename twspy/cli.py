@@ -1,25 +1,67 @@
-"""The command line: ``twspy echo`` (a server) and ``twspy connect URL`` (an interactive client)."""
+"""The command line: servers (``echo``, ``serve``, ``proxy``) and an interactive client (``connect``).
+
+::
+
+    twspy echo    [--host H] [--port P] [--max-size N] [--certfile F --keyfile F] [--subprotocol P]
+                  [--no-compression] [--quiet]
+    twspy serve   [-f SPEC]... [-c FILE] [--token T]... [--redis URL | --hub URL] + echo's options
+    twspy proxy   --upstream URL [--insecure] [--host H] [--port P] [--max-size N] [--certfile F --keyfile F]
+                  [--quiet]
+    twspy connect URL [--header "K: V"] [--subprotocol P] [--origin O] [--insecure] [--no-compression]
+
+``serve`` runs a :class:`~twspy.server.Server` composed from filters (:mod:`twspy.filters`): each
+``-f SPEC`` is ``package.module:Class``, ``package.module.Class`` or a bundled alias (``echo``,
+``broadcast``, ``log``, ``auth``, ``topics``); the class is built with ``Class.from_options(options)``
+when it has that classmethod (``options``: every option's value by its long name, dashes turned into
+underscores, plus the keys the filter lists in ``config_keys``), else ``Class()``. No filter at all
+gives a chat (``broadcast``). ``--token`` puts a :class:`~twspy.filters.BearerAuth` first in the
+chain. ``-c FILE`` reads a JSON object with the same long option names (``"max-size"`` or
+``"max_size"``) plus ``"filters"``; the command line wins over the file. Usage errors exit with 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import logging
 import re
+import signal
 import ssl
 import sys
 import threading
-from typing import List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .client import connect
 from .errors import ConnectionClosed, WebSocketError
 from .extension import Extension
+from .filters import BearerAuth, Broadcast
 from .message import Message, TextMessage
 from .server import Server, ServerConnection
 from .websocket import DEFAULT_MAX_SIZE
 
-__all__ = ["main", "EchoServer"]
+__all__ = ["main", "EchoServer", "FILTER_ALIASES", "load_filter_class"]
 
 logger = logging.getLogger("twspy.cli")
+
+FILTER_ALIASES = {
+    "echo": "twspy.filters:Echo",
+    "broadcast": "twspy.filters:Broadcast",
+    "log": "twspy.filters:Log",
+    "auth": "twspy.filters:BearerAuth",
+    "topics": "twspy.hub:TopicBroadcast",  # imported only when asked for
+}
+
+# What ``serve`` runs with when neither the command line nor the config file sets an option.
+_SERVE_DEFAULTS: Dict[str, Any] = {
+    "host": "127.0.0.1", "port": 8000, "max_size": DEFAULT_MAX_SIZE, "certfile": None, "keyfile": None,
+    "subprotocol": [], "no_compression": False, "quiet": False, "filter": [], "token": [], "redis": None,
+    "hub": None,
+}
+
+
+class UsageError(Exception):
+    """A bad option, config file or filter spec: reported on stderr, exit status 2."""
 
 
 class EchoServer(Server):
@@ -37,9 +79,13 @@ def _size(text: str) -> int:
     return int(float(match.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2)])
 
 
+_SERVE_TYPES: Dict[str, Callable[[str], Any]] = {"port": int, "max_size": _size}  # the others are strings
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="twspy", description="WebSocket echo server and client.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="twspy", description="WebSocket servers (echo, serve, proxy) and an "
+                                     "interactive client (connect).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{echo,serve,proxy,connect}")
 
     echo = sub.add_parser("echo", help="run an echo server")
     echo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -51,6 +97,45 @@ def _parser() -> argparse.ArgumentParser:
     echo.add_argument("--subprotocol", action="append", default=[], help="subprotocol to accept (repeatable)")
     echo.add_argument("--no-compression", action="store_true", help="do not accept permessage-deflate")
     echo.add_argument("--quiet", "-q", action="store_true", help="log warnings only")
+
+    # No defaults here (SUPPRESS): an option absent from the command line may come from --config.
+    serve = sub.add_parser(
+        "serve", argument_default=argparse.SUPPRESS, help="run a server composed from filters (default: a chat)",
+        description="Run a server composed from filters, in order. With no filter: broadcast (a chat). "
+                    "Aliases: %s." % ", ".join("%s (%s)" % item for item in FILTER_ALIASES.items()))
+    serve.add_argument("-f", "--filter", action="append", metavar="SPEC",
+                       help="filter class: package.module:Class, package.module.Class or an alias (repeatable; "
+                            "in order)")
+    serve.add_argument("-c", "--config", metavar="FILE",
+                       help='JSON object of long option names, e.g. {"port": 0, "filters": ["log", "echo"], '
+                            '"token": ["s3cret"]}; the command line wins')
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000; 0 picks one)")
+    serve.add_argument("--max-size", type=_size, metavar="SIZE", help="largest message in bytes, e.g. 16M (default 1M)")
+    serve.add_argument("--certfile", metavar="PEM", help="TLS certificate (PEM) for wss://")
+    serve.add_argument("--keyfile", metavar="PEM", help="TLS private key (PEM)")
+    serve.add_argument("--subprotocol", action="append", metavar="NAME", help="subprotocol to accept (repeatable)")
+    serve.add_argument("--no-compression", action="store_true", help="do not accept permessage-deflate")
+    serve.add_argument("--quiet", "-q", action="store_true", help="log warnings only")
+    serve.add_argument("--token", action="append", metavar="TOKEN",
+                       help="accepted bearer token (repeatable): adds the auth filter first; clients send "
+                            "'Authorization: Bearer TOKEN' or ?token=TOKEN, others get 401")
+    serve.add_argument("--redis", metavar="URL", help="attach a twspy.hub.Hub on this Redis URL (a cluster)")
+    serve.add_argument("--hub", metavar="URL", help="attach a twspy.hub.Hub on URL (redis://..., memory://...)")
+
+    proxy = sub.add_parser("proxy", help="relay every client to an upstream WebSocket server",
+                           description="Relay each client to UPSTREAM (path and query appended), message by "
+                                       "message, close codes included.")
+    proxy.add_argument("--upstream", required=True, metavar="URL", help="ws:// or wss:// URL of the server behind")
+    proxy.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    proxy.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks one)")
+    proxy.add_argument("--max-size", type=_size, default=DEFAULT_MAX_SIZE,
+                       help="largest message in bytes, e.g. 16M (default 1M)")
+    proxy.add_argument("--certfile", help="TLS certificate (PEM): clients connect with wss://")
+    proxy.add_argument("--keyfile", help="TLS private key (PEM)")
+    proxy.add_argument("--insecure", "-k", action="store_true",
+                       help="do not verify the upstream's TLS certificate")
+    proxy.add_argument("--quiet", "-q", action="store_true", help="log warnings only")
 
     client = sub.add_parser("connect", help="interactive client: stdin lines out, messages printed")
     client.add_argument("url", help="ws:// or wss:// URL")
@@ -64,28 +149,267 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "echo":
-        return _echo(args)
-    return _connect(args)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "echo":
+            return _echo(args)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "proxy":
+            return _proxy(args)
+        return _connect(args)
+    except UsageError as exc:
+        print("twspy %s: %s" % (args.command, exc), file=sys.stderr)
+        return 2
 
 
 def _echo(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    context = None
-    if args.certfile:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(args.certfile, args.keyfile)
+    _setup_logging(args.quiet)
+    context = _server_context(args.certfile, args.keyfile)
     extensions: Optional[List[Extension]] = [] if args.no_compression else None  # None: permessage-deflate
     server = EchoServer((args.host, args.port), ssl=context, max_size=args.max_size, extensions=extensions,
                         protocols=args.subprotocol)
-    scheme = "wss" if context else "ws"
-    host = "[%s]" % server.address[0] if ":" in server.address[0] else server.address[0]
-    print("twspy echo server on %s://%s:%d/ (Ctrl-C stops it)" % (scheme, host, server.address[1]),
-          file=sys.stderr, flush=True)
+    print("twspy echo server on %s (Ctrl-C stops it)" % _url(server, context), file=sys.stderr, flush=True)
     server.run()
     return 0
+
+
+# -- serve --------------------------------------------------------------------------------------
+def _serve(args: argparse.Namespace) -> int:
+    options = dict(_SERVE_DEFAULTS)
+    extra: Dict[str, Any] = {}
+    if "config" in args:
+        known, extra = _read_config(args.config)
+        options.update(known)
+    options.update((k, v) for k, v in vars(args).items() if k not in ("command", "config"))  # the command line wins
+    if options["redis"] and options["hub"] and options["redis"] != options["hub"]:
+        raise UsageError("give --redis or --hub, not both")
+
+    classes = [(spec, load_filter_class(spec)) for spec in options["filter"]]
+    allowed: Set[str] = set()
+    for _, cls in classes:
+        allowed.update(key.replace("-", "_") for key in getattr(cls, "config_keys", ()))
+    unknown = sorted(set(extra) - allowed)
+    if unknown:
+        raise UsageError("%s: unknown key %s (known: %s)" % (args.config, ", ".join(map(repr, unknown)),
+                                                            ", ".join(_config_names())))
+    options.update(extra)
+    filters = [_build_filter(spec, cls, options) for spec, cls in classes]
+    if not filters:
+        filters = [Broadcast()]  # a chat
+    if options["token"] and not any(isinstance(f, BearerAuth) for f in filters):
+        filters.insert(0, _build_filter("auth", BearerAuth, options))
+
+    _setup_logging(options["quiet"])
+    context = _server_context(options["certfile"], options["keyfile"])
+    extensions: Optional[List[Extension]] = [] if options["no_compression"] else None
+    hub = None
+    hub_url = options["hub"] or options["redis"]
+    if not hub_url and any(cls.__module__ == "twspy.hub" for _, cls in classes):
+        hub_url = "memory://"  # the hub's filters (topics) need one: this process's own
+    if hub_url:
+        try:
+            from .hub import Hub  # imported only when asked for
+        except ImportError as exc:
+            raise UsageError("--hub needs twspy.hub: %s" % exc) from None
+        try:
+            hub = Hub(hub_url)
+        except Exception as exc:  # a bad URL, redis not installed, ...: a message, not a traceback
+            print("twspy serve: cannot attach the hub %s: %s" % (_redact_url(hub_url), exc), file=sys.stderr)
+            return 1
+    try:
+        try:
+            server = Server((options["host"], options["port"]), ssl=context, filters=filters, hub=hub,
+                            max_size=options["max_size"], extensions=extensions, protocols=options["subprotocol"])
+        except OSError as exc:
+            print("twspy serve: cannot listen on %s:%s: %s" % (options["host"], options["port"], exc),
+                  file=sys.stderr)
+            return 1
+        print("twspy serve on %s (filters: %s%s; Ctrl-C stops it)" % (
+            _url(server, context), ", ".join(type(f).__name__ for f in filters),
+            "; hub: %s" % _redact_url(hub_url) if hub_url else ""), file=sys.stderr, flush=True)
+        with _sigterm_stops():
+            server.run()
+    finally:
+        if hub is not None:
+            hub.close()
+    return 0
+
+
+def _config_names() -> List[str]:
+    return sorted("filters" if dest == "filter" else dest.replace("_", "-") for dest in _SERVE_DEFAULTS)
+
+
+def _read_config(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(serve's options, other keys)`` from a JSON config file; UsageError for a bad file or value."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            data = json.load(file)
+    except OSError as exc:
+        raise UsageError("cannot read the config file: %s" % exc) from None
+    except ValueError as exc:
+        raise UsageError("%s is not valid JSON: %s" % (path, exc)) from None
+    if not isinstance(data, dict):
+        raise UsageError("%s: expected a JSON object of options, got %s" % (path, type(data).__name__))
+    known: Dict[str, Any] = {}
+    extra: Dict[str, Any] = {}
+    for key, value in data.items():
+        dest = key.replace("-", "_")
+        dest = "filter" if dest == "filters" else dest
+        if dest not in _SERVE_DEFAULTS:
+            extra[dest] = value
+            continue
+        try:
+            known[dest] = _config_value(dest, value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            raise UsageError("%s: bad value for %r: %s" % (path, key, exc)) from None
+    return known, extra
+
+
+def _config_value(dest: str, value: Any) -> Any:
+    """A JSON value checked (and converted) as the command line would."""
+    default = _SERVE_DEFAULTS[dest]
+    convert = _SERVE_TYPES.get(dest, str)
+    if isinstance(default, bool):  # a flag
+        if not isinstance(value, bool):
+            raise TypeError("expected true or false, got %r" % (value,))
+        return value
+    if isinstance(default, list):  # a repeatable option
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise TypeError("expected a string or a list of strings, got %r" % (value,))
+        return [convert(v) for v in values]
+    if value is None and default is None:
+        return None
+    if isinstance(value, str):
+        return convert(value)
+    if isinstance(value, int) and not isinstance(value, bool) and dest in _SERVE_TYPES:
+        return value  # a number for --port or --max-size
+    raise TypeError("expected %s, got %r" % ("a number" if dest in _SERVE_TYPES else "a string", value))
+
+
+def load_filter_class(spec: str) -> type:
+    """The class named by ``spec``: ``package.module:Class``, ``package.module.Class`` or an alias.
+
+    Raises UsageError (with the reason) when it cannot be imported.
+    """
+    target = FILTER_ALIASES.get(spec, spec)
+    module_name, sep, name = target.partition(":")
+    if not sep:
+        module_name, _, name = target.rpartition(".")
+    if not module_name or not name:
+        raise UsageError("filter %r: expected package.module:Class, package.module.Class or one of %s"
+                         % (spec, ", ".join(FILTER_ALIASES)))
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except ImportError as exc:
+        raise UsageError("filter %r: cannot import %s: %s" % (spec, module_name, exc)) from None
+    except AttributeError:
+        raise UsageError("filter %r: module %s has no %s" % (spec, module_name, name)) from None
+    except Exception as exc:  # the module itself failed while importing
+        raise UsageError("filter %r: importing %s failed: %s: %s" % (spec, module_name, type(exc).__name__,
+                                                                    exc)) from None
+    if not isinstance(obj, type):
+        raise UsageError("filter %r: %s is not a class" % (spec, target))
+    return obj
+
+
+def _build_filter(spec: str, cls: type, options: Dict[str, Any]) -> Any:
+    factory = getattr(cls, "from_options", None)
+    try:
+        return factory(options) if callable(factory) else cls()
+    except Exception as exc:
+        raise UsageError("filter %r: %s" % (spec, exc)) from None
+
+
+# -- proxy --------------------------------------------------------------------------------------
+def _proxy(args: argparse.Namespace) -> int:
+    try:
+        from .proxy import ProxyServer  # imported only when asked for
+    except ImportError as exc:
+        print("twspy proxy: unavailable: %s" % exc, file=sys.stderr)
+        return 1
+    _setup_logging(args.quiet)
+    context = _server_context(args.certfile, args.keyfile)
+    upstream_ssl = None
+    if args.upstream.lower().startswith("wss:"):
+        upstream_ssl = ssl.create_default_context()
+        if args.insecure:
+            upstream_ssl.check_hostname = False
+            upstream_ssl.verify_mode = ssl.CERT_NONE
+    try:
+        server = ProxyServer(args.upstream, (args.host, args.port), ssl=context, upstream_ssl=upstream_ssl,
+                             max_size=args.max_size)
+    except ValueError as exc:  # InvalidURI among others
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        print("twspy proxy: cannot listen on %s:%s: %s" % (args.host, args.port, exc), file=sys.stderr)
+        return 1
+    print("twspy proxy on %s -> %s (Ctrl-C stops it)" % (_url(server, context), _redact_url(args.upstream)),
+          file=sys.stderr, flush=True)
+    with _sigterm_stops():
+        server.run()
+    return 0
+
+
+# -- shared by the servers ----------------------------------------------------------------------
+class _RedactingFormatter(logging.Formatter):
+    """Hides ``token=...`` query values: request paths are logged, and a token in one is a secret."""
+
+    _TOKEN = re.compile(r"([?&]token=)[^&\s>]+")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._TOKEN.sub(r"\1***", super().format(record))
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, handlers=[handler])
+
+
+def _redact_url(url: str) -> str:
+    """``url`` without a password or token to print."""
+    url = re.sub(r"//[^/@]*@", "//***@", url)
+    return _RedactingFormatter._TOKEN.sub(r"\1***", url)
+
+
+def _server_context(certfile: Optional[str], keyfile: Optional[str]) -> Optional[ssl.SSLContext]:
+    if not certfile:
+        if keyfile:
+            raise UsageError("--keyfile needs --certfile")
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError("cannot load the certificate %s: %s" % (certfile, exc)) from None
+    return context
+
+
+def _url(server: Server, context: Optional[ssl.SSLContext]) -> str:
+    host = "[%s]" % server.address[0] if ":" in server.address[0] else server.address[0]
+    return "%s://%s:%d/" % ("wss" if context else "ws", host, server.address[1])
+
+
+class _sigterm_stops:
+    """While inside, SIGTERM stops ``run()`` as Ctrl-C does (a clean shutdown, exit status 0)."""
+
+    def __enter__(self) -> None:
+        self.previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, _interrupt)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _connect(args: argparse.Namespace) -> int:

@@ -15,8 +15,10 @@ A filter has any of these methods (all optional; :class:`Filter` has no-op defau
 An exception in ``on_open``/``on_message`` stops the chain and closes that client:
 :class:`Reject` with its code, :class:`~twspy.errors.ProtocolError` with its code,
 ``PermissionError`` with 1008 (policy violation), anything else with 1011 (logged with its
-traceback). In ``on_connect``, :class:`~twspy.errors.HandshakeError` answers its status and
-anything else 500. Exceptions in ``on_close`` are logged.
+traceback). Nothing more from that client goes through the chain or reaches the server's
+``onopen``/``onmessage`` (``on_close`` still runs for every filter). In ``on_connect``,
+:class:`~twspy.errors.HandshakeError` answers its status and anything else 500. Exceptions
+in ``on_close`` are logged.
 
 Bundled: :class:`Echo`, :class:`Broadcast`, :class:`Log`, :class:`BearerAuth`; the hub's
 topic protocol is :class:`twspy.hub.TopicBroadcast`.
@@ -27,31 +29,48 @@ from __future__ import annotations
 import hmac
 import logging
 import sys
+import threading
 import time
 from typing import IO, Any, Iterable, List, Mapping, Optional, Sequence, Union
 from urllib.parse import parse_qsl, urlsplit
 
-from .errors import ProtocolError, WebSocketError
-from .frame import CLOSE_UNABLE, CLOSE_POLICY
+from .errors import ConnectionClosed, ProtocolError, WebSocketError
+from .frame import CLOSE_POLICY, CLOSE_UNABLE, valid_close_code
 from .handshake import Reply, Request
 from .message import BinaryMessage, Message, TextMessage
 
-__all__ = ["Filter", "Reject", "Echo", "Broadcast", "Log", "BearerAuth", "close_code_for",
+__all__ = ["Filter", "Reject", "Echo", "Broadcast", "Log", "BearerAuth", "MessageResult", "close_code_for",
            "run_connect", "run_open", "run_message", "run_close"]
 
 logger = logging.getLogger("twspy.filters")
 
+MessageResult = Union[None, Message, str, bytes]
+"""What ``on_message`` returns: the message to pass on (a str or bytes becomes a text or
+binary message), or None to drop it."""
+
+_FAILED = "_twspy_filter_failed"  # set on a client once a filter closed it: the chain skips it
+
 
 class Reject(WebSocketError):
-    """Raised by a filter to close the client with ``code`` and ``reason``."""
+    """Raised by a filter to close the client with ``code`` and ``reason``.
+
+    ``code`` must be one a close frame may carry (RFC 6455 §7.4: 1000-1003, 1007-1014,
+    3000-4999); ValueError otherwise. ``reason`` is cut to 123 bytes of UTF-8 on the wire.
+    """
 
     def __init__(self, code: int = CLOSE_POLICY, reason: str = "") -> None:
+        if not isinstance(code, int) or not valid_close_code(code):
+            raise ValueError("close code %r may not be sent (RFC 6455 §7.4)" % (code,))
         super().__init__(reason or "rejected")
         self.code = code
         self.reason = reason
 
     def __str__(self) -> str:
         return "rejected with %d %s" % (self.code, self.reason)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        # ``args`` holds the message, not (code, reason): copy and pickle need the real ones.
+        return type(self), (self.code, self.reason)
 
 
 class Filter:
@@ -72,7 +91,7 @@ class Filter:
     def on_open(self, client: Any) -> None:
         pass
 
-    def on_message(self, client: Any, message: Message) -> Optional[Message]:
+    def on_message(self, client: Any, message: Message) -> MessageResult:
         return message
 
     def on_close(self, client: Any, code: int, reason: str) -> None:
@@ -85,7 +104,7 @@ class Filter:
 class Echo(Filter):
     """Send every message back to its sender (and pass it on)."""
 
-    def on_message(self, client: Any, message: Message) -> Optional[Message]:
+    def on_message(self, client: Any, message: Message) -> MessageResult:
         client.send(message)
         return message
 
@@ -97,7 +116,7 @@ class Broadcast(Filter):
     def __init__(self, include_sender: bool = True) -> None:
         self.include_sender = include_sender
 
-    def on_message(self, client: Any, message: Message) -> Optional[Message]:
+    def on_message(self, client: Any, message: Message) -> MessageResult:
         exclude = () if self.include_sender else (client,)
         hub = getattr(client.server, "hub", None)
         if hub is not None:
@@ -113,23 +132,29 @@ class Log(Filter):
     def __init__(self, stream: Optional[IO[str]] = None, max_payload: int = 80) -> None:
         self.stream = stream
         self.max_payload = max_payload
+        self._lock = threading.Lock()  # clients' threads print whole lines, never interleaved
 
     def _print(self, text: str) -> None:
-        stream = self.stream or sys.stdout
-        stream.write("%s %s\n" % (time.strftime("%H:%M:%S"), text))
-        stream.flush()
+        stream = self.stream or sys.stdout  # looked up late: follows a redirected sys.stdout
+        line = "%s %s\n" % (time.strftime("%H:%M:%S"), text)
+        with self._lock:
+            stream.write(line)
+            stream.flush()
 
     def on_open(self, client: Any) -> None:
-        self._print("%s open %s" % (client.id, client.path))
+        self._print("%s open %s" % (client.id, _redact(client.path)))
 
-    def on_message(self, client: Any, message: Message) -> Optional[Message]:
+    def on_message(self, client: Any, message: Message) -> MessageResult:
         payload = message.payload
-        shown = payload[:self.max_payload] if isinstance(payload, str) else "<%d bytes>" % len(payload)
-        self._print("%s message %r" % (client.id, shown))
+        if isinstance(payload, str):
+            shown = repr(payload[:self.max_payload]) + ("..." if len(payload) > self.max_payload else "")
+        else:
+            shown = "<%d bytes>" % len(payload)
+        self._print("%s message %s" % (client.id, shown))
         return message
 
     def on_close(self, client: Any, code: int, reason: str) -> None:
-        self._print("%s close %s %s" % (client.id, code, reason))
+        self._print(("%s close %s %s" % (client.id, code, reason)).rstrip())
 
 
 class BearerAuth(Filter):
@@ -141,15 +166,19 @@ class BearerAuth(Filter):
     """
 
     def __init__(self, tokens: Union[str, Iterable[str]], realm: str = "twspy") -> None:
-        self.tokens: List[bytes] = [t.encode("utf-8") for t in ([tokens] if isinstance(tokens, str) else tokens)]
+        given = [tokens] if isinstance(tokens, (str, bytes)) else list(tokens)
+        self.tokens: List[bytes] = [t if isinstance(t, bytes) else t.encode("utf-8") for t in given]
         if not self.tokens or not all(self.tokens):
-            raise ValueError("BearerAuth needs at least one non-empty token")
+            raise ValueError("BearerAuth needs at least one non-empty token (--token)")
         self.realm = realm
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "Filter":
         tokens = options.get("token") or []
         return cls([tokens] if isinstance(tokens, str) else tokens)
+
+    def __repr__(self) -> str:  # never the tokens
+        return "<filter BearerAuth (%d tokens)>" % len(self.tokens)
 
     def on_connect(self, request: Request) -> Reply:
         token = _request_token(request)
@@ -173,11 +202,21 @@ def _request_token(request: Request) -> Optional[str]:
     if header:
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
+            # Header values are decoded as latin-1: back to the bytes sent, read as UTF-8.
+            return value.strip().encode("latin-1").decode("utf-8", "surrogateescape")
     for name, value in parse_qsl(urlsplit(request.path).query, keep_blank_values=True):
         if name == "token" and value:
             return value
     return None
+
+
+def _redact(path: str) -> str:
+    """``path`` with the value of a ``token`` query parameter hidden (for logs)."""
+    target, sep, query = path.partition("?")
+    if not sep or "token=" not in query:
+        return path
+    parts = ["token=***" if part.startswith("token=") else part for part in query.split("&")]
+    return target + "?" + "&".join(parts)
 
 
 # -- running a chain (called by Server) ---------------------------------------------------------
@@ -193,14 +232,27 @@ def close_code_for(exc: BaseException) -> int:
 
 
 def _failed(client: Any, flt: Filter, exc: Exception) -> None:
+    """Close ``client`` for ``exc`` raised by ``flt``; the chain skips it from now on."""
+    setattr(client, _FAILED, True)
+    if isinstance(exc, ConnectionClosed) and getattr(client, "close_sent", False):
+        # A send met a connection that is closing anyway: not the filter's bug (as for handlers).
+        logger.debug("%r: %r: %s", client, flt, exc)
+        return
     code = close_code_for(exc)
+    if not valid_close_code(code):  # e.g. a ProtocolError(..., 1006): not sendable
+        code = CLOSE_UNABLE
     if code == CLOSE_UNABLE:
         logger.error("%r: %r failed", client, flt, exc_info=exc)
         reason = "internal error"
     else:
         logger.info("%r: %r closes with %d: %s", client, flt, code, exc)
-        reason = exc.reason if isinstance(exc, Reject) else ""
-    client.start_close(code, reason)
+        reason = exc.reason if isinstance(exc, Reject) else exc.message if isinstance(exc, ProtocolError) else ""
+    client.start_close(code, _short_reason(reason))
+
+
+def _short_reason(text: str) -> str:
+    """``text`` cut to the 123 bytes a close reason may have (§5.5.1), on a character boundary."""
+    return text.encode("utf-8")[:123].decode("utf-8", "ignore")
 
 
 def run_connect(filters: Sequence[Filter], request: Request) -> Reply:
@@ -215,7 +267,7 @@ def run_connect(filters: Sequence[Filter], request: Request) -> Reply:
 
 
 def run_open(filters: Sequence[Filter], client: Any) -> bool:
-    """Each filter's ``on_open``; False if one failed (the client is closing)."""
+    """Each filter's ``on_open``; False if one failed (the client is closing: skip ``onopen``)."""
     for flt in filters:
         hook = getattr(flt, "on_open", None)
         if hook is not None:
@@ -228,22 +280,30 @@ def run_open(filters: Sequence[Filter], client: Any) -> bool:
 
 
 def run_message(filters: Sequence[Filter], client: Any, message: Message) -> Optional[Message]:
-    """The message after every filter's ``on_message``; None if one dropped it or failed."""
+    """The message after every filter's ``on_message``; None if one dropped it or failed.
+
+    None at once for a client that a filter closed: what it sent after that is not processed.
+    """
+    if getattr(client, _FAILED, False):
+        return None
     for flt in filters:
         hook = getattr(flt, "on_message", None)
         if hook is None:
             continue
         try:
             result = hook(client, message)
+            if result is None:
+                return None
+            if isinstance(result, str):
+                result = TextMessage(result)
+            elif isinstance(result, (bytes, bytearray, memoryview)):
+                result = BinaryMessage(result)
+            elif not isinstance(result, Message):
+                raise TypeError("on_message returned %s; expected a Message, str, bytes or None"
+                                % type(result).__name__)
         except Exception as exc:
             _failed(client, flt, exc)
             return None
-        if result is None:
-            return None
-        if isinstance(result, str):
-            result = TextMessage(result)
-        elif isinstance(result, (bytes, bytearray, memoryview)):
-            result = BinaryMessage(bytes(result))
         message = result
     return message
 
