@@ -101,7 +101,7 @@ class Request:
         self.state: Dict[str, Any] = {}
 
     def __repr__(self) -> str:
-        return "<Request %s %s>" % (self.method, self.path)
+        return "<Request %s %s>" % (self.method, self.path.partition("?")[0])  # no query: it may hold a token
 
 
 class Response:

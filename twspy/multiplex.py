@@ -1459,10 +1459,12 @@ def _apply_delta(base: Headers, delta: Headers) -> Headers:
 
 def _check_response(response: AddChannelResponse, protocols: Sequence[str]) -> Tuple[Optional[str], Headers]:
     """Validate an AddChannelResponse like an RFC 6455 response: ``(subprotocol, headers)``."""
-    parsed = parse_response(response.handshake)
+    # A refusal may carry a body after the head (e.g. a process_request answer).
+    head, sep, body = response.handshake.partition(b"\r\n\r\n")
+    parsed = parse_response(head + sep)
     if response.rejected:
         raise HandshakeError("server refused the channel: %d %s" % (parsed.status, parsed.reason),
-                             parsed.status, parsed.headers)
+                             parsed.status, parsed.headers, body)
     headers = parsed.headers
     if parsed.status != 101:
         raise HandshakeError("channel accepted with status %d" % parsed.status, None, headers)

@@ -36,6 +36,7 @@ class ServerConnection(Connection):
     """
 
     _ids = itertools.count(1)
+    _refused = False
 
     def __init__(self, server: "Server", sock: websocket, **options: Any) -> None:
         self.server = server
@@ -54,6 +55,7 @@ class ServerConnection(Connection):
         with server._lock:  # a member of server.clients before the handler runs (it may broadcast)
             server.clients.add(self)
         if server.filters and not run_open(server.filters, self):
+            self._refused = True  # a filter closed it: the server's onopen/onclose never see it
             return
         server.onopen(self)
 
@@ -76,13 +78,15 @@ class ServerConnection(Connection):
         server = self.server
         if server.filters:
             run_close(server.filters, self, code, reason)
-        server.onclose(self, code, reason)
+        if not self._refused:
+            server.onclose(self, code, reason)
 
     def onerror(self, exc: BaseException) -> None:
         self.server.onerror(self, exc)
 
     def __repr__(self) -> str:
-        return "<client #%s %s %s>" % (self.id, _fmt_address(self.address), self.path)
+        # The path without its query, which may carry a credential (?token=...).
+        return "<client #%s %s %s>" % (self.id, _fmt_address(self.address), self.path.partition("?")[0])
 
 
 class Server:
