@@ -16,7 +16,7 @@ import twspy
 from twspy import Frame
 from twspy.frame import FrameParser
 
-from conftest import frame_from
+from conftest import frame_from, wait_for
 
 KEY = bytes.fromhex("37fa213d")
 
@@ -642,3 +642,30 @@ class TestKeepalive:
         assert c.closed and c.close_code == 1006
         assert [e for e in c.events if e[0] == "close"] == [("close", 1006, "keepalive ping timeout")]
         c.close()  # nothing left to do, and no error
+
+
+def test_abort_wakes_a_reader_waiting_with_a_deadline(pair):
+    # abort() from another thread must end a recv(timeout) at once, not at its deadline.
+    for _ in range(20):
+        ws, _peer = pair()
+        conn = twspy.Connection(ws)
+        result = []
+        reader = threading.Thread(target=lambda: result.append(_recv_outcome(conn, 10)))
+        reader.start()
+        wait_for(lambda: ws._poller is not None)  # the reader is at (or about to be in) select()
+        started = time.monotonic()
+        conn.abort()
+        reader.join(5)
+        assert not reader.is_alive() and result == ["closed"]
+        assert time.monotonic() - started < 2
+        assert ws.sock.fileno() == -1  # and the socket is closed
+
+
+def _recv_outcome(conn, timeout):
+    try:
+        conn.recv(timeout=timeout)
+    except twspy.ConnectionClosed:
+        return "closed"
+    except TimeoutError:
+        return "timeout"
+    return "message"

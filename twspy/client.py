@@ -27,7 +27,7 @@ logger = logging.getLogger("twspy.client")
 
 MAX_REDIRECTS = 10
 MAX_AUTH_ATTEMPTS = 2
-_CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout")
+_CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout", "queue_messages")
 _WEBSOCKET_OPTIONS = ("max_size", "max_header_size", "handshake_timeout", "write_timeout")
 
 

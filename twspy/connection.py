@@ -10,6 +10,10 @@ time. While ``onmessage`` runs in the reading thread, a watchdog lets another th
 reading after a short delay, so pings are still answered during slow handlers (the
 messages read meanwhile wait in a bounded queue). The common fast path hands nothing to
 another thread.
+
+With ``queue_messages=True`` another thread can drive the connection through queues:
+:meth:`Connection.pop_in_message`, :meth:`Connection.push_out_message` and
+:meth:`Connection.should_stop`.
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ class Connection:
         ping_interval: send a keepalive ping this often (seconds; None: never).
         ping_timeout: while the connection is being read, a keepalive ping unanswered
             for this long fails it (close 1011, then TCP dropped: 1006 locally).
+        queue_messages: also put every message that :meth:`receive_forever` delivers (after
+            ``onmessage``) on an in-queue that another thread reads with :meth:`pop_in_message`.
+            The queue holds at most ``max_queue`` messages (DEFAULT_MAX_QUEUE if None); when it
+            is full the reading thread waits, so the peer is slowed down by TCP, not dropped.
 
     Handlers (override them; they run in the reading thread): ``onopen()``,
     ``onmessage(message)``, ``onping(payload)``, ``onpong(payload)``,
@@ -68,7 +76,7 @@ class Connection:
     def __init__(self, sock: websocket, close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT,
                  max_size: Optional[int] = -1, max_queue: int = DEFAULT_MAX_QUEUE,
                  max_outbox: int = DEFAULT_MAX_OUTBOX, ping_interval: Optional[float] = None,
-                 ping_timeout: Optional[float] = None) -> None:
+                 ping_timeout: Optional[float] = None, queue_messages: bool = False) -> None:
         if not sock.handshake_done:
             raise InvalidState("Connection needs a websocket whose handshake is done")
         self.sock = sock
@@ -109,6 +117,14 @@ class Connection:
         self._outbox: Optional[Deque[bytes]] = None
         self._outbox_size = 0
         self._out_lock = threading.Lock()
+        # queue controller (queue_messages): messages from receive_forever for pop_in_message
+        self.queue_messages = queue_messages
+        self._in_queue: Optional[Deque[Message]] = collections.deque() if queue_messages else None
+        self._in_bound = DEFAULT_MAX_QUEUE if max_queue is None else max(1, max_queue)
+        self._in_lock = threading.Lock()
+        self._in_not_empty = threading.Condition(self._in_lock)
+        self._in_not_full = threading.Condition(self._in_lock)
+        self._feeders: "set[int]" = set()  # threads in receive_forever feeding the in-queue
         self._debug = logger.isEnabledFor(logging.DEBUG)
         self._validator: Any = None  # UTF-8 check of a text frame that is still arriving
         self._partial_checks = not self._codecs and hasattr(sock, "partial_hook")
@@ -368,9 +384,14 @@ class Connection:
         """Read messages and call ``onmessage`` for each until the connection closes.
 
         An exception in a handler is logged, given to ``onerror`` and closes the connection
-        with 1011. Returns when the connection is closed.
+        with 1011. Returns when the connection is closed. With ``queue_messages``, each
+        message is then put on the in-queue for :meth:`pop_in_message`.
         """
         _watchdog.add(self)
+        queue = self._in_queue  # None unless queue_messages: one check per message on the hot path
+        if queue is not None:
+            with self._in_lock:
+                self._feeders.add(threading.get_ident())
         try:
             while True:
                 try:
@@ -389,9 +410,127 @@ class Connection:
                     return
                 finally:
                     self.handler_since = None
+                if queue is not None:
+                    self._queue_in(message)
         finally:
+            if queue is not None:
+                with self._in_lock:
+                    self._feeders.discard(threading.get_ident())
+                    self._in_not_empty.notify_all()  # poppers now read the socket themselves
             if self.ping_interval is None or self.state == CLOSED:
                 _watchdog.discard(self)
+
+    # -- queue controller: drive the connection from another thread ---------------------------
+    def _queue_in(self, message: Message) -> None:
+        """Put a message from receive_forever on the in-queue, waiting while it is full.
+
+        While the connection is open the reading thread waits for room: not reading is what
+        slows the peer down (TCP backpressure). Once the closing handshake has started it
+        must not wait for a consumer (it may have to read the peer's close frame), so every
+        change of close_sent/state notifies this condition (_wake_queue); the queue may then
+        hold twice its bound (its own plus the max_queue messages recv() may read ahead
+        during a close), and later messages are dropped, as §7.1.2 allows.
+        """
+        with self._in_lock:
+            queue = self._in_queue
+            assert queue is not None
+            bound = self._in_bound
+            while len(queue) >= bound and not self.close_sent:
+                self._in_not_full.wait()
+            if len(queue) >= 2 * bound:
+                logger.debug("%r: in-queue full while closing; message dropped", self)
+                return
+            queue.append(message)
+            self._in_not_empty.notify()
+
+    def _wake_queue(self) -> None:
+        """The closing handshake started or the connection closed: wake in-queue waiters."""
+        if self._in_queue is not None:
+            with self._in_lock:
+                self._in_not_full.notify_all()
+                self._in_not_empty.notify_all()
+
+    def pop_in_message(self, timeout: Optional[float] = None) -> Optional[Message]:
+        """The next message received, in arrival order; None once the connection is closed and drained.
+
+        Needs ``queue_messages=True``. While a thread runs :meth:`receive_forever`, this
+        takes messages from the in-queue it fills (after ``onmessage``); otherwise it reads
+        the socket itself, like :meth:`recv` (``onmessage`` is not called then). The two
+        cases are told apart by the set of threads inside receive_forever, checked with the
+        read lock held, so messages keep their order; a message read here while a thread
+        entered receive_forever is handed to it. Do not call it from the thread that runs
+        receive_forever (it would wait for itself).
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed without a message.
+            InvalidState: the connection was made without ``queue_messages``, or this thread
+                is the one that runs receive_forever.
+        """
+        queue = self._in_queue
+        if queue is None:
+            raise InvalidState("pop_in_message needs a Connection made with queue_messages=True")
+        if threading.get_ident() in self._feeders:
+            raise InvalidState("pop_in_message called from the thread that runs receive_forever")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._in_lock:
+                while not queue:
+                    if not self._feeders:
+                        break
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError("timed out waiting for a message")
+                    self._in_not_empty.wait(left)
+                else:
+                    message = queue.popleft()
+                    self._in_not_full.notify()
+                    return message
+            # Nobody runs receive_forever: read the socket here, holding the read lock so that
+            # a receive_forever starting now reads only after this message (order kept).
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._read_lock.acquire(timeout=-1 if left is None else left):
+                raise TimeoutError("timed out waiting for a message")
+            try:
+                with self._in_lock:
+                    if queue or self._feeders:
+                        continue  # receive_forever started meanwhile: take from the queue
+                try:
+                    message = self.recv(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                except ConnectionClosed:
+                    return None
+                with self._in_lock:
+                    if not self._feeders:
+                        return message
+                # receive_forever started while this thread was reading (it waits for the read
+                # lock): hand it the message, older than any it will read, so that it goes
+                # through onmessage and the queue like the rest.
+                self._inbox.appendleft(message)
+            finally:
+                self._read_lock.release()
+
+    def push_out_message(self, message: MessageLike) -> None:
+        """Send ``message`` (like :meth:`send`) from any thread without ever blocking on the peer.
+
+        Pushes go out in order, through :meth:`send_nowait`'s bounded outbox: a peer that
+        lets more than ``max_outbox`` bytes pile up is dropped (1013).
+
+        Raises:
+            ConnectionClosed: the closing handshake has started or the connection is closed.
+            TypeError: ``message`` is not a str, bytes-like or Message.
+        """
+        if not isinstance(message, (str, bytes, bytearray, memoryview, Message)):
+            raise TypeError("cannot send %s" % type(message).__name__)
+        if self.should_stop():
+            raise self._closed_error()
+        self._nowait(message, None)
+
+    def should_stop(self) -> bool:
+        """Whether the closing handshake has started (either side) or the connection is closed.
+
+        A producer loop ``while not conn.should_stop(): conn.push_out_message(...)`` ends with
+        the connection (a push may still race with the close and raise ConnectionClosed).
+        """
+        return self.close_sent or self.close_received or self.state != OPEN
 
     def _read_one(self, deadline: Optional[float]) -> Optional[Message]:
         """Read and process one frame (holding the read lock); a Message when one completes."""
@@ -535,6 +674,7 @@ class Connection:
                 return
             self.close_sent = True
             self.state = CLOSING
+        self._wake_queue()
         try:
             with self.sock.send_lock:
                 self.sock.send_raw(OPCODE_CLOSE, encode_close(code, reason))
@@ -549,6 +689,7 @@ class Connection:
                 return
             self.close_sent = True
             self.state = CLOSING
+        self._wake_queue()
         payload = encode_close(code, reason)
         data = self.sock.frame_bytes(OPCODE_CLOSE, payload)
         if data is None:  # a mux channel re-encapsulates RFC 6455 frames given to send_frame_bytes
@@ -636,6 +777,7 @@ class Connection:
             self.close_code = code
             self.close_reason = reason
             self.close_sent = True
+        self._wake_queue()
         sock = self.sock
         if not sock.server_side and self.close_received and code != CLOSE_ABNORMAL:
             # §7.1.1: the client waits for the server to close TCP first (bounded).

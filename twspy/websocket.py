@@ -117,6 +117,9 @@ class websocket:
         self.text_in_progress = False  # set by Connection while a fragmented text message is open
         self._partial_done = 0
         self._poller: Optional[selectors.BaseSelector] = None
+        self._wait_lock = threading.Lock()  # abort() vs a reader in select() (see abort)
+        self._waiting = False
+        self._close_on_wake = False
 
     # -- socket API ---------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -439,6 +442,13 @@ class websocket:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        with self._wait_lock:
+            if self._waiting:
+                # A reader waits in select(): closing now would drop the wake-up the shutdown
+                # just posted (epoll forgets a closed fd) and leave it asleep until its deadline.
+                # It closes the socket itself when it wakes.
+                self._close_on_wake = True
+                return
         self.close()
 
     def send_frame_bytes(self, data: bytes) -> None:
@@ -529,10 +539,19 @@ class websocket:
             raise ConnectionClosed(1006, "") from None
         while True:
             left = deadline - time.monotonic()
+            with self._wait_lock:
+                self._waiting = True
             try:
                 ready = left > 0 and self._poller.select(left)
             except (ValueError, OSError, AttributeError):  # closed meanwhile (poller released)
                 raise ConnectionClosed(1006, "") from None
+            finally:
+                with self._wait_lock:
+                    self._waiting = False
+                    aborted, self._close_on_wake = self._close_on_wake, False
+            if aborted:
+                self.close()
+                raise ConnectionClosed(1006, "")
             if not ready:
                 if deadline - time.monotonic() <= 0:
                     raise TimeoutError("timed out waiting for a frame")
