@@ -16,6 +16,8 @@ operations will do:
 - ``set_presence(node, clients, ttl)``, ``drop_presence(node)``, ``presence()`` — which
   clients each live node has and their topic filters; a node that stops refreshing its
   presence (it crashed) disappears after ``ttl`` seconds
+- ``wake()`` (optional) — make waiting ``read`` calls return early: ``Hub.close`` calls it so
+  that its reader stops at once instead of at the end of its read timeout
 
 :class:`MemoryBroker` keeps the log in the process (``memory://`` and ``memory://name``,
 several hubs on one broker behave like a cluster); :class:`RedisBroker` keeps it in a Redis
@@ -75,6 +77,9 @@ class Broker:
     def presence(self) -> Presence:
         raise NotImplementedError
 
+    def wake(self) -> None:
+        """Make ``read`` calls that are waiting return early (an empty list); may do nothing."""
+
     def close(self) -> None:
         pass
 
@@ -96,6 +101,7 @@ class MemoryBroker(Broker):
         self._ids = itertools.count(1)
         self._generation = secrets.token_hex(8)
         self._presence: Dict[str, Tuple[float, Dict[str, List[str]]]] = {}
+        self._wakeups = 0
 
     def _check(self) -> None:
         if self.down:
@@ -117,8 +123,11 @@ class MemoryBroker(Broker):
         after = int(cursor)
         deadline = time.monotonic() + timeout
         with self._cond:
+            wakeups, generation = self._wakeups, self._generation
             while True:
                 self._check()
+                if wakeups != self._wakeups or generation != self._generation:
+                    return []  # woken (the hub closes), or the log was lost: the caller checks
                 if self._log and self._log[-1][0] > after:
                     # ids are increasing: find the first one after the cursor from the end.
                     i = len(self._log)
@@ -139,6 +148,11 @@ class MemoryBroker(Broker):
         with self._cond:
             self._check()
             return self._generation
+
+    def wake(self) -> None:
+        with self._cond:
+            self._wakeups += 1
+            self._cond.notify_all()
 
     def restart(self) -> None:
         """Lose every entry and all presence, as a broker restarted without persistence."""
@@ -181,7 +195,7 @@ class RedisBroker(Broker):
     def __init__(self, url: str, prefix: str = "twspy", maxlen: int = DEFAULT_MAXLEN,
                  socket_timeout: float = 5.0) -> None:
         try:
-            import redis
+            import redis  # type: ignore[import-not-found, unused-ignore]  # optional dependency
         except ImportError:
             raise HubError("a redis:// hub needs the redis package: pip install 'twspy[redis]'") from None
         self.url = url

@@ -16,7 +16,8 @@ How delivery works, and why it loses nothing it acknowledged:
   lets its outbound queue pass ``max_outbox`` bytes is closed with 1013.
 - Everything for other servers goes, in order, through one writer thread into the broker's
   log (:mod:`twspy.broker`): a Redis Stream or an in-process log. Every entry carries its
-  node id and a per-node sequence number.
+  node id and a per-node sequence number (with a random incarnation that changes whenever
+  the node starts again, since its numbering starts again too).
 - A reader thread reads the log from the last id it saw, skips its own node's entries, drops
   duplicates and notices gaps per origin by sequence number (reported by :meth:`Hub.on_gap`,
   never silent). Order per publisher is the log's order.
@@ -44,7 +45,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tu
 
 from .broker import Broker, BrokerUnavailable, Entry, HubError, MemoryBroker, RedisBroker, open_broker
 from .filters import Filter
-from .frame import CLOSE_NORMAL
+from .frame import CLOSE_NORMAL, valid_close_code
 from .message import BinaryMessage, Message, TextMessage
 from .server import send_all
 from .topics import InvalidTopic, SubscriptionTree, matches, validate_topic
@@ -106,25 +107,31 @@ class Hub:
         self._clients: Dict[str, Any] = {}
         self._subs = SubscriptionTree()
         self._seq = 0
+        # A node that comes back with the same node_id numbers its entries from 1 again: the
+        # incarnation tells receivers it is a new sequence, not duplicates of the old one.
+        self._incarnation = secrets.token_hex(4).encode()
         self._pending: Deque[Tuple[Entry, Optional[Callable[[bool], None]]]] = collections.deque()
         self._replay: Deque[Entry] = collections.deque(maxlen=replay)
         self._work = threading.Condition(self._lock)   # the writer waits on it
         self._presence_dirty = True
         self._accepted = 0      # entries the broker accepted (for flush)
         self._queued = 0        # entries ever queued
-        self._last_seq: Dict[str, int] = {}     # origin node -> last sequence number delivered
+        self._last_seq: Dict[Tuple[str, bytes], int] = {}  # (origin node, incarnation) -> last delivered
         self._closing = False
         self.connected = threading.Event()      # set while the broker answers
         self._closed = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name="twspy-hub-writer", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name="twspy-hub-reader", daemon=True)
         self.ready = threading.Event()          # set once the reader knows where the log ends
+        self._first_try = threading.Event()     # set after the reader's first attempt, either way
         self._writer.start()
         self._reader.start()
         # Entries appended after the constructor returns reach this node's subscribers: wait
         # (a little) for the reader to find the end of the log. An unreachable broker does
-        # not fail the constructor; the reader keeps trying and starts from where it gets in.
-        if not self.ready.wait(ready_timeout):
+        # not fail the constructor (nor keep it waiting once refused); the reader keeps
+        # trying and starts from where it gets in.
+        self._first_try.wait(ready_timeout)
+        if not self.ready.is_set():
             logger.warning("hub %s: broker %s not reachable yet; retrying in the background",
                            self.node_id, self.broker.url)
 
@@ -152,8 +159,8 @@ class Hub:
             self._work.notify()
 
     def _leave(self, client: Any) -> None:
-        self._subs.remove_key(client.id)
         with self._lock:
+            self._subs.remove_key(client.id)
             self._clients.pop(client.id, None)
             self._presence_dirty = True
             self._work.notify()
@@ -162,9 +169,12 @@ class Hub:
         """Deliver messages published to topics matching ``topic_filter`` (MQTT rules) to
         ``client`` (a client of an attached server, or its id). True if it is new.
         Raises :class:`~twspy.topics.InvalidTopic` for a bad filter."""
-        cid = self._local_id(client)
-        added = self._subs.add(topic_filter, cid)
-        self._mark_presence()
+        with self._lock:
+            # Under the lock that _leave holds: the client cannot leave between check and add.
+            cid = self._local_id(client, locked=True)
+            added = self._subs.add(topic_filter, cid)
+            self._presence_dirty = True
+            self._work.notify()
         return added
 
     def unsubscribe(self, client: Any, topic_filter: Optional[str] = None) -> bool:
@@ -181,11 +191,15 @@ class Hub:
         """The topic filters of a local client."""
         return self._subs.filters(self._local_id(client))
 
-    def _local_id(self, client: Any) -> str:
+    def _local_id(self, client: Any, locked: bool = False) -> str:
         cid = client if isinstance(client, str) else client.id
-        with self._lock:
-            if cid not in self._clients:
-                raise KeyError("%r is not an open client of this hub's servers" % (client,))
+        if locked:
+            known = cid in self._clients
+        else:
+            with self._lock:
+                known = cid in self._clients
+        if not known:
+            raise KeyError("%r is not an open client of this hub's servers" % (client,))
         return cid
 
     def _mark_presence(self) -> None:
@@ -209,8 +223,11 @@ class Hub:
         msg = _as_message(message)
         excluded = _ids(exclude)
         with self._lock:
-            self._deliver_local(self._subs.match(topic), excluded, msg)
-            return self._queue(_PUBLISH, {"t": topic.encode("utf-8"), "x": _join_ids(excluded)}, msg, on_done)
+            self._deliver_local(self._subs.match(topic), excluded, msg)  # type: ignore[arg-type]
+            queued = self._queue(_PUBLISH, {"t": topic.encode("utf-8"), "x": _join_ids(excluded)}, msg, on_done)
+        if not queued and on_done is not None:
+            _call(on_done, False)  # after releasing the lock: on_done may use the hub
+        return queued
 
     def broadcast(self, message: MessageLike, exclude: Ids = None,
                   on_done: Optional[Callable[[bool], None]] = None) -> bool:
@@ -219,7 +236,10 @@ class Hub:
         excluded = _ids(exclude)
         with self._lock:
             self._deliver_local(list(self._clients), excluded, msg)
-            return self._queue(_BROADCAST, {"x": _join_ids(excluded)}, msg, on_done)
+            queued = self._queue(_BROADCAST, {"x": _join_ids(excluded)}, msg, on_done)
+        if not queued and on_done is not None:
+            _call(on_done, False)
+        return queued
 
     def send_to(self, ids: Ids, message: MessageLike, on_done: Optional[Callable[[bool], None]] = None) -> bool:
         """Send ``message`` to the client(s) with these ids, on whichever server they are.
@@ -230,14 +250,19 @@ class Hub:
         local, remote = self._split(_ids(ids))
         with self._lock:
             self._deliver_local(local, (), msg)
-            if not remote:
-                if on_done is not None:
-                    on_done(True)
-                return True
-            return self._queue(_SEND, {"i": _join_ids(remote)}, msg, on_done)
+            queued = self._queue(_SEND, {"i": _join_ids(remote)}, msg, on_done) if remote else True
+        if on_done is not None and not (remote and queued):  # otherwise the writer calls it
+            _call(on_done, queued)
+        return queued
 
     def disconnect(self, ids: Ids, code: int = CLOSE_NORMAL, reason: str = "") -> bool:
-        """Close the client(s) with these ids, on whichever server they are."""
+        """Close the client(s) with these ids, on whichever server they are.
+
+        Raises ValueError for a code that may not be sent (RFC 6455 §7.4) or a reason over
+        123 bytes, before anything is queued.
+        """
+        if not valid_close_code(code) or len(reason.encode("utf-8")) > 123:
+            raise ValueError("cannot close with %r %r" % (code, reason))
         local, remote = self._split(_ids(ids))
         with self._lock:
             clients = [self._clients[cid] for cid in local if cid in self._clients]
@@ -263,7 +288,8 @@ class Hub:
     def _queue(self, kind: bytes, fields: Dict[str, bytes], msg: Optional[Message],
                on_done: Optional[Callable[[bool], None]]) -> bool:
         self._seq += 1
-        entry: Entry = {"o": self.node_id.encode(), "s": str(self._seq).encode(), "k": kind}
+        entry: Entry = {"o": self.node_id.encode(), "e": self._incarnation, "s": str(self._seq).encode(),
+                        "k": kind}
         entry.update(fields)
         if msg is not None:
             entry["y"] = b"t" if isinstance(msg, TextMessage) else b"b"
@@ -273,9 +299,7 @@ class Hub:
             self.stats["dropped"] += 1
             logger.warning("hub %s: broker %s unreachable with %d entries waiting: entry %d reaches "
                            "this server only", self.node_id, self.broker.url, len(self._pending), self._seq)
-            if on_done is not None:
-                on_done(False)
-            return False
+            return False  # the caller calls on_done(False), without the lock
         self._pending.append((entry, on_done))
         self._queued += 1
         self._work.notify()
@@ -421,6 +445,7 @@ class Hub:
                     generation = self.broker.generation()
                     cursor = self.broker.tail()
                     self.ready.set()
+                    self._first_try.set()
                 entries = self.broker.read(cursor, 1.0)  # type: ignore[arg-type]
                 # Checked after reading: entries count only if the log was the same throughout.
                 now = self.broker.generation()
@@ -430,6 +455,7 @@ class Hub:
                     continue
             except BrokerUnavailable as exc:
                 self._broker_down(exc)
+                self._first_try.set()
                 backoff.wait(self._closed)
                 continue
             except Exception:  # pragma: no cover - a bug: log it, keep the hub alive
@@ -450,7 +476,8 @@ class Hub:
         if origin == self.node_id:
             return
         seq = int(entry["s"])
-        last = self._last_seq.get(origin)
+        sequence = (origin, entry.get("e", b""))
+        last = self._last_seq.get(sequence)
         if last is not None:
             if seq <= last:
                 self.stats["duplicates"] += 1
@@ -458,7 +485,7 @@ class Hub:
             if seq > last + 1:
                 self.stats["gaps"] += 1
                 self.on_gap(origin, last + 1, seq - 1)
-        self._last_seq[origin] = seq
+        self._last_seq[sequence] = seq
         self.stats["received"] += 1
         kind = entry["k"]
         msg = None
@@ -502,6 +529,7 @@ class Hub:
             self._closing = True
             self._work.notify_all()
         self._closed.set()
+        self.broker.wake()  # the reader may wait in read(): stop now, not after its timeout
         self._writer.join(timeout)
         self._reader.join(timeout + 2)
         self.broker.close()
@@ -594,6 +622,8 @@ class TopicBroadcast(Filter):
                 hub.unsubscribe(client, topic)
             self._reply(client, {"type": "ack", "id": rid})
             return
+        if kind not in ("publish", "broadcast", "send_by_conn_id"):
+            raise ValueError("unknown type %r" % kind)
         if "data" not in request:
             raise ValueError("%s needs data" % kind)
         out: Dict[str, Any] = {"type": "message", "data": request["data"], "from": client.id}
