@@ -650,9 +650,9 @@ def test_abort_wakes_a_reader_waiting_with_a_deadline(pair):
         ws, _peer = pair()
         conn = twspy.Connection(ws)
         result = []
-        reader = threading.Thread(target=lambda: result.append(_recv_outcome(conn, 10)))
+        reader = threading.Thread(target=lambda c=conn, r=result: r.append(_recv_outcome(c, 10)))
         reader.start()
-        wait_for(lambda: ws._poller is not None)  # the reader is at (or about to be in) select()
+        wait_for(lambda w=ws: w._poller is not None)  # the reader is at (or about to be in) select()
         started = time.monotonic()
         conn.abort()
         reader.join(5)
