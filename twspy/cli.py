@@ -334,12 +334,7 @@ def _proxy(args: argparse.Namespace) -> int:
         return 1
     _setup_logging(args.quiet)
     context = _server_context(args.certfile, args.keyfile)
-    upstream_ssl = None
-    if args.upstream.lower().startswith("wss:"):
-        upstream_ssl = ssl.create_default_context()
-        if args.insecure:
-            upstream_ssl.check_hostname = False
-            upstream_ssl.verify_mode = ssl.CERT_NONE
+    upstream_ssl = _client_context(args.upstream, args.insecure)
     try:
         server = ProxyServer(args.upstream, (args.host, args.port), ssl=context, upstream_ssl=upstream_ssl,
                              max_size=args.max_size)
@@ -412,6 +407,17 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _client_context(url: str, insecure: bool) -> Optional[ssl.SSLContext]:
+    """The TLS context for a wss:// URL (None for ws://); ``insecure`` skips verification."""
+    if not url.lower().startswith("wss:"):
+        return None
+    context = ssl.create_default_context()
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def _connect(args: argparse.Namespace) -> int:
     headers = []
     for header in args.header:
@@ -420,12 +426,7 @@ def _connect(args: argparse.Namespace) -> int:
             print("twspy: bad --header %r (want 'Name: value')" % header, file=sys.stderr)
             return 2
         headers.append((name.strip(), value.strip()))
-    context = None
-    if args.url.lower().startswith("wss:"):
-        context = ssl.create_default_context()
-        if args.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+    context = _client_context(args.url, args.insecure)
     try:
         conn = connect(args.url, protocols=args.subprotocol or None, origin=args.origin, headers=headers,
                        ssl=context, extensions=[] if args.no_compression else None, max_size=args.max_size)
