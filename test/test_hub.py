@@ -12,6 +12,7 @@ import json
 import re
 import socket
 import threading
+import sys
 import time
 import uuid
 from typing import Any, List, Tuple
@@ -1050,3 +1051,10 @@ def test_disconnect_rejects_codes_that_cannot_be_sent():
         for code, reason in ((1005, ""), (1006, ""), (999, ""), (1000, "x" * 124)):
             with pytest.raises(ValueError):
                 hub.disconnect("elsewhere.1", code, reason)
+
+
+def test_missing_redis_package_says_how_to_install_it(monkeypatch):
+    from twspy.hub import Hub, HubError
+    monkeypatch.setitem(sys.modules, "redis", None)  # import redis -> ImportError
+    with pytest.raises(HubError, match=r"pip install 'twspy\[redis\]'"):
+        Hub("redis://127.0.0.1:6379/0")
