@@ -432,3 +432,26 @@ def test_server_connection_option(serve):
     finally:
         conn.close()
     join(controller)
+
+
+def test_server_option_queue_messages(serve):
+    """Server(queue_messages=True): a controller thread per client answers through the queues."""
+    controllers = []
+
+    class Controlled(twspy.Server):
+        def onopen(self, client):
+            def control():
+                while (message := client.pop_in_message(TIMEOUT)) is not None:
+                    client.push_out_message("got " + message.payload)
+            thread = threading.Thread(target=control)
+            controllers.append(thread)
+            thread.start()
+
+    server = serve(Controlled, queue_messages=True)
+    with twspy.connect("ws://127.0.0.1:%d/" % server.address[1], timeout=TIMEOUT) as conn:
+        for i in range(3):
+            conn.send("m%d" % i)
+        assert [conn.recv(TIMEOUT).payload for _ in range(3)] == ["got m0", "got m1", "got m2"]
+    for thread in controllers:
+        thread.join(TIMEOUT)
+        assert not thread.is_alive()
