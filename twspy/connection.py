@@ -130,6 +130,10 @@ class Connection:
         self._partial_checks = not self._codecs and hasattr(sock, "partial_hook")
         if self._partial_checks:
             sock.partial_hook = self._check_partial
+        # The fused receive path (websocket.read_data_frame) when nothing transforms frames or
+        # messages and frames are not logged: the common small message skips the Frame object.
+        self._fast_read = None if (self._codecs or self._debug or getattr(sock, "_frame_codecs", True)) \
+            else getattr(sock, "read_data_frame", None)
         if ping_interval is not None:
             _watchdog.add(self)
         self._call_handler(self.onopen)
@@ -537,6 +541,12 @@ class Connection:
         if self.state == CLOSED:
             raise self._closed_error()
         try:
+            fast = self._fast_read
+            if fast is not None and self._msg_opcode is None:
+                simple = fast(deadline)
+                if simple is not None:
+                    self._validator = None
+                    return self._single(simple[0], simple[1])
             frame = self.sock.read_frame(deadline)
             self._validator = None
             if self._debug:
