@@ -683,3 +683,49 @@ class TestSection5_5_1CloseBody:
         wire = Frame(OPCODE_CLOSE, encode_close(4001, "custom"), masking_key=KEY).pack()
         (frame,) = parse_all(wire, require_mask=True)
         assert frame.unpack_close() == (4001, "custom")
+
+
+class TestParseDataFrame:
+    """The receive fast path: whole unfragmented data frames only; everything else is None."""
+
+    HELLO_MASKED = bytes([0x81, 0x85, 0x37, 0xFA, 0x21, 0x3D, 0x7F, 0x9F, 0x4D, 0x51, 0x58])  # RFC 6455 §5.7
+    HELLO = bytes([0x81, 0x05]) + b"Hello"
+
+    def test_rfc_vectors(self):
+        from twspy.frame import parse_data_frame
+        assert parse_data_frame(self.HELLO_MASKED, 0, True, None) == (1, b"Hello", 11)
+        assert parse_data_frame(self.HELLO, 0, False, None) == (1, b"Hello", 7)
+        binary256 = bytes([0x82, 0x7E, 0x01, 0x00]) + bytes(range(256))  # §5.7: 256 bytes, 16-bit length
+        assert parse_data_frame(binary256, 0, False, None) == (2, bytes(range(256)), 260)
+        assert parse_data_frame(bytearray(b"xx" + self.HELLO_MASKED + b"tail"), 2, True, 5) == (1, b"Hello", 13)
+
+    @pytest.mark.parametrize("data, require_mask, max_size", [
+        (bytes([0x01, 0x03]) + b"Hel", False, None),                          # §5.7 first fragment
+        (bytes([0x80, 0x02]) + b"lo", False, None),                           # continuation
+        (bytes([0x89, 0x05]) + b"Hello", False, None),                        # ping
+        (bytes([0x88, 0x02, 0x03, 0xE8]), False, None),                       # close
+        (bytes([0xC1, 0x05]) + b"Hello", False, None),                        # RSV1 (compressed)
+        (bytes([0x81, 0x05]) + b"Hell", False, None),                         # incomplete payload
+        (bytes([0x81]), False, None),                                         # incomplete header
+        (bytes([0x82, 0x7E, 0x01]), False, None),                             # incomplete length
+        (bytes([0x82, 0x7E, 0x00, 0x05]) + b"Hello", False, None),            # non-minimal length
+        (bytes([0x82, 0x7F]) + (70000).to_bytes(8, "big") + bytes(70000), False, None),  # 64-bit length
+        (HELLO, True, None),                                                  # server: unmasked
+        (HELLO_MASKED, False, None),                                          # client: masked
+        (HELLO, False, 4),                                                    # over max_size
+        (HELLO_MASKED[:-1], True, None),                                      # incomplete masked
+    ])
+    def test_left_to_the_general_parser(self, data, require_mask, max_size):
+        from twspy.frame import parse_data_frame
+        assert parse_data_frame(data, 0, require_mask, max_size) is None
+
+    def test_agrees_with_the_general_parser(self):
+        import random
+        from twspy.frame import parse_data_frame
+        rng = random.Random(5)
+        for _ in range(300):
+            opcode = rng.choice([1, 2])
+            payload = bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 125, 126, 300, 1024, 65535])))
+            key = bytes(rng.getrandbits(8) for _ in range(4))
+            wire = b"".join(pack_frame(opcode, payload, True, 0, key))
+            assert parse_data_frame(wire, 0, True, None) == (opcode, payload, len(wire))

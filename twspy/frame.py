@@ -24,7 +24,7 @@ __all__ = [
     "CLOSE_MESSAGE_TOOBIG", "CLOSE_MISSING_EXTENSIONS", "CLOSE_UNABLE", "CLOSE_SERVICE_RESTART",
     "CLOSE_TRY_AGAIN_LATER", "CLOSE_BAD_GATEWAY", "CLOSE_TLS_FAILURE",
     "Frame", "ControlFrame", "FrameParser", "read_frame", "pop_frame", "contains_frame",
-    "mask", "mask_into", "pack_frame", "encode_close", "decode_close", "valid_close_code",
+    "mask", "mask_into", "pack_frame", "parse_data_frame", "encode_close", "decode_close", "valid_close_code",
 ]
 
 
@@ -134,6 +134,48 @@ def mask_into(key: bytes, buffer: bytearray) -> None:
     buffer[1::4] = buffer[1::4].translate(tables[key[1]])
     buffer[2::4] = buffer[2::4].translate(tables[key[2]])
     buffer[3::4] = buffer[3::4].translate(tables[key[3]])
+
+
+def parse_data_frame(buf: Union[bytes, bytearray], pos: int, require_mask: Optional[bool],
+                     max_size: Optional[int]) -> Optional[Tuple[int, bytes, int]]:
+    """``(opcode, payload, end)`` when ``buf[pos:]`` starts with a whole unfragmented text or
+    binary frame of under 64 KiB, without RSV bits, masked as ``require_mask`` asks and
+    within ``max_size``; None for anything else (incomplete, control, fragmented, or a frame
+    the general parser must judge, such as a non-minimal length), which is then left alone.
+
+    The receive fast path: one header decode instead of FrameParser's general one.
+    """
+    n = len(buf)
+    if n - pos < 2:
+        return None
+    b0 = buf[pos]
+    if b0 != 0x81 and b0 != 0x82:
+        return None
+    b1 = buf[pos + 1]
+    length = b1 & 0x7F
+    start = pos + 2
+    if length >= 126:
+        if length == 127 or n - pos < 4:
+            return None
+        length = (buf[pos + 2] << 8) | buf[pos + 3]
+        if length < 126:
+            return None  # not the minimal encoding: a protocol error for the general path
+        start = pos + 4
+    if max_size is not None and length > max_size:
+        return None
+    if b1 & 0x80:
+        if require_mask is False:
+            return None
+        end = start + 4 + length
+        if n < end:
+            return None
+        return b0 & 0x0F, mask(buf[start:start + 4], buf[start + 4:end]), end
+    if require_mask:
+        return None
+    end = start + length
+    if n < end:
+        return None
+    return b0 & 0x0F, bytes(buf[start:end]), end
 
 
 def _header(b0: int, length: int, mask_bit: int) -> bytes:
