@@ -107,7 +107,7 @@ _LOW_BYTES = [(1 << (8 * n)) - 1 for n in range(_SMALL_MASK + 1)]
 _XOR_TABLES = [bytes(b ^ k for b in range(256)) for k in range(256)]
 
 
-def mask(key: bytes, data: Union[bytes, bytearray, memoryview]) -> bytes:
+def mask(key: Union[bytes, bytearray], data: Union[bytes, bytearray, memoryview]) -> bytes:
     """XOR ``data`` with the 4-byte ``key`` repeated (§5.3); masking and unmasking are the same."""
     n = len(data)
     if n <= _SMALL_MASK:
