@@ -1058,3 +1058,23 @@ def test_missing_redis_package_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "redis", None)  # import redis -> ImportError
     with pytest.raises(HubError, match=r"pip install 'twspy\[redis\]'"):
         Hub("redis://127.0.0.1:6379/0")
+
+
+def test_a_gap_at_the_end_is_reported_by_the_heartbeat(cluster):
+    """Entries dropped during an outage after which their node stays quiet: the heartbeat's
+    marker ("everything up to n is settled") reports them; no later entry is needed."""
+    broker = MemoryBroker()
+    gaps: list = []
+    a = cluster.hub(broker, max_pending=2, heartbeat=0.1)
+    b = cluster.hub(broker, on_gap=lambda *gap: gaps.append(gap))
+    sa, sb = cluster.client(cluster.server(a), "g"), cluster.client(cluster.server(b), "g")
+    a.publish("g", "0")
+    assert a.flush(TIMEOUT)
+    sb.expect("0")
+    broker.down = True
+    assert [a.publish("g", str(i)) for i in range(1, 5)] == [True, True, False, False]  # 4, 5 dropped
+    broker.down = False
+    assert a.flush(TIMEOUT)
+    sb.expect("1", "2")
+    wait_for(lambda: gaps == [(a.node_id, 4, 5)], timeout=TIMEOUT)
+    sa.expect("0", "1", "2", "3", "4")

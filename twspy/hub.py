@@ -20,7 +20,9 @@ How delivery works, and why it loses nothing it acknowledged:
   the node starts again, since its numbering starts again too).
 - A reader thread reads the log from the last id it saw, skips its own node's entries, drops
   duplicates and notices gaps per origin by sequence number (reported by :meth:`Hub.on_gap`,
-  never silent). Order per publisher is the log's order.
+  never silent). Each writer also appends a marker every ``heartbeat`` while nothing waits
+  ("all up to n is settled"), so a gap at the end of a node's entries shows too. Order per
+  publisher is the log's order.
 - When the broker is unreachable both threads retry with backoff; entries wait in a bounded
   queue (``max_pending``). When the broker comes back having lost its data (a restart
   without persistence: its *generation* changed) every node appends again the entries it
@@ -62,6 +64,7 @@ DEFAULT_REPLAY = 10_000        # accepted entries kept to append again after a b
 
 # Entry kinds on the log.
 _PUBLISH, _BROADCAST, _SEND, _DISCONNECT = b"p", b"b", b"s", b"d"
+_MARK = b"m"  # a heartbeat: every entry of this node up to "s" was appended or dropped
 
 
 class Hub:
@@ -362,6 +365,13 @@ class Hub:
                     break
                 batch = list(itertools.islice(self._pending, 500))
                 beat = time.monotonic() >= next_beat
+                marker = None
+                if beat and not batch and self._seq:
+                    # Nothing waits: every entry up to _seq was appended or dropped. Saying so
+                    # lets receivers notice a gap at the end (dropped or trimmed entries after
+                    # which this node went quiet), which no later entry would reveal.
+                    marker = {"o": self.node_id.encode(), "e": self._incarnation,
+                              "s": str(self._seq).encode(), "k": _MARK}
                 presence = None
                 if self._presence_dirty or beat:
                     presence = {cid: sorted(self._subs.filters(cid)) for cid in self._clients}
@@ -372,7 +382,8 @@ class Hub:
                 if presence is not None:
                     self.broker.set_presence(self.node_id, presence, self.presence_ttl)
                     next_beat = time.monotonic() + self.heartbeat
-                while batch and not self.broker.append([entry for entry, _ in batch], generation):
+                entries = [entry for entry, _ in batch] or ([marker] if marker is not None else [])
+                while entries and not self.broker.append(entries, generation):
                     generation = self._check_generation(generation)
             except BrokerUnavailable as exc:
                 if presence is not None:
@@ -478,6 +489,14 @@ class Hub:
         seq = int(entry["s"])
         sequence = (origin, entry.get("e", b""))
         last = self._last_seq.get(sequence)
+        kind = entry["k"]
+        if kind == _MARK:  # "everything up to seq is settled": a gap at the end shows here
+            if last is not None and seq > last:
+                self.stats["gaps"] += 1
+                self.on_gap(origin, last + 1, seq)
+            if last is None or seq > last:
+                self._last_seq[sequence] = seq
+            return
         if last is not None:
             if seq <= last:
                 self.stats["duplicates"] += 1
@@ -487,7 +506,6 @@ class Hub:
                 self.on_gap(origin, last + 1, seq - 1)
         self._last_seq[sequence] = seq
         self.stats["received"] += 1
-        kind = entry["k"]
         msg = None
         if "d" in entry:
             msg = TextMessage(entry["d"].decode("utf-8")) if entry.get("y") == b"t" else BinaryMessage(entry["d"])
