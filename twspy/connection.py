@@ -27,7 +27,7 @@ import time
 from typing import Any, Deque, Iterator, List, Optional, Union
 
 from .errors import ConnectionClosed, InvalidState, PayloadTooBig, ProtocolError
-from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE,
+from .frame import (_H2, CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE,
                     OPCODE_BINARY, OPCODE_CLOSE,
                     OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, decode_close, encode_close,
                     pack_frame, valid_close_code)
@@ -134,6 +134,10 @@ class Connection:
         # messages and frames are not logged: the common small message skips the Frame object.
         self._fast_read = None if (self._codecs or self._debug or getattr(sock, "_frame_codecs", True)) \
             else getattr(sock, "read_data_frame", None)
+        # ... and the fused send of a server's small frame (unmasked, nothing to encode).
+        self._send_lock = sock.send_lock
+        self._fast_send = sock.sock.sendall if (not self._codecs and getattr(sock, "_mask_out", True) is False
+                                                and not getattr(sock, "_frame_codecs", True)) else None
         if ping_interval is not None:
             _watchdog.add(self)
         self._call_handler(self.onopen)
@@ -210,6 +214,19 @@ class Connection:
             opcode, payload = OPCODE_BINARY, item if kind is bytes else item.payload
         else:
             opcode, payload = self._encode(item)
+        fast = self._fast_send
+        if fast is not None and fragment_size is None and len(payload) < 126:
+            # A server's small frame with nothing to encode: the header is two bytes.
+            data = _H2.pack(0x80 | opcode, len(payload)) + payload
+            try:
+                with self._send_lock:
+                    if self.close_sent:
+                        raise self._closed_error()
+                    fast(data)
+            except OSError as exc:
+                self._lost(exc)
+                raise self._closed_error() from exc
+            return
         ws = self.sock
         try:
             with ws.send_lock:
@@ -361,9 +378,13 @@ class Connection:
         inbox = self._inbox
         if inbox:
             return inbox.popleft()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._read_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
-            raise TimeoutError("timed out waiting for a message")
+        if timeout is None:
+            deadline = None
+            self._read_lock.acquire()
+        else:
+            deadline = time.monotonic() + timeout
+            if not self._read_lock.acquire(timeout=max(0.0, timeout)):
+                raise TimeoutError("timed out waiting for a message")
         self._readers += 1
         try:
             if inbox:
