@@ -669,3 +669,26 @@ def _recv_outcome(conn, timeout):
     except TimeoutError:
         return "timeout"
     return "message"
+
+
+@pytest.mark.parametrize("message, wire_head", [
+    ("", "8100"),
+    ("x" * 125, "817d"),
+    ("x" * 126, "817e007e"),                  # 16-bit length from 126 (§5.2)
+    (b"\x00" * 1024, "827e0400"),
+    (b"\x01" * 16383, "827e3fff"),            # the last size of the fused send path
+    (b"\x02" * 16384, "827e4000"),            # the general path
+    (b"\x03" * 65536, "827f0000000000010000"),  # 64-bit length from 65536
+])
+def test_server_frames_on_the_wire(pair, message, wire_head):
+    """A server's data frames, byte for byte: FIN, opcode, minimal length, no mask (§5.2)."""
+    ws, raw = pair(server_side=True)
+    conn = twspy.Connection(ws)
+    conn.send(message)
+    payload = message.encode() if isinstance(message, str) else message
+    want = bytes.fromhex(wire_head) + payload
+    got = b""
+    raw.settimeout(5)
+    while len(got) < len(want):
+        got += raw.recv(1 << 20)
+    assert got == want

@@ -27,7 +27,7 @@ import time
 from typing import Any, Deque, Iterator, List, Optional, Union
 
 from .errors import ConnectionClosed, InvalidState, PayloadTooBig, ProtocolError
-from .frame import (_H2, CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE,
+from .frame import (_H2, _H4, CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE,
                     OPCODE_BINARY, OPCODE_CLOSE,
                     OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, decode_close, encode_close,
                     pack_frame, valid_close_code)
@@ -42,6 +42,7 @@ logger = logging.getLogger("twspy.connection")
 DEFAULT_CLOSE_TIMEOUT = 5.0   # seconds to wait for the peer's close frame / TCP close
 DEFAULT_MAX_QUEUE = 16        # messages read ahead while a slow handler runs
 RESCUE_AFTER = 0.1            # a handler running this long gets a helper reader
+_FAST_SEND = 16 * 1024  # Connection.send's fused path: frames below this join header and payload
 DEFAULT_MAX_OUTBOX = 4 << 20  # bytes queued for a slow client by non-blocking sends
 DEFAULT_PING_INTERVAL = 20.0  # Server and connect() send keepalive pings this often...
 DEFAULT_PING_TIMEOUT = 20.0   # ...and drop a peer that leaves one unanswered this long
@@ -215,9 +216,10 @@ class Connection:
         else:
             opcode, payload = self._encode(item)
         fast = self._fast_send
-        if fast is not None and fragment_size is None and len(payload) < 126:
-            # A server's small frame with nothing to encode: the header is two bytes.
-            data = _H2.pack(0x80 | opcode, len(payload)) + payload
+        if fast is not None and fragment_size is None and len(payload) < _FAST_SEND:
+            # A server's frame with nothing to encode, small enough to join its header.
+            n = len(payload)
+            data = (_H2.pack(0x80 | opcode, n) if n < 126 else _H4.pack(0x80 | opcode, 126, n)) + payload
             try:
                 with self._send_lock:
                     if self.close_sent:
