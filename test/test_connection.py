@@ -692,3 +692,27 @@ def test_server_frames_on_the_wire(pair, message, wire_head):
     while len(got) < len(want):
         got += raw.recv(1 << 20)
     assert got == want
+
+
+@pytest.mark.parametrize("message, wire_head", [
+    ("Hello", "8185"),                        # RFC 6455 §5.7: a masked "Hello"
+    ("x" * 126, "81fe007e"),
+    (b"\x00" * 1024, "82fe0400"),
+    (b"\x01" * 16384, "82fe4000"),            # the general path
+])
+def test_client_frames_on_the_wire(pair, message, wire_head):
+    """A client's data frames, byte for byte: masked with the key from the pool (§5.3)."""
+    import collections
+    ws, raw = pair(server_side=False)
+    ws._keys = collections.deque([KEY])
+    conn = twspy.Connection(ws)
+    conn.send(message)
+    payload = message.encode() if isinstance(message, str) else message
+    want = bytes.fromhex(wire_head) + KEY + twspy.mask(KEY, payload)
+    if message == "Hello":
+        assert want == bytes.fromhex("818537fa213d7f9f4d5158")
+    got = b""
+    raw.settimeout(5)
+    while len(got) < len(want):
+        got += raw.recv(1 << 20)
+    assert got == want

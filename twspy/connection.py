@@ -30,7 +30,7 @@ from .errors import ConnectionClosed, InvalidState, PayloadTooBig, ProtocolError
 from .frame import (_H2, _H4, CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE,
                     OPCODE_BINARY, OPCODE_CLOSE,
                     OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, decode_close, encode_close,
-                    pack_frame, valid_close_code)
+                    mask, pack_frame, valid_close_code)
 from .message import BinaryMessage, Message, TextMessage
 from .websocket import websocket
 
@@ -135,9 +135,10 @@ class Connection:
         # messages and frames are not logged: the common small message skips the Frame object.
         self._fast_read = None if (self._codecs or self._debug or getattr(sock, "_frame_codecs", True)) \
             else getattr(sock, "read_data_frame", None)
-        # ... and the fused send of a server's small frame (unmasked, nothing to encode).
+        # ... and the fused send of a small frame with nothing to encode (websocket only).
         self._send_lock = sock.send_lock
-        self._fast_send = sock.sock.sendall if (not self._codecs and getattr(sock, "_mask_out", True) is False
+        self._mask_out = getattr(sock, "_mask_out", None)
+        self._fast_send = sock.sock.sendall if (not self._codecs and self._mask_out is not None
                                                 and not getattr(sock, "_frame_codecs", True)) else None
         if ping_interval is not None:
             _watchdog.add(self)
@@ -217,9 +218,15 @@ class Connection:
             opcode, payload = self._encode(item)
         fast = self._fast_send
         if fast is not None and fragment_size is None and len(payload) < _FAST_SEND:
-            # A server's frame with nothing to encode, small enough to join its header.
+            # A frame with nothing to encode, small enough to join its header: a server's as it
+            # is, a client's masked (§5.3) with a key from the websocket's pool.
             n = len(payload)
-            data = (_H2.pack(0x80 | opcode, n) if n < 126 else _H4.pack(0x80 | opcode, 126, n)) + payload
+            if self._mask_out:
+                key = self.sock._masking_key()
+                data = (_H2.pack(0x80 | opcode, 0x80 | n) if n < 126 else _H4.pack(0x80 | opcode, 0xFE, n)) \
+                    + key + mask(key, payload)
+            else:
+                data = (_H2.pack(0x80 | opcode, n) if n < 126 else _H4.pack(0x80 | opcode, 126, n)) + payload
             try:
                 with self._send_lock:
                     if self.close_sent:
