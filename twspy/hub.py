@@ -332,8 +332,7 @@ class Hub:
             validate_topic(topic)
         with self._lock:
             local = set(self._clients)
-        result = {cid for cid in local if topic is None or self._subs.filters(cid) and any(
-            matches(f, topic) for f in self._subs.filters(cid))}
+        result = local if topic is None else local & self._subs.match(topic)  # type: ignore[operator]
         for node, clients in self.broker.presence().items():
             if node == self.node_id:
                 continue
