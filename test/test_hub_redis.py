@@ -418,3 +418,13 @@ def test_hub_chat_example_across_two_processes(redis_server):
         for room in rooms:
             room.proc.send_signal(signal.SIGINT)
             room.stop()
+
+
+def test_closing_a_redis_hub_is_prompt(redis_server):
+    from twspy.hub import Hub
+    hub = Hub(redis_server.url)
+    assert hub.ready.is_set()
+    started = time.monotonic()
+    hub.close()
+    assert time.monotonic() - started < 0.9  # the reader's XREAD blocks for 1 s at a time
+    assert not hub._reader.is_alive() and not hub._writer.is_alive()

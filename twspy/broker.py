@@ -274,6 +274,14 @@ class RedisBroker(Broker):
             return result
         return self._call("SCAN", run)
 
+    def wake(self) -> None:
+        # A reader blocked in XREAD BLOCK holds a pooled connection: closing the pool's
+        # connections makes that call fail now rather than at the end of its block time.
+        try:
+            self._client.connection_pool.disconnect()
+        except self._redis_errors:  # pragma: no cover
+            pass
+
     def close(self) -> None:
         try:
             self._client.close()

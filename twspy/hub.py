@@ -546,8 +546,8 @@ class Hub:
             self._closing = True
             self._work.notify_all()
         self._closed.set()
+        self._writer.join(timeout)  # first: it removes this node's presence on its way out
         self.broker.wake()  # the reader may wait in read(): stop now, not after its timeout
-        self._writer.join(timeout)
         self._reader.join(timeout + 2)
         self.broker.close()
 
