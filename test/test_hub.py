@@ -1078,3 +1078,21 @@ def test_a_gap_at_the_end_is_reported_by_the_heartbeat(cluster):
     sb.expect("1", "2")
     wait_for(lambda: gaps == [(a.node_id, 4, 5)], timeout=TIMEOUT)
     sa.expect("0", "1", "2", "3", "4")
+
+
+def test_replay_after_a_restart_does_not_wait_for_the_heartbeat(cluster):
+    """A node's reader sees the new log and has its writer replay at once (heartbeat is 30 s)."""
+    broker = MemoryBroker()
+    a = cluster.hub(broker, heartbeat=30)
+    b = cluster.hub(broker, heartbeat=30)
+    sb = cluster.client(cluster.server(b), "t")
+    cluster.client(cluster.server(a))
+    for i in range(3):
+        a.publish("t", str(i))
+    assert a.flush(TIMEOUT)
+    sb.expect("0", "1", "2")
+    broker.restart()
+    wait_for(lambda: a.stats["replays"] >= 1, timeout=5)
+    a.publish("t", "after")
+    sb.expect("after")  # the replayed 0..2 were dropped as duplicates
+    wait_for(lambda: b.stats["duplicates"] >= 3, timeout=5)

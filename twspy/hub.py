@@ -123,6 +123,8 @@ class Hub:
         self._closing = False
         self.connected = threading.Event()      # set while the broker answers
         self._closed = threading.Event()
+        self._kick = threading.Event()          # ends the writer's backoff: broker back, or closing
+        self._new_generation = False            # the reader saw a new log: the writer replays now
         self._writer = threading.Thread(target=self._write_loop, name="twspy-hub-writer", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name="twspy-hub-reader", daemon=True)
         self.ready = threading.Event()          # set once the reader knows where the log ends
@@ -358,12 +360,13 @@ class Hub:
         while True:
             with self._lock:
                 while (not self._pending and not self._presence_dirty and not self._closing
-                       and time.monotonic() < next_beat):
+                       and not self._new_generation and time.monotonic() < next_beat):
                     self._work.wait(max(0.0, next_beat - time.monotonic()))
                 if self._closing and (not self._pending or not self.connected.is_set()):
                     break
                 batch = list(itertools.islice(self._pending, 500))
-                beat = time.monotonic() >= next_beat
+                beat = time.monotonic() >= next_beat or self._new_generation
+                self._new_generation = False
                 marker = None
                 if beat and not batch and self._seq:
                     # Nothing waits: every entry up to _seq was appended or dropped. Saying so
@@ -388,7 +391,8 @@ class Hub:
                 if presence is not None:
                     self._mark_presence()
                 self._broker_down(exc)
-                backoff.wait(self._closed)
+                backoff.wait(self._kick)  # the reader kicks it when the broker is back
+                self._kick.clear()
                 continue
             except Exception:  # pragma: no cover - a bug: log it, keep the hub alive
                 logger.exception("hub %s: writer failed", self.node_id)
@@ -446,7 +450,7 @@ class Hub:
 
     # -- the reader ---------------------------------------------------------------------------
     def _read_loop(self) -> None:
-        backoff = _Backoff()
+        backoff = _Backoff(cap=1.0)  # it notices the broker's return (and kicks the writer) within 1 s
         cursor: Optional[str] = None
         generation: Optional[str] = None
         while not self._closing:
@@ -461,7 +465,13 @@ class Hub:
                 now = self.broker.generation()
                 if now != generation:
                     # A new log: read it from its start; what we had already is a duplicate.
+                    # And have the writer replay this node's recent entries now, not at its
+                    # next heartbeat.
                     generation, cursor = now, "0"
+                    with self._lock:
+                        self._new_generation = True
+                        self._work.notify()
+                    self._kick.set()
                     continue
             except BrokerUnavailable as exc:
                 self._broker_down(exc)
@@ -534,6 +544,7 @@ class Hub:
 
     def _broker_up(self) -> None:
         if not self.connected.is_set():
+            self._kick.set()  # the writer may be in its backoff: it can go on now
             if self.stats["outages"]:
                 logger.warning("hub %s: broker %s is back", self.node_id, self.broker.url)
             self.connected.set()
@@ -546,6 +557,7 @@ class Hub:
             self._closing = True
             self._work.notify_all()
         self._closed.set()
+        self._kick.set()
         self._writer.join(timeout)  # first: it removes this node's presence on its way out
         self.broker.wake()  # the reader may wait in read(): stop now, not after its timeout
         self._reader.join(timeout + 2)
