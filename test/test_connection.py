@@ -716,3 +716,20 @@ def test_client_frames_on_the_wire(pair, message, wire_head):
     while len(got) < len(want):
         got += raw.recv(1 << 20)
     assert got == want
+
+
+def test_no_more_flushers_once_the_outbox_overflowed(pair):
+    """After the overflow that drops a peer (1013), further non-blocking sends are dropped at
+    once instead of each starting a flusher thread that waits for the stuck socket."""
+    ws, raw = pair(server_side=True)
+    ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    conn = twspy.Connection(ws, max_outbox=64 * 1024)
+    chunk = b"x" * 8192
+    while not conn._overflowed:
+        conn.send_nowait(chunk)
+    before = threading.active_count()
+    for _ in range(50):
+        conn.send_nowait(chunk)
+    assert threading.active_count() - before <= 2
+    wait_for(lambda: conn.closed)
+    assert conn.close_code == 1013

@@ -117,6 +117,7 @@ class Connection:
         # non-blocking sends (broadcast)
         self._outbox: Optional[Deque[bytes]] = None
         self._outbox_size = 0
+        self._overflowed = False  # set once the outbox overflowed: the 1013 close is on its way
         self._out_lock = threading.Lock()
         # queue controller (queue_messages): messages from receive_forever for pop_in_message
         self.queue_messages = queue_messages
@@ -302,6 +303,8 @@ class Connection:
     def _nowait(self, message: Optional[MessageLike], prepared: Optional[bytes]) -> None:
         lock = self.sock.send_lock
         with self._out_lock:
+            if self._overflowed:  # being dropped (1013): nothing more for this peer
+                return
             if self._outbox is None and lock.acquire(blocking=False):
                 # Nothing queued and the socket is ours: encode now (compression state follows
                 # the wire order under the lock) and hand the kernel what it takes.
@@ -333,6 +336,7 @@ class Connection:
                 # drop the connection (1013, try again later) and free the flusher.
                 logger.info("%r: outbound queue over %d bytes; dropping the client", self, self.max_outbox)
                 self._outbox = None
+                self._overflowed = True
                 threading.Thread(target=self._finish, args=(CLOSE_TRY_AGAIN_LATER, "outbound queue overflow"),
                                  daemon=True).start()
                 return
