@@ -29,6 +29,19 @@ def wait_for(predicate, timeout=5.0, interval=0.005):
         time.sleep(interval)
 
 
+def http_exchange(port, request, timeout=5):
+    """Send raw ``request`` bytes to 127.0.0.1:``port``; everything answered until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(request)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+
+
 def frame_from(sock, parser, timeout=5):
     """The next frame a raw test peer receives on ``sock``, parsed by its ``FrameParser``."""
     sock.settimeout(timeout)

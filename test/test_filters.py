@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import socket
 import threading
 
 import pytest
@@ -17,22 +16,11 @@ from twspy.filters import (BearerAuth, Broadcast, Echo, Filter, Log, Reject, clo
 from twspy.handshake import Headers, Request
 from twspy.multiplex import Multiplex, connect_multiplexed
 
-from conftest import url, wait_for
+from conftest import http_exchange, url, wait_for
 
 TIMEOUT = 5
 
 
-def http_exchange(port, request: bytes) -> bytes:
-    """Send ``request`` on a raw socket and read the whole answer (the server closes after it)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-        sock.settimeout(TIMEOUT)
-        sock.sendall(request)
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return data
-            data += chunk
 
 
 def get(port, path, headers=()):

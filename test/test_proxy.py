@@ -20,7 +20,7 @@ from twspy.filters import Filter, Reject
 from twspy.handshake import make_key
 from twspy.proxy import ProxyServer
 
-from conftest import CERT, KEY, url, wait_for
+from conftest import CERT, KEY, http_exchange, url, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,14 +136,7 @@ def upgrade_request(path="/", extra=None) -> bytes:
 
 def raw_request(server, path="/", extra=None, timeout=5) -> bytes:
     """An upgrade request sent by hand; everything the server answers until it closes."""
-    with socket.create_connection(("127.0.0.1", server.address[1]), timeout=timeout) as sock:
-        sock.sendall(upgrade_request(path, extra))
-        data = b""
-        while True:
-            chunk = sock.recv(4096)
-            if not chunk:
-                return data
-            data += chunk
+    return http_exchange(server.address[1], upgrade_request(path, extra), timeout)
 
 
 class TestMessages:

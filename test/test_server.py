@@ -13,19 +13,12 @@ import twspy
 from twspy.cli import EchoServer
 from twspy.handshake import make_key
 
-from conftest import url, wait_for
+from conftest import http_exchange, url, wait_for
 
 
 def raw_request(server, request: bytes, timeout=5) -> bytes:
     """Send raw bytes to the server and return everything it answers until it closes."""
-    with socket.create_connection(("127.0.0.1", server.address[1]), timeout=timeout) as sock:
-        sock.sendall(request)
-        data = b""
-        while True:
-            chunk = sock.recv(4096)
-            if not chunk:
-                return data
-            data += chunk
+    return http_exchange(server.address[1], request, timeout)
 
 
 def upgrade(path="/", **headers) -> bytes:
