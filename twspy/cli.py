@@ -82,18 +82,26 @@ def _size(text: str) -> int:
 _SERVE_TYPES: Dict[str, Callable[[str], Any]] = {"port": int, "max_size": _size}  # the others are strings
 
 
+def _listen_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """The options of every server command: where to listen, the message size, TLS."""
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+    parser.add_argument("--host", default=default("127.0.0.1"), help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=default(8000), help="port (default 8000; 0 picks one)")
+    parser.add_argument("--max-size", type=_size, metavar="SIZE", default=default(DEFAULT_MAX_SIZE),
+                        help="largest message in bytes, e.g. 16777216 or 16M (default 1M)")
+    parser.add_argument("--certfile", metavar="PEM", default=default(None),
+                        help="TLS certificate (PEM): clients connect with wss://")
+    parser.add_argument("--keyfile", metavar="PEM", default=default(None), help="TLS private key (PEM)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twspy", description="WebSocket servers (echo, serve, proxy) and an "
                                      "interactive client (connect).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{echo,serve,proxy,connect}")
 
     echo = sub.add_parser("echo", help="run an echo server")
-    echo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    echo.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks one)")
-    echo.add_argument("--max-size", type=_size, default=DEFAULT_MAX_SIZE,
-                      help="largest message in bytes, e.g. 16777216 or 16M (default 1M)")
-    echo.add_argument("--certfile", help="TLS certificate (PEM) for wss://")
-    echo.add_argument("--keyfile", help="TLS private key (PEM)")
+    _listen_options(echo, defaults=True)
     echo.add_argument("--subprotocol", action="append", default=[], help="subprotocol to accept (repeatable)")
     echo.add_argument("--no-compression", action="store_true", help="do not accept permessage-deflate")
     echo.add_argument("--quiet", "-q", action="store_true", help="log warnings only")
@@ -109,11 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("-c", "--config", metavar="FILE",
                        help='JSON object of long option names, e.g. {"port": 0, "filters": ["log", "echo"], '
                             '"token": ["s3cret"]}; the command line wins')
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8000; 0 picks one)")
-    serve.add_argument("--max-size", type=_size, metavar="SIZE", help="largest message in bytes, e.g. 16M (default 1M)")
-    serve.add_argument("--certfile", metavar="PEM", help="TLS certificate (PEM) for wss://")
-    serve.add_argument("--keyfile", metavar="PEM", help="TLS private key (PEM)")
+    _listen_options(serve, defaults=False)  # absent ones may come from --config
     serve.add_argument("--subprotocol", action="append", metavar="NAME", help="subprotocol to accept (repeatable)")
     serve.add_argument("--no-compression", action="store_true", help="do not accept permessage-deflate")
     serve.add_argument("--quiet", "-q", action="store_true", help="log warnings only")
@@ -127,12 +131,7 @@ def _parser() -> argparse.ArgumentParser:
                            description="Relay each client to UPSTREAM (path and query appended), message by "
                                        "message, close codes included.")
     proxy.add_argument("--upstream", required=True, metavar="URL", help="ws:// or wss:// URL of the server behind")
-    proxy.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    proxy.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks one)")
-    proxy.add_argument("--max-size", type=_size, default=DEFAULT_MAX_SIZE,
-                       help="largest message in bytes, e.g. 16M (default 1M)")
-    proxy.add_argument("--certfile", help="TLS certificate (PEM): clients connect with wss://")
-    proxy.add_argument("--keyfile", help="TLS private key (PEM)")
+    _listen_options(proxy, defaults=True)
     proxy.add_argument("--insecure", "-k", action="store_true",
                        help="do not verify the upstream's TLS certificate")
     proxy.add_argument("--quiet", "-q", action="store_true", help="log warnings only")
