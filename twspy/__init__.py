@@ -3,6 +3,10 @@
 Layers, bottom up: :mod:`twspy.frame` and :mod:`twspy.handshake` (no I/O),
 :class:`websocket` (socket + frames), :class:`Connection` (messages, control frames,
 closing), :class:`Server` (a thread per client) and :func:`connect` (client).
+
+Optional layers on top, imported by name: :mod:`twspy.filters` (servers composed from
+filters, bearer auth), :mod:`twspy.hub` (topics, broadcast and send-to-id across servers;
+``redis://`` brokers need the ``redis`` package) and :mod:`twspy.proxy` (a relay).
 """
 
 from __future__ import annotations
