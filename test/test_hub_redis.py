@@ -54,15 +54,18 @@ def _free_port() -> int:
 class RedisProcess:
     """A redis-server of our own: start, kill -9, start again on the same port."""
 
-    def __init__(self) -> None:
+    def __init__(self, persist_dir=None) -> None:
         self.port = _free_port()
         self.url = "redis://127.0.0.1:%d/0" % self.port
+        self.persist_dir = persist_dir  # None: persistence off (a restart loses everything)
         self.proc = None
         self.start()
 
     def start(self) -> None:
+        persistence = ["--appendonly", "no"] if self.persist_dir is None else \
+            ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.persist_dir)]
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+            [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", *persistence,
              "--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -78,6 +81,12 @@ class RedisProcess:
             assert time.monotonic() < deadline, "redis-server did not answer"
             time.sleep(0.02)
 
+    def command(self, line: str) -> bytes:
+        """One inline command (e.g. ``CLIENT KILL TYPE normal``); the first line of the reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(line.encode() + b"\r\n")
+            return s.makefile("rb").readline()
+
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(10)
@@ -88,9 +97,11 @@ class RedisProcess:
 
 
 @pytest.fixture
-def redis_server():
+def redis_server(request, tmp_path):
+    """A redis-server of the test's own; ``@pytest.mark.parametrize("redis_server", ["aof"],
+    indirect=True)`` turns persistence on (append-only file, fsync always)."""
     _require_redis()
-    server = RedisProcess()
+    server = RedisProcess(tmp_path if getattr(request, "param", None) == "aof" else None)
     yield server
     server.stop()
 
@@ -246,19 +257,20 @@ def test_topics_and_send_to_id_cross_servers(nodes, clients):
         assert who.expect("message") == {"type": "message", "data": "all", "from": carol.id}
 
 
-def test_redis_restart_loses_no_acknowledged_message(redis_server, nodes, clients):
+def _publish_through(disrupt, nodes, clients, total=400):
+    """A publisher on one server, subscribers on both; ``disrupt()`` runs once 100 messages have
+    crossed, while the publisher goes on. Every acknowledged message must arrive once, in order."""
     a, b = nodes(), nodes()
     far, near, publisher = clients(b.url()), clients(a.url()), clients(a.url())
     far.subscribe("feed")
     near.subscribe("feed")
-    total = 400
-    outage = threading.Event()
+    disrupted = threading.Event()
 
     def publish():
         for i in range(total):
             publisher.request(type="publish", topic="feed", data=i, id=i, echo=False)
             if i == 120:
-                outage.wait(20)  # the rest goes out while Redis is down and after it is back
+                disrupted.wait(20)  # the rest goes out during the disruption and after it
             time.sleep(0.002)
 
     thread = threading.Thread(target=publish)
@@ -267,12 +279,9 @@ def test_redis_restart_loses_no_acknowledged_message(redis_server, nodes, client
         got = []
         while len(got) < 100:
             got.append(far.expect("message")["data"])
-        redis_server.kill()
-        outage.set()
-        time.sleep(0.5)  # the outage itself, not synchronisation
-        redis_server.start()
+        disrupt()
     finally:
-        outage.set()
+        disrupted.set()
         thread.join(30)
     acked, failed = set(), set()
     while len(acked) + len(failed) < total:
@@ -287,6 +296,34 @@ def test_redis_restart_loses_no_acknowledged_message(redis_server, nodes, client
     assert local == list(range(total))
     with pytest.raises(queue.Empty):
         far.get(timeout=0.3)  # and nothing twice
+
+
+def test_redis_restart_loses_no_acknowledged_message(redis_server, nodes, clients):
+    """Redis without persistence is SIGKILLed and restarted empty: the nodes replay."""
+    def restart():
+        redis_server.kill()
+        time.sleep(0.5)  # the outage itself, not synchronisation
+        redis_server.start()
+    _publish_through(restart, nodes, clients)
+
+
+@pytest.mark.parametrize("redis_server", ["aof"], indirect=True)
+def test_persistent_redis_restart_loses_nothing(redis_server, nodes, clients):
+    """With an append-only file the stream survives: readers go on from the last id they saw."""
+    def restart():
+        redis_server.kill()
+        redis_server.start()
+    _publish_through(restart, nodes, clients)
+
+
+def test_network_blip_loses_nothing(redis_server, nodes, clients):
+    """Every connection to Redis is cut (CLIENT KILL) a few times: reconnect, read on from the
+    last id; no loss, no duplicates."""
+    def blips():
+        for _ in range(3):
+            assert redis_server.command("CLIENT KILL TYPE normal").startswith(b":")
+            time.sleep(0.1)  # let some traffic through between the cuts
+    _publish_through(blips, nodes, clients)
 
 
 def _frozen_client(url_port: int) -> Connection:
