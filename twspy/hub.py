@@ -125,6 +125,7 @@ class Hub:
         self._closed = threading.Event()
         self._kick = threading.Event()          # ends the writer's backoff: broker back, or closing
         self._new_generation = False            # the reader saw a new log: the writer replays now
+        self._down_logged = False
         self._writer = threading.Thread(target=self._write_loop, name="twspy-hub-writer", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name="twspy-hub-reader", daemon=True)
         self.ready = threading.Event()          # set once the reader knows where the log ends
@@ -536,11 +537,14 @@ class Hub:
 
     # -- broker state ---------------------------------------------------------------------------
     def _broker_down(self, exc: BaseException) -> None:
-        if self.connected.is_set() or not self.stats["down_logged"]:
-            self.stats["down_logged"] = 1
-            self.stats["outages"] += 1
+        with self._lock:  # reader and writer both get here: one outage, logged once
+            first = self.connected.is_set() or not self._down_logged
+            if first:
+                self._down_logged = True
+                self.stats["outages"] += 1
+            self.connected.clear()
+        if first:
             logger.warning("hub %s: broker unavailable (%s); local delivery goes on, retrying", self.node_id, exc)
-        self.connected.clear()
 
     def _broker_up(self) -> None:
         if not self.connected.is_set():
