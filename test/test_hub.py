@@ -876,6 +876,16 @@ class TestTopicBroadcast:
         c.send_json(type="subscribe", topic="ok", id="still works")
         assert c.recv_json() == {"type": "ack", "id": "still works"}
 
+    def test_pass_unknown(self, cluster):
+        """TopicBroadcast(pass_unknown=True): an application's own {"type": ...} goes on."""
+        hub = cluster.hub(MemoryBroker())
+        server = cluster.server(hub, cls=Recorder, filters=[AutoSubscribe(), TopicBroadcast(pass_unknown=True)])
+        c = cluster.client(server)
+        c.send_json(type="chat", text="hi")
+        assert c.recv().payload == "server got %r" % ('{"type": "chat", "text": "hi"}',)
+        c.send_json(type="subscribe", topic="ok", id=1)  # the protocol's own types still work
+        assert c.recv_json() == {"type": "ack", "id": 1}
+
     def test_authorize(self, cluster):
         broker = MemoryBroker()
         strict = cluster.hub(broker)

@@ -606,7 +606,14 @@ class TopicBroadcast(Filter):
 
     Deliveries are ``message`` objects (``topic`` is absent for broadcast and direct sends).
     Override :meth:`authorize_subscribe` / :meth:`authorize_publish` to restrict topics.
+    An unknown ``type`` gets an error reply; with ``pass_unknown=True`` it passes on to the
+    next filter instead (for applications whose own messages carry a ``type``).
     """
+
+    TYPES = frozenset(("subscribe", "unsubscribe", "publish", "broadcast", "send_by_conn_id"))
+
+    def __init__(self, pass_unknown: bool = False) -> None:
+        self.pass_unknown = pass_unknown
 
     def on_open(self, client: Any) -> None:
         client.send(json.dumps({"type": "set_conn_id", "conn_id": client.id}))
@@ -627,6 +634,8 @@ class TopicBroadcast(Filter):
         except ValueError:
             return message
         if not isinstance(request, dict) or "type" not in request:
+            return message
+        if self.pass_unknown and request["type"] not in self.TYPES:
             return message
         hub: Optional[Hub] = getattr(client.server, "hub", None)
         rid = request.get("id")
