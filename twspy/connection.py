@@ -27,10 +27,10 @@ import time
 from typing import Any, Deque, Iterator, List, Optional, Union
 
 from .errors import ConnectionClosed, InvalidState, PayloadTooBig, ProtocolError
-from .frame import (_H2, _H4, CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE,
+from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE,
                     OPCODE_BINARY, OPCODE_CLOSE,
                     OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, decode_close, encode_close,
-                    mask, pack_frame, valid_close_code)
+                    _header, mask, pack_frame, valid_close_code)
 from .message import BinaryMessage, Message, TextMessage
 from .websocket import websocket
 
@@ -221,13 +221,11 @@ class Connection:
         if fast is not None and fragment_size is None and len(payload) < _FAST_SEND:
             # A frame with nothing to encode, small enough to join its header: a server's as it
             # is, a client's masked (§5.3) with a key from the websocket's pool.
-            n = len(payload)
             if self._mask_out:
                 key = self.sock._masking_key()
-                data = (_H2.pack(0x80 | opcode, 0x80 | n) if n < 126 else _H4.pack(0x80 | opcode, 0xFE, n)) \
-                    + key + mask(key, payload)
+                data = _header(0x80 | opcode, len(payload), 0x80) + key + mask(key, payload)
             else:
-                data = (_H2.pack(0x80 | opcode, n) if n < 126 else _H4.pack(0x80 | opcode, 126, n)) + payload
+                data = _header(0x80 | opcode, len(payload), 0) + payload
             try:
                 with self._send_lock:
                     if self.close_sent:

@@ -515,18 +515,8 @@ class websocket:
             if deadline is not None:
                 self._wait_readable(deadline)
             data = self._recv_some()
-            n = len(data)
-            if n > 5:
-                # Inline for the commonest frame of all: one masked text/binary frame under 126
-                # bytes, alone in this read (what a client sends and then waits for).
-                b0, b1 = data[0], data[1]
-                length = b1 & 0x7F
-                if n == 6 + length and b1 & 0x80 and (b0 == 0x81 or b0 == 0x82) and length < 126 \
-                        and parser.require_mask is not False \
-                        and (parser.max_size is None or length <= parser.max_size):
-                    return b0 & 0x0F, mask(data[2:6], data[6:])
             found = parse_data_frame(data, 0, parser.require_mask, parser.max_size)
-            if found is not None and found[2] == n:
+            if found is not None and found[2] == len(data):
                 return found[0], found[1]
             parser.feed(data)
             buf, pos = parser.buffer, 0
