@@ -13,7 +13,7 @@ import time
 import urllib.parse
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
-from .connection import DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
+from .connection import CONNECTION_OPTIONS, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
 from .errors import HandshakeError
 from .extension import Extension
 from .handshake import Headers
@@ -27,7 +27,6 @@ logger = logging.getLogger("twspy.client")
 
 MAX_REDIRECTS = 10
 MAX_AUTH_ATTEMPTS = 2
-_CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout", "queue_messages")
 _WEBSOCKET_OPTIONS = ("max_size", "max_header_size", "handshake_timeout", "write_timeout")
 
 
@@ -99,7 +98,7 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
     if extensions is None:
         extensions = default_extensions()
     header_list = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
-    conn_options = {k: options.pop(k) for k in _CONNECTION_OPTIONS if k in options}
+    conn_options = {k: options.pop(k) for k in CONNECTION_OPTIONS if k in options}
     conn_options.setdefault("ping_interval", DEFAULT_PING_INTERVAL)
     conn_options.setdefault("ping_timeout", DEFAULT_PING_TIMEOUT)
     ws_options = {k: options.pop(k) for k in _WEBSOCKET_OPTIONS if k in options}

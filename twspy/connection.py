@@ -42,6 +42,8 @@ logger = logging.getLogger("twspy.connection")
 DEFAULT_CLOSE_TIMEOUT = 5.0   # seconds to wait for the peer's close frame / TCP close
 DEFAULT_MAX_QUEUE = 16        # messages read ahead while a slow handler runs
 RESCUE_AFTER = 0.1            # a handler running this long gets a helper reader
+# Connection's keywords that Server and connect() take on its behalf.
+CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout", "queue_messages")
 _FAST_SEND = 16 * 1024  # Connection.send's fused path: frames below this join header and payload
 DEFAULT_MAX_OUTBOX = 4 << 20  # bytes queued for a slow client by non-blocking sends
 DEFAULT_PING_INTERVAL = 20.0  # Server and connect() send keepalive pings this often...

@@ -41,7 +41,7 @@ import urllib.parse
 from typing import Any, List, Optional, Sequence, Tuple, cast
 
 from .client import connect
-from .connection import CLOSED, DEFAULT_CLOSE_TIMEOUT, Connection
+from .connection import CLOSED, CONNECTION_OPTIONS, DEFAULT_CLOSE_TIMEOUT, Connection
 from .errors import ConnectionClosed, HandshakeError, InvalidURI, WebSocketError
 from .extension import parse_extensions, parse_tokens
 from .frame import (CLOSE_ABNORMAL, CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, CLOSE_NO_STATUS, CLOSE_NORMAL,
@@ -59,8 +59,6 @@ DEFAULT_FORWARD_HEADERS = ("Authorization", "Cookie", "Origin", "User-Agent")
 PASS_THROUGH_STATUSES = (401, 403, 404, 429)
 """Upstream refusals answered to the client as they are; any other failure is a 502."""
 _PASS_THROUGH_HEADERS = ("WWW-Authenticate", "Retry-After")
-# Options of the client leg's Connection that the upstream leg gets too.
-_CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout")
 
 
 class _Upstream(Connection):
@@ -190,7 +188,9 @@ class ProxyServer(Server):
         except InvalidURI as exc:
             return 400, "bad request target: %s\n" % exc.why
         who, shown = _fmt_address(request.address), _redact(url)
-        options = {k: v for k, v in self.connection_options.items() if k in _CONNECTION_OPTIONS}
+        # The upstream leg is read by the relay thread: no in-queue for it.
+        options = {k: v for k, v in self.connection_options.items()
+                   if k in CONNECTION_OPTIONS and k != "queue_messages"}
         try:
             upstream = connect(url, protocols=offered or None, headers=self.forwarded_headers(request),
                                ssl=self.upstream_ssl, timeout=self.upstream_timeout, connection_class=_Upstream,

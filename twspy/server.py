@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .connection import DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
+from .connection import CONNECTION_OPTIONS, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
 from .errors import HandshakeError
 from .filters import Filter, run_close, run_connect, run_message, run_open
 from .frame import CLOSE_GOING_AWAY
@@ -24,7 +24,6 @@ __all__ = ["Server", "ServerConnection", "send_all"]
 
 logger = logging.getLogger("twspy.server")
 
-_CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout", "queue_messages")
 
 
 class ServerConnection(Connection):
@@ -131,7 +130,7 @@ class Server:
     def __init__(self, address: Tuple[str, int] = ("127.0.0.1", 8000), ssl: Optional[_ssl.SSLContext] = None,
                  backlog_size: int = 128, max_connections: int = 1024, filters: Sequence[Filter] = (),
                  hub: Any = None, **websocket_kwargs: Any) -> None:
-        self.connection_options = {k: websocket_kwargs.pop(k) for k in _CONNECTION_OPTIONS if k in websocket_kwargs}
+        self.connection_options = {k: websocket_kwargs.pop(k) for k in CONNECTION_OPTIONS if k in websocket_kwargs}
         self.connection_options.setdefault("ping_interval", DEFAULT_PING_INTERVAL)
         self.connection_options.setdefault("ping_timeout", DEFAULT_PING_TIMEOUT)
         if websocket_kwargs.get("extensions") is None:
