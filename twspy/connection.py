@@ -30,7 +30,7 @@ from .errors import ConnectionClosed, InvalidState, PayloadTooBig, ProtocolError
 from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE,
                     OPCODE_BINARY, OPCODE_CLOSE,
                     OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, decode_close, encode_close,
-                    _header, mask, pack_frame, valid_close_code)
+                    _header, _short_reason, mask, pack_frame, valid_close_code)
 from .message import BinaryMessage, Message, TextMessage
 from .websocket import websocket
 
@@ -932,11 +932,6 @@ def _as_message(message: MessageLike) -> Message:
     if isinstance(message, str):
         return TextMessage(message)
     return BinaryMessage(message)
-
-
-def _short_reason(text: str) -> str:
-    """``text`` cut to the 123 bytes a close reason may have, on a character boundary."""
-    return text.encode("utf-8")[:123].decode("utf-8", "ignore")
 
 
 class _Watchdog:

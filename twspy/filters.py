@@ -35,7 +35,7 @@ from typing import IO, Any, Iterable, List, Mapping, Optional, Sequence, Union
 from urllib.parse import parse_qsl, urlsplit
 
 from .errors import ConnectionClosed, ProtocolError, WebSocketError
-from .frame import CLOSE_POLICY, CLOSE_UNABLE, valid_close_code
+from .frame import CLOSE_POLICY, CLOSE_UNABLE, _short_reason, valid_close_code
 from .handshake import Reply, Request
 from .message import BinaryMessage, Message, TextMessage
 
@@ -248,11 +248,6 @@ def _failed(client: Any, flt: Filter, exc: Exception) -> None:
         logger.info("%r: %r closes with %d: %s", client, flt, code, exc)
         reason = exc.reason if isinstance(exc, Reject) else exc.message if isinstance(exc, ProtocolError) else ""
     client.start_close(code, _short_reason(reason))
-
-
-def _short_reason(text: str) -> str:
-    """``text`` cut to the 123 bytes a close reason may have (§5.5.1), on a character boundary."""
-    return text.encode("utf-8")[:123].decode("utf-8", "ignore")
 
 
 def run_connect(filters: Sequence[Filter], request: Request) -> Reply:

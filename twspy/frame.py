@@ -204,6 +204,11 @@ def valid_close_code(code: int) -> bool:
     return code in _WIRE_CLOSE_CODES or 3000 <= code <= 4999
 
 
+def _short_reason(text: str) -> str:
+    """``text`` cut to the 123 bytes a close reason may have (§5.5.1), on a character boundary."""
+    return text.encode("utf-8")[:123].decode("utf-8", "ignore")
+
+
 def encode_close(code: Optional[int] = None, reason: Union[str, bytes] = "") -> bytes:
     """Build a close payload; ``code=None`` gives an empty body (answering a code-less close)."""
     if code is None or code == CLOSE_NO_STATUS:
