@@ -294,8 +294,7 @@ class Hub:
     def _queue(self, kind: bytes, fields: Dict[str, bytes], msg: Optional[Message],
                on_done: Optional[Callable[[bool], None]]) -> bool:
         self._seq += 1
-        entry: Entry = {"o": self.node_id.encode(), "e": self._incarnation, "s": str(self._seq).encode(),
-                        "k": kind}
+        entry = self._entry(kind)
         entry.update(fields)
         if msg is not None:
             entry["y"] = b"t" if isinstance(msg, TextMessage) else b"b"
@@ -310,6 +309,10 @@ class Hub:
         self._queued += 1
         self._work.notify()
         return True
+
+    def _entry(self, kind: bytes) -> Entry:
+        """A log entry's head: origin node, incarnation, sequence number (the latest), kind."""
+        return {"o": self.node_id.encode(), "e": self._incarnation, "s": str(self._seq).encode(), "k": kind}
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until the broker has accepted every entry queued so far; False on timeout."""
@@ -373,8 +376,7 @@ class Hub:
                     # Nothing waits: every entry up to _seq was appended or dropped. Saying so
                     # lets receivers notice a gap at the end (dropped or trimmed entries after
                     # which this node went quiet), which no later entry would reveal.
-                    marker = {"o": self.node_id.encode(), "e": self._incarnation,
-                              "s": str(self._seq).encode(), "k": _MARK}
+                    marker = self._entry(_MARK)
                 presence = None
                 if self._presence_dirty or beat:
                     presence = {cid: sorted(self._subs.filters(cid)) for cid in self._clients}
