@@ -38,14 +38,14 @@ import logging
 import ssl as _ssl
 import threading
 import urllib.parse
-from typing import Any, List, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, List, Optional, Sequence, Tuple, cast
 
 from .client import connect
 from .connection import CLOSED, CONNECTION_OPTIONS, DEFAULT_CLOSE_TIMEOUT, Connection
 from .errors import ConnectionClosed, HandshakeError, InvalidURI, WebSocketError
 from .extension import parse_extensions, parse_tokens
 from .frame import (CLOSE_ABNORMAL, CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, CLOSE_NO_STATUS, CLOSE_NORMAL,
-                    CLOSE_TLS_FAILURE, CLOSE_UNABLE, valid_close_code)
+                    CLOSE_TLS_FAILURE, CLOSE_UNABLE, _short_reason, valid_close_code)
 from .handshake import Headers, Reply, Request, server_handshake
 from .message import Message
 from .server import Server, ServerConnection, _fmt_address
@@ -71,24 +71,15 @@ class _Upstream(Connection):
 
     def onmessage(self, message: Message) -> None:
         if self.peer is not None:
-            try:
-                self.peer.send(message)
-            except ConnectionClosed:
-                pass  # the client left: its onclose closes this leg
+            _forward(self.peer.send, message)
 
     def onping(self, payload: bytes) -> None:
         if self.peer is not None:
-            try:
-                self.peer.send_ping(payload)
-            except ConnectionClosed:
-                pass
+            _forward(self.peer.send_ping, payload)
 
     def onpong(self, payload: bytes) -> None:
         if self.peer is not None and not _own_keepalive(self, payload):
-            try:
-                self.peer.send_pong(payload)
-            except ConnectionClosed:
-                pass
+            _forward(self.peer.send_pong, payload)
 
 
 class ProxyServer(Server):
@@ -275,28 +266,19 @@ class ProxyServer(Server):
         """Send ``message`` upstream as it came (text or binary)."""
         upstream = client.request.state.get("upstream")
         if upstream is not None:
-            try:
-                upstream.send(message)
-            except ConnectionClosed:
-                pass  # the upstream left: the relay thread closes the client
+            _forward(upstream.send, message)
 
     def onping(self, client: ServerConnection, payload: bytes) -> None:
         """Forward the client's ping (already answered by this leg) with the same payload."""
         upstream = client.request.state.get("upstream")
         if upstream is not None:
-            try:
-                upstream.send_ping(payload)
-            except ConnectionClosed:
-                pass
+            _forward(upstream.send_ping, payload)
 
     def onpong(self, client: ServerConnection, payload: bytes) -> None:
         """Forward the client's pong, unless it answers this leg's own keepalive ping."""
         upstream = client.request.state.get("upstream")
         if upstream is not None and not _own_keepalive(client, payload):
-            try:
-                upstream.send_pong(payload)
-            except ConnectionClosed:
-                pass
+            _forward(upstream.send_pong, payload)
 
     def onclose(self, client: ServerConnection, code: int, reason: str) -> None:
         """Close the upstream leg with the client's code and reason (mapped, see the module doc)."""
@@ -306,6 +288,15 @@ class ProxyServer(Server):
 
 
 _PASS_THROUGH_LOWER = tuple(name.lower() for name in _PASS_THROUGH_HEADERS)
+
+
+def _forward(send: Callable[[Any], None], item: Any) -> None:
+    """Send ``item`` on the other leg; if that leg has closed, drop it: the leg's own closing
+    (the relay thread for the upstream, onclose for the client) ends this one too."""
+    try:
+        send(item)
+    except ConnectionClosed:
+        pass
 
 
 def _own_keepalive(conn: Connection, payload: bytes) -> bool:
@@ -318,12 +309,12 @@ def _toward_client(code: Optional[int], reason: str) -> Tuple[int, str]:
     if code is None or code == CLOSE_NO_STATUS:
         return CLOSE_NORMAL, ""
     if code == CLOSE_ABNORMAL:
-        return CLOSE_BAD_GATEWAY, _short("upstream connection lost" + (": " + reason if reason else ""))
+        return CLOSE_BAD_GATEWAY, _short_reason("upstream connection lost" + (": " + reason if reason else ""))
     if code == CLOSE_TLS_FAILURE:
         return CLOSE_BAD_GATEWAY, "upstream TLS failure"
     if not valid_close_code(code):  # pragma: no cover - decode_close only lets wire codes in
         return CLOSE_UNABLE, ""
-    return code, _short(reason)
+    return code, _short_reason(reason)
 
 
 def _toward_upstream(code: Optional[int], reason: str) -> Tuple[int, str]:
@@ -334,15 +325,10 @@ def _toward_upstream(code: Optional[int], reason: str) -> Tuple[int, str]:
         return CLOSE_GOING_AWAY, "client connection lost"
     if not valid_close_code(code):  # pragma: no cover - decode_close only lets wire codes in
         return CLOSE_UNABLE, ""
-    return code, _short(reason)
+    return code, _short_reason(reason)
 
 
 def _redact(url: str) -> str:
     """``url`` for the logs: without ``user:password@`` and the query (it may carry a token)."""
     parts = urllib.parse.urlsplit(url)
     return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))
-
-
-def _short(text: str) -> str:
-    """``text`` cut to the 123 bytes a close reason may have (§5.5), on a character boundary."""
-    return text.encode("utf-8")[:123].decode("utf-8", "ignore")
