@@ -458,10 +458,29 @@ def test_hub_chat_example_across_two_processes(redis_server):
 
 
 def test_closing_a_redis_hub_is_prompt(redis_server):
+    """close() does not wait out the reader's blocking XREAD: wake() ends a read at once."""
+    from twspy.broker import BrokerUnavailable, RedisBroker
     from twspy.hub import Hub
+    broker = RedisBroker(redis_server.url)
+    outcome = []
+
+    def read():
+        try:
+            outcome.append(broker.read(broker.tail(), 30.0))  # would block for 30 s
+        except BrokerUnavailable as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    import redis
+    observer = redis.Redis.from_url(redis_server.url)
+    wait_for(lambda: any(c.get("cmd") == "xread" for c in observer.client_list()), timeout=10)
+    observer.close()
+    broker.wake()
+    reader.join(10)  # far less than the 30 s block
+    assert not reader.is_alive() and isinstance(outcome[0], BrokerUnavailable)
+    broker.close()
     hub = Hub(redis_server.url)
     assert hub.ready.is_set()
-    started = time.monotonic()
     hub.close()
-    assert time.monotonic() - started < 0.9  # the reader's XREAD blocks for 1 s at a time
     assert not hub._reader.is_alive() and not hub._writer.is_alive()

@@ -78,7 +78,8 @@ class Broker:
         raise NotImplementedError
 
     def wake(self) -> None:
-        """Make ``read`` calls that are waiting return early (an empty list); may do nothing."""
+        """Make ``read`` calls that are waiting end early (an empty list, or BrokerUnavailable);
+        called when the hub closes; may do nothing."""
 
     def close(self) -> None:
         pass
@@ -209,12 +210,19 @@ class RedisBroker(Broker):
         self._gen_key = prefix + ":generation"
         self._presence_prefix = prefix + ":presence:"
         self._append = self._client.register_script(_APPEND)
+        self._woken = False  # wake() was called (the hub is closing)
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except self._redis_errors as exc:
             raise BrokerUnavailable("redis %s: %s failed: %s" % (self.url, what, exc)) from exc
+        except ValueError as exc:
+            # A call whose socket wake() closed under it may fail inside redis-py with
+            # "I/O operation on closed file": that is the wake-up, not a bug.
+            if not self._woken:
+                raise
+            raise BrokerUnavailable("redis %s: %s ended by wake()" % (self.url, what)) from exc
 
     def append(self, entries: List[Entry], generation: str) -> bool:
         args: List[Any] = [generation, self.maxlen]
@@ -277,6 +285,7 @@ class RedisBroker(Broker):
     def wake(self) -> None:
         # A reader blocked in XREAD BLOCK holds a pooled connection: closing the pool's
         # connections makes that call fail now rather than at the end of its block time.
+        self._woken = True
         try:
             self._client.connection_pool.disconnect()
         except self._redis_errors:  # pragma: no cover

@@ -477,6 +477,8 @@ class Hub:
                     self._kick.set()
                     continue
             except BrokerUnavailable as exc:
+                if self._closing:
+                    break  # close() woke the read (wake()): not an outage
                 self._broker_down(exc)
                 self._first_try.set()
                 backoff.wait(self._closed)
