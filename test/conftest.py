@@ -92,6 +92,16 @@ def url(server, path="/"):
     return "ws://127.0.0.1:%d%s" % (server.address[1], path)
 
 
+def opened_websocket(sock, server_side, extensions=(), max_size=DEFAULT_MAX_SIZE, timeout=5):
+    """A twspy websocket on a connected ``sock``, its handshake marked done (no HTTP)."""
+    sock.settimeout(timeout)
+    ws = twspy.websocket(sock, max_size=max_size)
+    ws.server_side = server_side
+    ws.extensions = list(extensions)
+    ws._opened(b"", require_mask=server_side)
+    return ws
+
+
 @pytest.fixture
 def pair():
     """A connected (server websocket, client websocket) pair over a socketpair, handshake marked done.
@@ -102,12 +112,8 @@ def pair():
 
     def make(server_side=True, extensions=(), max_size=DEFAULT_MAX_SIZE):
         a, b = socket.socketpair()
-        a.settimeout(5)
         b.settimeout(5)
-        ws = twspy.websocket(a, max_size=max_size)
-        ws.server_side = server_side
-        ws.extensions = list(extensions)
-        ws._opened(b"", require_mask=server_side)
+        ws = opened_websocket(a, server_side, extensions, max_size)
         made.append((ws, b))
         return ws, b
 

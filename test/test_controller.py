@@ -16,7 +16,7 @@ import twspy
 from twspy.errors import ConnectionClosed, InvalidState
 from twspy.server import ServerConnection
 
-from conftest import wait_for
+from conftest import opened_websocket, wait_for
 
 TIMEOUT = 5
 
@@ -28,16 +28,8 @@ def twins():
 
     def make(server_class=twspy.Connection, client_class=twspy.Connection, **options):
         a, b = socket.socketpair()
-        ends = []
-        for sock, server_side in ((a, True), (b, False)):
-            sock.settimeout(TIMEOUT)
-            ws = twspy.websocket(sock)
-            ws.server_side = server_side
-            ws.extensions = []
-            ws._opened(b"", require_mask=server_side)
-            ends.append(ws)
-        server = server_class(ends[0], close_timeout=TIMEOUT, **options)
-        client = client_class(ends[1], close_timeout=TIMEOUT)
+        server = server_class(opened_websocket(a, True, timeout=TIMEOUT), close_timeout=TIMEOUT, **options)
+        client = client_class(opened_websocket(b, False, timeout=TIMEOUT), close_timeout=TIMEOUT)
         made.append((server, client))
         return server, client
 
