@@ -285,33 +285,27 @@ def build(suite: Suite) -> None:
         check(seen.get("close") == [4000, "after data"], "ws received %r" % (seen.get("close"),))
         return "echo kept while closing; ws received %r" % (seen["close"],)
 
-    @t("ws sends max-size + 1 B -> twspy closes 1009")
-    def _() -> str:
+    def twspy_refuses(path: str, code: int, timeout: float) -> str:
+        """ws sends what ``path`` asks for; twspy must close with ``code`` and ws must see it."""
         ident = suite.new_id()
-        conn = suite.open("/send?type=binary&size=%d&id=%s" % (MAX + 1, ident))
+        conn = suite.open(path + ident)
         try:
-            conn.recv(timeout=30)
+            conn.recv(timeout=timeout)
             raise Failed("got the message")
         except twspy.ConnectionClosed:
             pass
-        check(conn.close_code == 1009, "twspy close_code %s" % conn.close_code)
+        check(conn.close_code == code, "twspy close_code %s" % conn.close_code)
         seen = suite.wait_report(ident)
-        check(seen.get("close", [None])[0] == 1009, "ws received %r" % (seen.get("close"),))
+        check(seen.get("close", [None])[0] == code, "ws received %r" % (seen.get("close"),))
         return "ws received close %r" % (seen["close"],)
+
+    @t("ws sends max-size + 1 B -> twspy closes 1009")
+    def _() -> str:
+        return twspy_refuses("/send?type=binary&size=%d&id=" % (MAX + 1), 1009, 30)
 
     @t("ws sends invalid UTF-8 text -> twspy closes 1007")
     def _() -> str:
-        ident = suite.new_id()
-        conn = suite.open("/badutf8?id=" + ident)
-        try:
-            conn.recv(timeout=10)
-            raise Failed("got the message")
-        except twspy.ConnectionClosed:
-            pass
-        check(conn.close_code == 1007, "twspy close_code %s" % conn.close_code)
-        seen = suite.wait_report(ident)
-        check(seen.get("close", [None])[0] == 1007, "ws received %r" % (seen.get("close"),))
-        return "ws received close %r" % (seen["close"],)
+        return twspy_refuses("/badutf8?id=", 1007, 10)
 
     @t("twspy sends max-size + 1 B -> ws closes 1009")
     def _() -> str:
