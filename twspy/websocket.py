@@ -110,7 +110,8 @@ class websocket:
         self._parser = FrameParser(max_size)
         self._frame_codecs: List[ExtensionCodec] = []
         self._mask_out = False
-        self._large: Optional[Tuple[int, Optional[bytes], bytearray, int]] = None
+        # a large frame being read: b0, key, its chunks (allocated as bytes arrive), bytes received, length
+        self._large: Optional[Tuple[int, Optional[bytes], List[bytearray], int, int]] = None
         self._keys: Deque[bytes] = collections.deque()
         # Connection's fail-fast check of partly received frames: f(first header byte, payload bytes)
         self.partial_hook: Optional[Callable[[int, bytes], None]] = None
@@ -481,11 +482,11 @@ class websocket:
             if self.partial_hook is not None and parser._header is not None:
                 self._report_partial()
             if parser._header is not None and parser.wanted() >= _LARGE:
+                # Only what has arrived is allocated: the announced length is a claim, and
+                # bytearray(length) for a 15-byte header cost 1 MiB per connection (issue 20).
                 b0, length, key, hlen = parser._header
-                payload = bytearray(length)
-                have = parser.take_buffer()[hlen:]
-                payload[:len(have)] = have
-                self._large = (b0, key, payload, len(have))
+                have = bytearray(parser.take_buffer()[hlen:])
+                self._large = (b0, key, [have], len(have), length)
                 continue
             if deadline is not None:
                 self._wait_readable(deadline)
@@ -614,29 +615,57 @@ class websocket:
         return data
 
     def _recv_large(self, deadline: Optional[float]) -> Frame:
-        """Read a large payload straight into its own buffer; resumable after a timeout."""
-        b0, key, payload, got = self._large  # type: ignore[misc]
-        length = len(payload)
-        with memoryview(payload) as view:
-            while got < length:
-                if deadline is not None:
-                    self._wait_readable(deadline)
+        """Read a large payload straight into buffers of its own; resumable after a timeout.
+
+        Its first _RECV_SIZE bytes come from recv(), which sizes its result to what arrived;
+        then chunks that double (each as large as all before it, capped by the announced
+        length) are filled with recv_into. What is allocated stays within twice what has
+        arrived, so a header that announces a big frame and sends nothing costs nothing
+        (issue 20: bytearray(length) cost 1 MiB per 15-byte header), while a real one is still
+        copied once after the kernel (the final join).
+        """
+        b0, key, chunks, got, length = self._large  # type: ignore[misc]
+        chunk = chunks[-1]
+        start = sum(len(c) for c in chunks) - len(chunk)  # where the last chunk begins in the payload
+        partial = self.partial_hook is not None and not b0 & 0x70 and (
+            b0 & 0x0F == 0x1 or (b0 & 0x0F == 0x0 and self.text_in_progress))
+        while got < length:
+            if deadline is not None:
+                self._wait_readable(deadline)
+            if got < _RECV_SIZE:  # the first bytes: recv() sizes its result to what arrived
                 try:
-                    n = self.sock.recv_into(view[got:], min(length - got, 4 << 20))
+                    data = self.sock.recv(min(length, _RECV_SIZE) - got)
                 except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
-                    n = 0
-                if not n:
-                    self._large = None
-                    raise ConnectionClosed(1006, "")
-                got += n
-                self._large = (b0, key, payload, got)
-                if self.partial_hook is not None and not b0 & 0x70 and (
-                        b0 & 0x0F == 0x1 or (b0 & 0x0F == 0x0 and self.text_in_progress)):
-                    self._give_partial(b0, key, view[self._partial_done:got])
+                    data = b""
+                chunk += data
+                n = len(data)
+            else:
+                if got - start == len(chunk):  # full: unmask it in place, start the next
+                    self._unmask_chunk(key, chunk, start)
+                    start, chunk = got, bytearray(min(length - got, got))
+                    chunks.append(chunk)
+                with memoryview(chunk) as view:
+                    try:
+                        n = self.sock.recv_into(view[got - start:], min(len(chunk) - (got - start), 4 << 20))
+                    except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
+                        n = 0
+            if not n:
+                self._large = None
+                raise ConnectionClosed(1006, "")
+            got += n
+            self._large = (b0, key, chunks, got, length)
+            if partial:
+                with memoryview(chunk) as view:
+                    self._give_partial(b0, key, view[self._partial_done - start:got - start])
         self._large = None
+        self._unmask_chunk(key, chunk, start)
+        return _new_frame(b0, b"".join(chunks), key)
+
+    @staticmethod
+    def _unmask_chunk(key: Optional[bytes], chunk: bytearray, offset: int) -> None:
         if key is not None:
-            mask_into(key, payload)  # in place: this buffer is ours
-        return _new_frame(b0, bytes(payload), key)
+            shift = offset % 4  # §5.3: byte i of the payload is XORed with key[i % 4]
+            mask_into(key[shift:] + key[:shift], chunk)  # in place: these buffers are ours
 
     def close_poller(self) -> None:
         if self._poller is not None:

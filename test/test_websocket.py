@@ -1,0 +1,88 @@
+"""websocket: frames over a socket, byte by byte, over socket pairs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import tracemalloc
+
+import pytest
+
+import twspy
+from twspy.frame import pack_frame
+
+from conftest import opened_websocket
+
+
+def _header(length, key=b"\x01\x02\x03\x04"):
+    """A masked binary frame header announcing ``length`` payload bytes (8-byte length form)."""
+    return bytes([0x82, 0x80 | 127]) + length.to_bytes(8, "big") + key
+
+
+class TestLargeFrames:
+    """Issue 20 item 3: an announced length is a claim, not an allocation."""
+
+    def test_headers_announcing_big_frames_allocate_nothing(self):
+        pairs = [socket.socketpair() for _ in range(20)]
+        sockets = [opened_websocket(a, server_side=True, max_size=16 << 20) for a, _ in pairs]
+        try:
+            for _, raw in pairs:
+                raw.sendall(_header(16 << 20) + b"x")  # 15 bytes on the wire, 16 MiB announced
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                for ws in sockets:
+                    with pytest.raises(TimeoutError):
+                        ws.recv(timeout=0.01)
+                    assert ws.pending()  # the frame is under way, kept for the next call
+                grown = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                tracemalloc.stop()
+            # Before: 20 x 16 MiB. Now what arrived (a byte each) and bookkeeping.
+            assert grown < 64 * 1024, grown
+        finally:
+            for ws in sockets:
+                ws.close()
+            for _, raw in pairs:
+                raw.close()
+
+    @pytest.mark.parametrize("server_side", [True, False])
+    def test_large_frames_arrive_intact(self, pair, server_side):
+        ws, raw = pair(server_side=server_side, max_size=8 << 20)
+        payloads = [os.urandom(300 * 1024), os.urandom(5 << 20), bytes(256 * 1024)]
+        frames = b""
+        for payload in payloads:
+            header, body = pack_frame(twspy.OPCODE_BINARY, payload, True, 0,
+                                      os.urandom(4) if server_side else None)
+            frames += header + body
+        sender = threading.Thread(target=raw.sendall, args=(frames,))
+        sender.start()
+        try:
+            for payload in payloads:
+                frame = ws.recv(timeout=10)
+                assert frame.opcode == twspy.OPCODE_BINARY and frame.payload == payload
+        finally:
+            sender.join(10)
+        assert not sender.is_alive()
+
+    def test_a_large_frame_resumes_after_timeouts(self, pair):
+        ws, raw = pair(server_side=True, max_size=1 << 20)
+        payload = os.urandom(700 * 1024)
+        header, body = pack_frame(twspy.OPCODE_BINARY, payload, True, 0, os.urandom(4))
+        data = header + body
+        step = 100 * 1024
+        for start in range(0, len(data), step):
+            raw.sendall(data[start:start + step])
+            if start + step < len(data):
+                with pytest.raises(TimeoutError):
+                    ws.recv(timeout=0.01)
+        assert ws.recv(timeout=5).payload == payload
+
+    def test_eof_inside_a_large_frame(self, pair):
+        ws, raw = pair(server_side=True)
+        raw.sendall(_header(512 * 1024) + b"y" * 1000)
+        raw.shutdown(socket.SHUT_WR)
+        with pytest.raises(twspy.ConnectionClosed) as info:
+            ws.recv(timeout=5)
+        assert info.value.code == 1006
