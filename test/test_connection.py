@@ -240,6 +240,30 @@ class TestFraming:
         peer.send(*[Frame(twspy.OPCODE_BINARY if i == 0 else 0, b"x" * 400, final=False) for i in range(3)])
         expect_failure(c, peer, 1009)
 
+    @pytest.mark.parametrize("opcode", [twspy.OPCODE_TEXT, twspy.OPCODE_BINARY])
+    def test_endless_empty_fragments(self, pair, opcode):
+        """Issue 20 item 7: 0-byte continuations never reach max_size; the fragment cap ends them (1009)."""
+        ws, raw = pair(server_side=True)
+        c = Recorder(ws, close_timeout=2, max_fragments=50)
+        peer = Peer(raw)
+        continuation = Frame(twspy.OPCODE_CONTINUATION, b"", final=False, masking_key=KEY).pack()
+        peer.send(Frame(opcode, b"x", final=False), continuation * 50)  # 51 frames, none final
+        expect_failure(c, peer, 1009)
+        assert any(isinstance(e[1], twspy.PayloadTooBig) and "fragments" in str(e[1])
+                   for e in c.events if e[0] == "error")
+
+    @pytest.mark.parametrize("opcode, part", [(twspy.OPCODE_TEXT, "é"), (twspy.OPCODE_BINARY, b"\x00\xff")])
+    def test_fragments_up_to_the_cap(self, pair, opcode, part):
+        ws, raw = pair(server_side=True)
+        c = Recorder(ws, close_timeout=2, max_fragments=1000)
+        peer = Peer(raw)
+        data = part.encode() if isinstance(part, str) else part
+        frames = [Frame(opcode if i == 0 else twspy.OPCODE_CONTINUATION, data, final=i == 999, masking_key=KEY)
+                  for i in range(1000)]
+        peer.send(b"".join(f.pack() for f in frames) * 2)  # two messages of 1000 fragments each
+        assert c.recv(5).payload == part * 1000
+        assert c.recv(5).payload == part * 1000
+
 
 class TestUTF8:
     """§5.6, §8.1: text is validated incrementally and fails fast."""

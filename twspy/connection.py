@@ -34,16 +34,18 @@ from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGA
 from .message import BinaryMessage, Message, TextMessage
 from .websocket import websocket
 
-__all__ = ["Connection", "DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE", "DEFAULT_PING_INTERVAL",
-           "DEFAULT_PING_TIMEOUT"]
+__all__ = ["Connection", "DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE", "DEFAULT_MAX_FRAGMENTS",
+           "DEFAULT_PING_INTERVAL", "DEFAULT_PING_TIMEOUT"]
 
 logger = logging.getLogger("twspy.connection")
 
 DEFAULT_CLOSE_TIMEOUT = 5.0   # seconds to wait for the peer's close frame / TCP close
 DEFAULT_MAX_QUEUE = 16        # messages read ahead while a slow handler runs
+DEFAULT_MAX_FRAGMENTS = 1 << 17  # frames in one fragmented message (Autobahn 9.3.1 sends 65,536)
 RESCUE_AFTER = 0.1            # a handler running this long gets a helper reader
 # Connection's keywords that Server and connect() take on its behalf.
-CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout", "queue_messages")
+CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout", "queue_messages",
+                      "max_fragments")
 _FAST_SEND = 16 * 1024  # Connection.send's fused path: frames below this join header and payload
 DEFAULT_MAX_OUTBOX = 4 << 20  # bytes queued for a slow client by non-blocking sends
 DEFAULT_PING_INTERVAL = 20.0  # Server and connect() send keepalive pings this often...
@@ -66,6 +68,8 @@ class Connection:
         ping_interval: send a keepalive ping this often (seconds; None: never).
         ping_timeout: while the connection is being read, a keepalive ping unanswered
             for this long fails it (close 1011, then TCP dropped: 1006 locally).
+        max_fragments: frames one fragmented message may span; beyond, close 1009 (a message
+            that never ends is too big to process, however small its frames; None: no limit).
         queue_messages: also put every message that :meth:`receive_forever` delivers (after
             ``onmessage``) on an in-queue that another thread reads with :meth:`pop_in_message`.
             The queue holds at most ``max_queue`` messages (DEFAULT_MAX_QUEUE if None); when it
@@ -79,13 +83,15 @@ class Connection:
     def __init__(self, sock: websocket, close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT,
                  max_size: Optional[int] = -1, max_queue: int = DEFAULT_MAX_QUEUE,
                  max_outbox: int = DEFAULT_MAX_OUTBOX, ping_interval: Optional[float] = None,
-                 ping_timeout: Optional[float] = None, queue_messages: bool = False) -> None:
+                 ping_timeout: Optional[float] = None, queue_messages: bool = False,
+                 max_fragments: Optional[int] = DEFAULT_MAX_FRAGMENTS) -> None:
         if not sock.handshake_done:
             raise InvalidState("Connection needs a websocket whose handshake is done")
         self.sock = sock
         self.close_timeout = close_timeout
         self.max_size = sock.max_size if max_size == -1 else max_size
         self.max_queue = max_queue
+        self.max_fragments = max_fragments
         self.max_outbox = max_outbox
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -110,8 +116,10 @@ class Connection:
         # message being assembled
         self._msg_opcode: Optional[int] = None
         self._msg_rsv = 0
-        self._msg_parts: List[Any] = []
-        self._msg_size = 0
+        self._msg_parts: List[str] = []       # a text message: decoded as it arrives
+        self._msg_data = bytearray()            # a binary message: one growing buffer
+        self._msg_size = 0                      # bytes of the text message so far
+        self._msg_frames = 0
         self._decoder: Any = None
         # watchdog state
         self.handler_since: Optional[float] = None
@@ -603,8 +611,9 @@ class Connection:
                     return self._single(opcode, frame.payload)
                 self._msg_opcode = opcode
                 self._msg_rsv = frame.rsv
+                self._msg_frames = self._msg_size = 0
                 self._msg_parts = []
-                self._msg_size = 0
+                del self._msg_data[:]
                 self._decoder = codecs.getincrementaldecoder("utf-8")("strict") if opcode == OPCODE_TEXT else None
                 if self._partial_checks:
                     self.sock.text_in_progress = opcode == OPCODE_TEXT
@@ -653,25 +662,40 @@ class Connection:
     def _fragment(self, payload: bytes, final: bool) -> Optional[Message]:
         for codec in reversed(self._codecs):
             payload = codec.decode_frame_of_message(payload, self._msg_rsv, final, self.max_size)
-        self._msg_size += len(payload)
-        if self.max_size is not None and self._msg_size > self.max_size:
+        self._msg_frames += 1
+        if self.max_fragments is not None and self._msg_frames > self.max_fragments:
+            # 1009 rather than 1002: RFC 6455 §5.4 allows any number of fragments, so this is
+            # our limit on what we can process, not the peer breaking the protocol (§7.4.1).
+            raise PayloadTooBig("message in more than %d fragments" % self.max_fragments)
+        decoder = self._decoder
+        if decoder is not None:
+            size = self._msg_size + len(payload)
+        else:
+            data = self._msg_data
+            size = len(data) + len(payload)
+        if self.max_size is not None and size > self.max_size:
             raise PayloadTooBig("message exceeds the limit of %d bytes" % self.max_size)
-        if self._decoder is not None:
+        if decoder is not None:
+            self._msg_size = size
             try:  # fail fast: as soon as the bytes cannot be valid UTF-8 any more (§8.1)
-                self._msg_parts.append(self._decoder.decode(payload, final))
+                text = decoder.decode(payload, final)
             except UnicodeDecodeError:
                 raise ProtocolError("invalid UTF-8 in a text message", 1007) from None
+            if text:
+                self._msg_parts.append(text)
         else:
-            self._msg_parts.append(payload)
+            data += payload
         if not final:
             return None
-        opcode, parts = self._msg_opcode, self._msg_parts
-        self._msg_opcode, self._msg_parts, self._decoder = None, [], None
+        self._msg_opcode, self._decoder = None, None
         if self._partial_checks:
             self.sock.text_in_progress = False
-        if opcode == OPCODE_TEXT:
+        if decoder is not None:
+            parts, self._msg_parts, self._msg_size = self._msg_parts, [], 0
             return TextMessage("".join(parts))
-        return BinaryMessage(b"".join(parts))
+        message = BinaryMessage(bytes(data))
+        del data[:]
+        return message
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == OPCODE_PING:
