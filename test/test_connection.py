@@ -356,6 +356,35 @@ class TestControlFrames:
         assert not reader.is_alive()
 
 
+    def test_read_ahead_is_bounded_by_bytes(self, pair):
+        """Issue 20 item 6: a slow handler lets the helper read ahead max_queue_bytes, not 16 whole messages."""
+        ws, raw = pair(server_side=True, max_size=1 << 20)
+        c = Recorder(ws, close_timeout=2, max_queue_bytes=1 << 20)
+        peer = Peer(raw)
+        release = threading.Event()
+        c.onmessage = lambda message: (c.events.append(("message", message)), release.wait(10))
+        size, count = 256 * 1024, 12
+        reader = threading.Thread(target=c.receive_forever)
+        reader.start()
+        sender = threading.Thread(target=peer.send, args=(
+            *[Frame(twspy.OPCODE_BINARY, bytes([i]) * size) for i in range(count)],
+            Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(1000))))
+        sender.start()
+        try:
+            wait_for(lambda: sum(len(m) for m in list(c._inbox)) >= 1 << 20, timeout=10)
+            queued = list(c._inbox)
+            # Reading stopped at the bound: it holds 4 of the 11 waiting messages, not max_queue (16).
+            assert sum(len(m) for m in queued) <= (1 << 20) + size and len(queued) < count - 1
+        finally:
+            release.set()
+        reader.join(10)
+        sender.join(10)
+        assert not reader.is_alive() and not sender.is_alive()
+        got = [e[1].payload for e in c.events if e[0] == "message"]
+        assert got == [bytes([i]) * size for i in range(count)]  # nothing lost, in order
+        assert c.close_code == 1000
+
+
 class TestClose:
     """§5.5.1, §7: the closing handshake."""
 

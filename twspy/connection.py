@@ -34,18 +34,20 @@ from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGA
 from .message import BinaryMessage, Message, TextMessage
 from .websocket import websocket
 
-__all__ = ["Connection", "DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE", "DEFAULT_MAX_FRAGMENTS",
+__all__ = ["Connection", "DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE", "DEFAULT_MAX_QUEUE_BYTES",
+           "DEFAULT_MAX_FRAGMENTS",
            "DEFAULT_PING_INTERVAL", "DEFAULT_PING_TIMEOUT"]
 
 logger = logging.getLogger("twspy.connection")
 
 DEFAULT_CLOSE_TIMEOUT = 5.0   # seconds to wait for the peer's close frame / TCP close
 DEFAULT_MAX_QUEUE = 16        # messages read ahead while a slow handler runs
+DEFAULT_MAX_QUEUE_BYTES = 2 << 20  # ... and at most this many payload bytes (issue 20: 16 x 1 MB each)
 DEFAULT_MAX_FRAGMENTS = 1 << 17  # frames in one fragmented message (Autobahn 9.3.1 sends 65,536)
 RESCUE_AFTER = 0.1            # a handler running this long gets a helper reader
 # Connection's keywords that Server and connect() take on its behalf.
 CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout", "queue_messages",
-                      "max_fragments")
+                      "max_fragments", "max_queue_bytes")
 _FAST_SEND = 16 * 1024  # Connection.send's fused path: frames below this join header and payload
 DEFAULT_MAX_OUTBOX = 4 << 20  # bytes queued for a slow client by non-blocking sends
 DEFAULT_PING_INTERVAL = 20.0  # Server and connect() send keepalive pings this often...
@@ -64,6 +66,8 @@ class Connection:
         close_timeout: seconds to wait for the peer's side of the closing handshake.
         max_size: largest message (after extensions) accepted; default: ``sock.max_size``.
         max_queue: messages read ahead while ``onmessage`` is slow.
+        max_queue_bytes: payload bytes read ahead at most (reading stops once the queued
+            messages hold this many, so one message always fits and TCP slows the peer down).
         max_outbox: bytes queued by :meth:`send_nowait` for a peer that does not read.
         ping_interval: send a keepalive ping this often (seconds; None: never).
         ping_timeout: while the connection is being read, a keepalive ping unanswered
@@ -72,8 +76,8 @@ class Connection:
             that never ends is too big to process, however small its frames; None: no limit).
         queue_messages: also put every message that :meth:`receive_forever` delivers (after
             ``onmessage``) on an in-queue that another thread reads with :meth:`pop_in_message`.
-            The queue holds at most ``max_queue`` messages (DEFAULT_MAX_QUEUE if None); when it
-            is full the reading thread waits, so the peer is slowed down by TCP, not dropped.
+            The queue holds at most ``max_queue`` messages (DEFAULT_MAX_QUEUE if None) and
+            ``max_queue_bytes`` (past which it takes no more); when it is full the reading thread waits, so the peer is slowed down by TCP, not dropped.
 
     Handlers (override them; they run in the reading thread): ``onopen()``,
     ``onmessage(message)``, ``onping(payload)``, ``onpong(payload)``,
@@ -84,7 +88,8 @@ class Connection:
                  max_size: Optional[int] = -1, max_queue: int = DEFAULT_MAX_QUEUE,
                  max_outbox: int = DEFAULT_MAX_OUTBOX, ping_interval: Optional[float] = None,
                  ping_timeout: Optional[float] = None, queue_messages: bool = False,
-                 max_fragments: Optional[int] = DEFAULT_MAX_FRAGMENTS) -> None:
+                 max_fragments: Optional[int] = DEFAULT_MAX_FRAGMENTS,
+                 max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES) -> None:
         if not sock.handshake_done:
             raise InvalidState("Connection needs a websocket whose handshake is done")
         self.sock = sock
@@ -92,6 +97,7 @@ class Connection:
         self.max_size = sock.max_size if max_size == -1 else max_size
         self.max_queue = max_queue
         self.max_fragments = max_fragments
+        self.max_queue_bytes = max_queue_bytes
         self.max_outbox = max_outbox
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -133,6 +139,7 @@ class Connection:
         self.queue_messages = queue_messages
         self._in_queue: Optional[Deque[Message]] = collections.deque() if queue_messages else None
         self._in_bound = DEFAULT_MAX_QUEUE if max_queue is None else max(1, max_queue)
+        self._in_bytes = 0  # payload bytes on the in-queue (under _in_lock)
         self._in_lock = threading.Lock()
         self._in_not_empty = threading.Condition(self._in_lock)
         self._in_not_full = threading.Condition(self._in_lock)
@@ -480,13 +487,14 @@ class Connection:
         with self._in_lock:
             queue = self._in_queue
             assert queue is not None
-            bound = self._in_bound
-            while len(queue) >= bound and not self.close_sent:
+            bound, max_bytes = self._in_bound, self.max_queue_bytes
+            while (len(queue) >= bound or self._in_bytes >= max_bytes) and not self.close_sent:
                 self._in_not_full.wait()
-            if len(queue) >= 2 * bound:
+            if len(queue) >= 2 * bound or self._in_bytes >= 2 * max_bytes:
                 logger.debug("%r: in-queue full while closing; message dropped", self)
                 return
             queue.append(message)
+            self._in_bytes += len(message)
             self._in_not_empty.notify()
 
     def _wake_queue(self) -> None:
@@ -529,6 +537,7 @@ class Connection:
                     self._in_not_empty.wait(left)
                 else:
                     message = queue.popleft()
+                    self._in_bytes -= len(message)
                     self._in_not_full.notify()
                     return message
             # Nobody runs receive_forever: read the socket here, holding the read lock so that
@@ -577,6 +586,15 @@ class Connection:
         the connection (a push may still race with the close and raise ConnectionClosed).
         """
         return self.close_sent or self.close_received or self.state != OPEN
+
+    def _inbox_full(self) -> bool:
+        """Whether read-ahead must stop: ``max_queue`` messages or ``max_queue_bytes`` queued."""
+        inbox = self._inbox
+        if len(inbox) >= self.max_queue:
+            return True
+        # list() copies the deque at once (recv() may pop from another thread); at most
+        # max_queue items, and only when reading ahead.
+        return sum(len(message) for message in list(inbox)) >= self.max_queue_bytes
 
     def _read_one(self, deadline: Optional[float]) -> Optional[Message]:
         """Read and process one frame (holding the read lock); a Message when one completes."""
@@ -779,7 +797,7 @@ class Connection:
                 while not self._closed.is_set():
                     try:
                         message = self._read_one(deadline)
-                        if message is not None and len(self._inbox) < self.max_queue:
+                        if message is not None and not self._inbox_full():
                             self._inbox.append(message)
                     except ConnectionClosed:
                         break
@@ -924,7 +942,7 @@ class Connection:
             return
         self._readers += 1
         try:
-            while self.handler_since is not None and self.state == OPEN and len(self._inbox) < self.max_queue:
+            while self.handler_since is not None and self.state == OPEN and not self._inbox_full():
                 try:
                     message = self._read_one(time.monotonic() + 0.05)
                 except TimeoutError:
