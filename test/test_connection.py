@@ -786,3 +786,97 @@ def test_no_more_flushers_once_the_outbox_overflowed(pair):
     assert threading.active_count() - before <= 2
     wait_for(lambda: conn.closed)
     assert conn.close_code == 1013
+
+
+class TestOutOfThreads:
+    """Issue 20 item 2: ``RuntimeError: can't start new thread`` (pid limits) degrades, never unwinds."""
+
+    @pytest.fixture
+    def no_threads(self, monkeypatch):
+        """Make Thread.start fail for the named threads (all when the set holds None); count the attempts."""
+        refused = set()
+        attempts = []
+        start = threading.Thread.start
+
+        def failing_start(thread):
+            if None in refused or thread.name in refused:
+                attempts.append(thread.name)
+                raise RuntimeError("can't start new thread")
+            start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", failing_start)
+        return refused, attempts
+
+    def test_flusher_that_cannot_start_drops_that_peer_1013(self, pair, no_threads):
+        refused, attempts = no_threads
+        ws, raw = pair(server_side=True)
+        ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        conn = Recorder(ws)
+        refused.add(None)
+        conn.send_nowait(b"x" * (1 << 20))  # more than the socket takes now: needs the flusher
+        assert attempts and conn.closed and conn.close_code == 1013
+        assert conn.events[-1] == ("close", 1013, "cannot start a thread")
+        conn.send_nowait(b"more")  # and nothing else happens
+
+    def test_overflow_closes_inline_without_a_thread(self, pair, no_threads):
+        refused, attempts = no_threads
+        ws, raw = pair(server_side=True)
+        ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        conn = Recorder(ws, max_outbox=64 * 1024)
+        conn.send_nowait(b"x" * (1 << 20))  # the flusher starts and blocks on the full socket
+        refused.add(None)
+        while not conn._overflowed:
+            conn.send_nowait(b"y" * 8192)
+        assert attempts and conn.closed and conn.close_code == 1013  # done in this thread instead
+
+    def test_lost_connection_handled_inline(self, pair, no_threads):
+        refused, attempts = no_threads
+        ws, raw = pair(server_side=True)
+        conn = Recorder(ws)
+
+        def broken(data):
+            raise ConnectionResetError("reset")
+
+        ws.send_nowait = broken
+        refused.add(None)
+        conn.send_nowait(b"x")
+        assert attempts and conn.closed and conn.close_code == 1006
+
+    def test_rescue_that_cannot_start_keeps_the_connection(self, conn, no_threads):
+        refused, attempts = no_threads
+        c, peer = conn
+        refused.add("twspy-rescue")
+        release = threading.Event()
+        c.onmessage = lambda message: (c.events.append(("message", message)), release.wait(10))
+        reader = threading.Thread(target=c.receive_forever)
+        reader.start()
+        try:
+            peer.send(Frame(twspy.OPCODE_TEXT, "slow"), Frame(twspy.OPCODE_PING, b"p"))
+            # The watchdog tried to start a helper reader, could not, lived on and tried again.
+            wait_for(lambda: len(attempts) >= 2)
+        finally:
+            release.set()
+        pong = peer.frame()  # the handler's thread answers once the handler returns
+        assert (pong.opcode, pong.payload) == (twspy.OPCODE_PONG, b"p")
+        peer.send(Frame(twspy.OPCODE_TEXT, "next"), Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(1000)))
+        reader.join(5)
+        assert not reader.is_alive()
+        assert [e[1].payload for e in c.events if e[0] == "message"] == ["slow", "next"]
+        assert c.close_code == 1000
+
+    def test_watchdog_that_cannot_start_is_retried(self, pair, no_threads):
+        refused, attempts = no_threads
+        from twspy.connection import _Watchdog
+        watchdog = _Watchdog()
+        ws, _raw = pair(server_side=True)
+        conn = twspy.Connection(ws)
+        refused.add("twspy-watchdog")
+        watchdog.add(conn)  # no exception: keepalive is late, nothing else
+        assert attempts == ["twspy-watchdog"] and watchdog._thread is None
+        refused.clear()
+        watchdog.add(conn)
+        thread = watchdog._thread
+        assert thread is not None and thread.is_alive()
+        watchdog.discard(conn)
+        thread.join(5)
+        assert not thread.is_alive()

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import codecs
 import collections
+import functools
 import logging
 import os
 import threading
 import time
-from typing import Any, Deque, Iterator, List, Optional, Union
+from typing import Any, Callable, Deque, Iterator, List, Optional, Union
 
 from .errors import ConnectionClosed, InvalidState, PayloadTooBig, ProtocolError
 from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE,
@@ -316,47 +317,51 @@ class Connection:
         self._nowait(message, prepared)
 
     def _nowait(self, message: Optional[MessageLike], prepared: Optional[bytes]) -> None:
-        lock = self.sock.send_lock
         with self._out_lock:
-            if self._overflowed:  # being dropped (1013): nothing more for this peer
-                return
-            if self._outbox is None and lock.acquire(blocking=False):
-                # Nothing queued and the socket is ours: encode now (compression state follows
-                # the wire order under the lock) and hand the kernel what it takes.
-                try:
-                    data = prepared if prepared is not None else self._frame_bytes(message)  # type: ignore[arg-type]
-                    sent = -1 if data is None else self.sock.send_nowait(data)
-                except OSError as exc:
-                    lock.release()
-                    threading.Thread(target=self._lost, args=(exc,), daemon=True).start()
-                    return
-                if data is not None and sent == len(data):
-                    lock.release()
-                    return
-                if data is None:  # this transport has no standalone frames: the flusher encodes
-                    lock.release()
-                    self._start_flusher(collections.deque([_as_message(message)]),  # type: ignore[arg-type]
-                                        locked=False)
-                elif sent < 0:   # it cannot send without blocking (TLS): the flusher sends it all
-                    self._start_flusher(collections.deque([data]), locked=True)
-                else:            # keep the lock: the rest of this frame goes out before any other
-                    self._start_flusher(collections.deque([data[sent:]]), locked=True)
-                return
-            item: Any = prepared if prepared is not None else _as_message(message)  # type: ignore[arg-type]
-            if self._outbox is None:
-                self._start_flusher(collections.deque([item]), locked=False)
-                return
-            if self._outbox_size + len(item) > self.max_outbox:
-                # Its buffers are full, so a close frame could not get through either:
-                # drop the connection (1013, try again later) and free the flusher.
-                logger.info("%r: outbound queue over %d bytes; dropping the client", self, self.max_outbox)
-                self._outbox = None
-                self._overflowed = True
-                threading.Thread(target=self._finish, args=(CLOSE_TRY_AGAIN_LATER, "outbound queue overflow"),
-                                 daemon=True).start()
-                return
-            self._outbox.append(item)
-            self._outbox_size += len(item)
+            fallback = self._nowait_locked(message, prepared)
+        if fallback is not None:  # a thread could not be started: do its work here, without the lock
+            fallback()
+
+    def _nowait_locked(self, message: Optional[MessageLike],
+                       prepared: Optional[bytes]) -> Optional[Callable[[], None]]:
+        """:meth:`_nowait` with ``_out_lock`` held; returns work to do once it is released."""
+        lock = self.sock.send_lock
+        if self._overflowed:  # being dropped (1013): nothing more for this peer
+            return None
+        if self._outbox is None and lock.acquire(blocking=False):
+            # Nothing queued and the socket is ours: encode now (compression state follows
+            # the wire order under the lock) and hand the kernel what it takes.
+            try:
+                data = prepared if prepared is not None else self._frame_bytes(message)  # type: ignore[arg-type]
+                sent = -1 if data is None else self.sock.send_nowait(data)
+            except OSError as exc:
+                lock.release()
+                return None if _start_thread(self._lost, exc) else functools.partial(self._lost, exc)
+            if data is not None and sent == len(data):
+                lock.release()
+                return None
+            if data is None:  # this transport has no standalone frames: the flusher encodes
+                lock.release()
+                return self._start_flusher(collections.deque([_as_message(message)]),  # type: ignore[arg-type]
+                                           locked=False)
+            if sent < 0:   # it cannot send without blocking (TLS): the flusher sends it all
+                return self._start_flusher(collections.deque([data]), locked=True)
+            # keep the lock: the rest of this frame goes out before any other
+            return self._start_flusher(collections.deque([data[sent:]]), locked=True)
+        item: Any = prepared if prepared is not None else _as_message(message)  # type: ignore[arg-type]
+        if self._outbox is None:
+            return self._start_flusher(collections.deque([item]), locked=False)
+        if self._outbox_size + len(item) > self.max_outbox:
+            # Its buffers are full, so a close frame could not get through either:
+            # drop the connection (1013, try again later) and free the flusher.
+            logger.info("%r: outbound queue over %d bytes; dropping the client", self, self.max_outbox)
+            self._outbox = None
+            self._overflowed = True
+            args = (CLOSE_TRY_AGAIN_LATER, "outbound queue overflow")
+            return None if _start_thread(self._finish, *args) else functools.partial(self._finish, *args)
+        self._outbox.append(item)
+        self._outbox_size += len(item)
+        return None
 
     def _frame_bytes(self, message: MessageLike) -> Optional[bytes]:
         """Encode and compress ``message`` into wire bytes; the caller holds the send lock."""
@@ -364,11 +369,22 @@ class Connection:
         payload, rsv = self._compress(opcode, payload)
         return self.sock.frame_bytes(opcode, payload, True, rsv)
 
-    def _start_flusher(self, outbox: Deque[Any], locked: bool) -> None:
-        # With self._out_lock held. Items are bytes (encoded frames) or Messages (encoded later).
+    def _start_flusher(self, outbox: Deque[Any], locked: bool) -> Optional[Callable[[], None]]:
+        """With self._out_lock held. Items are bytes (encoded frames) or Messages (encoded later).
+
+        Without a thread to flush them (the process is out of threads), the peer is dropped
+        (1013, try again later): a frame may be half sent, and the caller must not block.
+        Returns that fallback for the caller to run once it has released the lock.
+        """
         self._outbox = outbox
         self._outbox_size = sum(len(item) for item in outbox)
-        threading.Thread(target=self._flush, args=(locked,), daemon=True).start()
+        if _start_thread(self._flush, locked):
+            return None
+        self._outbox = None
+        self._overflowed = True
+        if locked:
+            self.sock.send_lock.release()
+        return functools.partial(self._finish, CLOSE_TRY_AGAIN_LATER, "cannot start a thread")
 
     def _flush(self, locked: bool) -> None:
         lock = self.sock.send_lock
@@ -976,6 +992,32 @@ def _as_message(message: MessageLike) -> Message:
     return BinaryMessage(message)
 
 
+_last_thread_warning = [0.0]
+
+
+def _thread_failed(name: str, exc: BaseException) -> None:
+    """Log a failed thread start, at most once every 10 s (each new client could trigger one)."""
+    now = time.monotonic()
+    if now - _last_thread_warning[0] >= 10.0:
+        _last_thread_warning[0] = now
+        logger.warning("cannot start a thread (%s): %s; degrading", name, exc)
+
+
+def _start_thread(target: Callable[..., Any], *args: Any, name: Optional[str] = None) -> bool:
+    """Start a daemon thread; False when the process is out of threads (issue 20 item 2).
+
+    ``RuntimeError: can't start new thread`` comes from pid limits (containers, systemd
+    TasksMax, RLIMIT_NPROC); the callers degrade instead of letting it unwind.
+    """
+    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+    try:
+        thread.start()
+    except RuntimeError as exc:
+        _thread_failed(name or str(getattr(target, "__name__", "thread")), exc)
+        return False
+    return True
+
+
 class _Watchdog:
     """One thread for the process: keepalive pings, and a helper reader for handlers that run long.
 
@@ -992,8 +1034,13 @@ class _Watchdog:
         with self._lock:
             self._conns.add(conn)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="twspy-watchdog", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="twspy-watchdog", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError as exc:  # out of threads: no keepalive until the next add() starts it
+                    _thread_failed("twspy-watchdog", exc)
+                    return
+                self._thread = thread
 
     def discard(self, conn: Connection) -> None:
         with self._lock:
@@ -1015,7 +1062,8 @@ class _Watchdog:
                 if since is not None and now - since >= RESCUE_AFTER and not conn._rescuing \
                         and conn.state == OPEN:
                     conn._rescuing = True
-                    threading.Thread(target=conn._rescue, name="twspy-rescue", daemon=True).start()
+                    if not _start_thread(conn._rescue, name="twspy-rescue"):
+                        conn._rescuing = False  # try again next round; the handler's thread reads after it
 
 
 _watchdog = _Watchdog()
