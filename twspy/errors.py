@@ -8,6 +8,8 @@ Every exception derives from :class:`WebSocketError`::
     ├── ProtocolError           the peer broke RFC 6455 (carries the close code to send)
     │   └── PayloadTooBig       a frame or message exceeds ``max_size`` (1009)
     ├── ConnectionClosed        the connection is closed (code, reason); alias SocketClosed
+    │   ├── ConnectionClosedOK      ... normally: 1000 or 1001 (also 1005, a close without a code)
+    │   └── ConnectionClosedError   ... otherwise: 1006 (no closing handshake), 1002, 1009, 1011, ...
     ├── InvalidState            an operation that the state does not allow (also RuntimeError)
     └── InvalidURI              a URL that is not ws:// or wss:// (also ValueError)
 
@@ -25,6 +27,8 @@ __all__ = [
     "ProtocolError",
     "PayloadTooBig",
     "ConnectionClosed",
+    "ConnectionClosedOK",
+    "ConnectionClosedError",
     "SocketClosed",
     "InvalidState",
     "InvalidURI",
@@ -98,6 +102,37 @@ class ConnectionClosed(WebSocketError):
         if self.reason:
             return "connection closed: %d %s" % (self.code, self.reason)
         return "connection closed: %d" % self.code
+
+
+class ConnectionClosedOK(ConnectionClosed):
+    """The connection closed normally: close code 1000 (normal), 1001 (going away) or
+    1005 (a close frame without a code). ``for message in conn`` ends quietly on it."""
+
+
+class ConnectionClosedError(ConnectionClosed):
+    """The connection closed with an error: 1006 (no closing handshake), or a close code
+    that reports a problem (1002 protocol error, 1009 too big, 1011, ...).
+
+    ``cause`` is the error that made us close, when we did (e.g. a :class:`PayloadTooBig`
+    for 1009, a :class:`ProtocolError` for 1002/1007); None when the peer chose the code.
+    """
+
+    def __init__(self, code: int = 1006, reason: str = "", cause: Optional[BaseException] = None) -> None:
+        super().__init__(code, reason)
+        self.cause = cause
+
+
+_OK_CODES = frozenset((1000, 1001, 1005))
+
+
+def closed_error(code: int, reason: str = "", cause: Optional[BaseException] = None) -> ConnectionClosed:
+    """The ConnectionClosed subclass for ``code``: ConnectionClosedOK or ConnectionClosedError
+    (whose ``__cause__`` is also ``cause``, so a traceback shows it)."""
+    if code in _OK_CODES:
+        return ConnectionClosedOK(code, reason)
+    error = ConnectionClosedError(code, reason, cause)
+    error.__cause__ = cause
+    return error
 
 
 SocketClosed = ConnectionClosed  # the original library's name
