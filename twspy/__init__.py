@@ -15,8 +15,8 @@ import logging
 
 from .client import connect
 from .connection import Connection
-from .errors import (ConnectionClosed, HandshakeError, InvalidState, InvalidURI, NegotiationError, PayloadTooBig,
-                     ProtocolError, SocketClosed, WebSocketError)
+from .errors import (ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, HandshakeError, InvalidState,
+                     InvalidURI, NegotiationError, PayloadTooBig, ProtocolError, SocketClosed, WebSocketError)
 from .extension import Extension, ExtensionCodec
 from .frame import (CLOSE_ABNORMAL, CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_MESSAGE_TOOBIG,
                     CLOSE_MISSING_EXTENSIONS, CLOSE_NOACCEPT_DTYPE, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_POLICY,
@@ -42,7 +42,7 @@ __all__ = [
     "Message", "TextMessage", "BinaryMessage", "Extension", "ExtensionCodec", "DeflateMessage", "DeflateFrame",
     "Multiplex", "connect_multiplexed",
     "WebSocketError", "HandshakeError", "NegotiationError", "ProtocolError", "PayloadTooBig",
-    "ConnectionClosed", "SocketClosed", "InvalidState", "InvalidURI",
+    "ConnectionClosed", "ConnectionClosedOK", "ConnectionClosedError", "SocketClosed", "InvalidState", "InvalidURI",
     "Opcode", "CloseCode",
     "OPCODE_CONTINUATION", "OPCODE_TEXT", "OPCODE_BINARY", "OPCODE_CLOSE", "OPCODE_PING", "OPCODE_PONG",
     "CLOSE_NORMAL", "CLOSE_GOING_AWAY", "CLOSE_PROTOCOL_ERROR", "CLOSE_NOACCEPT_DTYPE", "CLOSE_NO_STATUS",
