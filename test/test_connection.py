@@ -508,6 +508,47 @@ class TestClose:
                   Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(1000)))
         assert [m.payload for m in c] == ["a", "b"]
 
+    @pytest.mark.parametrize("code", [1000, 1001, None])
+    def test_normal_close_is_closed_ok(self, conn, code):
+        """Issue 15: ConnectionClosedOK for 1000, 1001 and a close without a code (1005)."""
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_TEXT, "a"), Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(code)))
+        assert [m.payload for m in c] == ["a"]  # the loop ends quietly
+        with pytest.raises(twspy.ConnectionClosedOK) as info:
+            c.recv(1)
+        assert info.value.code == (code or 1005)
+        with pytest.raises(twspy.ConnectionClosedOK):
+            c.send("late")
+
+    @pytest.mark.parametrize("code", [1011, 4000])
+    def test_error_close_code_is_closed_error(self, conn, code):
+        c, peer = conn
+        peer.send(Frame(twspy.OPCODE_TEXT, "a"), Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(code, "boom")))
+        got = []
+        with pytest.raises(twspy.ConnectionClosedError) as info:
+            for message in c:  # users can tell: the loop raises
+                got.append(message.payload)
+        assert got == ["a"] and (info.value.code, info.value.reason, info.value.cause) == (code, "boom", None)
+
+    def test_lost_connection_is_closed_error(self, conn):
+        c, peer = conn
+        peer.sock.close()
+        with pytest.raises(twspy.ConnectionClosedError) as info:
+            list(c)
+        assert info.value.code == 1006
+
+    def test_too_big_message_is_closed_error_1009_caused_by_payload_too_big(self, pair):
+        """Issue 17 item 6: README and code agree: ConnectionClosedError(1009) whose cause is PayloadTooBig."""
+        ws, raw = pair(server_side=True, max_size=100)
+        c = Recorder(ws, close_timeout=0.5)
+        peer = Peer(raw)
+        peer.send(Frame(twspy.OPCODE_BINARY, b"x" * 101))
+        with pytest.raises(twspy.ConnectionClosedError) as info:
+            c.recv(5)
+        assert info.value.code == 1009
+        assert isinstance(info.value.cause, twspy.PayloadTooBig) and info.value.__cause__ is info.value.cause
+        assert peer.close_code() == 1009
+
 
 class TestSending:
     def test_server_does_not_mask(self, conn):

@@ -9,8 +9,9 @@ import pytest
 
 import twspy
 from twspy import errors
-from twspy.errors import (ConnectionClosed, HandshakeError, InvalidState, InvalidURI, NegotiationError, PayloadTooBig,
-                          ProtocolError, SocketClosed, WebSocketError)
+from twspy.errors import (ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, HandshakeError, InvalidState,
+                          InvalidURI, NegotiationError, PayloadTooBig, ProtocolError, SocketClosed, WebSocketError,
+                          closed_error)
 
 
 class TestTree:
@@ -20,6 +21,8 @@ class TestTree:
         (ProtocolError, (WebSocketError,)),
         (PayloadTooBig, (ProtocolError, WebSocketError)),
         (ConnectionClosed, (WebSocketError,)),
+        (ConnectionClosedOK, (ConnectionClosed, WebSocketError)),
+        (ConnectionClosedError, (ConnectionClosed, WebSocketError)),
         (InvalidState, (WebSocketError, RuntimeError)),
         (InvalidURI, (WebSocketError, ValueError)),
     ])
@@ -38,10 +41,22 @@ class TestTree:
         assert SocketClosed is ConnectionClosed
         assert sorted(errors.__all__) == sorted([
             "WebSocketError", "HandshakeError", "NegotiationError", "ProtocolError", "PayloadTooBig",
-            "ConnectionClosed", "SocketClosed", "InvalidState", "InvalidURI"])
+            "ConnectionClosed", "ConnectionClosedOK", "ConnectionClosedError", "SocketClosed", "InvalidState",
+            "InvalidURI"])
         for name in errors.__all__:
             assert getattr(twspy, name) is getattr(errors, name)
             assert name in twspy.__all__
+
+    @pytest.mark.parametrize("code, cls", [(1000, ConnectionClosedOK), (1001, ConnectionClosedOK),
+                                           (1005, ConnectionClosedOK), (1006, ConnectionClosedError),
+                                           (1002, ConnectionClosedError), (1009, ConnectionClosedError),
+                                           (4000, ConnectionClosedError)])
+    def test_closed_ok_or_error_by_code(self, code, cls):
+        cause = PayloadTooBig("too big") if code == 1009 else None
+        exc = closed_error(code, "why", cause)
+        assert type(exc) is cls and (exc.code, exc.reason) == (code, "why")
+        if cls is ConnectionClosedError:
+            assert exc.cause is cause and exc.__cause__ is cause
 
     def test_builtin_mix_ins_catchable_as_builtins(self):
         with pytest.raises(RuntimeError):

@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any, Callable, Deque, Iterator, List, Optional, Union
 
-from .errors import ConnectionClosed, InvalidState, PayloadTooBig, ProtocolError
+from .errors import ConnectionClosed, ConnectionClosedOK, InvalidState, PayloadTooBig, ProtocolError, closed_error
 from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE,
                     OPCODE_BINARY, OPCODE_CLOSE,
                     OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, decode_close, encode_close,
@@ -48,7 +48,7 @@ DEFAULT_MAX_FRAGMENTS = 1 << 17  # frames in one fragmented message (Autobahn 9.
 RESCUE_AFTER = 0.1            # a handler running this long gets a helper reader
 # Connection's keywords that Server and connect() take on its behalf.
 CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout", "queue_messages",
-                      "max_fragments", "max_queue_bytes")
+                      "max_fragments", "max_queue_bytes", "background")
 _FAST_SEND = 16 * 1024  # Connection.send's fused path: frames below this join header and payload
 DEFAULT_MAX_OUTBOX = 4 << 20  # bytes queued for a slow client by non-blocking sends
 DEFAULT_PING_INTERVAL = 20.0  # Server and connect() send keepalive pings this often...
@@ -75,6 +75,11 @@ class Connection:
             for this long fails it (close 1011, then TCP dropped: 1006 locally).
         max_fragments: frames one fragmented message may span; beyond, close 1009 (a message
             that never ends is too big to process, however small its frames; None: no limit).
+        background: while no thread reads (not in :meth:`recv`, iteration or
+            :meth:`receive_forever`), read in the background anyway: pings are answered, the
+            close handshake is seen, and messages wait (at most ``max_queue`` /
+            ``max_queue_bytes``; then reading stops and TCP slows the peer down). ``connect()``
+            turns it on; False for a single-threaded script that reads only when it wants to.
         queue_messages: also put every message that :meth:`receive_forever` delivers (after
             ``onmessage``) on an in-queue that another thread reads with :meth:`pop_in_message`.
             The queue holds at most ``max_queue`` messages (DEFAULT_MAX_QUEUE if None) and
@@ -90,7 +95,7 @@ class Connection:
                  max_outbox: int = DEFAULT_MAX_OUTBOX, ping_interval: Optional[float] = None,
                  ping_timeout: Optional[float] = None, queue_messages: bool = False,
                  max_fragments: Optional[int] = DEFAULT_MAX_FRAGMENTS,
-                 max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES) -> None:
+                 max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES, background: bool = False) -> None:
         if not sock.handshake_done:
             raise InvalidState("Connection needs a websocket whose handshake is done")
         self.sock = sock
@@ -99,6 +104,9 @@ class Connection:
         self.max_queue = max_queue
         self.max_fragments = max_fragments
         self.max_queue_bytes = max_queue_bytes
+        # Background reading needs a transport that can tell it has bytes (a mux channel cannot).
+        self._readable: Optional[Callable[[], bool]] = getattr(sock, "readable", None) if background else None
+        self.background = self._readable is not None
         self.max_outbox = max_outbox
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -109,6 +117,7 @@ class Connection:
         self.state = OPEN
         self.close_code: Optional[int] = None
         self.close_reason = ""
+        self._close_cause: Optional[BaseException] = None  # what made us close, for ConnectionClosedError
         self.close_sent = False
         self.close_received = False
         self._closed = threading.Event()
@@ -159,7 +168,7 @@ class Connection:
         self._mask_out = getattr(sock, "_mask_out", None)
         self._fast_send = sock.sock.sendall if (not self._codecs and self._mask_out is not None
                                                 and not getattr(sock, "_frame_codecs", True)) else None
-        if ping_interval is not None:
+        if ping_interval is not None or self.background:
             _watchdog.add(self)
         self._call_handler(self.onopen)
 
@@ -442,11 +451,16 @@ class Connection:
             self._read_lock.release()
 
     def __iter__(self) -> Iterator[Message]:
-        """Iterate over messages until the connection closes (normally or not)."""
+        """Iterate over messages until the connection closes.
+
+        The loop ends when it closed normally (1000, 1001, or a close frame without a code)
+        and raises :class:`~twspy.errors.ConnectionClosedError` otherwise (1006: no closing
+        handshake; 1002, 1009, 1011, ...), as websockets does: users can tell.
+        """
         while True:
             try:
                 yield self.recv()
-            except ConnectionClosed:
+            except ConnectionClosedOK:
                 return
 
     def receive_forever(self) -> None:
@@ -486,7 +500,7 @@ class Connection:
                 with self._in_lock:
                     self._feeders.discard(threading.get_ident())
                     self._in_not_empty.notify_all()  # poppers now read the socket themselves
-            if self.ping_interval is None or self.state == CLOSED:
+            if (self.ping_interval is None and not self.background) or self.state == CLOSED:
                 _watchdog.discard(self)
 
     # -- queue controller: drive the connection from another thread ---------------------------
@@ -753,7 +767,7 @@ class Connection:
                 # Echo the peer's code (an empty body if it sent none: 1005 never goes on the wire).
                 self._send_close(None if code == CLOSE_NO_STATUS else code, "")
             self._finish(code, reason)
-            raise ConnectionClosed(code, reason)
+            raise closed_error(code, reason)
 
     # -- closing ---------------------------------------------------------------------------
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
@@ -831,6 +845,7 @@ class Connection:
         if self.state == CLOSED:
             return
         logger.info("%r: %s", self, exc)
+        self._close_cause = exc
         self._call_handler(self.onerror, exc)
         self._send_close(exc.code, _short_reason(exc.message))
         if not self.close_received:
@@ -894,9 +909,11 @@ class Connection:
         self._finish(CLOSE_ABNORMAL, "")
 
     def _closed_error(self) -> ConnectionClosed:
+        """ConnectionClosedOK (1000, 1001, 1005) or ConnectionClosedError, with the error that
+        made us close (if any) as its ``cause``: e.g. PayloadTooBig for 1009."""
         if self.state == CLOSED:
-            return ConnectionClosed(self.close_code or CLOSE_ABNORMAL, self.close_reason)
-        return ConnectionClosed(self.close_code or CLOSE_ABNORMAL, "closing handshake in progress")
+            return closed_error(self.close_code or CLOSE_ABNORMAL, self.close_reason, self._close_cause)
+        return closed_error(self.close_code or CLOSE_ABNORMAL, "closing handshake in progress", self._close_cause)
 
     def _call_handler(self, handler: Any, *args: Any) -> None:
         try:
@@ -909,6 +926,7 @@ class Connection:
 
     def _handler_failed(self, exc: Exception) -> None:
         logger.error("%r: error in handler", self, exc_info=exc)
+        self._close_cause = exc
         try:
             self.onerror(exc)
         except Exception:
@@ -929,7 +947,8 @@ class Connection:
         if self.state != OPEN or self.close_sent:
             return
         if self._ping_sent is not None:
-            if self.ping_timeout is not None and self._readers and now - self._ping_sent > self.ping_timeout:
+            read = self._readers or (self.background and not self._inbox_full())
+            if self.ping_timeout is not None and read and now - self._ping_sent > self.ping_timeout:
                 logger.info("%r: no pong within %ss; closing", self, self.ping_timeout)
                 self._ping_sent = None
                 self.start_close(CLOSE_UNABLE, "keepalive ping timeout")
@@ -966,6 +985,31 @@ class Connection:
                 except ConnectionClosed:
                     return
                 if message is not None:
+                    self._inbox.append(message)
+        finally:
+            self._readers -= 1
+            self._rescuing = False
+            self._read_lock.release()
+
+    def _read_idle(self) -> None:
+        """Background reading (``background=True``), started by the watchdog when the socket
+        has bytes and no thread reads: process what has arrived, then return.
+
+        Short waits (5 ms) keep the read lock free for a recv() that comes along; messages
+        wait in the inbox (recv() takes them first, in order). Once our close frame is out,
+        messages beyond the bounds are dropped (§7.1.2) so that the peer's close is read.
+        """
+        if not self._read_lock.acquire(blocking=False):
+            self._rescuing = False
+            return
+        self._readers += 1
+        try:
+            while self.state != CLOSED and (self.close_sent or not self._inbox_full()):
+                try:
+                    message = self._read_one(time.monotonic() + 0.005)
+                except (TimeoutError, ConnectionClosed):
+                    return
+                if message is not None and not (self.close_sent and self._inbox_full()):
                     self._inbox.append(message)
         finally:
             self._readers -= 1
@@ -1064,6 +1108,11 @@ class _Watchdog:
                     conn._rescuing = True
                     if not _start_thread(conn._rescue, name="twspy-rescue"):
                         conn._rescuing = False  # try again next round; the handler's thread reads after it
+                elif conn._readable is not None and not conn._readers and not conn._rescuing \
+                        and conn.state != CLOSED and conn._readable():
+                    conn._rescuing = True
+                    if not _start_thread(conn._read_idle, name="twspy-rescue"):
+                        conn._rescuing = False
 
 
 _watchdog = _Watchdog()

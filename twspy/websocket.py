@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import select
 import selectors
 import socket
 import ssl as _ssl
@@ -37,6 +38,7 @@ _RECV_SIZE = 64 * 1024              # one read can carry many small frames
 _LARGE = 256 * 1024                 # payloads from this size are read straight into their buffer
 _SMALL_SEND = 16 * 1024             # below this, header + payload go out in one sendall
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_poll = getattr(select, "poll", None)  # poll() has no FD_SETSIZE limit, unlike select()
 
 
 class websocket:
@@ -563,6 +565,25 @@ class websocket:
             return True
         sock = self.sock
         return isinstance(sock, _ssl.SSLSocket) and sock.pending() > 0
+
+    def readable(self) -> bool:
+        """Whether a read would make progress now: a frame may be buffered (ours, TLS's) or
+        the kernel has bytes (or EOF). Connection's background reading asks it (never blocks)."""
+        parser = self._parser
+        if len(parser.buffer) > parser.pos and self._large is None and (parser._header is None
+                                                                         or not parser.wanted()):
+            return True
+        sock = self.sock
+        if isinstance(sock, _ssl.SSLSocket) and sock.pending() > 0:
+            return True
+        try:
+            if _poll is not None:
+                poller = _poll()
+                poller.register(sock, select.POLLIN)
+                return bool(poller.poll(0))
+            return bool(select.select([sock], [], [], 0)[0])  # pragma: no cover - no poll() (Windows)
+        except (OSError, ValueError):  # closed under us: a read reports it
+            return True
 
     def _wait_readable(self, deadline: float) -> None:
         # Only the TLS layer's own buffer counts: bytes in our parser are not a whole frame yet.
