@@ -89,7 +89,8 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
             checks the certificate and the hostname, with SNI).
         timeout: seconds for TCP connect + TLS + the HTTP upgrade (``handshake_timeout``).
         connection_class: the Connection subclass to build.
-        **options: ``max_size``, ``max_header_size``, ``close_timeout``, ``max_queue``, ...
+        **options: ``max_size``, ``max_header_size``, ``close_timeout``, ``max_queue``, ...;
+            ``background=False`` turns off reading in the background (see Connection).
 
     Raises:
         InvalidURI, HandshakeError (``status``, ``headers``, ``body`` of the answer),
@@ -101,6 +102,7 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
     conn_options = {k: options.pop(k) for k in CONNECTION_OPTIONS if k in options}
     conn_options.setdefault("ping_interval", DEFAULT_PING_INTERVAL)
     conn_options.setdefault("ping_timeout", DEFAULT_PING_TIMEOUT)
+    conn_options.setdefault("background", True)  # pings answered while the caller is not in recv()
     ws_options = {k: options.pop(k) for k in _WEBSOCKET_OPTIONS if k in options}
     ws_options.setdefault("handshake_timeout", timeout)
     if options:
