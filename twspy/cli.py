@@ -436,12 +436,15 @@ def _connect(args: argparse.Namespace) -> int:
         args.url, " subprotocol %s" % conn.protocol if conn.protocol else ""), file=sys.stderr, flush=True)
 
     def reader() -> None:
-        for message in conn:
-            if isinstance(message, TextMessage):
-                print("< %s" % message, flush=True)
-            else:
-                data = message.encode()
-                print("< (binary, %d bytes) %s" % (len(data), data[:64].hex()), flush=True)
+        try:
+            for message in conn:
+                if isinstance(message, TextMessage):
+                    print("< %s" % message, flush=True)
+                else:
+                    data = message.encode()
+                    print("< (binary, %d bytes) %s" % (len(data), data[:64].hex()), flush=True)
+        except ConnectionClosed:  # closed with an error code: said below
+            pass
         print("disconnected: %s %s" % (conn.close_code, conn.close_reason), file=sys.stderr, flush=True)
 
     thread = threading.Thread(target=reader, daemon=True)
