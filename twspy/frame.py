@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import os
 import struct
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Any, Iterator, List, Optional, Tuple, Union
 
 from .errors import PayloadTooBig, ProtocolError
 
@@ -337,6 +337,15 @@ class Frame:
                                         ("3", self.rsv3), ("M", self.mask)) if on)
         return "<%s %s [%s] %d bytes %r>" % (type(self).__name__, name, flags, len(self.payload), payload)
 
+    def unpack_close(self) -> Tuple[int, str]:
+        """``(code, reason)`` of a close frame; see :func:`decode_close`.
+
+        On Frame (not only ControlFrame) so that ``websocket.recv().unpack_close()`` type-checks.
+        """
+        if self.opcode != OPCODE_CLOSE:
+            raise ValueError("unpack_close() on a frame that is not a close frame")
+        return decode_close(self.payload)
+
 
 class ControlFrame(Frame):
     """A close, ping or pong frame: payload at most 125 bytes, never fragmented (§5.5)."""
@@ -353,10 +362,6 @@ class ControlFrame(Frame):
             raise ValueError("control frame payload is %d bytes; the limit is 125" % len(self.payload))
         if not final:
             raise ValueError("control frames cannot be fragmented")
-
-    def unpack_close(self) -> Tuple[int, str]:
-        """``(code, reason)`` of a close frame; see :func:`decode_close`."""
-        return decode_close(self.payload)
 
 
 def _new_frame(b0: int, payload: bytes, key: Optional[bytes]) -> Frame:
@@ -535,7 +540,7 @@ def read_frame(data: Union[bytes, bytearray, memoryview], max_size: Optional[int
     return frame, len(data) - (len(parser.buffer) - parser.pos)
 
 
-def pop_frame(data: Union[bytes, bytearray], **options) -> Tuple[Optional[Frame], bytes]:
+def pop_frame(data: Union[bytes, bytearray], **options: Any) -> Tuple[Optional[Frame], bytes]:
     """Parse one frame from the start of ``data``: ``(frame, rest)``, ``(None, data)`` if incomplete."""
     frame, consumed = read_frame(data, **options)
     return frame, bytes(data[consumed:])
