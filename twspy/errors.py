@@ -18,7 +18,7 @@ Timeouts raise the builtin :class:`TimeoutError`.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 __all__ = [
     "WebSocketError",
@@ -49,7 +49,7 @@ class HandshakeError(WebSocketError):
 
     def __init__(self, message: str, status: Optional[int] = None,
                  headers: Optional[object] = None, body: bytes = b"",
-                 extra_headers: tuple = ()) -> None:
+                 extra_headers: Tuple[Tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -150,7 +150,7 @@ class InvalidURI(WebSocketError, ValueError):
         self.uri = uri
         self.why = why
 
-    def __reduce__(self):  # type: ignore[override]
+    def __reduce__(self) -> Tuple[Any, Tuple[str, str]]:
         # ``args`` holds the formatted message, not (uri, why): without this, copy.copy()
         # and pickle (e.g. across multiprocessing) fail with a TypeError.
         return type(self), (self.uri, self.why)

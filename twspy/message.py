@@ -13,6 +13,8 @@ class Message:
     """A complete data message: ``opcode`` and ``payload``."""
 
     __slots__ = ("opcode", "payload")
+    opcode: int
+    payload: Union[str, bytes]  # str on TextMessage, bytes on BinaryMessage
 
     def __init__(self, opcode: int, payload: Union[str, bytes]) -> None:
         self.opcode = opcode
@@ -43,6 +45,7 @@ class TextMessage(Message):
     """A text message; ``payload`` is a ``str``."""
 
     __slots__ = ()
+    payload: str  # narrows Message.payload for type checkers (after isinstance)
 
     def __init__(self, payload: str) -> None:
         if not isinstance(payload, str):
@@ -50,13 +53,14 @@ class TextMessage(Message):
         Message.__init__(self, OPCODE_TEXT, payload)
 
     def __str__(self) -> str:
-        return self.payload  # type: ignore[return-value]
+        return self.payload
 
 
 class BinaryMessage(Message):
     """A binary message; ``payload`` is ``bytes``."""
 
     __slots__ = ()
+    payload: bytes
 
     def __init__(self, payload: Union[bytes, bytearray, memoryview]) -> None:
         if isinstance(payload, str):

@@ -727,7 +727,7 @@ def _remaining(deadline: Optional[float]) -> Optional[float]:
 
 
 def _host_header(address: Any, secure: bool) -> str:
-    host, port = address[0], address[1]
+    host, port = str(address[0]), address[1]
     if ":" in host:
         host = "[%s]" % host
     if port == (443 if secure else 80):
