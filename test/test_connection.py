@@ -6,6 +6,7 @@ reading what twspy answers.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -921,3 +922,38 @@ class TestOutOfThreads:
         watchdog.discard(conn)
         thread.join(5)
         assert not thread.is_alive()
+
+
+def test_debug_logs_frames_both_ways(pair, caplog):
+    """Issue 17 item 7: DEBUG shows sent frames too (the level is read when the Connection is made)."""
+    ws, raw = pair(server_side=True)
+    peer = Peer(raw)
+    with caplog.at_level(logging.DEBUG, logger="twspy.connection"):
+        c = Recorder(ws, close_timeout=2)
+        c.send("out")
+        c.send(b"fragmented", fragment_size=5)
+        c.send_ping(b"p")
+        peer.send(Frame(twspy.OPCODE_TEXT, "in"), Frame(twspy.OPCODE_PING, b"q"))
+        assert c.recv(5).payload == "in"
+        c.send_nowait("quick")
+        join = recv_in_thread(c)  # answers the ping
+        assert [peer.frame().opcode for _ in range(6)][-1] == twspy.OPCODE_PONG
+        c.start_close(1000)
+        assert peer.close_code() == 1000
+        peer.send(Frame(twspy.OPCODE_CLOSE, twspy.frame.encode_close(1000)))
+        assert isinstance(join(), twspy.ConnectionClosedOK)
+    lines = [r.getMessage() for r in caplog.records if r.name == "twspy.connection"]
+    sent = [line.split(" > ", 1)[1] for line in lines if " > " in line and "(flushed)" not in line]
+    assert [s.split()[:2] for s in sent] == [
+        ["<Frame", "TEXT"], ["<Frame", "BINARY"], ["<Frame", "CONTINUATION"], ["<ControlFrame", "PING"],
+        ["TextMessage('quick')", "(non-blocking)"], ["<ControlFrame", "PONG"], ["<ControlFrame", "CLOSE"]]
+    assert any(" < <Frame TEXT" in line for line in lines) and any(" < <ControlFrame CLOSE" in line for line in lines)
+
+
+def test_no_frame_logging_when_debug_is_off(pair, caplog):
+    ws, raw = pair(server_side=True)
+    with caplog.at_level(logging.INFO, logger="twspy.connection"):
+        c = twspy.Connection(ws)
+        assert not c._debug and c._fast_send is not None  # the fused send path stays on
+        c.send("out")
+    assert not [r for r in caplog.records if r.levelno < logging.INFO]

@@ -30,7 +30,7 @@ from typing import Any, Callable, Deque, Iterator, List, Optional, Union
 from .errors import ConnectionClosed, ConnectionClosedOK, InvalidState, PayloadTooBig, ProtocolError, closed_error
 from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE,
                     OPCODE_BINARY, OPCODE_CLOSE,
-                    OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, decode_close, encode_close,
+                    OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, ControlFrame, Frame, decode_close, encode_close,
                     _header, _short_reason, mask, pack_frame, valid_close_code)
 from .message import BinaryMessage, Message, TextMessage
 from .websocket import websocket
@@ -163,10 +163,11 @@ class Connection:
         # messages and frames are not logged: the common small message skips the Frame object.
         self._fast_read = None if (self._codecs or self._debug or getattr(sock, "_frame_codecs", True)) \
             else getattr(sock, "read_data_frame", None)
-        # ... and the fused send of a small frame with nothing to encode (websocket only).
+        # ... and the fused send of a small frame with nothing to encode (websocket only), also
+        # skipped when frames are logged: then every send goes where it is logged.
         self._send_lock = sock.send_lock
         self._mask_out = getattr(sock, "_mask_out", None)
-        self._fast_send = sock.sock.sendall if (not self._codecs and self._mask_out is not None
+        self._fast_send = sock.sock.sendall if (not self._codecs and self._mask_out is not None and not self._debug
                                                 and not getattr(sock, "_frame_codecs", True)) else None
         if ping_interval is not None or self.background:
             _watchdog.add(self)
@@ -271,14 +272,19 @@ class Connection:
                 if self._codecs:
                     payload, rsv = self._compress(opcode, payload, compress)
                 if fragment_size is None or len(payload) <= fragment_size:
+                    if self._debug:  # logged as it goes out, under the send lock: in wire order
+                        self._log_sent(opcode, payload, True, rsv)
                     ws.send_raw(opcode, payload, True, rsv)
                 else:
                     if fragment_size <= 0:
                         raise ValueError("fragment_size must be positive")
                     last = len(payload) - fragment_size
                     for start in range(0, len(payload), fragment_size):
-                        ws.send_raw(opcode if start == 0 else OPCODE_CONTINUATION,
-                                    payload[start:start + fragment_size], start >= last, rsv if start == 0 else 0)
+                        frame = (opcode if start == 0 else OPCODE_CONTINUATION, payload[start:start + fragment_size],
+                                 start >= last, rsv if start == 0 else 0)
+                        if self._debug:
+                            self._log_sent(*frame)
+                        ws.send_raw(*frame)
         except OSError as exc:
             self._lost(exc)
             raise self._closed_error() from exc
@@ -298,10 +304,18 @@ class Connection:
             raise self._closed_error()
         try:
             with self.sock.send_lock:
+                if self._debug:
+                    self._log_sent(opcode, payload)
                 self.sock.send_raw(opcode, payload)
         except OSError as exc:
             self._lost(exc)
             raise self._closed_error() from exc
+
+    def _log_sent(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> None:
+        """DEBUG: a frame we sent, as it went out (compressed, before masking), like received ones."""
+        frame = (ControlFrame if opcode >= 0x8 else Frame)(opcode, payload, final=final, rsv1=bool(rsv & 0x40),
+                                                           rsv2=bool(rsv & 0x20), rsv3=bool(rsv & 0x10))
+        logger.debug("%r > %r", self, frame)
 
     def prepare(self, message: MessageLike) -> Optional[bytes]:
         """Encode ``message`` once as frame bytes that several server connections can share.
@@ -323,6 +337,9 @@ class Connection:
         """
         if self.state != OPEN or self.close_sent:
             return
+        if self._debug:
+            logger.debug("%r > %r (non-blocking)", self, _as_message(message) if prepared is None else
+                         "%d prepared bytes" % len(prepared))
         self._nowait(message, prepared)
 
     def _nowait(self, message: Optional[MessageLike], prepared: Optional[bytes]) -> None:
@@ -409,10 +426,14 @@ class Connection:
                     item = self._outbox.popleft()
                     self._outbox_size -= len(item)
                 if isinstance(item, bytes):
+                    if self._debug:
+                        logger.debug("%r > %d bytes of encoded frames (flushed)", self, len(item))
                     self.sock.send_frame_bytes(item)
                 else:
                     opcode, payload = self._encode(item)
                     payload, rsv = self._compress(opcode, payload)
+                    if self._debug:
+                        self._log_sent(opcode, payload, True, rsv)
                     self.sock.send_raw(opcode, payload, True, rsv)
         except OSError as exc:
             with self._out_lock:
@@ -751,6 +772,8 @@ class Connection:
                 try:
                     with self.sock.send_lock:
                         if not self.close_sent:
+                            if self._debug:
+                                self._log_sent(OPCODE_PONG, payload)
                             self.sock.send_raw(OPCODE_PONG, payload)
                 except OSError as exc:
                     self._lost(exc)
@@ -793,6 +816,8 @@ class Connection:
         self._wake_queue()
         try:
             with self.sock.send_lock:
+                if self._debug:
+                    self._log_sent(OPCODE_CLOSE, encode_close(code, reason))
                 self.sock.send_raw(OPCODE_CLOSE, encode_close(code, reason))
         except OSError:
             pass  # the peer is gone: _wait_closed ends with 1006
@@ -811,6 +836,8 @@ class Connection:
         if data is None:  # a mux channel re-encapsulates RFC 6455 frames given to send_frame_bytes
             header, body = pack_frame(OPCODE_CLOSE, payload, True, 0, os.urandom(4))
             data = header + body
+        if self._debug:
+            self._log_sent(OPCODE_CLOSE, payload)
         self._nowait(None, data)
 
     def _wait_closed(self) -> None:
@@ -964,6 +991,8 @@ class Connection:
                 # send_raw returns, and must recognise it.
                 self._ping_sent = now
                 try:
+                    if self._debug:
+                        self._log_sent(OPCODE_PING, self._ping_payload)
                     self.sock.send_raw(OPCODE_PING, self._ping_payload)
                 except OSError:
                     self._ping_sent = None
