@@ -16,19 +16,21 @@ from conftest import opened_websocket
 
 
 def _header(length, key=b"\x01\x02\x03\x04"):
-    """A masked binary frame header announcing ``length`` payload bytes (8-byte length form)."""
-    return bytes([0x82, 0x80 | 127]) + length.to_bytes(8, "big") + key
+    """A binary frame header announcing ``length`` payload bytes (8-byte length form), masked with ``key``."""
+    return bytes([0x82, (0x80 if key else 0) | 127]) + length.to_bytes(8, "big") + (key or b"")
 
 
 class TestLargeFrames:
     """Issue 20 item 3: an announced length is a claim, not an allocation."""
 
-    def test_headers_announcing_big_frames_allocate_nothing(self):
+    @pytest.mark.parametrize("server_side", [True, False])
+    def test_headers_announcing_big_frames_allocate_nothing(self, server_side):
         pairs = [socket.socketpair() for _ in range(20)]
-        sockets = [opened_websocket(a, server_side=True, max_size=16 << 20) for a, _ in pairs]
+        sockets = [opened_websocket(a, server_side=server_side, max_size=16 << 20) for a, _ in pairs]
         try:
             for _, raw in pairs:
-                raw.sendall(_header(16 << 20) + b"x")  # 15 bytes on the wire, 16 MiB announced
+                # 15 bytes on the wire (11 from a server: no mask), 16 MiB announced
+                raw.sendall(_header(16 << 20, b"\x01\x02\x03\x04" if server_side else None) + b"x")
             tracemalloc.start()
             try:
                 before = tracemalloc.get_traced_memory()[0]
