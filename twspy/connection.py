@@ -114,6 +114,7 @@ class Connection:
         self._ping_payload = b""
         self._next_ping = None if ping_interval is None else time.monotonic() + ping_interval
         self._readers = 0                         # threads currently reading (keepalive judges only then)
+        self._recv_wanted = False                 # a recv() waits for the helper reader's read lock
         self.state = OPEN
         self.close_code: Optional[int] = None
         self.close_reason = ""
@@ -452,6 +453,8 @@ class Connection:
         inbox = self._inbox
         if inbox:
             return inbox.popleft()
+        if self._rescuing:  # a helper reads: it hands over after the message it is reading
+            self._recv_wanted = True
         if timeout is None:
             deadline = None
             self._read_lock.acquire()
@@ -1040,8 +1043,11 @@ class Connection:
                     return
                 if message is not None and not (self.close_sent and self._inbox_full()):
                     self._inbox.append(message)
+                if self._recv_wanted:
+                    return
         finally:
             self._readers -= 1
+            self._recv_wanted = False
             self._rescuing = False
             self._read_lock.release()
 
