@@ -427,6 +427,9 @@ class Server:
         except (OSError, ValueError) as exc:  # probes, scanners, TLS failures: not an error of ours
             logger.info("%s: handshake failed: %s", _fmt_address(pending.address), exc or type(exc).__name__)
             self._drop(pending)
+        except Exception:  # a bug of ours must cost this socket only, never the loop (and every client)
+            logger.exception("%s: unexpected error before the handshake", _fmt_address(pending.address))
+            self._drop(pending)
 
     def _want(self, pending: _Pending, event: int) -> None:
         self._selector.modify(pending.sock, event, pending)
@@ -492,8 +495,9 @@ class Server:
             ws.address = address
             self._hook.by = None
             try:
-                timeout = None if deadline is None else deadline - time.monotonic()
-                ws.server_handshake(timeout, received=received)
+                # The deadline set at accept() (handshake_timeout) goes on; -1: none set by run().
+                ws.server_handshake(-1.0 if deadline is None else max(0.0, deadline - time.monotonic()),
+                                    received=received)
             except HandshakeError as exc:
                 self._log_refusal(ws, address, exc)
                 return
