@@ -316,8 +316,10 @@ class TestRequestLine:
 
     def test_control_characters_never_reach_the_log(self, serve, caplog):
         server = serve(EchoServer)
-        with caplog.at_level(logging.DEBUG, logger="twspy"):
+        with caplog.at_level(logging.DEBUG, logger="twspy.server"):
             answer = http_exchange(server.address[1], upgrade("/x\rFAKE-LOG-LINE\x1b[2J"), timeout=TIMEOUT)
+            # The client thread logs after it closed the socket: wait for the line.
+            wait_for(lambda: any("FAKE" in r.getMessage() for r in caplog.records))
         assert answer.startswith(b"HTTP/1.1 400 ")
         text = "\n".join(r.getMessage() for r in caplog.records)
         assert "FAKE-LOG-LINE" in text  # logged, escaped
