@@ -266,12 +266,35 @@ class TestAnyException:
         server = serve(Exiting, extensions=[])
         conn = twspy.connect(url(server), extensions=[], timeout=TIMEOUT)
         conn.send("bye")
-        with pytest.raises(twspy.ConnectionClosed):  # used to wait for ever: the socket was left open
+        with pytest.raises(twspy.ConnectionClosed) as info:  # used to wait for ever: the socket was left open
             conn.recv(TIMEOUT)
+        assert info.value.code == 1011  # as for any other exception in a handler
         wait_for(lambda: not server.clients and not server._threads)
-        assert len(closed) == 1
-        assert any(r.levelno == logging.ERROR and r.exc_info and r.exc_info[0] is SystemExit
+        assert closed == [1011]
+        assert any(r.levelno == logging.ERROR and r.exc_info and isinstance(r.exc_info[1].__cause__, SystemExit)
                    for r in caplog.records)
+        conn.close()
+
+    @pytest.mark.parametrize("where", ["onopen", "filter"])
+    def test_sys_exit_elsewhere_closes_the_peer(self, serve, where):
+        from twspy.filters import Filter
+
+        class ExitFilter(Filter):
+            def on_message(self, client, message):
+                sys.exit(4)
+
+        class Exiting(EchoServer):
+            def onopen(self, client):
+                if where == "onopen":
+                    sys.exit(3)
+
+        server = serve(Exiting, extensions=[], filters=[ExitFilter()] if where == "filter" else [])
+        conn = twspy.connect(url(server), extensions=[], timeout=TIMEOUT)
+        conn.send("bye")
+        with pytest.raises(twspy.ConnectionClosed) as info:
+            conn.recv(TIMEOUT)
+        assert info.value.code == 1011
+        wait_for(lambda: not server.clients and not server._threads)
         conn.close()
 
     @pytest.mark.parametrize("exc", [RuntimeError("bug"), SystemExit(1)])

@@ -94,39 +94,60 @@ class ServerConnection(Connection):
         super().__init__(sock, **options)
 
     # Each handler runs the server's filters first (in list order), then the server's handler.
+    # A SystemExit in any of them (sys.exit() in a handler) becomes a RuntimeError: Connection then
+    # closes this client with 1011 like after any other handler failure, instead of the exception
+    # ending the thread with the peer left open.
     def onopen(self) -> None:
         server = self.server
         with server._lock:  # a member of server.clients before the handler runs (it may broadcast)
             server.clients.add(self)
-        if server.filters and not run_open(server.filters, self):
-            self._refused = True  # a filter closed it: the server's onopen/onclose never see it
-            return
-        server.onopen(self)
+        try:
+            if server.filters and not run_open(server.filters, self):
+                self._refused = True  # a filter closed it: the server's onopen/onclose never see it
+                return
+            server.onopen(self)
+        except SystemExit as exc:
+            raise _exited("onopen", exc) from exc
 
     def onmessage(self, message: Message) -> None:
         server = self.server
-        if server.filters:
-            filtered = run_message(server.filters, self, message)
-            if filtered is None:
-                return
-            message = filtered
-        server.onmessage(self, message)
+        try:
+            if server.filters:
+                filtered = run_message(server.filters, self, message)
+                if filtered is None:
+                    return
+                message = filtered
+            server.onmessage(self, message)
+        except SystemExit as exc:
+            raise _exited("onmessage", exc) from exc
 
     def onping(self, payload: bytes) -> None:
-        self.server.onping(self, payload)
+        try:
+            self.server.onping(self, payload)
+        except SystemExit as exc:
+            raise _exited("onping", exc) from exc
 
     def onpong(self, payload: bytes) -> None:
-        self.server.onpong(self, payload)
+        try:
+            self.server.onpong(self, payload)
+        except SystemExit as exc:
+            raise _exited("onpong", exc) from exc
 
     def onclose(self, code: int, reason: str) -> None:
         server = self.server
-        if server.filters:
-            run_close(server.filters, self, code, reason)
-        if not self._refused:
-            server.onclose(self, code, reason)
+        try:
+            if server.filters:
+                run_close(server.filters, self, code, reason)
+            if not self._refused:
+                server.onclose(self, code, reason)
+        except SystemExit as exc:
+            raise _exited("onclose", exc) from exc
 
     def onerror(self, exc: BaseException) -> None:
-        self.server.onerror(self, exc)
+        try:
+            self.server.onerror(self, exc)
+        except SystemExit as exit_exc:
+            raise _exited("onerror", exit_exc) from exit_exc
 
     def __repr__(self) -> str:
         # The path without its query, which may carry a credential (?token=...).
@@ -658,6 +679,10 @@ def _fmt_address(address: Any) -> str:
     if isinstance(address, (str, bytes)):  # AF_UNIX: the path (a client's is usually empty)
         return "unix:%s" % (address.decode("utf-8", "replace") if isinstance(address, bytes) else address)
     return str(address)
+
+
+def _exited(handler: str, exc: SystemExit) -> RuntimeError:
+    return RuntimeError("%s called sys.exit(%r)" % (handler, exc.code))
 
 
 def _close(sock: socket.socket, answer: bytes = b"") -> None:
