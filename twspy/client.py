@@ -14,19 +14,22 @@ import urllib.parse
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 from .connection import CONNECTION_OPTIONS, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
-from .errors import HandshakeError
+from .errors import HandshakeError, RedirectError
 from .extension import Extension
 from .handshake import Headers
 from .permessage_deflate import default_extensions
 from .uri import WebSocketURI, parse_uri
 from .websocket import websocket
 
-__all__ = ["connect", "basic_auth", "digest_auth", "default_extensions", "MAX_REDIRECTS", "MAX_AUTH_ATTEMPTS"]
+__all__ = ["connect", "basic_auth", "digest_auth", "default_extensions", "MAX_REDIRECTS", "MAX_AUTH_ATTEMPTS",
+           "CREDENTIAL_HEADERS"]
 
 logger = logging.getLogger("twspy.client")
 
 MAX_REDIRECTS = 10
 MAX_AUTH_ATTEMPTS = 2
+#: Request headers dropped on a redirect to another scheme, host or port (compared lowercase).
+CREDENTIAL_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization"))
 _WEBSOCKET_OPTIONS = ("max_size", "max_header_size", "handshake_timeout", "write_timeout")
 
 
@@ -78,7 +81,9 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
     """Open a WebSocket connection to a ws:// or wss:// ``url`` and return it.
 
     Follows redirects (up to MAX_REDIRECTS) and answers a 401 with Basic or Digest auth
-    when the URL has ``user:password@`` (at most MAX_AUTH_ATTEMPTS tries).
+    when the URL has ``user:password@`` (at most MAX_AUTH_ATTEMPTS tries). A redirect to
+    another scheme, host or port drops the URL's credentials and the ``Authorization``,
+    ``Cookie`` and ``Proxy-Authorization`` headers; one from wss:// to ws:// is refused.
 
     Args:
         protocols: subprotocols to offer (``conn.protocol`` is the chosen one).
@@ -93,7 +98,7 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
 
     Raises:
         InvalidURI, HandshakeError (``status``, ``headers``, ``body`` of the answer),
-        NegotiationError, TimeoutError, OSError.
+        NegotiationError, RedirectError, TimeoutError, OSError.
     """
     if extensions is None:
         extensions = default_extensions()
@@ -116,16 +121,15 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
             status = exc.status
             answer = exc.headers if isinstance(exc.headers, Headers) else None
             if status in (301, 302, 303, 307, 308) and answer is not None and "Location" in answer:
-                location = urllib.parse.urljoin(_http_url(uri), answer["Location"])
-                location = re.sub(r"^http", "ws", location)
-                logger.info("redirected to %s", location)
-                new = parse_uri(location)
-                if uri.secure and not new.secure:
-                    raise HandshakeError("refusing a redirect from wss:// to ws://", status, exc.headers,
-                                         exc.body) from None
-                if (new.host, new.port) != (uri.host, uri.port):
+                new = _redirect_target(uri, answer["Location"], exc)
+                if (new.secure, new.host, new.port) != (uri.secure, uri.host, uri.port):
+                    # Another origin: our credentials are not its to see (as browsers, requests
+                    # and websockets do). Once dropped they stay dropped for the whole chain.
+                    header_list = [(k, v) for k, v in header_list if k.lower() not in CREDENTIAL_HEADERS]
                     auth_header = None
-                uri = new._replace(user_info=new.user_info or (uri.user_info if new.host == uri.host else None))
+                    uri = new
+                else:
+                    uri = new._replace(user_info=new.user_info or uri.user_info)
                 continue
             if status == 401 and uri.user_info and answer is not None and auth_attempts < MAX_AUTH_ATTEMPTS:
                 auth_attempts += 1
@@ -134,7 +138,20 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
                     continue
             raise
         return connection_class(ws, **conn_options)
-    raise HandshakeError("too many redirects (more than %d)" % MAX_REDIRECTS)
+    raise RedirectError("too many redirects (more than %d)" % MAX_REDIRECTS)
+
+
+def _redirect_target(uri: WebSocketURI, location: str, exc: HandshakeError) -> WebSocketURI:
+    """Where a 3xx answer sends us; RedirectError for a downgrade from wss:// to ws://."""
+    target = urllib.parse.urljoin(_http_url(uri), location)
+    target = re.sub(r"^http", "ws", target)
+    new = parse_uri(target)
+    shown = urllib.parse.urlsplit(target)._replace(netloc=new.host_header, query="").geturl()
+    if uri.secure and not new.secure:
+        raise RedirectError("refusing a redirect from wss:// to %s (a downgrade to plain text)" % shown,
+                            exc.status, exc.headers, exc.body) from None
+    logger.info("redirected to %s", shown)  # no credentials, no query (it may hold a token)
+    return new
 
 
 def _answer_challenge(challenges: List[str], uri: WebSocketURI) -> Optional[str]:
