@@ -11,13 +11,14 @@ import socket
 import ssl as _ssl
 import time
 import urllib.parse
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
 from .connection import CONNECTION_OPTIONS, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
 from .errors import HandshakeError, RedirectError
 from .extension import Extension
 from .handshake import Headers
 from .permessage_deflate import default_extensions
+from .proxies import open_tunnel, parse_proxy, proxy_for, wrap_tls_inside
 from .uri import WebSocketURI, parse_uri
 from .websocket import websocket
 
@@ -77,7 +78,9 @@ def digest_auth(challenge: str, user: str, password: str, method: str, uri: str)
 def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Optional[Sequence[Extension]] = None,
             origin: Optional[str] = None, headers: Union[None, Mapping[str, str], Iterable[Tuple[str, str]]] = None,
             ssl: Optional[_ssl.SSLContext] = None, timeout: Optional[float] = 10,
-            connection_class: Type[Connection] = Connection, **options: Any) -> Connection:
+            connection_class: Type[Connection] = Connection, *, proxy: Union[None, bool, str] = None,
+            proxy_ssl: Optional[_ssl.SSLContext] = None, unix_path: Optional[str] = None,
+            **options: Any) -> Connection:
     """Open a WebSocket connection to a ws:// or wss:// ``url`` and return it.
 
     Follows redirects (up to MAX_REDIRECTS) and answers a 401 with Basic or Digest auth
@@ -94,11 +97,19 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
             checks the certificate and the hostname, with SNI).
         timeout: seconds for TCP connect + TLS + the HTTP upgrade (``handshake_timeout``).
         connection_class: the Connection subclass to build.
+        proxy: ``None`` (default): the environment's proxy, as urllib picks it (ws:// uses
+            ``http_proxy``, wss:// ``https_proxy``, then ``all_proxy``; ``no_proxy`` honoured);
+            ``False``: never a proxy; or a URL ``http://``, ``https://``, ``socks5://``,
+            ``socks5h://``, ``socks4://``, ``socks4a://`` with optional ``user:password@``
+            (see :mod:`twspy.proxies`). A refusal raises ProxyError with the proxy's answer.
+        proxy_ssl: SSLContext for an https:// proxy (default: the system's, verifying it).
+        unix_path: connect to this Unix domain socket instead of the URL's host and port
+            (the URL still gives the Host header and the path); no proxy is used.
         **options: ``max_size``, ``max_header_size``, ``close_timeout``, ``max_queue``, ...
 
     Raises:
         InvalidURI, HandshakeError (``status``, ``headers``, ``body`` of the answer),
-        NegotiationError, RedirectError, TimeoutError, OSError.
+        NegotiationError, RedirectError, ProxyError, TimeoutError, OSError.
     """
     if extensions is None:
         extensions = default_extensions()
@@ -110,13 +121,18 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
     ws_options.setdefault("handshake_timeout", timeout)
     if options:
         raise TypeError("unexpected options: %s" % ", ".join(sorted(options)))
+    if unix_path is not None and proxy:
+        raise TypeError("give unix_path or proxy, not both")
+    if isinstance(proxy, str):
+        parse_proxy(proxy)  # ValueError now for a bad proxy URL
+    route = _Route(proxy, proxy_ssl, unix_path)
     uri = parse_uri(url)
     auth_header: Optional[str] = None
     auth_attempts = 0
     for _ in range(MAX_REDIRECTS + 1):
         extra = header_list + ([("Authorization", auth_header)] if auth_header else [])
         try:
-            ws = _open(uri, protocols or (), extensions, origin, extra, ssl, ws_options)
+            ws = _open(uri, protocols or (), extensions, origin, extra, ssl, ws_options, route)
         except HandshakeError as exc:
             status = exc.status
             answer = exc.headers if isinstance(exc.headers, Headers) else None
@@ -170,11 +186,43 @@ def _http_url(uri: WebSocketURI) -> str:
     return "%s://%s%s" % ("https" if uri.secure else "http", uri.host_header, uri.resource)
 
 
+class _Route(NamedTuple):
+    """How to reach the server: directly, through a proxy (None: the environment's), or a Unix socket."""
+
+    proxy: Union[None, bool, str]
+    proxy_ssl: Optional[_ssl.SSLContext]
+    unix_path: Optional[str]
+
+
+def _connect_socket(uri: WebSocketURI, route: _Route, timeout: Optional[float]) -> Tuple[socket.socket, Any]:
+    """A connected socket to the server (or a tunnel to it) and the peer address to report."""
+    if route.unix_path is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(route.unix_path)
+        except BaseException:
+            sock.close()
+            raise
+        return sock, route.unix_path
+    proxy = route.proxy
+    if proxy is None:
+        proxy = proxy_for(uri.secure, uri.host, uri.port)
+    if not proxy:
+        sock = socket.create_connection((uri.host, uri.port), timeout)
+        return sock, sock.getpeername()
+    sock = open_tunnel(uri.host, uri.port, str(proxy), timeout, route.proxy_ssl)
+    if uri.secure and isinstance(sock, _ssl.SSLSocket):
+        sock = wrap_tls_inside(sock)  # TLS to the server inside TLS to the proxy
+    return sock, (uri.host, uri.port)
+
+
 def _open(uri: WebSocketURI, protocols: Sequence[str], extensions: Sequence[Extension], origin: Optional[str],
-          headers: List[Tuple[str, str]], ssl: Optional[_ssl.SSLContext], ws_options: Dict[str, Any]) -> websocket:
+          headers: List[Tuple[str, str]], ssl: Optional[_ssl.SSLContext], ws_options: Dict[str, Any],
+          route: _Route) -> websocket:
     timeout = ws_options.get("handshake_timeout")
     deadline = None if timeout is None else time.monotonic() + timeout
-    sock = socket.create_connection((uri.host, uri.port), timeout)
+    sock, address = _connect_socket(uri, route, timeout)
     if uri.secure:
         context = ssl or _ssl.create_default_context()
     else:
@@ -187,7 +235,7 @@ def _open(uri: WebSocketURI, protocols: Sequence[str], extensions: Sequence[Exte
             sock.settimeout(None if deadline is None else max(0.001, deadline - time.monotonic()))
             ws.sock = context.wrap_socket(sock, server_hostname=uri.host)
         ws.client_handshake(uri.host_header, deadline)
-        ws.address = ws.sock.getpeername()
+        ws.address = address
         ws.sock.settimeout(None)
     except BaseException:
         ws.close()
