@@ -159,6 +159,11 @@ class FakeProxy:
         except OSError:
             pass
 
+    def wait_idle(self):
+        """Join the threads serving connections (their sockets are closed then)."""
+        for thread in self.threads[1:]:
+            thread.join(10)
+
     def close(self):
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -239,6 +244,7 @@ class TestHTTPConnect:
         before = open_fds()
         with pytest.raises(twspy.ProxyError, match=message):
             twspy.connect(url(echo), proxy="http://127.0.0.1:%d" % proxy.port, timeout=5)
+        proxy.wait_idle()
         assert open_fds() == before
 
     def test_silent_proxy_times_out(self, fake_proxy, echo):
