@@ -330,3 +330,39 @@ class TestTLS:
     def test_plain_client_against_tls_server(self, tls_server):
         with pytest.raises((twspy.HandshakeError, OSError)):
             twspy.connect("ws://127.0.0.1:%d/" % tls_server.address[1], extensions=[], timeout=2)
+
+
+class TestUnixSocket:
+    def test_connect_over_a_unix_socket(self, tmp_path):
+        path = str(tmp_path / "ws.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(1)
+        seen = {}
+
+        def serve_one():
+            raw, _ = listener.accept()
+            ws = twspy.websocket(raw)
+            ws.server_handshake(5)
+            seen["path"], seen["host"] = ws.path, ws.headers["Host"]
+            with twspy.Connection(ws) as conn:
+                conn.send(conn.recv(5))
+                with pytest.raises(twspy.ConnectionClosed):
+                    conn.recv(5)  # until the client closes
+
+        thread = threading.Thread(target=serve_one)
+        thread.start()
+        try:
+            with twspy.connect("ws://app.local/chat?x=1", unix_path=path, timeout=5, extensions=[]) as conn:
+                conn.send("over AF_UNIX")
+                assert conn.recv(5).payload == "over AF_UNIX"
+                assert conn.sock.address == path
+        finally:
+            thread.join(5)
+            listener.close()
+        assert seen == {"path": "/chat?x=1", "host": "app.local"}
+        assert conn.close_code == 1000
+
+    def test_missing_unix_socket(self, tmp_path):
+        with pytest.raises(FileNotFoundError):
+            twspy.connect("ws://x/", unix_path=str(tmp_path / "nothing"), timeout=5)

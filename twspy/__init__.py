@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from .client import connect
+from .client import connect, reconnect
 from .connection import Connection
 from .errors import (ConnectionClosed, HandshakeError, InvalidState, InvalidURI, NegotiationError, PayloadTooBig,
                      ProtocolError, ProxyError, RedirectError, SocketClosed, WebSocketError)
@@ -37,7 +37,7 @@ __version__ = "0.1.0"
 logging.getLogger("twspy").addHandler(logging.NullHandler())
 
 __all__ = [
-    "connect", "Connection", "Server", "ServerConnection", "websocket",
+    "connect", "reconnect", "Connection", "Server", "ServerConnection", "websocket",
     "Frame", "ControlFrame", "FrameParser", "read_frame", "pop_frame", "contains_frame", "mask",
     "Message", "TextMessage", "BinaryMessage", "Extension", "ExtensionCodec", "DeflateMessage", "DeflateFrame",
     "Multiplex", "connect_multiplexed",

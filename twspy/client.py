@@ -6,15 +6,17 @@ import base64
 import hashlib
 import logging
 import os
+import random
 import re
 import socket
 import ssl as _ssl
+import threading
 import time
 import urllib.parse
-from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
 from .connection import CONNECTION_OPTIONS, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
-from .errors import HandshakeError, RedirectError
+from .errors import HandshakeError, InvalidURI, NegotiationError, ProxyError, RedirectError
 from .extension import Extension
 from .handshake import Headers
 from .permessage_deflate import default_extensions
@@ -22,13 +24,18 @@ from .proxies import open_tunnel, parse_proxy, proxy_for, wrap_tls_inside
 from .uri import WebSocketURI, parse_uri
 from .websocket import websocket
 
-__all__ = ["connect", "basic_auth", "digest_auth", "default_extensions", "MAX_REDIRECTS", "MAX_AUTH_ATTEMPTS",
+__all__ = ["connect", "reconnect", "DEFAULT_FINAL_CODES", "FINAL_STATUSES", "basic_auth", "digest_auth", "default_extensions", "MAX_REDIRECTS", "MAX_AUTH_ATTEMPTS",
            "CREDENTIAL_HEADERS"]
 
 logger = logging.getLogger("twspy.client")
 
 MAX_REDIRECTS = 10
 MAX_AUTH_ATTEMPTS = 2
+#: Close codes after which :func:`reconnect` stops: a normal close, and the peer's verdicts on what
+#: we sent (protocol error, unacceptable data, policy, too big, missing extension).
+DEFAULT_FINAL_CODES = frozenset((1000, 1002, 1003, 1007, 1008, 1009, 1010))
+#: Handshake answers (from the server or a proxy) that retrying cannot fix.
+FINAL_STATUSES = frozenset((400, 401, 403, 404, 407))
 #: Request headers dropped on a redirect to another scheme, host or port (compared lowercase).
 CREDENTIAL_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization"))
 _WEBSOCKET_OPTIONS = ("max_size", "max_header_size", "handshake_timeout", "write_timeout")
@@ -241,3 +248,96 @@ def _open(uri: WebSocketURI, protocols: Sequence[str], extensions: Sequence[Exte
         ws.close()
         raise
     return ws
+
+
+def reconnect(url: str, *, first_delay: float = 1.0, max_delay: float = 60.0, factor: float = 2.0,
+              final_codes: Iterable[int] = DEFAULT_FINAL_CODES, max_tries: Optional[int] = None,
+              stop: Optional[threading.Event] = None, **connect_options: Any) -> Iterator[Connection]:
+    """Yield an open connection to ``url``, and a new one each time the previous one is lost.
+
+    ::
+
+        for conn in twspy.reconnect("ws://127.0.0.1:8000/"):
+            for message in conn:
+                print(message)
+
+    Asking for the next connection (the ``for`` loop going round) means the previous one is
+    done: if it closed with one of ``final_codes`` the iteration ends; if it is still open it
+    is closed (1000) first. Between tries it waits with jittered exponential backoff: from
+    ``first_delay`` seconds, times ``factor`` after each failed try, at most ``max_delay``
+    (each wait drawn between half and all of that); a successful connection resets it. Each
+    retry is logged at INFO on ``twspy.client``. Breaking out of the loop closes the current
+    connection.
+
+    Args:
+        url: ws:// or wss:// URL; ``connect_options`` are :func:`connect`'s.
+        first_delay, max_delay, factor: the backoff, in seconds.
+        final_codes: close codes the server means as final (default: DEFAULT_FINAL_CODES).
+        max_tries: give up after this many failed tries in a row, raising the last error
+            (None: never).
+        stop: an Event that ends the iteration (checked between tries, and wakes a wait).
+
+    Raises:
+        HandshakeError (and ProxyError) with a status in FINAL_STATUSES (400, 401, 403, 404,
+        407), InvalidURI, NegotiationError, RedirectError, a TLS certificate error: what
+        retrying cannot fix. The last error once ``max_tries`` is reached.
+    """
+    final = frozenset(final_codes)
+    shown = _shown_url(url)
+    delay = first_delay
+    failures = 0
+    conn: Optional[Connection] = None
+    try:
+        while stop is None or not stop.is_set():
+            try:
+                conn = connect(url, **connect_options)
+            except Exception as exc:
+                if not _retryable(exc):
+                    raise
+                failures += 1
+                if max_tries is not None and failures >= max_tries:
+                    raise
+                why = "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
+            else:
+                failures, delay = 0, first_delay
+                yield conn
+                if not conn.closed:
+                    conn.close()
+                    why = "closed by the caller"
+                else:
+                    code = conn.close_code
+                    if code in final:
+                        logger.info("%s closed with %s: not reconnecting", shown, code)
+                        return
+                    why = "closed with %s" % code
+                conn = None
+            wait = random.uniform(delay / 2, delay)
+            logger.info("%s: %s; retrying in %.1f s", shown, why, wait)
+            if stop is not None:
+                if stop.wait(wait):
+                    return
+            else:
+                time.sleep(wait)
+            delay = min(max_delay, delay * factor)
+    finally:
+        if conn is not None and not conn.closed:
+            conn.close()
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Whether a failed :func:`connect` may succeed later (refused, reset, timed out, 5xx...)."""
+    if isinstance(exc, (InvalidURI, RedirectError, NegotiationError, _ssl.SSLCertVerificationError, TypeError,
+                        ValueError)):
+        return False
+    if isinstance(exc, (HandshakeError, ProxyError)):
+        if exc.status is None:  # an answer we could not accept (bad accept key, negotiation)
+            return isinstance(exc, ProxyError)  # a proxy dropping the tunnel may recover
+        return exc.status not in FINAL_STATUSES
+    return isinstance(exc, OSError)
+
+
+def _shown_url(url: str) -> str:
+    """``url`` for a log line: no credentials, no query (it may hold a token)."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
