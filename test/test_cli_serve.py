@@ -379,3 +379,30 @@ def test_topics_alias_gets_a_hub(twspy_process):
         assert sorted(m["type"] for m in got) == ["ack", "message"]
         assert [m["data"] for m in got if m["type"] == "message"] == ["hi"]
     assert process.stop() == 0
+
+
+def test_filters_are_not_imported_from_the_working_directory(tmp_path, monkeypatch):
+    # Issue 20 item 14: ``python -m twspy serve -f planted:Evil`` run in a directory holding planted.py
+    # imported and ran it. Only sys.path as installed (and PYTHONPATH on purpose) may provide filters.
+    (tmp_path / "planted_cwd_filter.py").write_text("class Evil:\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [""] + [p for p in sys.path if p])  # as `python -m` starts
+    monkeypatch.setenv("PYTHONPATH", "")
+    with pytest.raises(UsageError, match="cannot import planted_cwd_filter"):
+        load_filter_class("planted_cwd_filter:Evil")
+    assert "planted_cwd_filter" not in sys.modules and sys.path[0] == ""
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # named on purpose: allowed
+    monkeypatch.setattr(sys, "path", [""] + [p for p in sys.path if p] + [str(tmp_path)])
+    try:
+        assert load_filter_class("planted_cwd_filter:Evil").__name__ == "Evil"
+    finally:
+        sys.modules.pop("planted_cwd_filter", None)
+
+
+def test_filters_from_the_working_directory_process(tmp_path):
+    (tmp_path / "planted_cwd_filter2.py").write_text("import sys\nsys.exit('planted code ran')\n")
+    proc = subprocess.run([sys.executable, "-m", "twspy", "serve", "-f", "planted_cwd_filter2:X", "--port", "0"],
+                          cwd=str(tmp_path), env=env_with(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 2 and "cannot import planted_cwd_filter2" in proc.stderr
+    assert "planted code ran" not in proc.stderr

@@ -17,6 +17,9 @@ underscores, plus the keys the filter lists in ``config_keys``), else ``Class()`
 gives a chat (``broadcast``). ``--token`` puts a :class:`~twspy.filters.BearerAuth` first in the
 chain. ``-c FILE`` reads a JSON object with the same long option names (``"max-size"`` or
 ``"max_size"``) plus ``"filters"``; the command line wins over the file. Usage errors exit with 2.
+A config file is trusted input, as the command line is: its filters name code to import and run.
+Filter modules are imported from ``sys.path`` as installed (and PYTHONPATH), never from the
+working directory.
 """
 
 from __future__ import annotations
@@ -338,10 +341,34 @@ def _config_value(dest: str, value: Any) -> Any:
     raise TypeError("expected %s, got %r" % ("a number" if dest in _SERVE_TYPES else "a string", value))
 
 
+class _installed_path_only:
+    """While inside, ``sys.path`` lacks the working directory that ``python -m`` (or ``-c``) puts first.
+
+    A filter spec names code to run: it comes from ``sys.path`` as installed (site-packages,
+    PYTHONPATH), not from whatever directory the server was started in, where anyone who can
+    write a file could plant ``log.py`` or ``myfilters.py``. A directory listed in PYTHONPATH
+    on purpose stays.
+    """
+
+    def __enter__(self) -> None:
+        cwd = os.getcwd()
+        explicit = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+        self.saved = list(sys.path)
+        sys.path[:] = [p for p in sys.path
+                       if os.path.abspath(p or os.curdir) != cwd or os.path.abspath(p or os.curdir) in explicit]
+        self.kept = list(sys.path)
+
+    def __exit__(self, *exc: Any) -> None:
+        added = [p for p in sys.path if p not in self.kept]  # entries the imported module added
+        sys.path[:] = self.saved + added
+
+
 def load_filter_class(spec: str) -> type:
     """The class named by ``spec``: ``package.module:Class``, ``package.module.Class`` or an alias.
 
-    Raises UsageError (with the reason) when it cannot be imported.
+    The module is imported from ``sys.path`` without the working directory (see
+    :class:`_installed_path_only`): put your own filters in an installed package or in a
+    directory named by PYTHONPATH. Raises UsageError (with the reason) when it cannot be imported.
     """
     target = FILTER_ALIASES.get(spec, spec)
     module_name, sep, name = target.partition(":")
@@ -351,7 +378,8 @@ def load_filter_class(spec: str) -> type:
         raise UsageError("filter %r: expected package.module:Class, package.module.Class or one of %s"
                          % (spec, ", ".join(FILTER_ALIASES)))
     try:
-        obj: Any = importlib.import_module(module_name)
+        with _installed_path_only():
+            obj: Any = importlib.import_module(module_name)
         for part in name.split("."):
             obj = getattr(obj, part)
     except ImportError as exc:
