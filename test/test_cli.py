@@ -347,7 +347,7 @@ def test_connect_unix(cli, tmp_path):
     assert status == 0 and out == "via unix\n", err
 
 
-def test_connect_proxy(cli, serve, microsocks):
+def test_connect_proxy(cli, serve, microsocks):  # noqa: F811 (the fixture imported above)
     server = serve(closing_after(1))
     status, out, err = cli("connect", url(server), "--proxy", "socks5://user:s3cret@" + microsocks, "-x", "hi",
                            "-w", "inf")

@@ -159,8 +159,7 @@ def test_handshake_answers(status, retried):
 def test_break_closes_the_connection(serve):
     server = serve(EchoServer)
     gen = twspy.reconnect(url(server), timeout=5)
-    for conn in gen:
-        break
+    conn = next(gen)
     gen.close()  # what leaving the for loop does once nothing refers to it
     assert conn.closed and conn.close_code == 1000
 

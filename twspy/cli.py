@@ -514,7 +514,8 @@ class _Output:
 
     def message(self, message: Message) -> None:
         if isinstance(message, TextMessage):
-            line = "< %s" % message.payload if self.interactive else str(message.payload)
+            text = message.payload if isinstance(message.payload, str) else message.payload.decode("utf-8", "replace")
+            line = "< " + text if self.interactive else text
         else:
             data = message.encode()
             line = "< (binary, %d bytes) %s" % (len(data), data.hex()) if self.interactive else data.hex()
@@ -759,7 +760,7 @@ class _Console:
             self.out.note("closed: %s%s" % (code, " %s" % reason if reason else ""))
             return 0
         try:
-            name = " (%s)" % CloseCode(code).name.lower().replace("_", " ")
+            name = " (%s)" % CloseCode(code or 0).name.lower().replace("_", " ")
         except ValueError:
             name = ""
         if code == 1006:

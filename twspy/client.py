@@ -24,8 +24,8 @@ from .proxies import open_tunnel, parse_proxy, proxy_for, wrap_tls_inside
 from .uri import WebSocketURI, parse_uri
 from .websocket import websocket
 
-__all__ = ["connect", "reconnect", "DEFAULT_FINAL_CODES", "FINAL_STATUSES", "basic_auth", "digest_auth", "default_extensions", "MAX_REDIRECTS", "MAX_AUTH_ATTEMPTS",
-           "CREDENTIAL_HEADERS"]
+__all__ = ["connect", "reconnect", "DEFAULT_FINAL_CODES", "FINAL_STATUSES", "basic_auth", "digest_auth",
+           "default_extensions", "MAX_REDIRECTS", "MAX_AUTH_ATTEMPTS", "CREDENTIAL_HEADERS"]
 
 logger = logging.getLogger("twspy.client")
 

@@ -102,11 +102,7 @@ def proxy_for(secure: bool, host: str, port: int) -> Optional[str]:
     if not proxy:
         return None
     target = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
-    if "no" in proxies:
-        bypass = urllib.request.proxy_bypass_environment(target, proxies)
-    else:
-        bypass = urllib.request.proxy_bypass(target)
-    return None if bypass else proxy
+    return None if urllib.request.proxy_bypass(target) else proxy  # no_proxy (or the OS's exceptions)
 
 
 def open_tunnel(host: str, port: int, proxy: Union[str, ProxyURL], timeout: Optional[float] = None,
