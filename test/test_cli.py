@@ -247,6 +247,8 @@ def test_connect_failure_is_one_line(cli):
     status, out, err = cli("connect", "ws://user:pw@127.0.0.1:%d/?token=s3cret" % port)
     assert status == 1 and err.count("\n") == 1
     assert "could not connect to ws://***@127.0.0.1:%d/?token=***" % port in err and "pw" not in err
+    status, out, err = cli("connect", "wss://user:pw@127.0.0.1:99999/")
+    assert status == 1 and "pw" not in err and "isn't a valid WebSocket URI" in err
 
 
 def test_connect_handshake_refused(cli, serve):
@@ -388,6 +390,23 @@ def test_connect_process_exits_when_the_server_closes(serve):
         proc.stdin.flush()
         assert proc.wait(20) == 1
         assert "1008" in proc.stderr.read() and "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            stream.close()
+
+
+def test_connect_process_ctrl_c_closes_1000(serve):
+    server = serve(Recording)
+    proc = run_twspy("connect", url(server), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                     text=True)
+    try:
+        assert "connected to" in proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+        assert server.closed.wait(5) and server.closes == [1000]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -206,6 +206,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "proxy":
             return _proxy(args)
         return _connect(args)
+    except KeyboardInterrupt:  # Ctrl-C while connecting (once connected, it closes with 1000)
+        return 130
     except UsageError as exc:
         print("twspy %s: %s" % (args.command, exc), file=sys.stderr)
         return 2
@@ -614,15 +616,15 @@ def _connect(args: argparse.Namespace) -> int:
                        max_size=args.max_size, timeout=args.open_timeout, connection_class=_ConsoleConnection,
                        ping_interval=args.ping_interval or None, proxy=proxy, unix_path=args.unix)
     except (WebSocketError, OSError, ValueError) as exc:  # TimeoutError, ssl.SSLError, a bad proxy URL
-        out.error("twspy connect: could not connect to %s: %s" % (_redact_url(args.url), exc or type(exc).__name__))
+        out.error("twspy connect: could not connect to %s: %s" % (_redact_url(args.url),
+                                                                  _redact_url(str(exc) or type(exc).__name__)))
         return 1
     assert isinstance(conn, _ConsoleConnection)
     if args.show_ping_pong:
         conn.output = out
-    out.note("connected to %s%s%s" % (_redact_url(args.url), " (subprotocol %s)" % conn.protocol
-                                        if conn.protocol else "", "; Ctrl-D or Ctrl-C closes" if interactive else ""))
-    console = _Console(conn, out, args, slash=args.slash or interactive)
-    return console.run()
+    greeting = "connected to %s%s%s" % (_redact_url(args.url), " (subprotocol %s)" % conn.protocol
+                                        if conn.protocol else "", "; Ctrl-D or Ctrl-C closes" if interactive else "")
+    return _Console(conn, out, args, slash=args.slash or interactive).run(greeting)
 
 
 class _Console:
@@ -633,14 +635,18 @@ class _Console:
         self.events: "queue.Queue[Tuple[str, Any]]" = queue.Queue()
         self.we_closed = False  # we sent the close (stdin ended, Ctrl-C, /close): not the server's verdict
 
-    def run(self) -> int:
+    def run(self, greeting: str) -> int:
         reader = threading.Thread(target=self._receive, name="twspy-connect-reader", daemon=True)
         reader.start()
         try:
+            self.out.note(greeting)
             if self._send_all():
                 self._wait_replies()
         except KeyboardInterrupt:
-            self._close(1000, "")
+            try:
+                self._close(1000, "")
+            except KeyboardInterrupt:  # a second Ctrl-C: leave now
+                self.conn.abort()
         reader.join(self.conn.close_timeout or None)
         return self._status()
 

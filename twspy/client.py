@@ -104,7 +104,7 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
             checks the certificate and the hostname, with SNI).
         timeout: seconds for TCP connect + TLS + the HTTP upgrade (``handshake_timeout``).
         connection_class: the Connection subclass to build.
-        proxy: ``None`` (default): the environment's proxy, as urllib picks it (ws:// uses
+        proxy: ``None`` (default) or True: the environment's proxy, as urllib picks it (ws:// uses
             ``http_proxy``, wss:// ``https_proxy``, then ``all_proxy``; ``no_proxy`` honoured);
             ``False``: never a proxy; or a URL ``http://``, ``https://``, ``socks5://``,
             ``socks5h://``, ``socks4://``, ``socks4a://`` with optional ``user:password@``
@@ -128,6 +128,8 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
     ws_options.setdefault("handshake_timeout", timeout)
     if options:
         raise TypeError("unexpected options: %s" % ", ".join(sorted(options)))
+    if proxy is True:  # "a proxy, the usual one": the environment's
+        proxy = None
     if unix_path is not None and proxy:
         raise TypeError("give unix_path or proxy, not both")
     if isinstance(proxy, str):
