@@ -1,4 +1,4 @@
-"""The command line: servers (``echo``, ``serve``, ``proxy``) and an interactive client (``connect``).
+"""The command line: servers (``echo``, ``serve``, ``proxy``) and a client (``connect``).
 
 ::
 
@@ -7,7 +7,15 @@
     twspy serve   [-f SPEC]... [-c FILE] [--token T]... [--redis URL | --hub URL] + echo's options
     twspy proxy   --upstream URL [--insecure] [--host H] [--port P] [--max-size N] [--certfile F --keyfile F]
                   [--quiet]
-    twspy connect URL [--header "K: V"] [--subprotocol P] [--origin O] [--insecure] [--no-compression]
+    twspy connect URL [-x MSG]... [-w SECS] [-b] [-P] [--slash] [--ping-interval SECS] [-H "K: V"]
+                  [-s P] [-o O] [-k] [--no-compression] [--max-size N] [--open-timeout SECS]
+                  [--proxy URL | --no-proxy | --unix PATH] [-q]
+    twspy --version
+
+``connect`` sends each stdin line (or ``-x`` message) and prints each message received; it exits
+when the connection ends: 0 after a normal close (1000, 1001, or one it asked for), 1 with one
+line on stderr otherwise (or when it cannot connect). Servers that cannot listen exit 1 with one
+line. :func:`main` returns the exit status instead of exiting, so it can be called in process.
 
 ``serve`` runs a :class:`~twspy.server.Server` composed from filters (:mod:`twspy.filters`): each
 ``-f SPEC`` is ``package.module:Class``, ``package.module.Class`` or a bundled alias (``echo``,
