@@ -29,27 +29,36 @@ def open_fds():
     return len(os.listdir("/proc/self/fd"))
 
 
-def start_daemon(argv, port, tmp_path):
-    """Start a proxy daemon listening on ``port`` (127.0.0.1); wait until it accepts connections."""
-    log = open(tmp_path / ("%s.log" % os.path.basename(argv[0])), "wb")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
+def start_daemon(argv_for, tmp_path, tries=3):
+    """Start a proxy daemon on a free 127.0.0.1 port (``argv_for(port)``), once it accepts connections:
+    ``(process, port)``. Neither daemon takes port 0, so a port freed for it may be taken meanwhile:
+    then it exits at once, and another port is tried."""
+    for _ in range(tries):
+        port = free_port()
+        argv = argv_for(port)
+        log_path = tmp_path / ("%s.log" % os.path.basename(argv[0]))
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
-    def listening():
-        assert proc.poll() is None, (tmp_path / ("%s.log" % os.path.basename(argv[0]))).read_text()
+        def listening(proc=proc, port=port):
+            if proc.poll() is not None:
+                return True
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    try:
-        wait_for(listening, timeout=10)
-    except BaseException:
-        proc.kill()
+            wait_for(listening, timeout=10)
+        except BaseException:
+            proc.kill()
+            proc.wait(10)
+            raise
+        if proc.poll() is None:
+            return proc, port
         proc.wait(10)
-        raise
-    return proc
+    raise AssertionError("%s did not start: %s" % (argv[0], log_path.read_text()))
 
 
 def stop_daemon(proc):
@@ -66,12 +75,14 @@ def tinyproxy(tmp_path):
     """tinyproxy on 127.0.0.1 (a free port) with BasicAuth user / pa55; its http:// URL, no credentials."""
     if shutil.which("tinyproxy") is None:
         pytest.skip("tinyproxy is not installed (Debian package tinyproxy; .ci/run installs it)")
-    port = free_port()
-    config = tmp_path / "tinyproxy.conf"
-    config.write_text("Port %d\nListen 127.0.0.1\nTimeout 30\nMaxClients 20\nAllow 127.0.0.1\n"
-                      "BasicAuth user pa55\nLogLevel Info\n%s" % (port, "User nobody\nGroup nogroup\n"
-                                                                   if os.getuid() == 0 else ""))
-    proc = start_daemon(["tinyproxy", "-d", "-c", str(config)], port, tmp_path)
+    def argv_for(port):
+        config = tmp_path / "tinyproxy.conf"
+        config.write_text("Port %d\nListen 127.0.0.1\nTimeout 30\nMaxClients 20\nAllow 127.0.0.1\n"
+                          "BasicAuth user pa55\nLogLevel Info\n%s" % (port, "User nobody\nGroup nogroup\n"
+                                                                       if os.getuid() == 0 else ""))
+        return ["tinyproxy", "-d", "-c", str(config)]
+
+    proc, port = start_daemon(argv_for, tmp_path)
     yield "127.0.0.1:%d" % port
     stop_daemon(proc)
 
@@ -81,9 +92,8 @@ def microsocks(tmp_path):
     """microsocks on 127.0.0.1 (a free port) with user / s3cret; its host:port."""
     if shutil.which("microsocks") is None:
         pytest.skip("microsocks is not installed (Debian package microsocks; .ci/run installs it)")
-    port = free_port()
-    proc = start_daemon(["microsocks", "-i", "127.0.0.1", "-p", str(port), "-u", "user", "-P", "s3cret"], port,
-                        tmp_path)
+    proc, port = start_daemon(lambda port: ["microsocks", "-i", "127.0.0.1", "-p", str(port), "-u", "user",
+                                            "-P", "s3cret"], tmp_path)
     yield "127.0.0.1:%d" % port
     stop_daemon(proc)
 

@@ -618,18 +618,18 @@ def _connect(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty() and not args.execute
     out = _Output(sys.stdout.isatty(), args.quiet)
     proxy: Union[None, bool, str] = False if args.no_proxy else args.proxy
+    # The output is set on a class of its own: a ping may be handled as soon as the connection exists.
+    connection_class = type("_ConsoleConnection", (_ConsoleConnection,),
+                            {"output": out if args.show_ping_pong else None})
     try:
         conn = connect(args.url, protocols=args.subprotocol or None, origin=args.origin, headers=headers,
                        ssl=_client_context(args.url, args.insecure), extensions=[] if args.no_compression else None,
-                       max_size=args.max_size, timeout=args.open_timeout, connection_class=_ConsoleConnection,
+                       max_size=args.max_size, timeout=args.open_timeout, connection_class=connection_class,
                        ping_interval=args.ping_interval or None, proxy=proxy, unix_path=args.unix)
     except (WebSocketError, OSError, ValueError) as exc:  # TimeoutError, ssl.SSLError, a bad proxy URL
         out.error("twspy connect: could not connect to %s: %s" % (_redact_url(args.url),
                                                                   _redact_url(str(exc) or type(exc).__name__)))
         return 1
-    assert isinstance(conn, _ConsoleConnection)
-    if args.show_ping_pong:
-        conn.output = out
     greeting = "connected to %s%s%s" % (_redact_url(args.url), " (subprotocol %s)" % conn.protocol
                                         if conn.protocol else "", "; Ctrl-D or Ctrl-C closes" if interactive else "")
     return _Console(conn, out, args, slash=args.slash or interactive).run(greeting)
