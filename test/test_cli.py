@@ -240,6 +240,19 @@ def test_connect_exits_when_the_server_closes_while_stdin_stays_open(cli, serve)
     assert server.closed.wait(5) and server.closes == [1001]
 
 
+def test_connect_reads_a_real_file_descriptor(cli, serve):
+    # stdin read with os.read (not through sys.stdin's buffer): CRLF, UTF-8 split across reads, no final newline
+    server = serve(closing_after(3))
+    read_end, write_end = os.pipe()
+    os.write(write_end, "one\r\nκό".encode() + "σμε\nthree".encode())
+    os.close(write_end)
+    with os.fdopen(read_end, "r") as stdin:
+        status, out, err = cli("connect", url(server), "-w", "inf", stdin=stdin)
+    assert status == 0, err
+    assert out == "one\nκόσμε\nthree\n"
+    assert server.received == ["one", "κόσμε", "three"]
+
+
 def test_connect_failure_is_one_line(cli):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
