@@ -275,14 +275,16 @@ class TestHTTPSProxy:
     def test_tls_to_the_proxy_then_tls_inside(self, fake_proxy, serve):
         server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         server_context.load_cert_chain(CERT, KEY)
-        server = serve(EchoServer, ssl=server_context)
+        server = serve(EchoServer, ssl=server_context, max_size=4 << 20)
         proxy = fake_proxy(context=server_context)
         trust = ssl.create_default_context(cafile=CERT)
         conn = twspy.connect("wss://localhost:%d/" % server.address[1], ssl=trust, proxy_ssl=trust,
-                             proxy="https://localhost:%d" % proxy.port, timeout=5)
+                             proxy="https://localhost:%d" % proxy.port, timeout=5, max_size=4 << 20, extensions=[])
         with conn:
-            conn.send(b"x" * 200000)
-            assert conn.recv(5) == twspy.BinaryMessage(b"x" * 200000)
+            for size in (0, 1, 200000, 1 << 20):
+                data = os.urandom(size)
+                conn.send(data)
+                assert conn.recv(10) == twspy.BinaryMessage(data)
         assert conn.close_code == 1000
         assert proxy.requests[0].startswith(b"CONNECT localhost:%d " % server.address[1])
 

@@ -26,6 +26,7 @@ import base64
 import ipaddress
 import logging
 import re
+import selectors
 import socket
 import ssl as _ssl
 import struct
@@ -33,7 +34,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from typing import Callable, NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 from .errors import ProxyError
 
@@ -306,41 +307,82 @@ def _socks4(io: _Exchange, host: str, port: int, resolve: bool) -> None:
 def wrap_tls_inside(outer: socket.socket, name: str = "twspy-tls-tunnel") -> socket.socket:
     """A plain socket whose bytes travel inside ``outer`` (e.g. an SSLSocket to an https:// proxy).
 
-    ``ssl`` cannot wrap an SSLSocket a second time, so two small threads copy bytes between
+    ``ssl`` cannot wrap an SSLSocket a second time, so one small thread copies bytes between
     ``outer`` and one end of a socketpair; the caller gets the other end, which TLS can wrap.
-    Both threads end, and ``outer`` is closed, once either side closes.
+    One thread, not one per direction: an SSL object must not be read and written by two
+    threads at once. The thread ends, and closes ``outer``, once either side closes.
     """
     inner, ours = socket.socketpair()
-    state = {"left": 2}
-    lock = threading.Lock()
+    try:
+        outer.setblocking(False)
+        ours.setblocking(False)
+        threading.Thread(target=_pump, args=(outer, ours), name=name, daemon=True).start()
+    except BaseException:
+        inner.close()
+        ours.close()
+        raise
+    return inner
 
-    def done() -> None:
-        with lock:
-            state["left"] -= 1
-            last = state["left"] == 0
-        for sock in (outer, ours):
+
+_WOULD_BLOCK = (BlockingIOError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError)
+
+
+def _pump(outer: socket.socket, ours: socket.socket) -> None:
+    """Copy both ways between non-blocking ``outer`` and ``ours`` until one side ends."""
+    selector = selectors.DefaultSelector()
+    to_ours, to_outer = b"", b""  # read from one side, not yet written to the other
+    try:
+        while True:
+            # Read a side only when what came from it has been passed on (backpressure both ways).
+            if not to_ours:
+                try:
+                    to_ours = outer.recv(65536)
+                    if not to_ours:
+                        return  # the proxy or the server closed: so does the tunnel
+                except _WOULD_BLOCK:
+                    pass
+            if not to_outer:
+                try:
+                    to_outer = ours.recv(65536)
+                    if not to_outer:
+                        return  # our websocket closed
+                except BlockingIOError:
+                    pass
+            if to_ours:
+                try:
+                    to_ours = to_ours[ours.send(to_ours):]
+                except BlockingIOError:
+                    pass
+            if to_outer:
+                try:
+                    to_outer = to_outer[outer.send(to_outer):]  # a retried TLS write may move (CPython sets
+                except _WOULD_BLOCK:                            # SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+                    pass
+            pending = isinstance(outer, _ssl.SSLSocket) and outer.pending() > 0
+            if pending and not to_ours:
+                continue  # decrypted bytes wait inside the TLS layer: select() would not see them
+            for sock, events in ((outer, (0 if to_ours else selectors.EVENT_READ) |
+                                  (selectors.EVENT_WRITE if to_outer else 0)),
+                                 (ours, (0 if to_outer else selectors.EVENT_READ) |
+                                  (selectors.EVENT_WRITE if to_ours else 0))):
+                if events:
+                    try:
+                        selector.modify(sock, events)
+                    except KeyError:
+                        selector.register(sock, events)
+                else:
+                    try:
+                        selector.unregister(sock)
+                    except KeyError:
+                        pass
+            selector.select()
+    except Exception:  # OSError (a reset), ssl.SSLError: the tunnel is gone either way
+        pass
+    finally:
+        selector.close()
+        for sock in (ours, outer):
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if last:
-            outer.close()
-            ours.close()
-
-    def pump(source: socket.socket, sink: socket.socket) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                while True:
-                    data = source.recv(65536)
-                    if not data:
-                        break
-                    sink.sendall(data)
-            except Exception:  # OSError, or the other thread shut the TLS layer down meanwhile
-                pass
-            finally:
-                done()
-        return run
-
-    for source, sink, way in ((outer, ours, "in"), (ours, outer, "out")):
-        threading.Thread(target=pump(source, sink), name="%s-%s" % (name, way), daemon=True).start()
-    return inner
+            sock.close()
