@@ -288,6 +288,18 @@ class TestHTTPSProxy:
         assert conn.close_code == 1000
         assert proxy.requests[0].startswith(b"CONNECT localhost:%d " % server.address[1])
 
+    def test_untrusted_server_inside_leaks_nothing(self, fake_proxy, serve):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(CERT, KEY)
+        server = serve(EchoServer, ssl=context)
+        proxy = fake_proxy(context=context)
+        before = open_fds()
+        with pytest.raises(ssl.SSLCertVerificationError):  # the server's certificate, checked inside the tunnel
+            twspy.connect("wss://localhost:%d/" % server.address[1], proxy="https://localhost:%d" % proxy.port,
+                          proxy_ssl=ssl.create_default_context(cafile=CERT), timeout=5)
+        proxy.wait_idle()
+        wait_for(lambda: open_fds() == before)  # the tunnel's thread closes its sockets as it ends
+
     def test_ws_through_https_proxy(self, fake_proxy, echo):
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(CERT, KEY)
