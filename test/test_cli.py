@@ -265,13 +265,12 @@ def test_connect_failure_is_one_line(cli):
 
 
 def test_connect_handshake_refused(cli, serve):
-    class Refusing(EchoServer):
-        def process_request(self, path, headers):
-            return 403, "no\n"
-
-    server = serve(Refusing)
+    from twspy.filters import BearerAuth
+    server = serve(EchoServer, filters=[BearerAuth("s3cret")])
     status, _, err = cli("connect", url(server))
-    assert status == 1 and "HTTP 403" in err
+    assert status == 1 and err.count("\n") == 1 and "HTTP 401" in err
+    status, out, err = cli("connect", url(server), "-H", "Authorization: Bearer s3cret", "-x", "in", "-w", "0", "-q")
+    assert status == 0 and err == ""
 
 
 # -- connect: binary, slash commands, pings ----------------------------------------------------------

@@ -381,7 +381,7 @@ def test_aliases():
 def test_every_serve_option_is_a_config_key():
     args = _parser().parse_args(["serve", "-f", "x", "-c", "c.json", "--host", "h", "--port", "1", "--max-size", "1k",
                                  "--certfile", "c", "--keyfile", "k", "--subprotocol", "p", "--no-compression",
-                                 "--quiet", "--token", "t", "--redis", "r", "--hub", "h"])
+                                 "--quiet", "--token", "t", "--redis", "r", "--hub", "h", "--unix", "u"])
     assert set(vars(args)) - {"command", "config"} == set(_SERVE_DEFAULTS)
     assert set(vars(_parser().parse_args(["serve"]))) == {"command"}  # unset options stay unset (config)
 
@@ -496,3 +496,20 @@ def test_proxy_in_process(running, serve, capsys):
     relay.shutdown()
     err = capsys.readouterr().err
     assert "-> ws://***@127.0.0.1:%d/base" % upstream.address[1] in err and "pw" not in err
+
+
+@pytest.mark.parametrize("command", [["echo"], ["serve", "-f", "echo"]])
+def test_servers_on_a_unix_socket(running, cli, tmp_path, command):
+    # --unix needs Server(unix_path=...) (the server's side of issue 14): with it, the server listens there;
+    # without it (a twspy before that change), a usage error in one line rather than a traceback.
+    import inspect
+    path = str(tmp_path / "ws.sock")
+    if "unix_path" not in inspect.signature(twspy.Server.__init__).parameters:
+        status, _, err = cli(*command, "--unix", path)
+        assert status == 2 and err.count("\n") == 1 and "--unix" in err
+        return
+    server = running(*command, "--unix", path, "--quiet")
+    with twspy.connect("ws://localhost/sock", unix_path=path, timeout=TIMEOUT) as conn:
+        conn.send("over a Unix socket")
+        assert conn.recv(TIMEOUT).payload == "over a Unix socket"
+    server.shutdown()

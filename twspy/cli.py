@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import functools
 import importlib
 import json
 import logging
@@ -50,12 +51,13 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 from . import __version__
 from .client import connect
 from .connection import Connection
-from .errors import ConnectionClosed, WebSocketError
+from .errors import ConnectionClosed, InvalidURI, WebSocketError
 from .extension import Extension
 from .filters import BearerAuth, Broadcast
 from .message import Message, TextMessage
 from .frame import CloseCode
 from .server import Server, ServerConnection
+from .uri import parse_uri
 from .websocket import DEFAULT_MAX_SIZE
 
 __all__ = ["main", "EchoServer", "FILTER_ALIASES", "load_filter_class"]
@@ -74,7 +76,7 @@ FILTER_ALIASES = {
 _SERVE_DEFAULTS: Dict[str, Any] = {
     "host": "127.0.0.1", "port": 8000, "max_size": DEFAULT_MAX_SIZE, "certfile": None, "keyfile": None,
     "subprotocol": [], "no_compression": False, "quiet": False, "filter": [], "token": [], "redis": None,
-    "hub": None,
+    "hub": None, "unix": None,
 }
 
 
@@ -111,6 +113,8 @@ def _listen_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--certfile", metavar="PEM", default=default(None),
                         help="TLS certificate (PEM): clients connect with wss://")
     parser.add_argument("--keyfile", metavar="PEM", default=default(None), help="TLS private key (PEM)")
+    parser.add_argument("--unix", metavar="PATH", default=default(None),
+                        help="listen on this Unix domain socket instead of host and port")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -225,11 +229,9 @@ def _echo(args: argparse.Namespace) -> int:
     _setup_logging(args.quiet)
     context = _server_context(args.certfile, args.keyfile)
     extensions: Optional[List[Extension]] = [] if args.no_compression else None  # None: permessage-deflate
-    try:
-        server = EchoServer((args.host, args.port), ssl=context, max_size=args.max_size, extensions=extensions,
-                            protocols=args.subprotocol)
-    except OSError as exc:  # the port is taken, the address is not ours, ...: one line, not a traceback
-        print("twspy echo: cannot listen on %s:%s: %s" % (args.host, args.port, exc), file=sys.stderr)
+    server = _listen("echo", EchoServer, (args.host, args.port), args.unix, ssl=context, max_size=args.max_size,
+                     extensions=extensions, protocols=args.subprotocol)
+    if server is None:
         return 1
     print("twspy echo server on %s (Ctrl-C stops it)" % _url(server, context), file=sys.stderr, flush=True)
     with _sigterm_stops():
@@ -281,12 +283,10 @@ def _serve(args: argparse.Namespace) -> int:
             print("twspy serve: cannot attach the hub %s: %s" % (_redact_url(hub_url), exc), file=sys.stderr)
             return 1
     try:
-        try:
-            server = Server((options["host"], options["port"]), ssl=context, filters=filters, hub=hub,
-                            max_size=options["max_size"], extensions=extensions, protocols=options["subprotocol"])
-        except OSError as exc:
-            print("twspy serve: cannot listen on %s:%s: %s" % (options["host"], options["port"], exc),
-                  file=sys.stderr)
+        server = _listen("serve", Server, (options["host"], options["port"]), options["unix"], ssl=context,
+                         filters=filters, hub=hub, max_size=options["max_size"], extensions=extensions,
+                         protocols=options["subprotocol"])
+        if server is None:
             return 1
         print("twspy serve on %s (filters: %s%s; Ctrl-C stops it)" % (
             _url(server, context), ", ".join(type(f).__name__ for f in filters),
@@ -423,12 +423,12 @@ def _proxy(args: argparse.Namespace) -> int:
     context = _server_context(args.certfile, args.keyfile)
     upstream_ssl = _client_context(args.upstream, args.insecure)
     try:
-        server = ProxyServer(args.upstream, (args.host, args.port), ssl=context, upstream_ssl=upstream_ssl,
-                             max_size=args.max_size)
-    except ValueError as exc:  # InvalidURI among others
+        parse_uri(args.upstream)
+    except InvalidURI as exc:
         raise UsageError(str(exc)) from None
-    except OSError as exc:
-        print("twspy proxy: cannot listen on %s:%s: %s" % (args.host, args.port, exc), file=sys.stderr)
+    server = _listen("proxy", functools.partial(ProxyServer, args.upstream), (args.host, args.port), args.unix,
+                     ssl=context, upstream_ssl=upstream_ssl, max_size=args.max_size)
+    if server is None:
         return 1
     print("twspy proxy on %s -> %s (Ctrl-C stops it)" % (_url(server, context), _redact_url(args.upstream)),
           file=sys.stderr, flush=True)
@@ -472,7 +472,26 @@ def _server_context(certfile: Optional[str], keyfile: Optional[str]) -> Optional
     return context
 
 
+def _listen(command: str, factory: Callable[..., Server], address: Tuple[str, int], unix: Optional[str],
+            **kwargs: Any) -> Optional[Server]:
+    """The server listening on ``address`` (or the Unix socket ``unix``); None after one line on stderr."""
+    if unix:
+        kwargs["unix_path"] = unix
+    try:
+        return factory(address, **kwargs)
+    except TypeError as exc:
+        if unix and "unix_path" in str(exc):
+            raise UsageError("--unix: this twspy's Server cannot listen on a Unix socket") from None
+        raise
+    except OSError as exc:  # the port is taken, the address is not ours, ...: one line, not a traceback
+        where = "unix:%s" % unix if unix else "%s:%s" % address
+        print("twspy %s: cannot listen on %s: %s" % (command, where, exc), file=sys.stderr)
+        return None
+
+
 def _url(server: Server, context: Optional[ssl.SSLContext]) -> str:
+    if isinstance(server.address, str):  # a Unix socket
+        return "unix:%s (%s://localhost/)" % (server.address, "wss" if context else "ws")
     host = "[%s]" % server.address[0] if ":" in server.address[0] else server.address[0]
     return "%s://%s:%d/" % ("wss" if context else "ws", host, server.address[1])
 
