@@ -129,6 +129,10 @@ class MultiplexCodec(ExtensionCodec):
         self.config = config
         self.quota = quota
 
+    def serve_connection(self, server: "Server", ws: websocket) -> None:
+        """The Server's takeover hook: serve a client that negotiated ``mux`` (see :func:`serve_multiplexed`)."""
+        serve_multiplexed(server, ws)
+
     def __repr__(self) -> str:
         return "MultiplexCodec(%r, quota=%r)" % (self.config, self.quota)
 
