@@ -19,7 +19,7 @@ from twspy.multiplex import (AddChannelRequest, AddChannelResponse, Channel, Dro
                              MultiplexCodec, MuxClient, MuxError, NewChannelSlot, connect_multiplexed, decapsulate,
                              decode_channel_id, decode_number, encapsulate, encode_channel_id, encode_control_blocks,
                              encode_number, parse_control_blocks)
-from twspy.multiplex import _accept_head, _request_head
+from twspy.mux_frames import accept_head, request_head
 from twspy.permessage_deflate import DeflateMessage
 
 from conftest import frame_from, url, wait_for
@@ -115,8 +115,8 @@ class TestControlBlocks:
     def test_encapsulated_handshakes(self):
         # §9: the 97-byte request and 57-byte response are what twspy builds.
         assert len(HS97) == 97 and len(HS57) == 57
-        assert _request_head("/chat", "server.example.com", "http://example.com", (), []) == HS97
-        assert _accept_head(None) == HS57
+        assert request_head("/chat", "server.example.com", "http://example.com", (), []) == HS97
+        assert accept_head(None) == HS57
 
     def test_physical_frame_with_two_blocks(self):
         wire = H("82 0b 00 80 40 7e 20 00 40 01 7e 20 00")
@@ -365,7 +365,7 @@ def accept(peer, channel_id=2, path="/x", protocol=None, quota=None):
     assert request == AddChannelRequest(channel_id, b"GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n"
                                         b"\r\n" % path.encode())
     assert grant == FlowControl(channel_id, quota or grant.quota)
-    peer.send_blocks(AddChannelResponse(channel_id, _accept_head(protocol)))
+    peer.send_blocks(AddChannelResponse(channel_id, accept_head(protocol)))
 
 
 class TestScriptedServer:
@@ -512,7 +512,7 @@ class TestScriptedServer:
         peer.send_blocks(NewChannelSlot(1, 100))
         future = pool.submit(mux.open_channel, "/x", protocols=["a"], timeout=5)
         peer.blocks()
-        peer.send_blocks(AddChannelResponse(2, _accept_head("b")))
+        peer.send_blocks(AddChannelResponse(2, accept_head("b")))
         with pytest.raises(twspy.NegotiationError):
             future.result(5)
         (drop,) = peer.blocks()
