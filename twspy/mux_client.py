@@ -109,8 +109,14 @@ class MuxClient(MuxSession):
         self.queue_blocks(FlowControl(1, self.window).encode())
         self.default_channel = self._conns[1] = channel_class(lsock, **self.channel_options)  # type: ignore[arg-type]
         self._reader = threading.Thread(target=self._run, name="twspy-mux-reader", daemon=True)
-        self._writer.start()
-        self._reader.start()
+        try:
+            self._writer.start()
+            self._reader.start()
+        except RuntimeError:  # "can't start new thread": give the connection up, then say so
+            self._end()
+            self.default_channel.abort()
+            self._join()
+            raise
 
     def __repr__(self) -> str:
         return "<MuxClient %s %d channels>" % ("closed" if self._ended else "open", len(self._channels))
@@ -278,8 +284,9 @@ class MuxClient(MuxSession):
 
     def _join(self) -> None:
         if threading.current_thread() not in (self._reader, self._writer):
-            self._reader.join(self.close_timeout)
-            self._writer.join(self.close_timeout)
+            for thread in (self._reader, self._writer):
+                if thread.ident is not None:  # started
+                    thread.join(self.close_timeout)
 
     def __enter__(self) -> "MuxClient":
         return self
