@@ -72,7 +72,7 @@ class ServerSession(MuxSession):
                 self._fail_physical(DROP_PHYSICAL_FAILED, "mux must be the only extension")
                 return
             if not self.server.reserve_connection():  # channel 1 counts like any client
-                self.physical.close(CLOSE_TRY_AGAIN_LATER, "too many connections")
+                self.physical.close(*(self.server.stopping or (CLOSE_TRY_AGAIN_LATER, "too many connections")))
                 return
             # [twspy] §6: slots and our receive quota for channel 1 right after the 101.
             slots = (NewChannelSlot(self._slots, self.window) if self._slots else NewChannelSlot(0, 0, True))

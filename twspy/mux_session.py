@@ -212,7 +212,7 @@ class MuxSession:
     def _on_drop(self, block: DropChannel) -> None:
         cid = block.channel_id
         if cid == 0:
-            logger.warning("mux: the peer failed the physical connection: %s %s", block.code, block.message)
+            _peer_failures.log("mux: the peer failed the physical connection: %s %s", block.code, block.message)
             return
         with self._lock:
             lsock = self._channels.get(cid)
@@ -309,3 +309,6 @@ class RateLimitedLog:
         if suppressed:
             message += " (%d similar lines left out)" % suppressed
         self.logger.log(self.level, message, *args)
+
+
+_peer_failures = RateLimitedLog(logger, logging.WARNING)  # any peer can send DropChannel(0)
