@@ -120,6 +120,7 @@ class websocket:
         self._wait_lock = threading.Lock()  # abort() vs a reader in select() (see abort)
         self._waiting = False
         self._close_on_wake = False
+        self._aborted = False  # set by abort(): a reader about to select() must not sleep on a closed fd
 
     # -- socket API ---------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -447,6 +448,7 @@ class websocket:
         except OSError:
             pass
         with self._wait_lock:
+            self._aborted = True
             if self._waiting:
                 # A reader waits in select(): closing now would drop the wake-up the shutdown
                 # just posted (epoll forgets a closed fd) and leave it asleep until its deadline.
@@ -581,6 +583,10 @@ class websocket:
         while True:
             left = deadline - time.monotonic()
             with self._wait_lock:
+                if self._aborted:
+                    # abort() ran before we got here and may have closed the fd: epoll forgets
+                    # a closed fd, so select() would sleep until the deadline.
+                    raise ConnectionClosed(1006, "")
                 self._waiting = True
             try:
                 ready = left > 0 and self._poller.select(left)
