@@ -1007,14 +1007,23 @@ class TestLimits:
                 mux.open_channel("/c")
             assert info.value.status == 503
             a.close()
-            c = mux.open_channel("/c")  # a's place is free again
+            wait_for(lambda: sorted(c.path for c in server.clients) == ["/", "/b"])  # a's place is free
+            c = mux.open_channel("/c")
             c.send("c")
             assert c.recv(5).payload == "c"
             with pytest.raises(twspy.HandshakeError):  # a plain client too: the server is full
                 twspy.connect(url(server), timeout=5)
-        # Every place comes back when the connection ends.
-        wait_for(lambda: server.reserve_connection())
+        wait_for(lambda: free_places(server) == 4)  # every place comes back when the connection ends
+
+
+def free_places(server):
+    """How many more clients ``server`` would take now (reserved and given back at once)."""
+    count = 0
+    while server.reserve_connection():
+        count += 1
+    for _ in range(count):
         server.release_connection()
+    return count
 
 
 def failing_start(monkeypatch, fails):
@@ -1069,8 +1078,7 @@ class TestThreadStartFailures:
                 mux.default_channel.recv(5)
             assert mux.physical.close_code == 1013
         monkeypatch.undo()
-        wait_for(lambda: server.reserve_connection())  # its place was given back
-        server.release_connection()
+        wait_for(lambda: free_places(server) == server.max_connections)  # its place was given back
 
     def test_client_threads(self, serve, monkeypatch):
         server = serve(Recording, extensions=[Multiplex()])
