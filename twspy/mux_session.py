@@ -99,11 +99,14 @@ class MuxSession:
 
     def _wait_for_room(self, poll: Optional[float]) -> None:
         """The reader, before it takes more input: wait while the control queue is full."""
+        paused = False
         while True:
             with self._ctl_cond:
                 if self._ctl_bytes <= self._ctl_limit or self._ended or self._write_failed:
                     return
-                self.control_pauses += 1
+                if not paused:
+                    paused = True
+                    self.control_pauses += 1
                 self._ctl_cond.wait(poll)
                 full = self._ctl_bytes > self._ctl_limit and not (self._ended or self._write_failed)
             if full:
