@@ -251,6 +251,12 @@ class TestNegotiation:
             Multiplex(window=0)
         with pytest.raises(ValueError):
             Multiplex(max_channels=-1)
+        with pytest.raises(ValueError):
+            Multiplex(max_control_queue=0)
+        with pytest.raises(ValueError):
+            Multiplex(refusal_rate=-1)
+        with pytest.raises(TypeError):  # keyword-only
+            Multiplex(1024, 8, None, 4096)  # type: ignore[misc]
         with pytest.raises(TypeError):
             connect_multiplexed("ws://127.0.0.1:1/", extensions=[])
 
