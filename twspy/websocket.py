@@ -236,7 +236,9 @@ class websocket:
         self._opened(rest, require_mask=True)
         self.sock.settimeout(old_timeout)
 
-    def _process_request(self, request: Request) -> Optional[Tuple[int, bytes]]:
+    def answer_request(self, request: Request) -> Optional[Tuple[int, bytes]]:
+        """Run the ``process_request`` hook: None to go on, or ``(status, HTTP response bytes)``
+        (HandshakeError 500 if the hook raised). Also used for each mux channel's request."""
         if self.process_request is None:
             return None
         try:
@@ -253,6 +255,8 @@ class websocket:
         except (Exception, SystemExit) as exc:  # as for process_request: 500, not a silent close
             logger.error("select_subprotocol failed for %r", self.request, exc_info=exc)
             raise HandshakeError("internal server error", 500) from exc
+
+    _process_request = answer_request  # the former private spelling
 
     # -- client -------------------------------------------------------------------------------
     def connect(self, address: Any) -> None:
