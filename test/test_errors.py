@@ -10,8 +10,8 @@ import pytest
 import twspy
 from twspy import errors
 from twspy.errors import (ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, HandshakeError, InvalidState,
-                          InvalidURI, NegotiationError, PayloadTooBig, ProtocolError, SocketClosed, WebSocketError,
-                          closed_error)
+                          InvalidURI, NegotiationError, PayloadTooBig, ProtocolError, ProxyError, RedirectError,
+                          SocketClosed, WebSocketError, closed_error)
 
 
 class TestTree:
@@ -25,6 +25,8 @@ class TestTree:
         (ConnectionClosedError, (ConnectionClosed, WebSocketError)),
         (InvalidState, (WebSocketError, RuntimeError)),
         (InvalidURI, (WebSocketError, ValueError)),
+        (RedirectError, (HandshakeError, WebSocketError)),
+        (ProxyError, (WebSocketError, ConnectionError, OSError)),
     ])
     def test_parents(self, cls, parents):
         for parent in parents:
@@ -42,7 +44,7 @@ class TestTree:
         assert sorted(errors.__all__) == sorted([
             "WebSocketError", "HandshakeError", "NegotiationError", "ProtocolError", "PayloadTooBig",
             "ConnectionClosed", "ConnectionClosedOK", "ConnectionClosedError", "SocketClosed", "InvalidState",
-            "InvalidURI"])
+            "InvalidURI", "RedirectError", "ProxyError"])
         for name in errors.__all__:
             assert getattr(twspy, name) is getattr(errors, name)
             assert name in twspy.__all__
@@ -57,6 +59,12 @@ class TestTree:
         assert type(exc) is cls and (exc.code, exc.reason) == (code, "why")
         if cls is ConnectionClosedError:
             assert exc.cause is cause and exc.__cause__ is cause
+
+    def test_proxy_error_attributes_and_pickle(self):
+        exc = ProxyError("proxy http://p:3128: refused the tunnel to h:443: 407 Proxy Authentication Required",
+                         "http://p:3128", 407, "Proxy Authentication Required")
+        again = pickle.loads(pickle.dumps(exc))
+        assert (again.proxy, again.status, again.reason, str(again)) == (exc.proxy, 407, exc.reason, str(exc))
 
     def test_builtin_mix_ins_catchable_as_builtins(self):
         with pytest.raises(RuntimeError):
