@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any, Callable, Deque, Iterator, List, Optional, Union
 
-from .errors import ConnectionClosed, ConnectionClosedOK, InvalidState, PayloadTooBig, ProtocolError, closed_error
+from .errors import ConnectionClosed, InvalidState, PayloadTooBig, ProtocolError, closed_error
 from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE,
                     OPCODE_BINARY, OPCODE_CLOSE,
                     OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, ControlFrame, Frame, decode_close, encode_close,
@@ -475,16 +475,15 @@ class Connection:
             self._read_lock.release()
 
     def __iter__(self) -> Iterator[Message]:
-        """Iterate over messages until the connection closes.
+        """Iterate over messages until the connection closes, normally or not.
 
-        The loop ends when it closed normally (1000, 1001, or a close frame without a code)
-        and raises :class:`~twspy.errors.ConnectionClosedError` otherwise (1006: no closing
-        handshake; 1002, 1009, 1011, ...), as websockets does: users can tell.
+        The loop ends quietly either way (``reconnect()``'s loop relies on it); ``close_code``
+        tells how it ended, and :meth:`recv` raises ConnectionClosedOK or ConnectionClosedError.
         """
         while True:
             try:
                 yield self.recv()
-            except ConnectionClosedOK:
+            except ConnectionClosed:
                 return
 
     def receive_forever(self) -> None:

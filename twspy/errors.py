@@ -136,7 +136,7 @@ class ConnectionClosed(WebSocketError):
 
 class ConnectionClosedOK(ConnectionClosed):
     """The connection closed normally: close code 1000 (normal), 1001 (going away) or
-    1005 (a close frame without a code). ``for message in conn`` ends quietly on it."""
+    1005 (a close frame without a code)."""
 
 
 class ConnectionClosedError(ConnectionClosed):
