@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import sys
+import threading
 import time
 import tracemalloc
 import uuid
@@ -1304,7 +1304,7 @@ class TestHostileClient:
     def test_the_log_and_the_replay_queue_are_bounded_by_bytes(self, cluster):
         broker = MemoryBroker(max_bytes=2 << 20)
         a = cluster.hub(broker, replay_size=1 << 20)
-        b = cluster.hub(broker)
+        cluster.hub(broker)                     # a reader of the log, and the witness for sync
         payload = b"x" * (256 << 10)
         with Traced() as traced:
             for _ in range(40):     # 10 MB
@@ -1339,7 +1339,7 @@ class TestHostileClient:
         for c in clients:
             for j in range(3):
                 hub.subscribe(c.id, "t/%d" % j)
-                wait_for(lambda: "t/%d" % j in counting.presence()[node][c.id])
+                wait_for(lambda j=j, c=c: "t/%d" % j in counting.presence()[node][c.id])
         assert counting.fields <= 60 + 20, counting.fields   # before: 20 fields for each of 60
         clients[0].close()
         wait_for(lambda: clients[0].id not in counting.presence()[node])

@@ -45,14 +45,13 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
 
-from .broker import (Broker, BrokerUnavailable, Entry, HubError, MemoryBroker, RedisBroker, entry_size,
-                     open_broker)
+from .broker import Broker, BrokerUnavailable, Entry, HubError, MemoryBroker, RedisBroker, entry_size, open_broker
 from .errors import PayloadTooBig
 from .filters import Filter
 from .frame import CLOSE_NORMAL, valid_close_code
 from .message import BinaryMessage, Message, TextMessage
 from .server import send_all
-from .topics import InvalidTopic, SubscriptionLimit, SubscriptionTree, matches, validate_filter, validate_topic
+from .topics import InvalidTopic, SubscriptionTree, matches, validate_filter, validate_topic
 
 __all__ = ["Hub", "TopicBroadcast", "HubError", "BrokerUnavailable", "MemoryBroker", "RedisBroker"]
 
@@ -434,7 +433,7 @@ class Hub:
             self._check_length(topic, validate_topic)
         with self._lock:
             local = set(self._clients)
-        result = local if topic is None else local & self._subs.match(topic)  # type: ignore[operator]
+        result = local if topic is None else local & self._subs.match(topic)
         for node, clients in self.broker.presence().items():
             if node == self.node_id:
                 continue
