@@ -1327,6 +1327,22 @@ class TestHostileClient:
         broker.down = False
         assert hub.flush(TIMEOUT) and done == [False, True, True, True]
 
+    def test_a_publisher_faster_than_the_broker_waits_for_room(self, cluster):
+        """With the broker up, a burst over max_pending_size slows down instead of losing."""
+        slow = SlowAppend(MemoryBroker())
+        hub = cluster.hub(slow, max_pending_size=1 << 20)
+        wait_for(hub.connected.is_set)
+        results: List[bool] = []
+        publisher = threading.Thread(target=lambda: results.extend(
+            hub.publish("t", b"x" * (300 << 10)) for _ in range(8)))
+        publisher.start()
+        assert slow.entered.wait(TIMEOUT)       # the writer holds the first batch in append()
+        wait_for(lambda: hub.stats["published"] >= 3)
+        slow.go.set()
+        publisher.join(TIMEOUT)
+        assert not publisher.is_alive() and results == [True] * 8 and hub.stats["dropped"] == 0
+        assert hub.flush(TIMEOUT)
+
     def test_presence_is_sent_by_client_not_rebuilt(self, cluster):
         """Each subscribe used to send every client's presence again (20,000 cost 23 s of CPU)."""
         counting = CountingBroker(MemoryBroker())
@@ -1360,3 +1376,17 @@ class CountingBroker(GatedBroker):
     def update_presence(self, node: str, changes: Any, ttl: float) -> bool:
         self.fields += len(changes)
         return self.shared.update_presence(node, changes, ttl)
+
+
+class SlowAppend(GatedBroker):
+    """A shared MemoryBroker whose appends wait for ``go`` (a broker slower than its publisher)."""
+
+    def __init__(self, shared: MemoryBroker) -> None:
+        super().__init__(shared)
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def append(self, entries: Any, generation: str) -> bool:
+        self.entered.set()
+        self.go.wait(3 * TIMEOUT)
+        return self.shared.append(entries, generation)

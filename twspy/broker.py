@@ -48,6 +48,7 @@ DEFAULT_MAXLEN = 100_000  # entries a broker keeps; readers further behind see a
 DEFAULT_MEMORY_BYTES = 16 << 20  # ... and their bytes, in process (MemoryBroker)
 DEFAULT_REDIS_BYTES = 64 << 20   # ... and about their bytes, in Redis (RedisBroker)
 _ENTRY_OVERHEAD = 64  # bytes counted per entry besides its fields' values
+_READ_BYTES = 4 << 20  # about the most one read of a RedisBroker returns
 
 
 class HubError(WebSocketError):
@@ -268,6 +269,7 @@ class RedisBroker(Broker):
         self._append = self._client.register_script(_APPEND)
         self._update = self._client.register_script(_UPDATE_PRESENCE)
         self._woken = False  # wake() was called (the hub is closing)
+        self._read_average = _ENTRY_OVERHEAD  # bytes per entry in the last read
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -290,14 +292,21 @@ class RedisBroker(Broker):
         return bool(self._call("XADD", self._append, keys=[self._gen_key, self._log, self._size_key], args=args))
 
     def read(self, cursor: str, timeout: float) -> List[Tuple[str, Entry]]:
+        # Up to 1,000 entries, but about _READ_BYTES at most: sized by the entries read last
+        # (1,000 entries of 1 MB would be a gigabyte in one reply).
+        count = max(1, min(1000, _READ_BYTES // self._read_average))
+
         def run() -> List[Tuple[str, Entry]]:
-            reply = self._client.xread({self._log: cursor}, count=1000, block=max(1, int(timeout * 1000)))
+            reply = self._client.xread({self._log: cursor}, count=count, block=max(1, int(timeout * 1000)))
             entries: List[Tuple[str, Entry]] = []
             for _stream, items in reply or ():
                 for entry_id, fields in items:
                     entries.append((_text(entry_id), {_text(k): v for k, v in fields.items()}))
             return entries
-        return self._call("XREAD", run)
+        entries = self._call("XREAD", run)
+        if entries:
+            self._read_average = max(1, sum(entry_size(e) for _, e in entries) // len(entries))
+        return entries
 
     def tail(self) -> str:
         def run() -> str:

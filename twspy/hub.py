@@ -72,6 +72,9 @@ DEFAULT_MAX_TOPIC_LEVELS = 32      # levels per filter or topic (MQTT allows 32,
 DEFAULT_MAX_TOPIC_LENGTH = 1024    # bytes of UTF-8 per filter or topic (MQTT allows 65,535)
 DEFAULT_MAX_TOPIC_NODES = 200_000  # trie nodes per hub: every client's filters together
 
+_ROOM_TIMEOUT = 5.0  # seconds a publisher waits for the writer when too much waits for the broker
+_ENTRY_HEAD = 256    # bytes of an entry besides its payload, roughly (ids, topic): for that wait
+
 # Entry kinds on the log.
 _PUBLISH, _BROADCAST, _SEND, _DISCONNECT = b"p", b"b", b"s", b"d"
 _MARK = b"m"  # a heartbeat: every entry of this node up to "s" was appended or dropped
@@ -305,6 +308,7 @@ class Hub:
         self._check_length(topic, validate_topic)
         msg, data = self._checked(message)
         excluded = _ids(exclude)
+        self._wait_for_room(len(data))
         with self._lock:
             self._deliver_local(self._subs.match(topic), excluded, msg)  # type: ignore[arg-type]
             queued = self._queue(_PUBLISH, {"t": topic.encode("utf-8"), "x": _join_ids(excluded)}, msg, data,
@@ -316,6 +320,7 @@ class Hub:
         """Send ``message`` to every client of every server (but those in ``exclude``)."""
         msg, data = self._checked(message)
         excluded = _ids(exclude)
+        self._wait_for_room(len(data))
         with self._lock:
             self._deliver_local(list(self._clients), excluded, msg)
             queued = self._queue(_BROADCAST, {"x": _join_ids(excluded)}, msg, data, on_done)
@@ -328,6 +333,8 @@ class Hub:
         """
         msg, data = self._checked(message)
         local, remote = self._split(_ids(ids))
+        if remote:
+            self._wait_for_room(len(data))
         with self._lock:
             self._deliver_local(local, (), msg)
             queued = self._queue(_SEND, {"i": _join_ids(remote)}, msg, data, on_done) if remote else None
@@ -370,6 +377,23 @@ class Hub:
         if len(data) > self.max_size:
             raise PayloadTooBig("a message of %d bytes is over the hub's max_size (%d)" % (len(data), self.max_size))
         return msg, data
+
+    def _wait_for_room(self, size: int) -> None:
+        """While the broker is taking entries but those waiting fill ``max_pending`` or
+        ``max_pending_size``, wait for room (up to 5 s): a publisher faster than the broker
+        goes at the broker's pace instead of losing entries. Not during an outage (entries
+        are dropped and reported at once) nor in the writer's own callbacks."""
+        if self._solo or threading.current_thread() is self._writer:
+            return
+        deadline = time.monotonic() + _ROOM_TIMEOUT
+        with self._lock:
+            while (self._pending and self.connected.is_set() and not self._closing
+                   and (len(self._pending) >= self.max_pending
+                        or self._pending_bytes + size + _ENTRY_HEAD > self.max_pending_size)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._work.wait(left)
 
     @staticmethod
     def _settle(queued: Optional[bool], on_done: Optional[Callable[[bool], None]]) -> bool:
@@ -512,6 +536,9 @@ class Hub:
                 self._work.notify_all()
             for on_done in callbacks:
                 _call(on_done, True)
+            # Not held while waiting for more: a batch may be megabytes (the replay keeps its own).
+            batch.clear()
+            entries.clear()
         self._finish_writer()
 
     def _presence_work(self, beat: bool, everything: bool = False
@@ -681,6 +708,7 @@ class Hub:
                 self._down_logged = True
                 self.stats["outages"] += 1
             self.connected.clear()
+            self._work.notify_all()  # publishers waiting for room: drop now, it may take long
         if first:
             logger.warning("hub %s: broker unavailable (%s); local delivery goes on, retrying", self.node_id, exc)
 
