@@ -72,6 +72,7 @@ DEFAULT_MAX_TOPIC_LEVELS = 32      # levels per filter or topic (MQTT allows 32,
 DEFAULT_MAX_TOPIC_LENGTH = 1024    # bytes of UTF-8 per filter or topic (MQTT allows 65,535)
 DEFAULT_MAX_TOPIC_NODES = 200_000  # trie nodes per hub: every client's filters together
 
+_PRESENCE_DELAY = 0.05  # seconds presence changes wait to be sent together
 _ROOM_TIMEOUT = 5.0  # seconds a publisher waits for the writer when too much waits for the broker
 _ENTRY_HEAD = 256    # bytes of an entry besides its payload, roughly (ids, topic): for that wait
 
@@ -164,6 +165,7 @@ class Hub:
         # at first, after a broker restart or failure, or when the broker lost it (expired).
         self._presence_all = not self._solo
         self._presence_changed: Set[str] = set()
+        self._presence_due = 0.0  # when the changes are sent
         self._accepted = 0      # entries the broker accepted (for flush)
         self._queued = 0        # entries ever queued
         self._last_seq: Dict[Tuple[str, bytes], int] = {}  # (origin node, incarnation) -> last delivered
@@ -283,8 +285,13 @@ class Hub:
     def _presence_changed_locked(self, cid: str) -> None:
         # Lock held. The writer sends this client's presence (only) at its next turn.
         if not self._solo:
+            if not self._presence_changed:
+                # Changes that come close together go in one update, a little later (presence
+                # is as fresh as the heartbeat anyway): 20,000 subscribes, one by one, make
+                # hundreds of updates, not 20,000.
+                self._presence_due = time.monotonic() + _PRESENCE_DELAY
+                self._work.notify()
             self._presence_changed.add(cid)
-            self._work.notify()
 
     def _mark_presence(self) -> None:
         """Have the writer send all of this node's presence again (the broker may have lost it)."""
@@ -482,9 +489,13 @@ class Hub:
         next_beat = 0.0
         while True:
             with self._lock:
-                while (not self._pending and not self._presence_all and not self._presence_changed
-                       and not self._closing and not self._new_generation and time.monotonic() < next_beat):
-                    self._work.wait(max(0.0, next_beat - time.monotonic()))
+                while True:
+                    now = time.monotonic()
+                    if (self._pending or self._presence_all or self._closing or self._new_generation
+                            or now >= next_beat or (self._presence_changed and now >= self._presence_due)):
+                        break
+                    wake = min(next_beat, self._presence_due) if self._presence_changed else next_beat
+                    self._work.wait(max(0.0, wake - now))
                 if self._closing and (not self._pending or not self.connected.is_set()):
                     break
                 batch = list(itertools.islice(self._pending, 500))
