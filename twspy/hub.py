@@ -7,7 +7,7 @@
     ...
     hub.subscribe(client, "chat/+")              # MQTT topic filters (twspy.topics)
     hub.publish("chat/lobby", "hello")          # every subscriber, on every server
-    hub.send_to("3f9a2c1b.7", b"\\x00\\x01")      # one client, wherever it is
+    hub.send_to(client_id, b"\\x00\\x01")        # one client, wherever it is
 
 How delivery works, and why it loses nothing it acknowledged:
 
@@ -30,7 +30,8 @@ How delivery works, and why it loses nothing it acknowledged:
   its start; receivers drop what they already had. So an entry the broker accepted is
   delivered once, in order, even across a restart; one it never accepted is reported.
 
-Client ids are ``"<node id>.<n>"``: unique in the cluster and routable to their node.
+Client ids are ``"<node id>.<n>.<16 random hex digits>"``: unique in the cluster, routable to
+their node, and not guessable by another client.
 """
 
 from __future__ import annotations
