@@ -1167,7 +1167,7 @@ class TestHostileClient:
             c.close()
             wait_for(lambda: hub.topic_nodes == 0)
             left = traced.grown()
-        assert held < 4 << 20, held           # measured: about 3 MB
+        assert held < 5 << 20, held           # measured: about 3.4 MB
         assert left < 256 << 10, left
 
     def test_the_node_budget_is_per_hub_and_comes_back(self, cluster):
@@ -1305,7 +1305,7 @@ class TestHostileClient:
         broker = MemoryBroker(max_bytes=2 << 20)
         a = cluster.hub(broker, replay_size=1 << 20)
         cluster.hub(broker)                     # a reader of the log, and the witness for sync
-        payload = b"x" * (256 << 10)
+        payload = "x" * (256 << 10)  # text: each publish encodes its own 256 KB
         with Traced() as traced:
             for _ in range(40):     # 10 MB
                 a.publish("nobody", payload)
@@ -1313,8 +1313,8 @@ class TestHostileClient:
             cluster.sync(cluster.client(cluster.server(a)))
             grown = traced.grown()
         assert grown < 5 << 20, grown         # 2 MB of log, 1 MB to replay, and some slack
-        entries = broker.read("0", 0)
-        assert 6 <= len(entries) <= 8 and sum(len(e.get("d", b"")) for _, e in entries) <= 2 << 20
+        big = [len(e["d"]) for _, e in broker.read("0", 0) if len(e.get("d", b"")) == 256 << 10]
+        assert 6 <= len(big) <= 7 and sum(big) <= 2 << 20   # the oldest went (heartbeats may follow)
 
     def test_pending_entries_are_bounded_by_bytes(self, cluster):
         broker = MemoryBroker()
@@ -1346,7 +1346,7 @@ class TestHostileClient:
     def test_presence_is_sent_by_client_not_rebuilt(self, cluster):
         """Each subscribe used to send every client's presence again (20,000 cost 23 s of CPU)."""
         counting = CountingBroker(MemoryBroker())
-        hub = cluster.hub(counting, heartbeat=30)
+        hub = cluster.hub(counting, heartbeat=30, presence_ttl=60)
         server = cluster.server(hub)
         clients = [cluster.client(server) for _ in range(20)]
         node = hub.node_id
