@@ -34,7 +34,7 @@ import json
 import secrets
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, cast
 from urllib.parse import urlsplit
 
 from .errors import WebSocketError
@@ -297,13 +297,13 @@ class RedisBroker(Broker):
         count = max(1, min(1000, _READ_BYTES // self._read_average))
 
         def run() -> List[Tuple[str, Entry]]:
-            reply = self._client.xread({self._log: cursor}, count=count, block=max(1, int(timeout * 1000)))
+            reply: Any = self._client.xread({self._log: cursor}, count=count, block=max(1, int(timeout * 1000)))
             entries: List[Tuple[str, Entry]] = []
             for _stream, items in reply or ():
                 for entry_id, fields in items:
                     entries.append((_text(entry_id), {_text(k): v for k, v in fields.items()}))
             return entries
-        entries = self._call("XREAD", run)
+        entries: List[Tuple[str, Entry]] = self._call("XREAD", run)
         if entries:
             self._read_average = max(1, sum(entry_size(e) for _, e in entries) // len(entries))
         return entries
@@ -312,7 +312,7 @@ class RedisBroker(Broker):
         def run() -> str:
             last = self._client.xrevrange(self._log, count=1)
             return _text(last[0][0]) if last else "0-0"
-        return self._call("XREVRANGE", run)
+        return cast(str, self._call("XREVRANGE", run))
 
     def generation(self) -> str:
         def run() -> str:
@@ -320,7 +320,7 @@ class RedisBroker(Broker):
             pipe.set(self._gen_key, secrets.token_hex(8), nx=True)  # the first node (after a restart) sets it
             pipe.get(self._gen_key)
             return _text(pipe.execute()[1])
-        return self._call("GET", run)
+        return cast(str, self._call("GET", run))
 
     def set_presence(self, node: str, clients: Dict[str, List[str]], ttl: float) -> None:
         key = self._presence_prefix + node
@@ -351,7 +351,7 @@ class RedisBroker(Broker):
                 fields = self._client.hgetall(key)
                 result[node] = {_text(k): _filters(v) for k, v in fields.items() if k}
             return result
-        return self._call("SCAN", run)
+        return cast(Presence, self._call("SCAN", run))
 
     def wake(self) -> None:
         # A reader blocked in XREAD BLOCK holds a pooled connection: closing the pool's

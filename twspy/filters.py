@@ -274,7 +274,7 @@ def run_connect(filters: Sequence[Filter], request: Request) -> Reply:
     for flt in filters:
         hook = getattr(flt, "on_connect", None)
         if hook is not None:
-            reply = hook(request)
+            reply: Reply = hook(request)
             if reply is not None:
                 return reply
     return None
