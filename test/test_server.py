@@ -266,7 +266,7 @@ class TestLimits:
         server = serve(EchoServer, handshake_timeout=30)
         stuck = socket.create_connection(("127.0.0.1", server.address[1]), timeout=5)
         stuck.sendall(b"GET / HTTP/1.1\r\n")
-        wait_for(lambda: server._handshaking)
+        wait_for(lambda: server._pending)  # its head is read by the server loop, no thread yet
         start = time.monotonic()
         server.shutdown()
         assert time.monotonic() - start < 2.5
