@@ -78,7 +78,8 @@ class EchoAfterFilters(twspy.Server):
 # -- process_request ----------------------------------------------------------------------------
 
 class Hooked(EchoAfterFilters):
-    def process_request(self, path, headers):
+    def process_request(self, request):
+        path, headers = request.path, request.headers
         self.calls.add("process_request", path, headers.get("X-Probe"))
         if path == "/health":
             return 200, "OK\n"
