@@ -517,6 +517,11 @@ class TestSection4_2_1Refusals:
         assert exc.status == 403
         assert parse_error_response(error_response(exc)).status == 403
 
+    def test_location_403_message_leaves_the_query_out(self):
+        # The refusal is logged: a token in the query must not reach the log (issue 20 item 11).
+        exc = refused(make_request(path="/elsewhere?token=s3cret"), locations=["/chat"])
+        assert exc.status == 403 and "s3cret" not in str(exc) and "/elsewhere" in str(exc)
+
     @pytest.mark.parametrize("value", ["chat, a b", "chat;x", "chat, \"q\"", "caf\u00e9"])
     def test_malformed_subprotocol_header_400(self, value):
         exc = refused(make_request(replace={"Sec-WebSocket-Protocol": value}), protocols=["chat"])

@@ -384,8 +384,10 @@ def server_handshake(request: Request, protocols: Sequence[str] = (),
     origin = headers.get("Origin")
     if trusted_origins and (origin is None or origin.lower() not in [o.lower() for o in trusted_origins]):
         raise HandshakeError("origin %r is not allowed" % origin, 403)
-    if locations and request.path.split("?", 1)[0] not in locations:
-        raise HandshakeError("location %r is not served" % request.path, 403)
+    path = request.path.split("?", 1)[0]
+    if locations and path not in locations:
+        # The query stays out of the message (it is logged): it may carry a token.
+        raise HandshakeError("location %r is not served" % path, 403)
     try:
         client_protocols = parse_tokens(headers.get("Sec-WebSocket-Protocol") or "")
         if len(set(client_protocols)) != len(client_protocols):

@@ -7,6 +7,7 @@ import inspect
 import itertools
 import logging
 import os
+import secrets
 import selectors
 import socket
 import ssl as _ssl
@@ -76,7 +77,8 @@ class ServerConnection(Connection):
     """A client of a :class:`Server`: a Connection whose handlers call the server's.
 
     Attributes: ``server``; ``id``, a string unique in the process (and across a cluster
-    when a :class:`~twspy.hub.Hub` is attached: ``"<node id>.<n>"``); ``request``, ``path``
+    when a :class:`~twspy.hub.Hub` is attached: ``"<node id>.<n>.<16 random hex digits>"``, which
+    another client cannot guess); ``request``, ``path``
     and ``headers`` of the upgrade request; ``address`` of the peer.
     """
 
@@ -86,7 +88,7 @@ class ServerConnection(Connection):
     def __init__(self, server: "Server", sock: websocket, **options: Any) -> None:
         self.server = server
         n = next(self._ids)
-        self.id = "%s.%d" % (server.node_id, n) if server.node_id else str(n)
+        self.id = "%s.%d.%s" % (server.node_id, n, secrets.token_hex(8)) if server.node_id else str(n)
         request = getattr(sock, "request", None)  # None for sockets made without a handshake
         self.request: Request = request or Request("GET", sock.path or "/", "HTTP/1.1", Headers())
         self.path: str = sock.path or "/"
