@@ -93,7 +93,7 @@ class ProxyError(WebSocketError, ConnectionError):
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self):  # type: ignore[override]
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
         return type(self), (self.message, self.proxy, self.status, self.reason)
 
 
