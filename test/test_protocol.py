@@ -1,4 +1,5 @@
-"""twspy.protocol, the sans-I/O core: bytes in, events and bytes out. No socket, no thread.
+"""twspy.protocol (the sans-I/O core) and twspy.handshake_protocol: bytes in, events and
+bytes out. No socket, no thread.
 
 Masking keys are fixed (``37 fa 21 3d``, the key of RFC 6455 §5.7) so that wire bytes can be
 compared exactly. Classes follow the RFC's sections.
@@ -20,8 +21,9 @@ from twspy.frame import Frame
 from twspy.handshake import Request, Response, accept_key
 from twspy.message import BinaryMessage, TextMessage
 from twspy.permessage_deflate import DeflateMessage, DeflateMessageCodec
-from twspy.protocol import (CLIENT, CLOSED, CLOSING, CONNECTING, DEFAULT_MAX_SIZE, OPEN, SERVER, ClientProtocol, Close,
-                            Ping, Pong, Protocol, ServerProtocol, State)
+from twspy.handshake_protocol import ClientProtocol, ServerProtocol
+from twspy.protocol import (CLIENT, CLOSED, CLOSING, CONNECTING, DEFAULT_MAX_SIZE, OPEN, SERVER, Close, Ping, Pong,
+                            Protocol, State)
 
 KEY = bytes.fromhex("37fa213d")
 

@@ -17,7 +17,8 @@ for invalid UTF-8 found while a text frame is still arriving (§8.1), 1009 for `
 (checked from the header, before buffering, and after inflating), caps on fragments and on
 compressed bytes per message, automatic pongs (§5.5.2), the close handshake in both orders
 (§7), and the negotiated extensions' codecs (permessage-deflate, deflate-frame).
-:class:`ServerProtocol` and :class:`ClientProtocol` add the opening handshake (§4).
+:mod:`twspy.handshake_protocol` adds the opening handshake (§4): ``ServerProtocol`` and
+``ClientProtocol`` are protocols that start ``CONNECTING``.
 
 Buffers grow as bytes arrive: an announced frame length is only checked, never allocated.
 A peer's mistake never raises from :meth:`Protocol.receive_data`: the connection is failed
@@ -34,21 +35,19 @@ import logging
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Union
 
-from .errors import HandshakeError, InvalidState, NegotiationError, PayloadTooBig, ProtocolError
-from .extension import Extension, ExtensionCodec
-from .frame import (CLOSE_MISSING_EXTENSIONS, CLOSE_NO_STATUS, CLOSE_NORMAL, Frame, check_header, decode_close,
-                    encode_close, mask, parse_data_frame)
-from .handshake import (MAX_HEADER_SIZE, Reply, Request, Response, build_request, build_response,
-                        check_response, error_response, make_key, parse_request, parse_response, reply_response,
-                        server_handshake)
+from .errors import HandshakeError, InvalidState, PayloadTooBig, ProtocolError
+from .extension import ExtensionCodec
+from .frame import (CLOSE_NO_STATUS, CLOSE_NORMAL, Frame, check_header, decode_close, encode_close, mask,
+                    parse_data_frame)
+from .handshake import Request, Response
 from .message import BinaryMessage, Message, TextMessage
 
 __all__ = [
     "Side", "SERVER", "CLIENT", "State", "CONNECTING", "OPEN", "CLOSING", "CLOSED",
-    "Ping", "Pong", "Close", "Event", "Protocol", "ServerProtocol", "ClientProtocol",
-    "DEFAULT_MAX_SIZE", "DEFAULT_MAX_FRAGMENTS", "new_masking_key",
+    "Ping", "Pong", "Close", "Event", "Protocol",
+    "DEFAULT_MAX_SIZE", "DEFAULT_MAX_FRAGMENTS", "new_masking_key", "frame_header", "short_reason",
 ]
 
 DEFAULT_MAX_SIZE = 1 << 20        # 1 MiB per message, as websocket/Connection (and python-websockets)
@@ -130,7 +129,8 @@ _new = object.__new__
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
-def _header(b0: int, length: int, mask_bit: int) -> bytes:
+def frame_header(b0: int, length: int, mask_bit: int) -> bytes:
+    """A frame header without its masking key: first byte, mask bit (0x80 or 0) and length (§5.2)."""
     if length < 126:
         return _H2.pack(b0, mask_bit | length)
     if length < 65536:
@@ -138,7 +138,7 @@ def _header(b0: int, length: int, mask_bit: int) -> bytes:
     return _H10.pack(b0, mask_bit | 127, length)
 
 
-def _short(text: str) -> str:
+def short_reason(text: str) -> str:
     """``text`` cut to the 123 bytes a close reason may have (§5.5.1), on a character boundary."""
     return text.encode("utf-8")[:123].decode("utf-8", "ignore")
 
@@ -149,8 +149,8 @@ class Protocol:
     Args:
         side: :data:`SERVER` (requires masked frames) or :data:`CLIENT` (masks every frame).
         state: :data:`OPEN` for a connection whose handshake ran elsewhere (an ASGI server,
-            the mux, tests); :class:`ServerProtocol` and :class:`ClientProtocol` start
-            ``CONNECTING``.
+            the mux, tests); the handshake protocols of :mod:`twspy.handshake_protocol`
+            start ``CONNECTING``.
         max_size: largest message accepted, after inflating (1009 beyond); None: no limit.
         max_fragments: most frames per message (1009 beyond); None: no limit.
         extensions: the negotiated :class:`~twspy.extension.ExtensionCodec` objects, in the
@@ -275,8 +275,8 @@ class Protocol:
             n = len(payload)
             if self._mask_out:
                 key = new_masking_key()
-                return _header(0x80 | opcode, n, 0x80) + key + mask(key, payload)
-            return (_H2.pack(0x80 | opcode, n) if n < 126 else _header(0x80 | opcode, n, 0)) + payload
+                return frame_header(0x80 | opcode, n, 0x80) + key + mask(key, payload)
+            return (_H2.pack(0x80 | opcode, n) if n < 126 else frame_header(0x80 | opcode, n, 0)) + payload
         rsv = 0
         for codec in self._message_codecs:
             payload, bits = codec.encode_message(opcode, payload, compress)
@@ -300,8 +300,8 @@ class Protocol:
         b0 = (0x80 if final else 0) | rsv | opcode
         if self._mask_out:
             key = new_masking_key()
-            return _header(b0, len(payload), 0x80) + key + mask(key, payload)
-        return _header(b0, len(payload), 0) + payload
+            return frame_header(b0, len(payload), 0x80) + key + mask(key, payload)
+        return frame_header(b0, len(payload), 0) + payload
 
     def send_text(self, text: str, *, fragment_size: Optional[int] = None, compress: bool = True) -> None:
         """Queue a text message; ``fragment_size`` splits it into frames of at most that many
@@ -351,8 +351,8 @@ class Protocol:
         at once; a client waits for the server to close TCP.
         """
         if self.state is OPEN and code != 1006:
-            self._out.append(self._frame_bytes(0x8, encode_close(code, _short(reason)), True, 0))
-            self.close_sent = Close(code, _short(reason))
+            self._out.append(self._frame_bytes(0x8, encode_close(code, short_reason(reason)), True, 0))
+            self.close_sent = Close(code, short_reason(reason))
         if self.state is OPEN:
             self.state = CLOSING
         elif self.state is CONNECTING:  # no WebSocket yet: nothing to say, just end TCP
@@ -696,7 +696,7 @@ class Protocol:
                 self._send_eof()
             self._discard()
 
-    # -- opening handshake (subclasses) ------------------------------------------------------
+    # -- hooks for the opening handshake (twspy.handshake_protocol's subclasses) --------------
     def _receive_head(self, data: Union[bytes, bytearray]) -> None:
         raise InvalidState("this Protocol has no opening handshake; create it with state=OPEN")
 
@@ -734,180 +734,3 @@ class Protocol:
         self.state = OPEN
         if self._buf:  # frames the peer sent right behind its handshake
             self._parse()
-
-
-class ServerProtocol(Protocol):
-    """The server side, from the upgrade request on (§4.2).
-
-    Feed the request's bytes to :meth:`receive_data`: once the head is complete it is
-    parsed (a :class:`~twspy.handshake.Request` event), given to ``process_request``, checked
-    and answered: ``101`` (state OPEN; frames that followed the request are processed) or an
-    HTTP error reply followed by ``b""`` (state CLOSED, ``handshake_exc`` set) — 400 for a
-    malformed request, 405, 426 for a missing upgrade or a bad version, 403 for an origin or
-    location refused, 431 for a head over ``max_header_size``, 500 when a hook raised, or
-    what ``process_request`` answered. :meth:`reject` answers an error before that (a 503
-    when the server is full).
-
-    Args:
-        protocols, extensions, trusted_origins, locations, select_subprotocol,
-        process_request, max_header_size: as :class:`~twspy.websocket.websocket` has them.
-        address: the peer's address, set on the request before ``process_request`` sees it.
-        max_size, max_fragments, logger: as :class:`Protocol`.
-    """
-
-    def __init__(self, *, protocols: Sequence[str] = (), extensions: Sequence[Extension] = (),
-                 trusted_origins: Sequence[str] = (), locations: Sequence[str] = (),
-                 select_subprotocol: Optional[Callable[[List[str], Sequence[str]], Optional[str]]] = None,
-                 process_request: Optional[Callable[[Request], Reply]] = None,
-                 max_header_size: int = MAX_HEADER_SIZE, address: Any = None,
-                 max_size: Optional[int] = DEFAULT_MAX_SIZE, max_fragments: Optional[int] = DEFAULT_MAX_FRAGMENTS,
-                 logger: Optional[logging.Logger] = None) -> None:
-        super().__init__(SERVER, state=CONNECTING, max_size=max_size, max_fragments=max_fragments, logger=logger)
-        self.protocols = list(protocols)
-        self.extension_offers = list(extensions)
-        self.trusted_origins = list(trusted_origins)
-        self.locations = list(locations)
-        self.select_subprotocol = select_subprotocol
-        self.process_request = process_request
-        self.max_header_size = max_header_size
-        self.address = address
-        self.request: Optional[Request] = None
-        self.subprotocol: Optional[str] = None
-
-    def reject(self, status: int, body: Union[str, bytes] = b"", headers: Sequence[Tuple[str, str]] = ()) -> None:
-        """Answer the handshake with an HTTP error (e.g. 503 when full) and end the connection."""
-        if self.state is not CONNECTING:
-            raise InvalidState("the opening handshake is over")
-        if isinstance(body, str):
-            body = body.encode("utf-8")
-        self._handshake_failed(HandshakeError("rejected with HTTP %d" % status, status),
-                               build_response(status, headers, body))
-
-    def _receive_head(self, data: Union[bytes, bytearray]) -> None:
-        try:
-            head = self._find_head(data, self.max_header_size)
-            if head is None:
-                return
-            request = parse_request(head)
-            request.address = self.address
-            self.request = request
-            self._events.append(request)
-            answer = self._process_request(request)
-            if answer is not None:
-                self._handshake_failed(HandshakeError("answered by process_request", answer[0]), answer[1])
-                return
-            try:
-                response, self.subprotocol, codecs = server_handshake(
-                    request, self.protocols, self.extension_offers, self.trusted_origins, self.locations,
-                    self.select_subprotocol)
-            except HandshakeError:
-                raise
-            except Exception as exc:  # a select_subprotocol or an extension that raised
-                self.logger.exception("opening handshake failed for %r", request)
-                raise HandshakeError("internal server error", 500) from exc
-        except HandshakeError as exc:
-            self._handshake_failed(exc, error_response(exc))
-            return
-        self._out.append(response)
-        self._opened(codecs)
-
-    def _process_request(self, request: Request) -> Optional[Tuple[int, bytes]]:
-        if self.process_request is None:
-            return None
-        try:
-            return reply_response(self.process_request(request))
-        except HandshakeError:
-            raise
-        except Exception as exc:
-            self.logger.exception("process_request failed for %r", request)
-            raise HandshakeError("internal server error", 500) from exc
-
-
-class ClientProtocol(Protocol):
-    """The client side, from the upgrade request on (§4.1).
-
-    The request is queued at once (:meth:`data_to_send`). Feed the server's answer to
-    :meth:`receive_data`: a ``101`` that checks out opens the connection (a
-    :class:`~twspy.handshake.Response` event, then frames); any other status, read with its
-    body (up to ``max_header_size`` bytes, or until EOF), ends it with ``handshake_exc`` a
-    HandshakeError carrying status, headers and body. An extension or subprotocol answer we
-    cannot accept sends a close frame with 1010 (§7.4.1) and sets a NegotiationError.
-
-    Args:
-        host: the Host header. location: the resource requested ("/path?query").
-        origin, protocols, extensions, headers, max_header_size: as
-        :class:`~twspy.websocket.websocket` has them. key: the Sec-WebSocket-Key (fresh
-        by default). max_size, max_fragments, logger: as :class:`Protocol`.
-    """
-
-    def __init__(self, *, host: str, location: str = "/", origin: Optional[str] = None,
-                 protocols: Sequence[str] = (), extensions: Sequence[Extension] = (),
-                 headers: Sequence[Tuple[str, str]] = (), key: Optional[str] = None,
-                 max_header_size: int = MAX_HEADER_SIZE, max_size: Optional[int] = DEFAULT_MAX_SIZE,
-                 max_fragments: Optional[int] = DEFAULT_MAX_FRAGMENTS, logger: Optional[logging.Logger] = None) -> None:
-        super().__init__(CLIENT, state=CONNECTING, max_size=max_size, max_fragments=max_fragments, logger=logger)
-        self.protocols = list(protocols)
-        self.extension_offers = list(extensions)
-        self.max_header_size = max_header_size
-        self.key = key if key is not None else make_key()
-        self.response: Optional[Response] = None
-        self.subprotocol: Optional[str] = None
-        self._body_wanted = -1  # the length of a non-101 response's body still being read
-        self._out.append(build_request(host, location, self.key, origin, self.protocols, self.extension_offers,
-                                       headers))
-
-    def _receive_head(self, data: Union[bytes, bytearray]) -> None:
-        if self._body_wanted >= 0:
-            self._buf += data
-            self._read_body()
-            return
-        try:
-            head = self._find_head(data, self.max_header_size)
-            if head is None:
-                return
-            response = parse_response(head)
-        except HandshakeError as exc:
-            self._handshake_failed(exc)
-            return
-        self.response = response
-        if response.status != 101:
-            try:
-                length = int(response.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = 0
-            self._body_wanted = max(0, min(length, self.max_header_size))
-            self._read_body()
-            return
-        try:
-            self.subprotocol, codecs = check_response(response, self.key, self.protocols, self.extension_offers)
-        except NegotiationError as exc:
-            exc.status, exc.headers = response.status, response.headers
-            # RFC 7692 §5.1 / RFC 6455 §7.4.1: tell the server why before leaving (1010).
-            key = new_masking_key()
-            payload = encode_close(CLOSE_MISSING_EXTENSIONS, _short(exc.message))
-            self._out.append(_header(0x88, len(payload), 0x80) + key + mask(key, payload))
-            self._handshake_failed(exc)
-            return
-        except HandshakeError as exc:
-            self._handshake_failed(exc)
-            return
-        self._events.append(response)
-        self._opened(codecs)
-
-    def _read_body(self, eof: bool = False) -> None:
-        """Finish a non-101 answer once its body is here (or the server closed TCP)."""
-        buf = self._buf
-        if len(buf) < self._body_wanted and not eof:
-            return
-        response = self.response
-        assert response is not None
-        response.body = bytes(buf[:self._body_wanted])
-        self._events.append(response)
-        self._handshake_failed(HandshakeError("server answered %d %s" % (response.status, response.reason),
-                                              response.status, response.headers, response.body))
-
-    def _eof_in_handshake(self) -> bool:
-        if self._body_wanted >= 0:
-            self._read_body(eof=True)
-            return True
-        return super()._eof_in_handshake()
