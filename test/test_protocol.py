@@ -12,6 +12,8 @@ import zlib
 from typing import List
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from twspy import protocol
 from twspy.deflate_frame import DeflateFrame, DeflateFrameCodec
@@ -396,7 +398,7 @@ class TestLimits:
         try:
             before = tracemalloc.get_traced_memory()[0]
             chunk = empty * 1000
-            for _ in range(20):
+            for _ in range(5):
                 s.receive_data(chunk)
             grown = tracemalloc.get_traced_memory()[0] - before
         finally:
@@ -992,3 +994,115 @@ class TestPairs:
         assert c.state is CLOSED and c.close_code == 1000
         relay(c, s)  # the client's EOF
         assert s.state is CLOSED and s.close_code == 1000 and s.close_reason == "done"
+
+
+class TestAgainstWebsockets:
+    """twspy's core against python-websockets' own sans-I/O core, through bytes only."""
+
+    @staticmethod
+    def messages(frames):
+        """Whole messages from python-websockets' frame events (it delivers frames)."""
+        out, parts, opcode = [], [], None
+        for frame in frames:
+            if not hasattr(frame, "opcode"):  # its handshake Response
+                continue
+            if frame.opcode.value in (1, 2):
+                opcode, parts = frame.opcode.value, []
+            if frame.opcode.value in (0, 1, 2):
+                parts.append(frame.data)
+                if frame.fin:
+                    data = b"".join(parts)
+                    out.append(TextMessage(data.decode()) if opcode == 1 else BinaryMessage(data))
+        return out
+
+    @staticmethod
+    def move(src, dst):
+        for data in src.data_to_send():
+            if data:
+                dst.receive_data(data)
+            else:
+                dst.receive_eof()
+
+    def test_twspy_client_websockets_server(self, monkeypatch):
+        monkeypatch.undo()  # real random keys
+        from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+        from websockets.server import ServerProtocol as WebsocketsServer
+
+        c = ClientProtocol(host="example.com", location="/chat", protocols=["chat"], extensions=[DeflateMessage()])
+        s = WebsocketsServer(subprotocols=["chat"], extensions=[ServerPerMessageDeflateFactory()])
+        self.move(c, s)
+        [request] = s.events_received()
+        s.send_response(s.accept(request))
+        self.move(s, c)
+        assert c.state is OPEN and c.subprotocol == "chat" and len(c.extensions) == 1
+        texts = ["hello " * 20, "é", "", "hello " * 20]
+        for text in texts:
+            c.send_text(text, fragment_size=10)
+        c.send_binary(bytes(range(256)) * 100)
+        c.send_ping(b"are you there")
+        self.move(c, s)
+        events = s.events_received()
+        assert self.messages(events) == [TextMessage(t) for t in texts] + [BinaryMessage(bytes(range(256)) * 100)]
+        s.send_text(b"bye " * 50)
+        self.move(s, c)  # the message and the pong
+        assert c.events_received()[1:] == [Pong(b"are you there"), TextMessage("bye " * 50)]
+        s.send_close(1001, "going away")
+        self.move(s, c)
+        assert c.events_received() == [Close(1001, "going away")]
+        self.move(c, s)  # the echo
+        self.move(s, c)  # the server's EOF
+        assert c.state is CLOSED and c.close_code == 1001
+        self.move(c, s)
+        assert s.state.name == "CLOSED" and s.close_code == 1001
+
+    def test_websockets_client_twspy_server(self, monkeypatch):
+        monkeypatch.undo()
+        from websockets.client import ClientProtocol as WebsocketsClient
+        from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+        from websockets.uri import parse_uri
+
+        c = WebsocketsClient(parse_uri("ws://example.com/chat"), extensions=[ClientPerMessageDeflateFactory()])
+        c.send_request(c.connect())
+        s = ServerProtocol(extensions=[DeflateMessage()])
+        self.move(c, s)
+        self.move(s, c)
+        assert s.state is OPEN and c.state.name == "OPEN" and c.handshake_exc is None
+        c.send_text(("x" * 1000).encode())
+        c.send_binary(b"\x00\xff" * 3000)
+        c.send_text("κόσμε".encode()[:3], fin=False)
+        c.send_continuation("κόσμε".encode()[3:], fin=True)
+        self.move(c, s)
+        assert s.events_received()[1:] == [TextMessage("x" * 1000), BinaryMessage(b"\x00\xff" * 3000),
+                                           TextMessage("κόσμε")]
+        s.send_text("y" * 500)
+        s.send_binary(b"z" * 70000, fragment_size=4096)
+        self.move(s, c)
+        assert self.messages(c.events_received()) == [TextMessage("y" * 500), BinaryMessage(b"z" * 70000)]
+        c.send_close(1000)
+        self.move(c, s)
+        self.move(s, c)  # echo and EOF
+        assert c.state.name == "CLOSED" and c.close_code == 1000
+        assert s.state is CLOSING and s.close_code == 1000
+
+
+class TestProperties:
+    """Any messages, any fragmentation, any split of the byte stream: the same messages out."""
+
+    @given(messages=st.lists(st.one_of(st.text(max_size=300), st.binary(max_size=300)), max_size=8),
+           fragment=st.one_of(st.none(), st.integers(1, 64)), cuts=st.lists(st.integers(0, 4000), max_size=12),
+           compress=st.booleans(), client_sends=st.booleans())
+    @settings(max_examples=40, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    def test_stream_split_anywhere(self, messages, fragment, cuts, compress, client_sends):
+        codecs = ([DeflateMessageCodec(threshold=0)], [DeflateMessageCodec(threshold=0)]) if compress else ((), ())
+        s, c = pair(*codecs)
+        sender, receiver = (c, s) if client_sends else (s, c)
+        for m in messages:
+            (sender.send_text if isinstance(m, str) else sender.send_binary)(m, fragment_size=fragment)
+        data = b"".join(sender.data_to_send())
+        points = sorted({0, len(data), *(x for x in cuts if x < len(data))})
+        for a, b in zip(points, points[1:]):
+            receiver.receive_data(data[a:b])
+        expected = [TextMessage(m) if isinstance(m, str) else BinaryMessage(m) for m in messages]
+        assert receiver.events_received() == expected
+        assert receiver.state is OPEN and receiver.data_to_send() == []
