@@ -1106,3 +1106,29 @@ class TestProperties:
         expected = [TextMessage(m) if isinstance(m, str) else BinaryMessage(m) for m in messages]
         assert receiver.events_received() == expected
         assert receiver.state is OPEN and receiver.data_to_send() == []
+
+
+class TestReceiveFrame:
+    """Frames parsed by the transport (mux channels): the same rules, masking aside."""
+
+    def test_messages_control_and_close(self):
+        s = Protocol(SERVER, extensions=[DeflateMessageCodec()])
+        payload = DeflateMessageCodec(threshold=0).encode_message(1, b"Hello")[0]
+        for frame in (Frame(1, payload[:3], final=False, rsv1=True), Frame(9, b"p"), Frame(0, payload[3:]),
+                      Frame(2, b"raw"), Frame(8, h("03e8"))):
+            s.receive_frame(frame)
+        assert s.events_received() == [Ping(b"p"), TextMessage("Hello"), BinaryMessage(b"raw"), Close(1000, "")]
+        assert s.data_to_send() == [h("8a0170"), h("880203e8"), b""]
+        s.receive_frame(Frame(1, b"ignored"))
+        assert s.events_received() == []
+
+    def test_rules(self):
+        for frame, code in ((Frame(0, b"x"), 1002), (Frame(1, b"\xff"), 1007), (Frame(2, b"x" * 11), 1009),
+                            (Frame(2, b"x", rsv1=True), 1002)):
+            c = Protocol(CLIENT, max_size=10)
+            c.receive_frame(frame)
+            failed_with(c, code)
+
+    def test_not_during_the_handshake(self):
+        with pytest.raises(InvalidState):
+            ServerProtocol().receive_frame(Frame(1, b"x"))

@@ -185,7 +185,9 @@ class Protocol:
         self._eof_rcvd = False
         self._discarding = False          # §7.1.7: after failing, or after the peer's close frame
         self._events: List[Any] = []
-        self._out: List[bytes] = []
+        # A deque drained item by item: a shell's reading thread may queue a pong while a
+        # sending thread drains (appends are never lost; Protocol is otherwise not thread-safe).
+        self._out: "collections.deque[bytes]" = collections.deque()
         self._buf = bytearray()
         self._pos = 0
         self._frame: Optional[List[Any]] = None  # [b0, length, key, done] of a frame being read
@@ -229,9 +231,15 @@ class Protocol:
     def data_to_send(self) -> List[bytes]:
         """The bytes to write, in order, and forget them; ``b""`` means half-close the write side now."""
         out = self._out
-        if out:
-            self._out = []
-        return out
+        if not out:
+            return []
+        data = []
+        pop = out.popleft
+        try:
+            while True:
+                data.append(pop())
+        except IndexError:
+            return data
 
     def events_received(self) -> List[Any]:
         """The events since the last call, in order: messages, :class:`Ping`, :class:`Pong`, :class:`Close`
@@ -449,6 +457,26 @@ class Protocol:
                     return None
         self.receive_data(data)
         return None
+
+    def receive_frame(self, frame: Frame) -> None:
+        """Feed one frame that the transport parsed itself (a mux channel carries frames, not
+        bytes): every rule of :meth:`receive_data` but masking, which the transport owns."""
+        if self._discarding:
+            return
+        if self.state is CONNECTING:
+            raise InvalidState("receive_frame() during the opening handshake")
+        opcode = frame.opcode
+        payload = frame.payload
+        b0 = (0x80 if frame.final else 0) | frame.rsv | opcode
+        try:
+            self._check_frame(b0, 0x80 if self._require_mask else 0, opcode, len(payload))
+            if opcode >= 0x8:
+                self._control(opcode, payload)
+            else:
+                self._start_data(b0, opcode, len(payload))
+                self._data(b0, None, 0, payload, True)
+        except ProtocolError as exc:
+            self._failed(exc)
 
     def _single(self, opcode: int, payload: bytes) -> Message:
         """A message from one whole frame that no codec transforms (its size already checked)."""
