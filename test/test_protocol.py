@@ -1132,3 +1132,14 @@ class TestReceiveFrame:
     def test_not_during_the_handshake(self):
         with pytest.raises(InvalidState):
             ServerProtocol().receive_frame(Frame(1, b"x"))
+
+
+class TestParseMessage:
+    def test_never_consumes_what_it_does_not_return(self):
+        s = Protocol(SERVER)
+        assert s.parse_message(masked(2, b"x")) == BinaryMessage(b"x")
+        for data in (masked(1, b"\xff"), masked(1, b"a", final=False), masked(9), masked(2, b"ab")[:-1]):
+            assert s.parse_message(data) is None
+            assert s.events_received() == [] and s.data_to_send() == [] and s.state is OPEN
+        s.receive_data(masked(2, b"ab")[:-1])
+        assert s.parse_message(masked(2, b"c")) is None  # a frame is half-read

@@ -434,29 +434,39 @@ class Protocol:
         buf += data
         self._parse()
 
-    def receive_message(self, data: Union[bytes, bytearray]) -> Optional[Message]:
-        """:meth:`receive_data`, fused for the common case: when ``data`` is exactly one whole
-        unfragmented data frame (< 64 KiB, no extension, nothing buffered), return its message
-        instead of queuing it; otherwise feed it and return None (see :meth:`events_received`).
+    def parse_message(self, data: Union[bytes, bytearray]) -> Optional[Message]:
+        """The fused receive path, which never changes the protocol: the message when ``data``
+        is exactly one whole unfragmented data frame (< 64 KiB, valid, no extension, nothing
+        buffered); None otherwise, and nothing was consumed: give ``data`` to :meth:`receive_data`.
 
+        A threaded shell may call it without the lock it holds around the other calls.
         Measured: 1.1 us for a 16-byte masked frame against 1.4 us for receive_data and
         events_received (CPython 3.11).
         """
         if self._idle and not self._buf:
             found = parse_data_frame(data, 0, self._require_mask, self.max_size)
             if found is not None and found[2] == len(data):
+                message: Message
                 if found[0] == 0x2:
                     message = _new(BinaryMessage)
-                    message.opcode = 0x2
                     message.payload = found[1]
-                    return message
-                try:
-                    return self._single(0x1, found[1])
-                except ProtocolError as exc:
-                    self._failed(exc)
-                    return None
-        self.receive_data(data)
+                else:
+                    message = _new(TextMessage)
+                    try:
+                        message.payload = found[1].decode("utf-8")
+                    except UnicodeDecodeError:
+                        return None  # receive_data fails the connection (1007)
+                message.opcode = found[0]
+                return message
         return None
+
+    def receive_message(self, data: Union[bytes, bytearray]) -> Optional[Message]:
+        """:meth:`parse_message`, else :meth:`receive_data`: the message of a read that is
+        exactly one small data frame, or None with ``data`` fed (see :meth:`events_received`)."""
+        message = self.parse_message(data)
+        if message is None:
+            self.receive_data(data)
+        return message
 
     def receive_frame(self, frame: Frame) -> None:
         """Feed one frame that the transport parsed itself (a mux channel carries frames, not
