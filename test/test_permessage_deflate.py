@@ -655,7 +655,7 @@ class TestCompressedLimit:
 
     def test_explicit_and_none(self):
         _, s = pair(max_compressed_size=10)
-        s.decode_frame_of_message(b"\x00" * 5, RSV1, False, None)
+        assert s.decode_frame_of_message(self.EMPTY_STORED * 2, RSV1, False, None) == b""
         with pytest.raises(PayloadTooBig):
             s.decode_frame_of_message(self.EMPTY_STORED + b"\x00", RSV1, False, None)
         _, s = pair(max_compressed_size=None)

@@ -27,8 +27,16 @@ from .errors import NegotiationError, PayloadTooBig, ProtocolError
 from .extension import Extension, ExtensionCodec, Params
 from .frame import RSV1, Frame
 from .permessage_deflate import (
-    DEFAULT_COMPRESS_LEVEL, DEFAULT_MEM_LEVEL, DEFAULT_THRESHOLD, WINDOW_BITS, Deflater, Inflater,
-    check_bits, check_max_compressed_size, check_zlib_options, compressed_limit,
+    DEFAULT_COMPRESS_LEVEL,
+    DEFAULT_MEM_LEVEL,
+    DEFAULT_THRESHOLD,
+    WINDOW_BITS,
+    Deflater,
+    Inflater,
+    check_bits,
+    check_max_compressed_size,
+    check_zlib_options,
+    compressed_limit,
 )
 
 __all__ = ["DeflateFrame", "DeflateFrameCodec"]
