@@ -171,7 +171,7 @@ class Inflater:
         a second end of stream in the unit. Work is linear in ``len(data)``.
         """
         parts = []
-        view = memoryview(data)
+        view = data  # a memoryview past the final block only after a restart (rare)
         while True:
             zobj = self._zobj
             if zobj is None:
@@ -202,7 +202,7 @@ class Inflater:
             if not rest:
                 break
             # Walk on by offset: what follows the BFINAL block, without another copy.
-            view = view[len(view) - rest:]
+            view = memoryview(view)[len(view) - rest:]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def finish(self, produced: int, max_size: Optional[int]) -> bytes:
