@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import tracemalloc
 import zlib
 
@@ -322,7 +321,6 @@ class TestLimits:
         frame = Frame(OPCODE_BINARY, payload, rsv1=True)
         c, _ = pair()
         tracemalloc.start()
-        start = time.perf_counter()
         try:
             with pytest.raises(PayloadTooBig) as info:
                 c.decode_frame(frame, MiB)
@@ -330,8 +328,7 @@ class TestLimits:
         finally:
             tracemalloc.stop()
         assert info.value.code == 1009
-        assert time.perf_counter() - start < 1
-        assert peak < 3 * MiB
+        assert peak < 3 * MiB  # refused without inflating the 10 MiB (no wall-clock check: bench/ does speed)
 
     def test_limit_is_per_message(self):
         c, s = pair(threshold=0)

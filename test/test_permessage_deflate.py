@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 import tracemalloc
 import zlib
 
@@ -497,7 +496,6 @@ class TestLimits:
         assert len(payload) < 20000
         _, s = pair()
         tracemalloc.start()
-        start = time.perf_counter()
         try:
             with pytest.raises(PayloadTooBig) as info:
                 decode(s, payload, max_size=MiB)
@@ -505,8 +503,7 @@ class TestLimits:
         finally:
             tracemalloc.stop()
         assert info.value.code == 1009
-        assert time.perf_counter() - start < 1
-        assert peak < 3 * MiB
+        assert peak < 3 * MiB  # refused without inflating the 10 MiB (no wall-clock check: bench/ does speed)
 
     def test_bomb_across_frames(self):
         c, s = pair()
