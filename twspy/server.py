@@ -147,6 +147,7 @@ class Server:
         self.clients: Set[ServerConnection] = set()
         self._threads: Set[threading.Thread] = set()
         self._handshaking: Set[socket.socket] = set()  # raw sockets still in the opening handshake
+        self._reserved = 0  # extra clients served over an existing socket (reserve_connection)
         self._lock = threading.Lock()
         self._stopping = False
         self._stopped = threading.Event()
@@ -232,7 +233,7 @@ class Server:
             time.sleep(0.01)
             return
         with self._lock:
-            busy = len(self._threads) >= self.max_connections
+            busy = len(self._threads) + self._reserved >= self.max_connections
         if busy:
             logger.warning("%s: too many connections (%d); answering 503", _fmt_address(address),
                            self.max_connections)
@@ -271,10 +272,11 @@ class Server:
             if self._stopping:
                 ws.close()
                 return
-            if any(codec.name == "mux" for codec in ws.extensions):
-                from .multiplex import serve_multiplexed  # each logical channel becomes a client
-                serve_multiplexed(self, ws)
-                return
+            for codec in ws.extensions:  # an extension that replaces Connection (mux) serves ws itself
+                serve_connection = getattr(codec, "serve_connection", None)
+                if serve_connection is not None:
+                    serve_connection(self, ws)
+                    return
             client = self.connection_class(self, ws, **self.connection_options)
             with self._lock:
                 self.clients.add(client)
@@ -312,6 +314,26 @@ class Server:
 
     _stop_code = CLOSE_GOING_AWAY
     _stop_reason = ""
+
+    @property
+    def stopping(self) -> Optional[Tuple[int, str]]:
+        """None while serving; the ``(code, reason)`` given to :meth:`shutdown` once it began."""
+        return (self._stop_code, self._stop_reason) if self._stopping else None
+
+    def reserve_connection(self) -> bool:
+        """Count one more client against ``max_connections``, for a transport that serves several
+        clients over one socket (each mux channel); False when full or stopping."""
+        with self._lock:
+            if self._stopping or len(self._threads) + self._reserved >= self.max_connections:
+                return False
+            self._reserved += 1
+            return True
+
+    def release_connection(self, client: Optional[ServerConnection] = None) -> None:
+        """Give back a :meth:`reserve_connection` and take ``client`` (if any) out of ``clients``."""
+        with self._lock:
+            self._reserved -= 1
+            self.clients.discard(client)  # type: ignore[arg-type]
 
     def shutdown(self, code: int = CLOSE_GOING_AWAY, reason: str = "", timeout: float = 2.0) -> None:
         """Stop accepting, close every client with ``code`` and join their threads.

@@ -120,6 +120,7 @@ class websocket:
         self._wait_lock = threading.Lock()  # abort() vs a reader in select() (see abort)
         self._waiting = False
         self._close_on_wake = False
+        self._aborted = False  # set by abort(): a reader about to select() must not sleep on a closed fd
 
     # -- socket API ---------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -226,7 +227,9 @@ class websocket:
         self._opened(rest, require_mask=True)
         self.sock.settimeout(old_timeout)
 
-    def _process_request(self, request: Request) -> Optional[Tuple[int, bytes]]:
+    def answer_request(self, request: Request) -> Optional[Tuple[int, bytes]]:
+        """Run the ``process_request`` hook: None to go on, or ``(status, HTTP response bytes)``
+        (HandshakeError 500 if the hook raised). Also used for each mux channel's request."""
         if self.process_request is None:
             return None
         try:
@@ -236,6 +239,8 @@ class websocket:
         except Exception as exc:
             logger.exception("process_request failed for %r", request)
             raise HandshakeError("internal server error", 500) from exc
+
+    _process_request = answer_request  # the former private spelling
 
     # -- client -------------------------------------------------------------------------------
     def connect(self, address: Any) -> None:
@@ -443,6 +448,7 @@ class websocket:
         except OSError:
             pass
         with self._wait_lock:
+            self._aborted = True
             if self._waiting:
                 # A reader waits in select(): closing now would drop the wake-up the shutdown
                 # just posted (epoll forgets a closed fd) and leave it asleep until its deadline.
@@ -577,6 +583,10 @@ class websocket:
         while True:
             left = deadline - time.monotonic()
             with self._wait_lock:
+                if self._aborted:
+                    # abort() ran before we got here and may have closed the fd: epoll forgets
+                    # a closed fd, so select() would sleep until the deadline.
+                    raise ConnectionClosed(1006, "")
                 self._waiting = True
             try:
                 ready = left > 0 and self._poller.select(left)
