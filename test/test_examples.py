@@ -98,8 +98,8 @@ def test_multiplex():
 def test_hub_chat_one_process(server_example):
     port = server_example("hub_chat.py")
     out = run("client.py", "ws://127.0.0.1:%d/" % port).splitlines()
-    assert re.fullmatch(r"[0-9a-f]{8}\.\d+: Hello", out[0])
-    assert re.fullmatch(r"[0-9a-f]{8}\.\d+: b'\\x00\\x01\\x02'", out[1])
+    assert re.fullmatch(r"[0-9a-f]{8}\.\d+\.[0-9a-f]{16}: Hello", out[0])
+    assert re.fullmatch(r"[0-9a-f]{8}\.\d+\.[0-9a-f]{16}: b'\\x00\\x01\\x02'", out[1])
 
 
 def test_filters_server(server_example):
