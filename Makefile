@@ -1,14 +1,18 @@
 # twspy — every target is a one-liner; `make help` lists them.
 PYTHON ?= python3
 
-.PHONY: help test test-all cov lint bench compliance compliance-full fuzz clean
+.PHONY: help build test test-all cov lint bench compliance compliance-full fuzz clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
 
-test: ## run the test suite (installs the test extra: pytest, hypothesis, websockets, redis)
+build: ## build the optional C accelerator (twspy/_speedups.c) in place
+	$(PYTHON) setup.py -q build_ext --inplace
+
+test: ## run the test suite, with the C accelerator built when a compiler exists (installs the test extra)
 	@$(PYTHON) -c "import pytest, hypothesis, websockets, redis" 2>/dev/null || $(PYTHON) -m pip install -q pytest hypothesis websockets redis
-	$(PYTHON) -m pytest -q test
+	@if command -v "$$($(PYTHON) -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "cc").split()[0])')" >/dev/null; then \
+	  $(MAKE) -s build && export TWSPY_REQUIRE_SPEEDUPS=1; fi; $(PYTHON) -m pytest -q test
 
 test-all: ## run the suite on every installed Python 3.9-3.13 (pyenv)
 	@for v in 3.9 3.10 3.11 3.12 3.13; do \
@@ -35,6 +39,6 @@ compliance-full: ## every Autobahn case, both roles
 fuzz: ## a bounded fuzzing campaign against a live server
 	$(PYTHON) test/fuzz.py
 
-clean: ## remove caches and build output
-	rm -rf build dist *.egg-info .pytest_cache .hypothesis htmlcov .coverage
+clean: ## remove caches and build output (the built accelerator too)
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis htmlcov .coverage twspy/_speedups.*.so twspy/_speedups.*.pyd
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -639,7 +639,7 @@ def _client(pipe: Any, cfg: Dict[str, Any]) -> Dict[str, Any]:
         import sys
         sys.path.insert(0, cfg["root"])
         import twspy
-        conn = twspy.connect(target.url, extensions=[])
+        conn = twspy.connect(target.url, extensions=[], max_size=None)  # as websockets' max_size=None
         send, close = conn.send, conn.close
 
         def recv() -> Any:
@@ -651,7 +651,8 @@ def _client(pipe: Any, cfg: Dict[str, Any]) -> Dict[str, Any]:
     elif lib == "websocket-client":
         import websocket
         wsc = websocket.create_connection(target.url)
-        send, recv, close = wsc.send, wsc.recv, wsc.close
+        send = wsc.send_binary if isinstance(text, bytes) else wsc.send
+        recv, close = wsc.recv, wsc.close
     elif lib == "raw":
         sock, rest = open_connection(target)
         request, reply = workload.request, workload.response

@@ -451,6 +451,10 @@ def _versions() -> Dict[str, str]:
     try:
         import twspy
         versions["twspy.DeflateMessage"] = "yes" if hasattr(twspy, "DeflateMessage") else "missing"
+        # The server processes inherit this environment: TWSPY_NO_SPEEDUPS=1 measures the fallback.
+        versions["twspy.speedups"] = ("on" if getattr(twspy, "speedups_enabled", lambda: False)()
+                                      else "off (TWSPY_NO_SPEEDUPS)" if os.environ.get("TWSPY_NO_SPEEDUPS")
+                                      else "off (not built: make build)")
     finally:
         sys.path.remove(ROOT)
     return versions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 import threading
 
 import pytest
@@ -10,8 +11,10 @@ import pytest
 import twspy
 from twspy import DeflateFrame, DeflateMessage
 from twspy.cli import EchoServer
+from twspy.frame import OPCODE_CLOSE, FrameParser, decode_close
+from twspy.handshake import accept_key, make_key, read_head
 
-from conftest import url
+from conftest import frame_from, url
 
 SIZES = [0, 1, 125, 126, 1024, 65535, 65536, 1 << 20]
 
@@ -203,3 +206,76 @@ def test_sizes_up_to_16_mib(serve, extensions):
         conn.abort()
         if mux is not None:
             mux.close()
+
+
+# Issue 20 item 1: a frame of complete, empty final deflate blocks (03 00 repeated) inflates
+# to nothing, so max_size never fired, and cost quadratic CPU (~9 s per MiB). Both roles
+# must now close with 1007 at once; the raw peer below plays the hostile side.
+ATTACK = b"\x03\x00" * (256 << 10)  # 512 KiB, within the default 1 MiB max_size
+
+
+def attack_frame(masked):
+    """The ATTACK payload in one binary frame with RSV1 (FIN | RSV1 | binary: c2), masked or not."""
+    key = b"\x01\x02\x03\x04"
+    n = len(ATTACK)
+    head = b"\xc2" + bytes([0x80 | 127 if masked else 127]) + n.to_bytes(8, "big")
+    return head + key + twspy.frame.mask(key, ATTACK) if masked else head + ATTACK
+
+
+def close_code_from(sock):
+    parser = FrameParser()
+    while True:
+        frame = frame_from(sock, parser, timeout=10)
+        if frame.opcode == OPCODE_CLOSE:
+            return decode_close(frame.payload)[0]
+
+
+@pytest.mark.parametrize("extension", ["permessage-deflate", "deflate-frame"])
+def test_empty_final_blocks_fail_the_server_side_with_1007(serve, extension):
+    server = serve(EchoServer, extensions=[DeflateMessage(), DeflateFrame()])
+    with socket.create_connection(("127.0.0.1", server.address[1]), timeout=10) as sock:
+        key = make_key()
+        sock.sendall(("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+                      "Sec-WebSocket-Extensions: %s\r\n\r\n" % (key, extension)).encode())
+        head, rest = read_head(sock.recv)
+        assert head.startswith(b"HTTP/1.1 101") and extension.encode() in head
+        assert not rest
+        sock.sendall(attack_frame(masked=True))
+        assert close_code_from(sock) == 1007
+    with twspy.connect(url(server)) as conn:  # the server is fine
+        conn.send("still here")
+        assert conn.recv(10).payload == "still here"
+
+
+@pytest.mark.parametrize("extension", [DeflateMessage(), DeflateFrame()], ids=["permessage-deflate", "deflate-frame"])
+def test_empty_final_blocks_fail_the_client_side_with_1007(extension):
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    result = {}
+
+    def hostile_server():
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            head, _ = read_head(conn.recv)
+            key = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key:"))
+            conn.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          "Sec-WebSocket-Accept: %s\r\nSec-WebSocket-Extensions: %s\r\n\r\n"
+                          % (accept_key(key), extension.name)).encode())
+            conn.sendall(attack_frame(masked=False))
+            result["code"] = close_code_from(conn)
+
+    thread = threading.Thread(target=hostile_server)
+    thread.start()
+    try:
+        with twspy.connect("ws://127.0.0.1:%d/" % listener.getsockname()[1], extensions=[extension],
+                           timeout=10) as conn:
+            with pytest.raises(twspy.ConnectionClosed) as info:
+                conn.recv(10)
+            assert info.value.code == 1007
+    finally:
+        thread.join(10)
+        listener.close()
+    assert not thread.is_alive() and result["code"] == 1007

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import tracemalloc
 import zlib
 
@@ -322,7 +321,6 @@ class TestLimits:
         frame = Frame(OPCODE_BINARY, payload, rsv1=True)
         c, _ = pair()
         tracemalloc.start()
-        start = time.perf_counter()
         try:
             with pytest.raises(PayloadTooBig) as info:
                 c.decode_frame(frame, MiB)
@@ -330,8 +328,7 @@ class TestLimits:
         finally:
             tracemalloc.stop()
         assert info.value.code == 1009
-        assert time.perf_counter() - start < 1
-        assert peak < 3 * MiB
+        assert peak < 3 * MiB  # refused without inflating the 10 MiB (no wall-clock check: bench/ does speed)
 
     def test_limit_is_per_message(self):
         c, s = pair(threshold=0)
@@ -361,3 +358,79 @@ class TestLimits:
         with pytest.raises(ProtocolError) as info:
             c.decode_frame(frame, None)
         assert info.value.code == 1007
+
+
+def count_zlib_streams(monkeypatch):
+    """Count the zlib decompressors twspy creates: the work a hostile stream can cause."""
+    made = []
+    real = zlib.decompressobj
+
+    def counting(*args, **kwargs):
+        made.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(zlib, "decompressobj", counting)
+    return made
+
+
+class TestEmptyFinalBlocks:
+    """Issue 20 item 1: ``03 00`` repeated used to cost a zlib object and a copy of the rest
+    of the frame per two bytes (1 MiB: ~9 s of CPU). At most one restart per frame now."""
+
+    @pytest.mark.parametrize("side", ["client", "server"])
+    def test_one_frame_is_1007(self, monkeypatch, side):
+        c, s = pair()
+        receiver = s if side == "server" else c
+        made = count_zlib_streams(monkeypatch)
+        with pytest.raises(ProtocolError) as info:
+            receiver.decode_frame(Frame(OPCODE_BINARY, b"\x03\x00" * (MiB // 2), rsv1=True), MiB)
+        assert info.value.code == 1007 and "final deflate block" in str(info.value)
+        assert len(made) == 2
+
+    def test_one_restart_per_frame_is_allowed(self, monkeypatch):
+        c, _ = pair()
+        made = count_zlib_streams(monkeypatch)
+        hello = bytes.fromhex("f2 48 cd c9 c9 07 00")
+        for _ in range(3):  # each frame may end one stream and start another
+            frame = Frame(OPCODE_TEXT, b"\x03\x00" + hello, rsv1=True)
+            assert c.decode_frame(frame, None).payload == b"Hello"
+        assert len(made) == 4
+        with pytest.raises(ProtocolError):
+            c.decode_frame(Frame(OPCODE_TEXT, b"\x03\x00\x03\x00" + hello, rsv1=True), None)
+
+
+class TestCompressedLimit:
+    """Compressed bytes per message are capped too (``max_compressed_size``, issue 20)."""
+
+    # Empty stored blocks: inflate to nothing; the last one is completed by the tail.
+    EMPTY = b"\x00\x00\x00\xff\xff" * 999 + b"\x00"
+
+    def test_default_is_twice_max_size(self):
+        c, _ = pair()
+        frame = Frame(OPCODE_BINARY, self.EMPTY, final=False, rsv1=True)
+        more = Frame(OPCODE_CONTINUATION, self.EMPTY, final=False, rsv1=True)
+        sent = 0
+        with pytest.raises(PayloadTooBig) as info:
+            while sent < 2 * (2 * 1000 + 65536):  # bounded
+                c.decode_frame(more if sent else frame, 1000)
+                sent += len(frame.payload)
+        assert info.value.code == 1009 and "compressed" in str(info.value)
+        assert sent > 2 * 1000 + 65536 - len(frame.payload)
+
+    def test_counts_per_message(self):
+        c, s = pair(max_compressed_size=100)
+        assert c.max_compressed_size == s.max_compressed_size == 100
+        for _ in range(5):
+            frame = s.encode_frame(Frame(OPCODE_BINARY, bytes(1000)))
+            assert len(frame.payload) < 100 and c.decode_frame(frame, None).payload == bytes(1000)
+        first = s.encode_frame(Frame(OPCODE_BINARY, os.urandom(60), final=False))
+        assert c.decode_frame(first, None)
+        with pytest.raises(PayloadTooBig):
+            c.decode_frame(s.encode_frame(Frame(OPCODE_CONTINUATION, os.urandom(60))), None)
+
+    @pytest.mark.parametrize("value", [-2, 0.5, False])
+    def test_invalid(self, value):
+        with pytest.raises(ValueError):
+            DeflateFrame(max_compressed_size=value)
+        with pytest.raises(ValueError):
+            DeflateFrameCodec(max_compressed_size=value)

@@ -24,7 +24,7 @@ from .frame import (CLOSE_ABNORMAL, CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, CLOSE_I
                     CLOSE_PROTOCOL_ERROR, CLOSE_SERVICE_RESTART, CLOSE_TLS_FAILURE, CLOSE_TRY_AGAIN_LATER,
                     CLOSE_UNABLE, OPCODE_BINARY, OPCODE_CLOSE, OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG,
                     OPCODE_TEXT, CloseCode, ControlFrame, Frame, FrameParser, Opcode, contains_frame, mask,
-                    pop_frame, read_frame)
+                    pop_frame, read_frame, speedups_enabled)
 from .message import BinaryMessage, Message, TextMessage
 from .server import Server, ServerConnection
 from .websocket import websocket
@@ -39,7 +39,7 @@ logging.getLogger("twspy").addHandler(logging.NullHandler())
 
 __all__ = [
     "connect", "reconnect", "Connection", "Server", "ServerConnection", "websocket",
-    "Frame", "ControlFrame", "FrameParser", "read_frame", "pop_frame", "contains_frame", "mask",
+    "Frame", "ControlFrame", "FrameParser", "read_frame", "pop_frame", "contains_frame", "mask", "speedups_enabled",
     "Message", "TextMessage", "BinaryMessage", "Extension", "ExtensionCodec", "DeflateMessage", "DeflateFrame",
     "Multiplex", "connect_multiplexed",
     "WebSocketError", "HandshakeError", "NegotiationError", "RedirectError", "ProxyError", "ProtocolError", "PayloadTooBig",

@@ -27,8 +27,16 @@ from .errors import NegotiationError, PayloadTooBig, ProtocolError
 from .extension import Extension, ExtensionCodec, Params
 from .frame import RSV1, Frame
 from .permessage_deflate import (
-    DEFAULT_COMPRESS_LEVEL, DEFAULT_MEM_LEVEL, DEFAULT_THRESHOLD, _WINDOW_BITS, _check_bits,
-    _check_zlib_options, _Deflater, _Inflater,
+    DEFAULT_COMPRESS_LEVEL,
+    DEFAULT_MEM_LEVEL,
+    DEFAULT_THRESHOLD,
+    WINDOW_BITS,
+    Deflater,
+    Inflater,
+    check_bits,
+    check_max_compressed_size,
+    check_zlib_options,
+    compressed_limit,
 )
 
 __all__ = ["DeflateFrame", "DeflateFrameCodec"]
@@ -46,6 +54,8 @@ class DeflateFrameCodec(ExtensionCodec):
         no_context_takeover: the peer asked us to compress every frame from an empty window.
         compress_level, mem_level: zlib ``compressobj`` options.
         threshold: frames with a shorter payload are sent uncompressed.
+        max_compressed_size: most compressed bytes the frames of one received message may
+            carry (1009 beyond); -1: ``2 * max_size + 64 KiB``; None: no limit.
     """
 
     rsv = RSV1
@@ -53,18 +63,22 @@ class DeflateFrameCodec(ExtensionCodec):
 
     def __init__(self, name: str = "deflate-frame", *, max_window_bits: int = 15,
                  no_context_takeover: bool = False, compress_level: int = DEFAULT_COMPRESS_LEVEL,
-                 mem_level: int = DEFAULT_MEM_LEVEL, threshold: int = DEFAULT_THRESHOLD) -> None:
-        _check_bits("max_window_bits", max_window_bits)
-        _check_zlib_options(compress_level, mem_level, threshold)
+                 mem_level: int = DEFAULT_MEM_LEVEL, threshold: int = DEFAULT_THRESHOLD,
+                 max_compressed_size: Optional[int] = -1) -> None:
+        check_bits("max_window_bits", max_window_bits)
+        check_zlib_options(compress_level, mem_level, threshold)
+        check_max_compressed_size(max_compressed_size)
+        self.max_compressed_size = max_compressed_size
         self.name = name
         self.max_window_bits = max_window_bits
         self.no_context_takeover = no_context_takeover
         self.threshold = threshold
-        self._deflater = _Deflater(max_window_bits, compress_level, mem_level, no_context_takeover)
+        self._deflater = Deflater(max_window_bits, compress_level, mem_level, no_context_takeover)
         # The peer's window is only requested, not promised: inflate with 32 KiB, and keep
         # the window even when it was asked not to use it (harmless, and robust).
-        self._inflater = _Inflater(15)
-        self._size = 0  # bytes of the message being received, after inflation
+        self._inflater = Inflater(15)
+        self._size = 0        # bytes of the message being received, after inflation
+        self._compressed = 0  # compressed bytes received so far for it
 
     def encode_frame(self, frame: Frame) -> Frame:
         """Compress a data frame's payload on its own and set RSV1.
@@ -82,8 +96,9 @@ class DeflateFrameCodec(ExtensionCodec):
 
         ``max_size`` (None: no limit) bounds the inflated size of the whole message, i.e.
         the frames up to FIN, uncompressed ones included: PayloadTooBig (1009) is raised
-        without inflating much past it. Corrupt data raises ProtocolError (1007); RSV1 on
-        a control frame, ProtocolError (1002).
+        without inflating much past it; so does a message whose compressed frames carry
+        more than ``max_compressed_size`` bytes. Corrupt data, or data after a second final
+        block in one frame, raises ProtocolError (1007); RSV1 on a control frame, 1002.
         """
         if frame.is_control:
             if frame.rsv1:
@@ -100,6 +115,10 @@ class DeflateFrameCodec(ExtensionCodec):
             # An empty compressed payload (at least b"\x00" when made properly) must not
             # reach zlib: the tail alone leaves it inside a stored block.
             if frame.payload:
+                self._compressed += len(frame.payload)
+                limit = compressed_limit(self.max_compressed_size, max_size)
+                if limit is not None and self._compressed > limit:
+                    raise PayloadTooBig("compressed message exceeds the limit of %d bytes" % limit)
                 inflater = self._inflater
                 payload = inflater.inflate(frame.payload, size, max_size)
                 size += len(payload)
@@ -108,6 +127,8 @@ class DeflateFrameCodec(ExtensionCodec):
                     payload += rest
                     size += len(rest)
         self._size = 0 if frame.final else size
+        if frame.final:
+            self._compressed = 0
         if not frame.rsv1:
             return frame
         return Frame(frame.opcode, payload, masking_key=frame.masking_key, mask=frame.mask,
@@ -139,8 +160,8 @@ def _parse_params(params: Params) -> Dict[str, int]:
             if value is not None:
                 raise NegotiationError("parameter no_context_takeover takes no value, got %r" % value)
             found[name] = 1
-        elif value in _WINDOW_BITS:
-            found[name] = _WINDOW_BITS[value]
+        elif value in WINDOW_BITS:
+            found[name] = WINDOW_BITS[value]
         else:
             raise NegotiationError("invalid max_window_bits=%s (8 to 15 expected)" % value)
     return found
@@ -160,6 +181,8 @@ class DeflateFrame(Extension):
         compress_level: zlib level, -1 to 9 (default 6, as for permessage-deflate).
         mem_level: zlib memLevel, 1 to 9 (default 5).
         threshold: frames shorter than this many bytes are sent uncompressed.
+        max_compressed_size: most compressed bytes a received message may carry (1009
+            beyond); -1 (default): ``2 * max_size + 64 KiB``; None: no limit.
     """
 
     name = "deflate-frame"
@@ -168,15 +191,17 @@ class DeflateFrame(Extension):
 
     def __init__(self, *, max_window_bits: Optional[int] = None, no_context_takeover: bool = False,
                  compress_level: int = DEFAULT_COMPRESS_LEVEL, mem_level: int = DEFAULT_MEM_LEVEL,
-                 threshold: int = DEFAULT_THRESHOLD) -> None:
+                 threshold: int = DEFAULT_THRESHOLD, max_compressed_size: Optional[int] = -1) -> None:
         if max_window_bits is not None:
-            _check_bits("max_window_bits", max_window_bits)
-        _check_zlib_options(compress_level, mem_level, threshold)
+            check_bits("max_window_bits", max_window_bits)
+        check_zlib_options(compress_level, mem_level, threshold)
         self.max_window_bits = max_window_bits
         self.no_context_takeover = no_context_takeover
         self.compress_level = compress_level
         self.mem_level = mem_level
         self.threshold = threshold
+        check_max_compressed_size(max_compressed_size)
+        self.max_compressed_size = max_compressed_size
 
     def _params(self) -> Params:
         params: Params = []
@@ -190,7 +215,7 @@ class DeflateFrame(Extension):
         return DeflateFrameCodec(name, max_window_bits=settings.get("max_window_bits", 15),
                                  no_context_takeover="no_context_takeover" in settings,
                                  compress_level=self.compress_level, mem_level=self.mem_level,
-                                 threshold=self.threshold)
+                                 threshold=self.threshold, max_compressed_size=self.max_compressed_size)
 
     def offers(self) -> List[Tuple[str, Params]]:
         """The client's single offer, e.g. ``deflate-frame; max_window_bits=10``."""
@@ -218,5 +243,6 @@ class DeflateFrame(Extension):
 
     def __repr__(self) -> str:
         return ("DeflateFrame(max_window_bits=%r, no_context_takeover=%r, compress_level=%r, "
-                "mem_level=%r, threshold=%r)" % (self.max_window_bits, self.no_context_takeover,
-                                                   self.compress_level, self.mem_level, self.threshold))
+                "mem_level=%r, threshold=%r, max_compressed_size=%r)" % (
+                    self.max_window_bits, self.no_context_takeover, self.compress_level,
+                    self.mem_level, self.threshold, self.max_compressed_size))

@@ -17,6 +17,10 @@ Defaults, and why:
   grows them ("Hello" 5 -> 7 bytes). Sending a message uncompressed is always allowed
   (§6) and doesn't touch the LZ77 window on either side.
 * Window bits 15 (32 KiB) unless negotiated lower.
+* ``max_compressed_size``: a received message may carry at most ``2 * max_size + 64 KiB``
+  compressed bytes (1009 beyond). ``max_size`` bounds what a message inflates to; this
+  bounds the work spent on one, even when it inflates to nothing (empty blocks). Real
+  data never comes near it: incompressible input grows by 5 bytes per 64 KiB stored block.
 
 Security (§8): compressing secrets together with attacker-controlled data enables
 CRIME-style attacks; send such messages with ``compress=False`` or negotiate
@@ -42,7 +46,7 @@ logger = logging.getLogger(__name__)
 _TAIL = b"\x00\x00\xff\xff"
 
 # §7.1.2.1: 1*DIGIT without leading zeros, 8 to 15; exact strings so "08" and "8.0" fail.
-_WINDOW_BITS = {str(bits): bits for bits in range(8, 16)}
+WINDOW_BITS = {str(bits): bits for bits in range(8, 16)}
 
 _NO_VALUE = ("server_no_context_takeover", "client_no_context_takeover")
 
@@ -51,12 +55,28 @@ DEFAULT_MEM_LEVEL = 5
 DEFAULT_THRESHOLD = 32
 
 
-def _check_bits(name: str, bits: object) -> None:
+def compressed_limit(max_compressed_size: Optional[int], max_size: Optional[int]) -> Optional[int]:
+    """The cap on a received message's compressed bytes (None: no cap).
+
+    ``max_compressed_size`` -1 (the default) derives it from the message limit:
+    ``2 * max_size + 64 KiB``, or no cap when ``max_size`` is None.
+    """
+    if max_compressed_size != -1:
+        return max_compressed_size
+    return None if max_size is None else 2 * max_size + 65536
+
+
+def check_max_compressed_size(value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
+        raise ValueError("max_compressed_size must be -1, None or a size >= 0, not %r" % (value,))
+
+
+def check_bits(name: str, bits: object) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 8 <= bits <= 15:
         raise ValueError("%s must be an integer from 8 to 15, not %r" % (name, bits))
 
 
-def _check_zlib_options(compress_level: int, mem_level: int, threshold: int) -> None:
+def check_zlib_options(compress_level: int, mem_level: int, threshold: int) -> None:
     if not -1 <= compress_level <= 9:
         raise ValueError("compress_level must be -1 to 9, not %r" % (compress_level,))
     if not 1 <= mem_level <= 9:
@@ -65,7 +85,7 @@ def _check_zlib_options(compress_level: int, mem_level: int, threshold: int) -> 
         raise ValueError("threshold must be >= 0, not %r" % (threshold,))
 
 
-class _Deflater:
+class Deflater:
     """Compress with the RFC 1979 sync-flush trick, stripping ``00 00 ff ff`` (§7.2.1).
 
     Shared with :mod:`twspy.deflate_frame`, which flushes every frame the same way.
@@ -100,20 +120,29 @@ class _Deflater:
         self._zobj = None
 
 
-class _Inflater:
+class Inflater:
     """Raw-DEFLATE decompressor with a bounded output (§7.2.2 and the bomb guard).
+
+    Shared with :mod:`twspy.deflate_frame`. A *unit* is what the ``00 00 ff ff`` tail ends:
+    a message here, a frame there; :meth:`finish` closes it.
 
     Handles a peer that ends its data with a BFINAL=1 block (§7.2.3.4): zlib's object then
     reaches ``eof`` and would silently swallow everything after it, so a new one is made,
     primed with the last window of output so that later back-references still resolve.
+    That restart happens at most once per unit: what may legitimately follow a final block
+    is the padding byte and the tail (an empty stored block), and a second end of stream
+    inside one unit is refused with 1007. Without that bound, ``03 00`` repeated (complete
+    empty final blocks that inflate to nothing, so no size limit fires) cost one zlib object
+    and one copy of the remaining input per two bytes: quadratic CPU (issue 20).
     """
 
-    __slots__ = ("bits", "_zobj", "_history")
+    __slots__ = ("bits", "_zobj", "_history", "_restarted")
 
     def __init__(self, bits: int = 15) -> None:
         self.bits = bits
         self._zobj: Optional["zlib._Decompress"] = None
         self._history = bytearray()
+        self._restarted = False  # a stream ended and another began within the current unit
 
     def _remember(self, out: bytes) -> None:
         # Keep at least the last window of output for a BFINAL restart; trimming only past
@@ -127,26 +156,38 @@ class _Inflater:
             if len(history) > 2 * window:
                 del history[:-window]
 
+    def _new_stream(self) -> "zlib._Decompress":
+        zdict = self._history[-(1 << self.bits):]
+        zobj = self._zobj = (zlib.decompressobj(-self.bits, zdict=bytes(zdict)) if zdict
+                             else zlib.decompressobj(-self.bits))
+        return zobj
+
     def inflate(self, data: Union[bytes, bytearray, memoryview], produced: int,
                 max_size: Optional[int]) -> bytes:
-        """Inflate ``data``; ``produced`` bytes of this message were already output.
+        """Inflate ``data``; ``produced`` bytes of this unit were already output.
 
         Never outputs more than ``max_size - produced + 1`` bytes: raises PayloadTooBig
-        (1009) as soon as the limit is passed, and ProtocolError (1007) for corrupt data.
+        (1009) as soon as the limit is passed, and ProtocolError (1007) for corrupt data or
+        a second end of stream in the unit. Work is linear in ``len(data)``.
         """
         parts = []
+        view = data  # a memoryview past the final block only after a restart (rare)
         while True:
             zobj = self._zobj
-            if zobj is None or zobj.eof:
-                zdict = self._history[-(1 << self.bits):]
-                zobj = self._zobj = (zlib.decompressobj(-self.bits, zdict=bytes(zdict)) if zdict
-                                     else zlib.decompressobj(-self.bits))
+            if zobj is None:
+                zobj = self._new_stream()
+            elif zobj.eof:
+                # Data after a final block (a previous call ended exactly on it).
+                if self._restarted:
+                    raise ProtocolError("compressed data continues after a final deflate block", 1007)
+                self._restarted = True
+                zobj = self._new_stream()
             try:
                 if max_size is None:
-                    out = zobj.decompress(data)
+                    out = zobj.decompress(view)
                 else:
                     # max_length is never 0, which would mean "unlimited" to CPython.
-                    out = zobj.decompress(data, max_size - produced + 1)
+                    out = zobj.decompress(view, max_size - produced + 1)
             except zlib.error as exc:
                 raise ProtocolError("invalid compressed data: %s" % exc, 1007) from None
             produced += len(out)
@@ -155,23 +196,35 @@ class _Inflater:
             if out:
                 self._remember(out)
                 parts.append(out)
-            if not zobj.eof or not zobj.unused_data:
+            if not zobj.eof:
                 break
-            data = zobj.unused_data  # what follows a BFINAL block
+            rest = len(zobj.unused_data)
+            if not rest:
+                break
+            # Walk on by offset: what follows the BFINAL block, without another copy.
+            view = memoryview(view)[len(view) - rest:]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def finish(self, produced: int, max_size: Optional[int]) -> bytes:
-        """Feed the ``00 00 ff ff`` tail at the end of a compressed unit (§7.2.2)."""
-        if self._zobj is not None and self._zobj.eof:
+        """End the unit: feed the ``00 00 ff ff`` tail (§7.2.2) unless a BFINAL block ended it."""
+        zobj = self._zobj
+        if zobj is not None and zobj.eof:
             # The data ended with a BFINAL block and no trailing empty block: it is
             # complete, and the tail would start a bogus stored block in a new inflater.
-            return b""
-        return self.inflate(_TAIL, produced, max_size)
+            self._zobj = None  # the next unit starts a new stream; not a restart
+            out = b""
+        else:
+            out = self.inflate(_TAIL, produced, max_size)
+            if self._zobj is not None and self._zobj.eof:
+                self._zobj = None
+        self._restarted = False
+        return out
 
     def reset(self) -> None:
         """Forget the window: the next data starts a new DEFLATE stream."""
         self._zobj = None
         self._history = bytearray()
+        self._restarted = False
 
 
 class DeflateMessageCodec(ExtensionCodec):
@@ -182,13 +235,15 @@ class DeflateMessageCodec(ExtensionCodec):
 
     Args:
         local_max_window_bits: window of our compressor (8 is compressed with 9, see
-            ``_Deflater``).
+            ``Deflater``).
         remote_max_window_bits: window the peer agreed to; our decompressor uses it.
         local_no_context_takeover: start each sent message from an empty window.
         remote_no_context_takeover: the peer does; we then drop our decompressor after
             each message, which saves memory.
         compress_level, mem_level: zlib ``compressobj`` options.
         threshold: messages shorter than this are sent uncompressed.
+        max_compressed_size: most compressed bytes a received message may carry (1009
+            beyond); -1: ``2 * max_size + 64 KiB``; None: no limit.
     """
 
     name = "permessage-deflate"
@@ -198,18 +253,20 @@ class DeflateMessageCodec(ExtensionCodec):
     def __init__(self, *, local_max_window_bits: int = 15, remote_max_window_bits: int = 15,
                  local_no_context_takeover: bool = False, remote_no_context_takeover: bool = False,
                  compress_level: int = DEFAULT_COMPRESS_LEVEL, mem_level: int = DEFAULT_MEM_LEVEL,
-                 threshold: int = DEFAULT_THRESHOLD) -> None:
-        _check_bits("local_max_window_bits", local_max_window_bits)
-        _check_bits("remote_max_window_bits", remote_max_window_bits)
-        _check_zlib_options(compress_level, mem_level, threshold)
+                 threshold: int = DEFAULT_THRESHOLD, max_compressed_size: Optional[int] = -1) -> None:
+        check_bits("local_max_window_bits", local_max_window_bits)
+        check_bits("remote_max_window_bits", remote_max_window_bits)
+        check_zlib_options(compress_level, mem_level, threshold)
+        check_max_compressed_size(max_compressed_size)
+        self.max_compressed_size = max_compressed_size
         self.local_max_window_bits = local_max_window_bits
         self.remote_max_window_bits = remote_max_window_bits
         self.local_no_context_takeover = local_no_context_takeover
         self.remote_no_context_takeover = remote_no_context_takeover
         self.threshold = threshold
-        self._deflater = _Deflater(local_max_window_bits, compress_level, mem_level,
+        self._deflater = Deflater(local_max_window_bits, compress_level, mem_level,
                                    local_no_context_takeover)
-        self._inflater = _Inflater(remote_max_window_bits)
+        self._inflater = Inflater(remote_max_window_bits)
         self._size = 0        # bytes output so far for the message being received
         self._compressed = 0  # compressed bytes received so far for it
 
@@ -231,7 +288,8 @@ class DeflateMessageCodec(ExtensionCodec):
         Data is inflated as frames arrive; the ``00 00 ff ff`` tail is fed with the FIN
         frame. Raises PayloadTooBig (1009) once the message's inflated size exceeds
         ``max_size`` (None: no limit) without inflating much past it, and ProtocolError
-        (1007) for data that doesn't inflate.
+        (1007) for data that doesn't inflate or continues after a second final block.
+        The message's compressed bytes are capped too (``max_compressed_size``, 1009).
         """
         if not first_rsv & RSV1:
             # Uncompressed (§6): delivered as is and the window is left alone.
@@ -245,6 +303,9 @@ class DeflateMessageCodec(ExtensionCodec):
         out = b""
         if payload:
             self._compressed += len(payload)
+            limit = compressed_limit(self.max_compressed_size, max_size)
+            if limit is not None and self._compressed > limit:
+                raise PayloadTooBig("compressed message exceeds the limit of %d bytes" % limit)
             out = inflater.inflate(payload, self._size, max_size)
             self._size += len(out)
         if final:
@@ -291,8 +352,8 @@ def _parse_params(params: Params, response: bool) -> Dict[str, Union[int, bool]]
                 if name == "server_max_window_bits" or response:
                     raise NegotiationError("parameter %s needs a value" % name)
                 found[name] = True
-            elif value in _WINDOW_BITS:
-                found[name] = _WINDOW_BITS[value]
+            elif value in WINDOW_BITS:
+                found[name] = WINDOW_BITS[value]
             else:
                 raise NegotiationError("invalid %s=%s (8 to 15 expected)" % (name, value))
         else:
@@ -340,6 +401,8 @@ class DeflateMessage(Extension):
         compress_level: zlib level, -1 to 9; 6 by default (see the module docstring).
         mem_level: zlib memLevel, 1 to 9; 5 by default, saving ~112 KiB per connection.
         threshold: messages shorter than this many bytes are sent uncompressed.
+        max_compressed_size: most compressed bytes a received message may carry, 1009
+            beyond; -1 (default): ``2 * max_size + 64 KiB``; None: no limit.
 
     A window of 8 bits is agreed to but compressed with 9 (zlib can't do 8), which a
     256-byte-window peer decodes safely: zlib's match distances stay <= 250.
@@ -354,12 +417,12 @@ class DeflateMessage(Extension):
                  server_max_window_bits: Optional[int] = None,
                  client_max_window_bits: Union[int, bool, None] = None,
                  compress_level: int = DEFAULT_COMPRESS_LEVEL, mem_level: int = DEFAULT_MEM_LEVEL,
-                 threshold: int = DEFAULT_THRESHOLD) -> None:
+                 threshold: int = DEFAULT_THRESHOLD, max_compressed_size: Optional[int] = -1) -> None:
         if server_max_window_bits is not None:
-            _check_bits("server_max_window_bits", server_max_window_bits)
+            check_bits("server_max_window_bits", server_max_window_bits)
         if client_max_window_bits is not None and not isinstance(client_max_window_bits, bool):
-            _check_bits("client_max_window_bits", client_max_window_bits)
-        _check_zlib_options(compress_level, mem_level, threshold)
+            check_bits("client_max_window_bits", client_max_window_bits)
+        check_zlib_options(compress_level, mem_level, threshold)
         self.server_no_context_takeover = server_no_context_takeover
         self.client_no_context_takeover = client_no_context_takeover
         self.server_max_window_bits = server_max_window_bits
@@ -367,10 +430,13 @@ class DeflateMessage(Extension):
         self.compress_level = compress_level
         self.mem_level = mem_level
         self.threshold = threshold
+        check_max_compressed_size(max_compressed_size)
+        self.max_compressed_size = max_compressed_size
 
     def _codec(self, **settings: Union[int, bool]) -> DeflateMessageCodec:
         return DeflateMessageCodec(compress_level=self.compress_level, mem_level=self.mem_level,
-                                   threshold=self.threshold, **settings)  # type: ignore[arg-type]
+                                   threshold=self.threshold, max_compressed_size=self.max_compressed_size,
+                                   **settings)  # type: ignore[arg-type]
 
     # client side
 
@@ -462,10 +528,10 @@ class DeflateMessage(Extension):
     def __repr__(self) -> str:
         return ("DeflateMessage(server_no_context_takeover=%r, client_no_context_takeover=%r, "
                 "server_max_window_bits=%r, client_max_window_bits=%r, compress_level=%r, "
-                "mem_level=%r, threshold=%r)" % (
+                "mem_level=%r, threshold=%r, max_compressed_size=%r)" % (
                     self.server_no_context_takeover, self.client_no_context_takeover,
                     self.server_max_window_bits, self.client_max_window_bits,
-                    self.compress_level, self.mem_level, self.threshold))
+                    self.compress_level, self.mem_level, self.threshold, self.max_compressed_size))
 
 
 def default_extensions() -> List[Extension]:
