@@ -202,9 +202,13 @@ class Connection(asyncio.Protocol):
                 self.protocol = getattr(self.core, "subprotocol", None)
                 self.opened.set_result(None)
                 self._start_keepalive()
+                self.connection_open()
             elif state is CLOSED and self.core.handshake_exc is not None:
                 self.opened.set_exception(self.core.handshake_exc)
                 self.opened.exception()
+
+    def connection_open(self) -> None:
+        """Called once the opening handshake succeeded, before any message is handled. May be overridden."""
 
     def _queue(self, item: Any) -> None:
         inbox = self._inbox

@@ -14,6 +14,7 @@ import ssl as _ssl
 from typing import Any, Awaitable, Callable, List, Optional, Sequence, Set, Tuple
 
 from ..errors import ConnectionClosed, HandshakeError
+from ..filters import Filter, run_close, run_connect, run_message, run_open
 from ..frame import CLOSE_GOING_AWAY, CLOSE_UNABLE
 from ..handshake import MAX_HEADER_SIZE, Headers, Reply, Request
 from ..handshake_protocol import ServerProtocol
@@ -23,7 +24,7 @@ from ..protocol import DEFAULT_MAX_SIZE, Ping, Pong
 from .connection import (CONNECTION_OPTIONS, DEFAULT_CLOSE_TIMEOUT, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT,
                          Connection, MessageLike)
 
-__all__ = ["Server", "ServerConnection", "serve", "DEFAULT_HANDSHAKE_TIMEOUT", "DEFAULT_MAX_CONNECTIONS"]
+__all__ = ["Server", "ServerConnection", "SyncView", "serve", "DEFAULT_HANDSHAKE_TIMEOUT", "DEFAULT_MAX_CONNECTIONS"]
 
 logger = logging.getLogger("twspy.asyncio.server")
 
@@ -56,14 +57,48 @@ class ServerConnection(Connection):
     def headers(self) -> Headers:
         return self.request.headers if self.request is not None else Headers()
 
+    @property
+    def sync(self) -> "SyncView":
+        """This client as the synchronous :mod:`twspy.filters` expect it (``send`` never waits)."""
+        view = self.__dict__.get("_sync")
+        if view is None:
+            view = self.__dict__["_sync"] = SyncView(self)
+        return view
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.core.address = transport.get_extra_info("peername")  # type: ignore[attr-defined]
         super().connection_made(transport)
         self.server._connection_made(self)
 
+    def connection_open(self) -> None:
+        # A member of server.clients as soon as the 101 is out: a broadcast sent after the
+        # client saw its handshake complete reaches it, even before its task runs onopen.
+        self.server.clients.add(self)
+
     def __repr__(self) -> str:
         # The path without its query, which may carry a credential (?token=...).
         return "<client #%s %s %s>" % (self.id, _fmt_address(self.address), self.path.partition("?")[0])
+
+
+class SyncView:
+    """A :class:`ServerConnection` seen by synchronous code (the filters of :mod:`twspy.filters`):
+    ``send`` queues without waiting (:meth:`~twspy.asyncio.Connection.send_nowait`, bounded by
+    ``max_outbox``), ``start_close`` sends the close frame; other attributes are the connection's."""
+
+    def __init__(self, connection: ServerConnection) -> None:
+        self.connection = connection
+
+    def send(self, message: MessageLike) -> None:
+        self.connection.send_nowait(message)
+
+    def start_close(self, code: int = 1000, reason: str = "") -> None:
+        self.connection.start_close(code, reason)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.connection, name)
+
+    def __repr__(self) -> str:
+        return repr(self.connection)
 
 
 class Server:
@@ -82,6 +117,9 @@ class Server:
     - ``select_subprotocol(client_protocols, server_protocols)``
     - ``process_request(path, headers)`` — before the upgrade: None to go on, or an HTTP
       answer (a status, ``(status, body)`` or ``(status, headers, body)``)
+
+    Or compose it from ``filters`` (:mod:`twspy.filters`, the threaded server's): they run in
+    list order before the ``on*`` methods and see each client as a :class:`SyncView`.
 
     Use it as ``async with Server(...) as server:`` (or ``await server.start()``), then
     ``await server.serve_forever()``; ``await server.close()`` stops it.
@@ -110,7 +148,7 @@ class Server:
                  max_size: Optional[int] = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
                  process_request: Optional[Callable[[str, Headers], Reply]] = None,
                  select_subprotocol: Optional[Callable[[List[str], Sequence[str]], Optional[str]]] = None,
-                 backlog_size: int = 128, **options: Any) -> None:
+                 filters: Sequence[Filter] = (), backlog_size: int = 128, **options: Any) -> None:
         unknown = set(options) - set(CONNECTION_OPTIONS)
         if unknown:
             raise TypeError("unexpected options: %s" % ", ".join(sorted(unknown)))
@@ -130,6 +168,8 @@ class Server:
         self.max_size = max_size
         self.max_header_size = max_header_size
         self.backlog_size = backlog_size
+        self.filters: List[Filter] = list(filters)
+        self.hub: Any = None  # what filters look for (a hub is not attached to an asyncio server yet)
         if process_request is not None:
             self.process_request = process_request  # type: ignore[method-assign,assignment]
         if select_subprotocol is not None:
@@ -171,7 +211,10 @@ class Server:
         return None
 
     def _process_request(self, request: Request) -> Reply:
-        return self.process_request(request.path, request.headers)
+        reply = self.process_request(request.path, request.headers)
+        if reply is None and self.filters:
+            reply = run_connect(self.filters, request)
+        return reply
 
     # -- serving ---------------------------------------------------------------------------
     async def start(self) -> "Server":
@@ -182,7 +225,6 @@ class Server:
         self._server = await loop.create_server(self._factory, host, port, ssl=self.ssl, backlog=self.backlog_size,
                                                 reuse_address=True)
         self.address = self._server.sockets[0].getsockname()
-        logger.info("listening on %s", _fmt_address(self.address))
         return self
 
     @property
@@ -225,6 +267,7 @@ class Server:
             self._connections.discard(conn)
 
     async def _run_open(self, conn: ServerConnection) -> None:
+        filtered_out = False  # a filter closed it on open: the on* methods never see it
         self.clients.add(conn)
         logger.info("%r: open", conn)
         try:
@@ -235,6 +278,10 @@ class Server:
                 await conn.close()
             else:
                 conn._control_events = True
+                filters = self.filters
+                if filters and not run_open(filters, conn.sync):
+                    filtered_out = True
+                    return
                 await self.onopen(conn)
                 next_item = conn._next
                 while True:
@@ -247,6 +294,10 @@ class Server:
                         await self.onping(conn, item.data)
                     elif kind is Pong:
                         await self.onpong(conn, item.data)
+                    elif filters:
+                        message = run_message(filters, conn.sync, item)
+                        if message is not None:
+                            await self.onmessage(conn, message)
                     else:
                         await self.onmessage(conn, item)
         except ConnectionClosed:
@@ -263,8 +314,11 @@ class Server:
             if error is not None:
                 await self._call(self.onerror, conn, error)
             logger.info("%r: closed %s %s", conn, conn.close_code, conn.close_reason)
-            if self.handler is None:
-                await self._call(self.onclose, conn, conn.close_code or 1006, conn.close_reason)
+            code = conn.close_code or 1006
+            if self.handler is None and self.filters:
+                run_close(self.filters, conn.sync, code, conn.close_reason)
+            if self.handler is None and not filtered_out:
+                await self._call(self.onclose, conn, code, conn.close_reason)
 
     async def _call(self, handler: Callable[..., Awaitable[None]], *args: Any) -> None:
         try:
@@ -279,6 +333,7 @@ class Server:
         that lets more than ``max_outbox`` bytes pile up is closed with 1013.
         """
         excluded = exclude if isinstance(exclude, (set, frozenset, list, tuple)) else (exclude,)
+        excluded = [getattr(x, "connection", x) for x in excluded]  # SyncView -> its connection
         prepared = None
         for client in list(self.clients):
             if client in excluded:
@@ -295,6 +350,7 @@ class Server:
         if self._server is None:
             await self.start()
         assert self._stopped is not None
+        logger.info("listening on %s", _fmt_address(self.address))
         try:
             await self._stopped.wait()
         except asyncio.CancelledError:
