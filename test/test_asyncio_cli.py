@@ -1,7 +1,8 @@
-"""``python -m twspy echo --asyncio`` and ``serve --asyncio``, ``--max-connections`` on both layers."""
+"""``python -m twspy echo --asyncio`` and ``serve --asyncio`` (filters, hub), ``--max-connections`` on both layers."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -83,8 +84,15 @@ def test_serve_asyncio_runs_the_filters(twspy_process):
     assert proc.wait(10) == 0
 
 
-def test_serve_asyncio_refuses_a_hub(twspy_process):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    done = subprocess.run([sys.executable, "-m", "twspy", "serve", "--asyncio", "--hub", "memory://", "--port", "0"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2 and "hub" in done.stderr
+def test_serve_asyncio_with_the_topics_filter_and_a_hub(twspy_process):
+    proc, port = twspy_process("serve", "--asyncio", "-f", "topics")  # a memory:// hub of its own
+    with twspy.connect("ws://127.0.0.1:%d/" % port) as conn:
+        hello = json.loads(conn.recv(5).payload)
+        assert hello["type"] == "set_conn_id"
+        conn.send(json.dumps({"type": "subscribe", "topic": "t", "id": 1}))
+        assert json.loads(conn.recv(5).payload)["type"] == "ack"
+        conn.send(json.dumps({"type": "publish", "topic": "t", "data": "x", "id": 2}))
+        replies = sorted(json.loads(conn.recv(5).payload)["type"] for _ in range(2))
+        assert replies == ["ack", "message"]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) == 0

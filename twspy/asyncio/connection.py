@@ -342,12 +342,18 @@ class Connection(asyncio.Protocol):
             return
         data = prepared if prepared is not None else self._encode(message, None, True)
         if self.transport.get_write_buffer_size() + len(data) > self.max_outbox:
-            logger.warning("%r: %d bytes waiting for a client that does not read: closing with 1013",
-                           self, self.transport.get_write_buffer_size())
-            core.fail(1013, "client too slow")
-            self._flush()
+            self.overflow()
             return
         self.transport.write(data)
+
+    def overflow(self) -> None:
+        """The peer let more than ``max_outbox`` bytes pile up: fail it with 1013 (try again later)."""
+        if self.core.state is not OPEN:
+            return
+        logger.warning("%r: %d bytes waiting for a client that does not read: closing with 1013", self,
+                       self.transport.get_write_buffer_size() if self.transport is not None else 0)
+        self.core.fail(1013, "client too slow")
+        self._flush()
 
     def prepare(self, message: MessageLike) -> Optional[bytes]:
         """The frame bytes of ``message`` to share with other connections, or None when this

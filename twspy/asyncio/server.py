@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 import ssl as _ssl
 from typing import Any, Awaitable, Callable, List, Optional, Sequence, Set, Tuple
 
@@ -46,7 +47,9 @@ class ServerConnection(Connection):
     def __init__(self, server: "Server", core: ServerProtocol, **options: Any) -> None:
         super().__init__(core, **options)
         self.server = server
-        self.id = str(next(self._ids))
+        n = next(self._ids)
+        # Routable across a cluster when a hub is attached: "<node id>.<n>", as the threaded server.
+        self.id = "%s.%d" % (server.node_id, n) if server.node_id else str(n)
         self.task: Optional["asyncio.Task[None]"] = None
 
     @property
@@ -81,18 +84,69 @@ class ServerConnection(Connection):
 
 
 class SyncView:
-    """A :class:`ServerConnection` seen by synchronous code (the filters of :mod:`twspy.filters`):
-    ``send`` queues without waiting (:meth:`~twspy.asyncio.Connection.send_nowait`, bounded by
-    ``max_outbox``), ``start_close`` sends the close frame; other attributes are the connection's."""
+    """A :class:`ServerConnection` seen by synchronous code, from any thread: the filters of
+    :mod:`twspy.filters` and a :class:`twspy.hub.Hub` hold clients as these.
+
+    ``send``/``send_nowait`` never wait: called from another thread they hand the frame to the
+    connection's loop (``call_soon_threadsafe``), and past ``max_outbox`` bytes waiting there
+    or in the transport the client is closed with 1013, as the threaded outbox does.
+    ``start_close`` likewise. Other attributes are the connection's.
+    """
 
     def __init__(self, connection: ServerConnection) -> None:
         self.connection = connection
+        self._loop = connection._loop
+        self._lock = threading.Lock()
+        self._pending = 0  # bytes handed to the loop and not yet written to the transport
+
+    @property
+    def _codecs(self) -> List[Any]:
+        # What send_all (twspy.server, used by the hub) looks at to share encoded frames.
+        return self.connection.core.extensions
+
+    def prepare(self, message: MessageLike) -> Optional[bytes]:
+        return self.connection.prepare(message)
 
     def send(self, message: MessageLike) -> None:
-        self.connection.send_nowait(message)
+        self.send_nowait(message)
+
+    def send_nowait(self, message: MessageLike, prepared: Optional[bytes] = None) -> None:
+        conn = self.connection
+        if self._in_loop():
+            conn.send_nowait(message, prepared)
+            return
+        size = len(prepared) if prepared is not None else len(message)  # type: ignore[arg-type]
+        with self._lock:
+            overflow = self._pending + size > conn.max_outbox
+            if not overflow:
+                self._pending += size
+        try:
+            if overflow:
+                self._loop.call_soon_threadsafe(conn.overflow)
+            else:
+                self._loop.call_soon_threadsafe(self._deliver, message, prepared, size)
+        except RuntimeError:  # the loop is closed: so is the connection
+            pass
+
+    def _deliver(self, message: MessageLike, prepared: Optional[bytes], size: int) -> None:
+        with self._lock:
+            self._pending -= size
+        self.connection.send_nowait(message, prepared)
 
     def start_close(self, code: int = 1000, reason: str = "") -> None:
-        self.connection.start_close(code, reason)
+        if self._in_loop():
+            self.connection.start_close(code, reason)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self.connection.start_close, code, reason)
+        except RuntimeError:
+            pass
+
+    def _in_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.connection, name)
@@ -133,6 +187,9 @@ class Server:
         protocols, extensions (default: permessage-deflate; ``[]`` for none), trusted_origins,
             locations, max_size, max_header_size: as the threaded :class:`twspy.Server`.
         process_request, select_subprotocol: replace the methods of the same names.
+        filters: :class:`~twspy.filters.Filter` objects run in order on connect, open, each message
+            and close. hub: a :class:`~twspy.hub.Hub` to attach (topics, cluster-wide broadcast
+            and send-to-id; delivered through each client's loop, thread-safe).
         close_timeout, max_queue, max_outbox, ping_interval (default 20 s), ping_timeout
             (default 20 s): passed to each client's :class:`~twspy.asyncio.Connection`.
         backlog_size: the listen() backlog.
@@ -148,7 +205,8 @@ class Server:
                  max_size: Optional[int] = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
                  process_request: Optional[Callable[[str, Headers], Reply]] = None,
                  select_subprotocol: Optional[Callable[[List[str], Sequence[str]], Optional[str]]] = None,
-                 filters: Sequence[Filter] = (), backlog_size: int = 128, **options: Any) -> None:
+                 filters: Sequence[Filter] = (), hub: Any = None, backlog_size: int = 128,
+                 **options: Any) -> None:
         unknown = set(options) - set(CONNECTION_OPTIONS)
         if unknown:
             raise TypeError("unexpected options: %s" % ", ".join(sorted(unknown)))
@@ -169,7 +227,10 @@ class Server:
         self.max_header_size = max_header_size
         self.backlog_size = backlog_size
         self.filters: List[Filter] = list(filters)
-        self.hub: Any = None  # what filters look for (a hub is not attached to an asyncio server yet)
+        self.hub: Any = None
+        self.node_id: Optional[str] = None  # set by an attached hub: client ids become routable
+        if hub is not None:
+            hub.attach(self)  # inserts its membership filter; delivers through each client's SyncView
         if process_request is not None:
             self.process_request = process_request  # type: ignore[method-assign,assignment]
         if select_subprotocol is not None:
