@@ -230,16 +230,6 @@ def _serve(args: argparse.Namespace) -> int:
     hub_url = options["hub"] or options["redis"]
     if not hub_url and any(cls.__module__ == "twspy.hub" for _, cls in classes):
         hub_url = "memory://"  # the hub's filters (topics) need one: this process's own
-    if options["asyncio"]:
-        if hub_url:
-            raise UsageError("--asyncio does not attach a hub yet (--hub, --redis, the topics filter)")
-        from .asyncio.server import Server as AsyncServer  # imported only when asked for
-        banner = "twspy serve (asyncio) on %%s (filters: %s; Ctrl-C stops it)" % ", ".join(
-            type(f).__name__ for f in filters)
-        return _run_asyncio(lambda: AsyncServer((options["host"], options["port"]), ssl=context, filters=filters,
-                                                max_size=options["max_size"], extensions=extensions,
-                                                protocols=options["subprotocol"],
-                                                max_connections=options["max_connections"]), banner, context)
     if hub_url:
         try:
             from .hub import Hub  # imported only when asked for
@@ -251,6 +241,14 @@ def _serve(args: argparse.Namespace) -> int:
             print("twspy serve: cannot attach the hub %s: %s" % (_redact_url(hub_url), exc), file=sys.stderr)
             return 1
     try:
+        if options["asyncio"]:
+            from .asyncio.server import Server as AsyncServer  # imported only when asked for
+            banner = "twspy serve (asyncio) on %%s (filters: %s%s; Ctrl-C stops it)" % (
+                ", ".join(type(f).__name__ for f in filters), "; hub: %s" % _redact_url(hub_url) if hub_url else "")
+            return _run_asyncio(lambda: AsyncServer(
+                (options["host"], options["port"]), ssl=context, filters=filters, hub=hub,
+                max_size=options["max_size"], extensions=extensions, protocols=options["subprotocol"],
+                max_connections=options["max_connections"]), banner, context)
         try:
             server = Server((options["host"], options["port"]), ssl=context, filters=filters, hub=hub,
                             max_size=options["max_size"], extensions=extensions, protocols=options["subprotocol"],
