@@ -10,7 +10,8 @@ from servers import KINDS, PEERS
 
 __all__ = ["summarize", "tables", "generator_check", "fmt"]
 
-SHORT = {"twspy": "twspy", "twspy-asyncio": "twspy-aio", "websockets-sync": "ws-sync", "websockets-asyncio": "ws-async", "aiohttp": "aiohttp",
+SHORT = {"twspy": "twspy", "twspy-asyncio": "twspy-aio", "websockets-sync": "ws-sync",
+         "websockets-asyncio": "ws-async", "aiohttp": "aiohttp",
          "raw-tcp": "raw-tcp", "websocket-client": "ws-client", "raw": "raw"}
 CLIENT_PEERS = ("websockets-sync", "websocket-client")
 

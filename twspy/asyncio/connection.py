@@ -295,7 +295,7 @@ class Connection(asyncio.Protocol):
             raise self._closed_error() if core.state is not CONNECTING else \
                 InvalidState("the opening handshake is not done")
         if type(message) is str:
-            return core.encode_text(message, fragment_size=fragment_size, compress=compress)  # type: ignore[arg-type]
+            return core.encode_text(message, fragment_size=fragment_size, compress=compress)
         if isinstance(message, (bytes, bytearray, memoryview)):
             return core.encode_binary(message, fragment_size=fragment_size, compress=compress)
         if isinstance(message, Message):

@@ -115,7 +115,7 @@ class SyncView:
         if self._in_loop():
             conn.send_nowait(message, prepared)
             return
-        size = len(prepared) if prepared is not None else len(message)  # type: ignore[arg-type]
+        size = len(prepared) if prepared is not None else len(message)
         with self._lock:
             overflow = self._pending + size > conn.max_outbox
             if not overflow:
