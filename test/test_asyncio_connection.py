@@ -225,3 +225,33 @@ def test_send_before_open_is_an_invalid_state():
         with pytest.raises(InvalidState):
             await conn.send("x")
     run(main())
+
+
+def test_recv_raises_at_once_when_the_client_fails_the_connection():
+    """A protocol error from the server: recv() raises 1002 at once, not after close_timeout."""
+    import base64
+    import hashlib
+
+    async def bad_server(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key")][0]
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        writer.write(b"\x81\x81\x00\x00\x00\x00x")  # a masked frame from a server: 1002 (§5.1)
+        await reader.read()  # never closes TCP itself
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(bad_server, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conn = await asyncio.wait_for(connect("ws://127.0.0.1:%d" % port, close_timeout=30), T)
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(conn.recv(), 2)
+        assert info.value.code == 1002
+        conn.abort()
+        await asyncio.wait_for(conn.wait_closed(), T)
+        server.close()
+        await server.wait_closed()
+    run(main())

@@ -248,8 +248,9 @@ class Connection(asyncio.Protocol):
         inbox = self._inbox
         deadline = None if timeout is None else self._loop.time() + timeout
         while not inbox:
-            if self.closed_future.done() or self.core.close_rcvd is not None or \
-                    (self.core.state is CLOSED):
+            # No message can come any more once a close code is known: the peer's close frame
+            # arrived, the connection failed (either side), or TCP ended.
+            if self.core.close_code is not None or self.closed_future.done():
                 raise self._closed_error()
             waiter: "asyncio.Future[None]" = self._loop.create_future()
             self._waiters.append(waiter)
