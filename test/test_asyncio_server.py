@@ -249,3 +249,15 @@ def test_serve_forever_until_close():
 def test_unknown_option_is_a_type_error():
     with pytest.raises(TypeError):
         Server(("127.0.0.1", 0), no_such_option=1)
+
+
+def test_a_refused_client_that_keeps_its_socket_open_does_not_hold_a_slot():
+    async def main():
+        async with serve(lambda c: c.send("hi"), "127.0.0.1", 0, max_connections=1) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # refused (400); we never close
+            assert (await asyncio.wait_for(reader.read(), T)).startswith(b"HTTP/1.1 4")
+            async with connect("ws://127.0.0.1:%d" % server.port) as conn:
+                assert await asyncio.wait_for(conn.recv(), T) == TextMessage("hi")
+            writer.close()
+    run(main())

@@ -189,7 +189,7 @@ def _echo(args: argparse.Namespace) -> int:
         return _run_asyncio(lambda: AsyncEcho((args.host, args.port), ssl=context, max_size=args.max_size,
                                               extensions=extensions, protocols=args.subprotocol,
                                               max_connections=args.max_connections),
-                            "twspy echo server (asyncio) on %s (Ctrl-C stops it)", context)
+                            "twspy echo server on %s (asyncio; Ctrl-C stops it)", context)
     server = EchoServer((args.host, args.port), ssl=context, max_size=args.max_size, extensions=extensions,
                         protocols=args.subprotocol, max_connections=args.max_connections)
     print("twspy echo server on %s (Ctrl-C stops it)" % _url(server, context), file=sys.stderr, flush=True)
@@ -243,7 +243,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         if options["asyncio"]:
             from .asyncio.server import Server as AsyncServer  # imported only when asked for
-            banner = "twspy serve (asyncio) on %%s (filters: %s%s; Ctrl-C stops it)" % (
+            banner = "twspy serve on %%s (asyncio; filters: %s%s; Ctrl-C stops it)" % (
                 ", ".join(type(f).__name__ for f in filters), "; hub: %s" % _redact_url(hub_url) if hub_url else "")
             return _run_asyncio(lambda: AsyncServer(
                 (options["host"], options["port"]), ssl=context, filters=filters, hub=hub,

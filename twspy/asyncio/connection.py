@@ -170,9 +170,12 @@ class Connection(asyncio.Protocol):
         for data in self.core.data_to_send():
             if data:
                 transport.write(data)
-            elif transport.can_write_eof():
-                transport.write_eof()
+            elif self.core.state is not CLOSED and transport.can_write_eof():
+                transport.write_eof()  # closing handshake: the peer closes next (close_timer bounds it)
             else:
+                # A refused handshake or a peer that already left: nothing more to read. Close
+                # (after the buffered bytes) rather than half-close: a peer that keeps its socket
+                # open must not hold a connection slot.
                 transport.close()
         if self.core.state is CLOSING and self._close_timer is None and self.close_timeout is not None:
             # §7.1.1: a close frame went either way; TCP should end soon. Cut a stalled peer.
