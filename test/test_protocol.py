@@ -1132,3 +1132,46 @@ class TestReceiveFrame:
     def test_not_during_the_handshake(self):
         with pytest.raises(InvalidState):
             ServerProtocol().receive_frame(Frame(1, b"x"))
+
+
+class TestParseMessage:
+    def test_never_consumes_what_it_does_not_return(self):
+        s = Protocol(SERVER)
+        assert s.parse_message(masked(2, b"x")) == BinaryMessage(b"x")
+        for data in (masked(1, b"\xff"), masked(1, b"a", final=False), masked(9), masked(2, b"ab")[:-1]):
+            assert s.parse_message(data) is None
+            assert s.events_received() == [] and s.data_to_send() == [] and s.state is OPEN
+        s.receive_data(masked(2, b"ab")[:-1])
+        assert s.parse_message(masked(2, b"c")) is None  # a frame is half-read
+
+
+class TestAnswerCloseLater:
+    """answer_close=False: the shell answers the close once earlier messages are handled."""
+
+    def test_replies_before_the_answer(self):
+        s = Protocol(SERVER, answer_close=False)
+        s.receive_data(masked(1, b"question") + masked(8, h("03e9") + b"bye") + masked(1, b"ignored"))
+        assert s.events_received() == [TextMessage("question"), Close(1001, "bye")]
+        assert s.state is OPEN and s.data_to_send() == [] and not s.close_expected()
+        s.send_text("answer")
+        s.answer_close()
+        assert s.data_to_send() == [plain(1, b"answer"), h("880203e9"), b""]
+        assert s.state is CLOSING and s.close_code == 1001
+        with pytest.raises(InvalidState):
+            s.answer_close()
+
+    def test_client_answers_without_eof_and_code_1005(self):
+        c = Protocol(CLIENT, answer_close=False)
+        c.receive_data(h("8800"))
+        c.answer_close()
+        assert c.data_to_send() == [h("888037fa213d")] and c.close_sent == Close(1005, "")
+
+    def test_send_close_answers_too(self):
+        s = Protocol(SERVER, answer_close=False)
+        s.receive_data(masked(8, h("03e8")))
+        s.send_close(1001, "shutting down")
+        assert s.data_to_send() == [plain(8, h("03e9") + b"shutting down"), b""]
+
+    def test_nothing_to_answer(self):
+        with pytest.raises(InvalidState):
+            Protocol(SERVER, answer_close=False).answer_close()
