@@ -255,3 +255,42 @@ def test_recv_raises_at_once_when_the_client_fails_the_connection():
         server.close()
         await server.wait_closed()
     run(main())
+
+
+def test_messages_before_the_peers_close_frame_are_still_answered():
+    """The client sends a message and closes at once: the server echoes it, then answers the close."""
+    async def main():
+        async with serve(echo, "127.0.0.1", 0) as server:
+            conn = await asyncio.wait_for(connect("ws://127.0.0.1:%d" % server.port), T)
+            payload = b"\x01" * (512 * 1024)
+            await conn.send(payload)
+            conn.start_close(4000, "bye")
+            assert (await asyncio.wait_for(conn.recv(), T)).payload == payload
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(conn.recv(), T)
+            assert info.value.code == 4000
+            await asyncio.wait_for(conn.wait_closed(), T)
+    run(main())
+
+
+def test_over_tls_a_failed_client_reads_its_1009_before_tcp_ends():
+    """TLS cannot half-close: closing while the peer still sends would reset it before it reads the close frame."""
+    import os
+    import ssl
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(os.path.join(here, "certs", "localhost.pem"), os.path.join(here, "certs", "localhost.key"))
+    client_ctx = ssl.create_default_context(cafile=os.path.join(here, "certs", "localhost.pem"))
+
+    async def main():
+        async with serve(echo, "127.0.0.1", 0, ssl=server_ctx, max_size=1000, close_timeout=1) as server:
+            async with connect("wss://localhost:%d" % server.port, ssl=client_ctx, extensions=[]) as conn:
+                try:
+                    await asyncio.wait_for(conn.send(os.urandom(4 << 20)), T)
+                except ConnectionClosed:
+                    pass
+                with pytest.raises(ConnectionClosed) as info:
+                    await asyncio.wait_for(conn.recv(), T)
+                assert info.value.code == 1009
+    run(main())

@@ -80,6 +80,10 @@ class Connection(asyncio.Protocol):
                  max_queue: Optional[int] = DEFAULT_MAX_QUEUE, max_outbox: int = DEFAULT_MAX_OUTBOX,
                  ping_interval: Optional[float] = None, ping_timeout: Optional[float] = None) -> None:
         self.core = protocol
+        # The peer's close frame is answered at once, unless messages that came before it wait
+        # in the queue: then once the application has taken them (recv() finds the queue
+        # empty), so that it can still reply to them; close_timeout bounds the wait.
+        protocol.auto_answer_close = False
         self.close_timeout = close_timeout
         self.max_queue = max_queue
         self.max_outbox = max_outbox
@@ -172,14 +176,31 @@ class Connection(asyncio.Protocol):
                 transport.write(data)
             elif self.core.state is not CLOSED and transport.can_write_eof():
                 transport.write_eof()  # closing handshake: the peer closes next (close_timer bounds it)
+            elif self.core.state is not CLOSED and self.core.close_rcvd is None:
+                # TLS cannot half-close, and the peer may still be sending (we failed the
+                # connection): closing now would reset it before it reads our close frame.
+                # It closes after reading it; close_timer bounds the wait.
+                pass
             else:
                 # A refused handshake or a peer that already left: nothing more to read. Close
                 # (after the buffered bytes) rather than half-close: a peer that keeps its socket
                 # open must not hold a connection slot.
                 transport.close()
-        if self.core.state is CLOSING and self._close_timer is None and self.close_timeout is not None:
-            # §7.1.1: a close frame went either way; TCP should end soon. Cut a stalled peer.
-            self._close_timer = self._loop.call_later(self.close_timeout, self.abort)
+        core = self.core
+        if self._close_timer is None and self.close_timeout is not None and (
+                core.state is CLOSING or (core.state is OPEN and core.close_rcvd is not None)):
+            # §7.1.1: a close frame went either way; TCP should end soon. Cut a stalled peer
+            # (and answer the peer's close frame if the application never took its messages).
+            self._close_timer = self._loop.call_later(self.close_timeout, self._close_deadline)
+
+    def _close_deadline(self) -> None:
+        self._close_timer = None
+        core = self.core
+        if core.state is OPEN and core.close_rcvd is not None:
+            core.answer_close()
+            self._flush()
+        else:
+            self.abort()
 
     def _handle(self, events: List[Any]) -> None:
         for event in events:
@@ -194,6 +215,10 @@ class Connection(asyncio.Protocol):
                 if self._control_events:
                     self._queue(event)
             elif kind is Close:
+                core = self.core
+                if core.state is OPEN and not any(type(i) in (TextMessage, BinaryMessage) for i in self._inbox):
+                    core.answer_close()  # no message waits for a reply: answer at once (§5.5.1)
+                    self._flush()
                 self._wake(self._waiters)
             elif kind is Request:
                 self.request = event
@@ -254,6 +279,9 @@ class Connection(asyncio.Protocol):
             # No message can come any more once a close code is known: the peer's close frame
             # arrived, the connection failed (either side), or TCP ended.
             if self.core.close_code is not None or self.closed_future.done():
+                if self.core.close_rcvd is not None and self.core.state is OPEN:
+                    self.core.answer_close()  # every message before the close frame was taken
+                    self._flush()
                 raise self._closed_error()
             waiter: "asyncio.Future[None]" = self._loop.create_future()
             self._waiters.append(waiter)
@@ -418,7 +446,7 @@ class Connection(asyncio.Protocol):
 
     def _send_keepalive(self) -> None:
         self._keepalive = None
-        if self.core.state is not OPEN:
+        if self.core.state is not OPEN or self.core.close_rcvd is not None:
             return
         payload = os.urandom(4)
         self.core.send_ping(payload)
@@ -459,7 +487,10 @@ class Connection(asyncio.Protocol):
         """Send the close frame without waiting (a Server closing all its clients uses it)."""
         core = self.core
         if core.state is OPEN:
-            core.send_close(code, reason)
+            if core.close_rcvd is not None:
+                core.answer_close()  # the peer closed first: echo its code (§5.5.1)
+            else:
+                core.send_close(code, reason)
             self._flush()
         elif core.state is CONNECTING and self.transport is not None:
             self.abort()
