@@ -17,8 +17,8 @@ class Shout(Filter):
 
 
 class Service(twspy.Server):
-    def process_request(self, path, headers):
-        if path == "/healthz":
+    def process_request(self, request):
+        if request.method == "GET" and request.path == "/healthz":
             return 200, "ok\n"  # plain HTTP answer; None goes on to the upgrade
 
 

@@ -15,7 +15,8 @@ import threading
 import pytest
 
 import twspy
-from twspy.cli import _SERVE_DEFAULTS, _parser, FILTER_ALIASES, load_filter_class, UsageError
+import twspy.server
+from twspy.cli import _SERVE_DEFAULTS, _parser, FILTER_ALIASES, load_filter_class, main, UsageError
 from twspy.handshake import build_request, make_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,6 +99,50 @@ def twspy_process():
     yield start
     for process in started:
         process.close()
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(*argv)``: ``main(argv)`` in this process, for commands that exit by themselves."""
+    def run(*argv):
+        status = main(list(argv))
+        out, err = capsys.readouterr()
+        return status, out, err
+    return run
+
+
+@pytest.fixture
+def running(monkeypatch):
+    """``running(*argv)``: ``main(argv)`` serving in a thread of this process; returns the Server it runs.
+
+    Stopped (server.shutdown(), as Ctrl-C would) at the end; ``running.statuses`` holds main's results.
+    """
+    servers, threads, statuses = [], [], []
+    ready = threading.Event()
+    original_run = twspy.server.Server.run
+
+    def recording_run(self):
+        servers.append(self)
+        ready.set()
+        original_run(self)
+
+    monkeypatch.setattr(twspy.server.Server, "run", recording_run)
+
+    def start(*argv):
+        ready.clear()
+        thread = threading.Thread(target=lambda: statuses.append(main(list(argv))))
+        thread.start()
+        threads.append(thread)
+        assert ready.wait(TIMEOUT), statuses
+        return servers[-1]
+
+    start.statuses = statuses
+    yield start
+    for server in servers:
+        server.shutdown()
+    for thread in threads:
+        thread.join(TIMEOUT)
+        assert not thread.is_alive()
 
 
 def run_to_exit(*args, pythonpath=()):
@@ -244,18 +289,18 @@ def test_command_line_wins_over_config(twspy_process, tmp_path):
     ({"filters": [1]}, "bad value for 'filters'"),
     (["port", 0], "expected a JSON object"),
 ])
-def test_bad_config(tmp_path, data, message):
-    status, out, err = run_to_exit("serve", "-c", write_config(tmp_path, data))
+def test_bad_config(cli, tmp_path, data, message):
+    status, out, err = cli("serve", "-c", write_config(tmp_path, data))
     assert status == 2 and message in err, err
     assert "Traceback" not in err
 
 
-def test_config_not_json_or_missing(tmp_path):
+def test_config_not_json_or_missing(cli, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{port: 0")
-    status, _, err = run_to_exit("serve", "-c", str(bad))
+    status, _, err = cli("serve", "-c", str(bad))
     assert status == 2 and "not valid JSON" in err
-    status, _, err = run_to_exit("serve", "-c", str(tmp_path / "missing.json"))
+    status, _, err = cli("serve", "-c", str(tmp_path / "missing.json"))
     assert status == 2 and "cannot read the config file" in err
 
 
@@ -268,8 +313,8 @@ def test_config_not_json_or_missing(tmp_path):
     ("Echo", "expected package.module:Class"),
     ("auth", "needs at least one non-empty token"),
 ])
-def test_bad_filter_spec(spec, message):
-    status, _, err = run_to_exit("serve", "--port", "0", "-f", spec)
+def test_bad_filter_spec(cli, spec, message):
+    status, _, err = cli("serve", "--port", "0", "-f", spec)
     assert status == 2 and message in err and "Traceback" not in err, err
 
 
@@ -336,19 +381,23 @@ def test_aliases():
 def test_every_serve_option_is_a_config_key():
     args = _parser().parse_args(["serve", "-f", "x", "-c", "c.json", "--host", "h", "--port", "1", "--max-size", "1k",
                                  "--certfile", "c", "--keyfile", "k", "--subprotocol", "p", "--no-compression",
-                                 "--quiet", "--token", "t", "--redis", "r", "--hub", "h",
+                                 "--quiet", "--token", "t", "--redis", "r", "--hub", "h", "--unix", "u",
                                  "--max-connections", "2", "--asyncio"])
     assert set(vars(args)) - {"command", "config"} == set(_SERVE_DEFAULTS)
     assert set(vars(_parser().parse_args(["serve"]))) == {"command"}  # unset options stay unset (config)
 
 
-def test_usage_errors():
-    status, _, err = run_to_exit("serve", "--keyfile", "k.pem")
+def test_usage_errors(cli):
+    status, _, err = cli("serve", "--keyfile", "k.pem")
     assert status == 2 and "--keyfile needs --certfile" in err
-    status, _, err = run_to_exit("serve", "--redis", "redis://a", "--hub", "memory://b")
+    status, _, err = cli("serve", "--redis", "redis://a", "--hub", "memory://b")
     assert status == 2 and "not both" in err
-    status, _, err = run_to_exit("serve", "--port", "0", "--certfile", os.path.join(ROOT, "nonexistent.pem"))
+    status, _, err = cli("serve", "--port", "0", "--certfile", os.path.join(ROOT, "nonexistent.pem"))
     assert status == 2 and "cannot load the certificate" in err
+    status, _, err = cli("serve", "--port", "0", "--hub", "bogus://nowhere")
+    assert status == 1 and "cannot attach the hub bogus://nowhere" in err
+    status, _, err = cli("proxy", "--upstream", "http://not-ws/", "--port", "0")
+    assert status == 2 and "isn't a valid WebSocket URI" in err
 
 
 # -- hub --------------------------------------------------------------------------------------------
@@ -380,3 +429,88 @@ def test_topics_alias_gets_a_hub(twspy_process):
         assert sorted(m["type"] for m in got) == ["ack", "message"]
         assert [m["data"] for m in got if m["type"] == "message"] == ["hi"]
     assert process.stop() == 0
+
+
+def test_filters_are_not_imported_from_the_working_directory(tmp_path, monkeypatch):
+    # Issue 20 item 14: ``python -m twspy serve -f planted:Evil`` run in a directory holding planted.py
+    # imported and ran it. Only sys.path as installed (and PYTHONPATH on purpose) may provide filters.
+    (tmp_path / "planted_cwd_filter.py").write_text("class Evil:\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [""] + [p for p in sys.path if p])  # as `python -m` starts
+    monkeypatch.setenv("PYTHONPATH", "")
+    with pytest.raises(UsageError, match="cannot import planted_cwd_filter"):
+        load_filter_class("planted_cwd_filter:Evil")
+    assert "planted_cwd_filter" not in sys.modules and sys.path[0] == ""
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # named on purpose: allowed
+    monkeypatch.setattr(sys, "path", [""] + [p for p in sys.path if p] + [str(tmp_path)])
+    try:
+        assert load_filter_class("planted_cwd_filter:Evil").__name__ == "Evil"
+    finally:
+        sys.modules.pop("planted_cwd_filter", None)
+
+
+def test_filters_from_the_working_directory_process(tmp_path):
+    (tmp_path / "planted_cwd_filter2.py").write_text("import sys\nsys.exit('planted code ran')\n")
+    proc = subprocess.run([sys.executable, "-m", "twspy", "serve", "-f", "planted_cwd_filter2:X", "--port", "0"],
+                          cwd=str(tmp_path), env=env_with(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 2 and "cannot import planted_cwd_filter2" in proc.stderr
+    assert "planted code ran" not in proc.stderr
+
+
+
+# -- in process (what a coverage run sees) ----------------------------------------------------------
+
+def test_serve_in_process_config_tokens_and_hub(running, tmp_path, capsys):
+    config = write_config(tmp_path, {"port": 0, "filters": ["log", "echo"], "token": "s3cret", "quiet": True})
+    server = running("serve", "-c", config, "--hub", "memory://")
+    port = server.address[1]
+    assert upgrade_status(port) == "HTTP/1.1 401 Unauthorized"
+    with ws(port, "/?token=s3cret") as conn:
+        conn.send("in process")
+        assert conn.recv(TIMEOUT).payload == "in process"
+    server.shutdown()
+    _, err = capsys.readouterr()
+    assert "filters: BearerAuth, Log, Echo; hub: memory://" in err and "s3cret" not in err
+
+
+def test_echo_in_process_with_tls(running, capsys):
+    import ssl
+    from conftest import CERT, KEY
+    server = running("echo", "--port", "0", "--certfile", CERT, "--keyfile", KEY, "--quiet")
+    context = ssl.create_default_context(cafile=CERT)
+    with twspy.connect("wss://localhost:%d/" % server.address[1], ssl=context, timeout=TIMEOUT) as conn:
+        conn.send(b"\x00secure")
+        assert conn.recv(TIMEOUT).payload == b"\x00secure"
+    server.shutdown()
+    assert "wss://127.0.0.1:%d/" % server.address[1] in capsys.readouterr().err
+
+
+def test_proxy_in_process(running, serve, capsys):
+    from twspy.cli import EchoServer
+    upstream = serve(EchoServer)
+    relay = running("proxy", "--upstream", "ws://user:pw@127.0.0.1:%d/base" % upstream.address[1], "--port", "0",
+                    "--quiet")
+    with ws(relay.address[1], "/x") as conn:
+        conn.send("relayed")
+        assert conn.recv(TIMEOUT).payload == "relayed"
+    relay.shutdown()
+    err = capsys.readouterr().err
+    assert "-> ws://***@127.0.0.1:%d/base" % upstream.address[1] in err and "pw" not in err
+
+
+@pytest.mark.parametrize("command", [["echo"], ["serve", "-f", "echo"]])
+def test_servers_on_a_unix_socket(running, cli, tmp_path, command):
+    # --unix needs Server(unix_path=...) (the server's side of issue 14): with it, the server listens there;
+    # without it (a twspy before that change), a usage error in one line rather than a traceback.
+    import inspect
+    path = str(tmp_path / "ws.sock")
+    if "unix_path" not in inspect.signature(twspy.Server.__init__).parameters:
+        status, _, err = cli(*command, "--unix", path)
+        assert status == 2 and err.count("\n") == 1 and "--unix" in err
+        return
+    server = running(*command, "--unix", path, "--quiet")
+    with twspy.connect("ws://localhost/sock", unix_path=path, timeout=TIMEOUT) as conn:
+        conn.send("over a Unix socket")
+        assert conn.recv(TIMEOUT).payload == "over a Unix socket"
+    server.shutdown()

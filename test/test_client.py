@@ -23,8 +23,9 @@ class ScriptedServer:
     :func:`switching` and the connection then echoes one text frame before closing.
     """
 
-    def __init__(self, script):
+    def __init__(self, script, ssl_context=None):
         self.script = script
+        self.ssl_context = ssl_context
         self.requests = []
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -40,6 +41,13 @@ class ScriptedServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            if self.ssl_context is not None:
+                try:
+                    conn.settimeout(5)
+                    conn = self.ssl_context.wrap_socket(conn, server_side=True)
+                except OSError:
+                    conn.close()
+                    continue
             with conn:
                 conn.settimeout(5)
                 try:
@@ -83,8 +91,8 @@ def switching(request, extra=""):
 def scripted():
     servers = []
 
-    def make(script):
-        server = ScriptedServer(script)
+    def make(script, ssl_context=None):
+        server = ScriptedServer(script, ssl_context)
         servers.append(server)
         return server
 
@@ -188,9 +196,67 @@ class TestRedirectsAndAuth:
     def test_redirect_loop_is_bounded(self, scripted):
         loop = scripted(lambda request, n: b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /again\r\n"
                         b"Content-Length: 0\r\n\r\n")
-        with pytest.raises(twspy.HandshakeError):
+        with pytest.raises(twspy.RedirectError):
             twspy.connect("ws://127.0.0.1:%d/" % loop.port, extensions=[])
         assert len(loop.requests) == twspy.client.MAX_REDIRECTS + 1
+
+    SECRETS = {"Authorization": "Bearer s3cret", "cookie": "sid=1", "PROXY-AUTHORIZATION": "Basic eDp5"}
+
+    def test_credentials_do_not_follow_a_redirect_to_another_port(self, scripted):
+        # Issue 17 item 1: a redirect that changes scheme, host or port drops Authorization,
+        # Cookie and Proxy-Authorization (any case) and the URL's credentials.
+        recorder = scripted(lambda request, n: switching(request))
+        redirector = scripted(lambda request, n: b"HTTP/1.1 302 Found\r\nLocation: ws://127.0.0.1:%d/next\r\n"
+                              b"Content-Length: 0\r\n\r\n" % recorder.port)
+        conn = twspy.connect("ws://127.0.0.1:%d/" % redirector.port, headers=self.SECRETS, extensions=[])
+        conn.abort()
+        sent = {name.lower() for name, _ in redirector.requests[0].headers.items()}
+        assert {"authorization", "cookie", "proxy-authorization"} <= sent
+        received = {name.lower() for name, _ in recorder.requests[0].headers.items()}
+        assert not received & {"authorization", "cookie", "proxy-authorization"}
+
+    def test_url_credentials_do_not_follow_a_redirect_to_another_host(self, scripted):
+        basic = "Basic " + base64.b64encode(b"u:pw").decode()
+        challenge = b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm="x"\r\nContent-Length: 0\r\n\r\n'
+        recorder = scripted(lambda request, n: challenge)  # would take any credentials it is given
+
+        def redirect_once_authenticated(request, n):
+            if request.headers.get("Authorization") != basic:
+                return challenge
+            return (b"HTTP/1.1 307 Temporary Redirect\r\nLocation: ws://localhost:%d/\r\n"
+                    b"Content-Length: 0\r\n\r\n" % recorder.port)
+
+        redirector = scripted(redirect_once_authenticated)
+        with pytest.raises(twspy.HandshakeError) as info:
+            twspy.connect("ws://u:pw@127.0.0.1:%d/" % redirector.port, extensions=[])
+        assert info.value.status == 401
+        assert [r.headers.get("Authorization") for r in redirector.requests] == [None, basic]
+        assert [r.headers.get("Authorization") for r in recorder.requests] == [None]  # not answered either
+
+    def test_credentials_follow_a_redirect_on_the_same_origin(self, scripted):
+        def script(request, n):
+            if request.path == "/old":
+                return b"HTTP/1.1 301 Moved\r\nLocation: /new\r\nContent-Length: 0\r\n\r\n"
+            return switching(request)
+
+        server = scripted(script)
+        conn = twspy.connect("ws://127.0.0.1:%d/old" % server.port, headers=self.SECRETS, extensions=[])
+        conn.abort()
+        assert server.requests[1].path == "/new"
+        assert server.requests[1].headers["Authorization"] == "Bearer s3cret"
+        assert server.requests[1].headers["Cookie"] == "sid=1"
+
+    def test_https_to_http_redirect_is_refused(self, scripted):
+        plain = scripted(lambda request, n: switching(request))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(CERT, KEY)
+        secure = scripted(lambda request, n: b"HTTP/1.1 302 Found\r\nLocation: ws://localhost:%d/\r\n"
+                          b"Content-Length: 0\r\n\r\n" % plain.port, ssl_context=context)
+        with pytest.raises(twspy.RedirectError) as info:
+            twspy.connect("wss://localhost:%d/" % secure.port, headers=self.SECRETS, extensions=[],
+                          ssl=ssl.create_default_context(cafile=CERT))
+        assert info.value.status == 302 and "ws://" in str(info.value)
+        assert plain.requests == []
 
     def test_basic_auth(self, scripted):
         expected = "Basic " + base64.b64encode(b"user:p@ss").decode()
@@ -264,3 +330,39 @@ class TestTLS:
     def test_plain_client_against_tls_server(self, tls_server):
         with pytest.raises((twspy.HandshakeError, OSError)):
             twspy.connect("ws://127.0.0.1:%d/" % tls_server.address[1], extensions=[], timeout=2)
+
+
+class TestUnixSocket:
+    def test_connect_over_a_unix_socket(self, tmp_path):
+        path = str(tmp_path / "ws.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(1)
+        seen = {}
+
+        def serve_one():
+            raw, _ = listener.accept()
+            ws = twspy.websocket(raw)
+            ws.server_handshake(5)
+            seen["path"], seen["host"] = ws.path, ws.headers["Host"]
+            with twspy.Connection(ws) as conn:
+                conn.send(conn.recv(5))
+                with pytest.raises(twspy.ConnectionClosed):
+                    conn.recv(5)  # until the client closes
+
+        thread = threading.Thread(target=serve_one)
+        thread.start()
+        try:
+            with twspy.connect("ws://app.local/chat?x=1", unix_path=path, timeout=5, extensions=[]) as conn:
+                conn.send("over AF_UNIX")
+                assert conn.recv(5).payload == "over AF_UNIX"
+                assert conn.sock.address == path
+        finally:
+            thread.join(5)
+            listener.close()
+        assert seen == {"path": "/chat?x=1", "host": "app.local"}
+        assert conn.close_code == 1000
+
+    def test_missing_unix_socket(self, tmp_path):
+        with pytest.raises(FileNotFoundError):
+            twspy.connect("ws://x/", unix_path=str(tmp_path / "nothing"), timeout=5)

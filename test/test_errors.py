@@ -10,7 +10,7 @@ import pytest
 import twspy
 from twspy import errors
 from twspy.errors import (ConnectionClosed, HandshakeError, InvalidState, InvalidURI, NegotiationError, PayloadTooBig,
-                          ProtocolError, SocketClosed, WebSocketError)
+                          ProtocolError, ProxyError, RedirectError, SocketClosed, WebSocketError)
 
 
 class TestTree:
@@ -22,6 +22,8 @@ class TestTree:
         (ConnectionClosed, (WebSocketError,)),
         (InvalidState, (WebSocketError, RuntimeError)),
         (InvalidURI, (WebSocketError, ValueError)),
+        (RedirectError, (HandshakeError, WebSocketError)),
+        (ProxyError, (WebSocketError, ConnectionError, OSError)),
     ])
     def test_parents(self, cls, parents):
         for parent in parents:
@@ -38,10 +40,16 @@ class TestTree:
         assert SocketClosed is ConnectionClosed
         assert sorted(errors.__all__) == sorted([
             "WebSocketError", "HandshakeError", "NegotiationError", "ProtocolError", "PayloadTooBig",
-            "ConnectionClosed", "SocketClosed", "InvalidState", "InvalidURI"])
+            "ConnectionClosed", "SocketClosed", "InvalidState", "InvalidURI", "RedirectError", "ProxyError"])
         for name in errors.__all__:
             assert getattr(twspy, name) is getattr(errors, name)
             assert name in twspy.__all__
+
+    def test_proxy_error_attributes_and_pickle(self):
+        exc = ProxyError("proxy http://p:3128: refused the tunnel to h:443: 407 Proxy Authentication Required",
+                         "http://p:3128", 407, "Proxy Authentication Required")
+        again = pickle.loads(pickle.dumps(exc))
+        assert (again.proxy, again.status, again.reason, str(again)) == (exc.proxy, 407, exc.reason, str(exc))
 
     def test_builtin_mix_ins_catchable_as_builtins(self):
         with pytest.raises(RuntimeError):

@@ -11,8 +11,8 @@ import pytest
 
 import twspy
 from twspy.errors import HandshakeError, ProtocolError
-from twspy.filters import (BearerAuth, Broadcast, Echo, Filter, Log, Reject, close_code_for, run_close, run_message,
-                           run_open)
+from twspy.filters import (BearerAuth, Broadcast, Echo, Filter, Log, Reject, close_code_for, redact_query, run_close,
+                           run_message, run_open)
 from twspy.handshake import Headers, Request
 from twspy.multiplex import Multiplex, connect_multiplexed
 
@@ -78,7 +78,8 @@ class EchoAfterFilters(twspy.Server):
 # -- process_request ----------------------------------------------------------------------------
 
 class Hooked(EchoAfterFilters):
-    def process_request(self, path, headers):
+    def process_request(self, request):
+        path, headers = request.path, request.headers
         self.calls.add("process_request", path, headers.get("X-Probe"))
         if path == "/health":
             return 200, "OK\n"
@@ -376,6 +377,31 @@ class TestLog:
             "%s close 1000" % cid,
         ]
         assert "s3cret" not in stream.getvalue()
+
+    def test_a_percent_encoded_token_is_hidden_too(self, serve):
+        """``?%74oken=s3cret`` is a token to BearerAuth (it decodes names) and was printed as is."""
+        stream = io.StringIO()
+        server = serve(EchoAfterFilters, filters=[Log(stream), BearerAuth("s3cret")])
+        with twspy.connect(url(server, "/log?room=1&%74oken=s3cret&x=%2574oken"), timeout=TIMEOUT) as conn:
+            conn.send("hi")
+            conn.recv(TIMEOUT)
+        server.calls.wait(lambda items: any(i[0] == "server.onclose" for i in items))
+        assert "s3cret" not in stream.getvalue()
+        assert " open /log?room=1&%74oken=***&x=%2574oken\n" in stream.getvalue()
+
+    @pytest.mark.parametrize("target, shown", [
+        ("/p", "/p"),
+        ("/p?", "/p?"),
+        ("/p?a=1&b", "/p?a=1&b"),
+        ("/p?token=", "/p?token="),                               # nothing to hide
+        ("/p?token=t&token=u", "/p?token=***&token=***"),
+        ("/p?TOKEN=t&access_token=u&api%5Fkey=k&Password=p&sig=s&q=token",
+         "/p?TOKEN=***&access_token=***&api%5Fkey=***&Password=***&sig=***&q=token"),
+        ("/p?%74%6Fken=t#frag", "/p?%74%6Fken=***#frag"),
+        ("/p?to+ken=t&tok%65n=v", "/p?to+ken=t&tok%65n=***"),     # "to ken" is another name
+    ])
+    def test_redact_query(self, target, shown):
+        assert redact_query(target) == shown
 
     def test_stdout_by_default(self, capsys):
         class Client:

@@ -10,7 +10,7 @@ from twspy.errors import HandshakeError, NegotiationError
 from twspy.extension import Extension, ExtensionCodec
 from twspy.handshake import (GUID, MAX_HEADER_SIZE, Headers, Request, Response, accept_key, build_request,
                              build_response, check_response, error_response, make_key, parse_request,
-                             parse_response, read_head, server_handshake)
+                             parse_response, read_head, server_handshake, head_end)
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
@@ -133,10 +133,43 @@ class TestReadHead:
         assert read_head(recv) == (EXAMPLE_REQUEST, b"")
         assert recv.left == []
 
-    def test_blank_line_needs_crlf_crlf(self):
-        recv = chunks_recv(b"GET / HTTP/1.1\r\nHost: a\n\n", b"X: b\r\n\r\nrest")  # bare LFs don't end it
-        assert read_head(recv) == (b"GET / HTTP/1.1\r\nHost: a\n\nX: b\r\n\r\n", b"rest")
-        assert len(recv.calls) == 2
+    @pytest.mark.parametrize("raw", [
+        b"GET / HTTP/1.1\nHost: a\n\n",             # bare LF everywhere (a hand-written request)
+        b"GET / HTTP/1.1\r\nHost: a\n\n",           # LFs after a CRLF start line
+        b"GET / HTTP/1.1\r\nHost: a\r\n\n",         # only the blank line bare
+        b"\nGET / HTTP/1.1\r\n",                    # at the very start
+    ])
+    def test_bare_lf_400_at_once(self, raw):
+        # RFC 9112 §2.2: lines end with CRLF. A bare LF used to leave the request unanswered until
+        # the handshake timeout (it never ends with CRLF CRLF): refuse it as soon as it is seen.
+        recv = chunks_recv(raw, b"never read")
+        with pytest.raises(HandshakeError) as info:
+            read_head(recv)
+        assert info.value.status == 400 and "bare LF" in info.value.message
+        assert recv.left == [b"never read"]
+
+    def test_bare_lf_found_across_reads(self):
+        recv = chunks_recv(b"GET / HTTP/1.1\r", b"\nHost: a\r\nX: 1\n", b"never read")
+        with pytest.raises(HandshakeError):
+            read_head(recv)
+        assert recv.left == [b"never read"]
+
+    def test_already_received_bytes_come_first(self):
+        recv = chunks_recv(b"\r\n\r\nrest")
+        assert read_head(recv, received=b"GET / HTTP/1.1\r\nHost: a") == (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"rest")
+        recv = chunks_recv(b"never read")
+        assert read_head(recv, received=EXAMPLE_REQUEST + b"x") == (EXAMPLE_REQUEST, b"x")
+        assert recv.left == [b"never read"]
+
+    def test_head_end_incremental(self):
+        buf = bytearray(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        assert head_end(buf) == -1
+        scanned = len(buf)
+        buf += b"\r\nframe"
+        assert head_end(buf, scanned) == len(buf) - 5
+        with pytest.raises(HandshakeError) as info:
+            head_end(b"x" * 20, 0, max_size=10)
+        assert info.value.status == 431
 
     def test_too_large_431(self):
         recv = chunks_recv(*[b"X-Filler: " + b"a" * 1000 + b"\r\n"] * 40)
@@ -357,9 +390,8 @@ class TestSection4_2_2Accept:
         raw = make_request(drop=("Connection",), add=[("Connection", "keep-alive"), ("Connection", "Upgrade")])
         assert parse_response(handshake(raw)[0]).status == 101
 
-    @pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.2", "HTTP/2.0"])
-    def test_http_versions_at_least_1_1(self, version):
-        assert parse_response(handshake(make_request(version=version))[0]).status == 101
+    def test_http_1_1(self):
+        assert parse_response(handshake(make_request(version="HTTP/1.1"))[0]).status == 101
 
     def test_unknown_headers_ignored(self):
         raw = make_request(add=[("X-Whatever", "1"), ("Cookie", "a=b")])
@@ -387,9 +419,30 @@ class TestSection4_2_1Refusals:
                                        b"Content-Type: text/plain; charset=utf-8\r\n"
                                        b"\r\n" % len(body) + body)
 
-    @pytest.mark.parametrize("version", ["HTTP/1.0", "HTTP/0.9", "HTTP/1", "HTTP/1.10", "HTTP/x.y"])
-    def test_old_or_bad_http_version_400(self, version):
+    @pytest.mark.parametrize("version", ["HTTP/1.0", "HTTP/0.9", "HTTP/1.2", "HTTP/2.0", "HTTP/3.0"])
+    def test_other_http_version_505(self, version):
+        # The upgrade exists in HTTP/1.1 only: "HTTP/2.0" used to pass a string comparison and get 101.
+        exc = refused(make_request(version=version))
+        assert exc.status == 505 and version in exc.message
+
+    @pytest.mark.parametrize("version", ["HTTP/1", "HTTP/1.10", "HTTP/x.y", "HTTP/1.1x"])
+    def test_malformed_http_version_400(self, version):
         assert refused(make_request(version=version)).status == 400
+
+    @pytest.mark.parametrize("target", ["http://evil.example/x", "ws://127.0.0.1/", "evil.example:80", "*"])
+    def test_target_not_a_path_400(self, target):
+        # Absolute-form is for proxies (RFC 9112 §3.2.2); a plain server used to answer 101 to it.
+        exc = refused(make_request(path=target))
+        assert exc.status == 400 and "not a path" in exc.message
+
+    @pytest.mark.parametrize("target", [b"/a\x00b", b"/x\x1bFAKE-LOG-LINE", b"/\x7f", b"/caf\xc3\xa9", b"/a\tb"])
+    def test_control_characters_in_target_400(self, target):
+        raw = b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+        with pytest.raises(HandshakeError) as info:
+            parse_request(raw)
+        assert info.value.status == 400
+        assert repr(target.decode("latin-1")) in info.value.message  # shown escaped, never raw
+        assert not any(ord(ch) < 0x20 or 0x7f <= ord(ch) < 0xa0 for ch in info.value.message)
 
     def test_missing_or_repeated_host_400(self):
         assert refused(make_request(drop=("Host",))).status == 400
@@ -463,6 +516,11 @@ class TestSection4_2_1Refusals:
         exc = refused(make_request(path="/other"), locations=["/chat"])
         assert exc.status == 403
         assert parse_error_response(error_response(exc)).status == 403
+
+    def test_location_403_message_leaves_the_query_out(self):
+        # The refusal is logged: a token in the query must not reach the log (issue 20 item 11).
+        exc = refused(make_request(path="/elsewhere?token=s3cret"), locations=["/chat"])
+        assert exc.status == 403 and "s3cret" not in str(exc) and "/elsewhere" in str(exc)
 
     @pytest.mark.parametrize("value", ["chat, a b", "chat;x", "chat, \"q\"", "caf\u00e9"])
     def test_malformed_subprotocol_header_400(self, value):
@@ -654,6 +712,17 @@ class TestBuildResponse:
             b"Content-Type: text/plain; charset=utf-8\r\n\r\nbusy\n")
         assert build_response(404) == b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         assert build_response(599).startswith(b"HTTP/1.1 599 Unknown\r\n")
+
+    def test_callers_content_type_is_not_doubled(self):
+        # A process_request answer with its own Content-Type used to go out with two of them.
+        answer = build_response(200, [("Content-Type", "application/json")], b"{}")
+        assert answer == (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+                          b"Connection: close\r\n\r\n{}")
+
+    def test_framing_headers_are_ours(self):
+        answer = build_response(200, [("content-length", "99"), ("Connection", "keep-alive")], b"ok")
+        assert answer == (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n"
+                          b"Content-Type: text/plain; charset=utf-8\r\n\r\nok")
 
 
 # -- fakes -----------------------------------------------------------------------------------

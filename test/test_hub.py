@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import sys
+import threading
 import time
+import tracemalloc
 import uuid
 from typing import Any, List, Tuple
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -22,12 +23,12 @@ import pytest
 
 import twspy
 from twspy.broker import Broker, BrokerUnavailable, HubError, MemoryBroker
-from twspy.errors import ConnectionClosed
+from twspy.errors import ConnectionClosed, PayloadTooBig
 from twspy.filters import Broadcast, Filter
 from twspy.handshake import make_key
 from twspy.hub import Hub, TopicBroadcast
 from twspy.message import BinaryMessage, TextMessage
-from twspy.topics import InvalidTopic
+from twspy.topics import InvalidTopic, SubscriptionLimit
 
 from conftest import url, wait_for
 
@@ -476,8 +477,9 @@ class TestCluster:
         ids = [c.id for c in clients]
         assert len(set(ids)) == len(ids)
         for c, server in zip(clients, [s for s in servers for _ in range(2)]):
-            node, _, n = c.id.partition(".")
+            node, n, secret = c.id.split(".")
             assert node == server.hub.node_id == server.node_id and n.isdigit()
+            assert re.fullmatch("[0-9a-f]{16}", secret)  # not guessable from another client's id
             assert server_side(server, c.id).id == c.id
         assert hubs[2].node_id in repr(hubs[2])
 
@@ -1106,3 +1108,285 @@ def test_replay_after_a_restart_does_not_wait_for_the_heartbeat(cluster):
     a.publish("t", "after")
     sb.expect("after")  # the replayed 0..2 were dropped as duplicates
     wait_for(lambda: b.stats["duplicates"] >= 3, timeout=5)
+
+
+# -- hostile clients (issue 18 items 1, 2, 5; issue 20 items 4, 8, 9) ------------------------------
+class Traced:
+    """Bytes allocated (and still held) by the whole process between start and ``grown()``."""
+
+    def __enter__(self) -> "Traced":
+        tracemalloc.start()
+        self.base = tracemalloc.get_traced_memory()[0]
+        return self
+
+    def grown(self) -> int:
+        return tracemalloc.get_traced_memory()[0] - self.base
+
+    def __exit__(self, *exc: Any) -> None:
+        tracemalloc.stop()
+
+
+def request_errors(client: Client, requests: List[dict]) -> List[str]:
+    """Send each request (with an id) and return the error texts; fails on an ack."""
+    errors = []
+    for n, request in enumerate(requests):
+        client.send_json(id=n, **request)
+        reply = client.recv_json()
+        assert reply["type"] == "error" and reply["id"] == n, (request, reply)
+        errors.append(reply["error"])
+    return errors
+
+
+class TestHostileClient:
+    def test_deep_filters_cost_no_memory(self, cluster):
+        """The amplification attack: "kN" + 65,000 slashes made a node per level (1.2 GB for 40)."""
+        hub = cluster.hub()
+        c = cluster.client(cluster.server(hub))
+        with Traced() as traced:
+            errors = request_errors(c, [{"type": "subscribe", "topic": "k%d" % n + "/" * 20000} for n in range(10)])
+            grown = traced.grown()
+        assert all("longer than 1024 bytes" in e for e in errors)
+        assert grown < 1 << 20, grown
+        assert hub.topic_nodes == 0
+
+    def test_one_client_at_every_limit_holds_a_few_mb_and_frees_them(self, cluster):
+        hub = cluster.hub()
+        server = cluster.server(hub)
+        c = cluster.client(server)
+        # The costliest filters: 32 levels, 1,024 bytes, none sharing a node with another.
+        filters = ["/".join("%02d%04d" % (j, i) + "x" * 26 for j in range(32))[:1024] for i in range(260)]
+        assert all(len(f) == 1024 and f.count("/") == 31 for f in filters)
+        with Traced() as traced:
+            for n, topic_filter in enumerate(filters):
+                c.send_json(type="subscribe", topic=topic_filter, id=n)
+            replies = [c.recv_json() for _ in filters]
+            held = traced.grown()
+            assert [r["type"] for r in replies] == ["ack"] * 256 + ["error"] * 4
+            assert "256 subscriptions already" in replies[-1]["error"]
+            assert hub.topic_nodes == 256 * 32
+            c.close()
+            wait_for(lambda: hub.topic_nodes == 0)
+            left = traced.grown()
+        assert held < 5 << 20, held           # measured: about 3.4 MB
+        assert left < 256 << 10, left
+
+    def test_the_node_budget_is_per_hub_and_comes_back(self, cluster):
+        hub = cluster.hub(max_topic_nodes=40)
+        server = cluster.server(hub)
+        a, b = cluster.client(server), cluster.client(server)
+        for n in range(4):
+            a.send_json(type="subscribe", topic="a%d/x/y/z/w/v/u/t/s/r" % n, id=n)
+            assert a.recv_json() == {"type": "ack", "id": n}
+        assert hub.topic_nodes == 40
+        assert "no room" in request_errors(b, [{"type": "subscribe", "topic": "b/c"}])[0]
+        b.send_json(type="subscribe", topic="a0/x", id="shared")   # no new node: fine
+        assert b.recv_json() == {"type": "ack", "id": "shared"}
+        with pytest.raises(SubscriptionLimit):
+            hub.subscribe(b.id, "elsewhere")
+        a.send_json(type="unsubscribe", id="u")
+        assert a.recv_json() == {"type": "ack", "id": "u"}
+        assert hub.topic_nodes == 2
+        b.send_json(type="subscribe", topic="b/c", id="again")
+        assert b.recv_json() == {"type": "ack", "id": "again"}
+
+    def test_topic_limits_on_every_request(self, cluster):
+        hub = cluster.hub()
+        c = cluster.client(cluster.server(hub))
+        deep, long = "a/" * 32 + "a", "a" * 1025
+        errors = request_errors(c, [
+            {"type": "subscribe", "topic": deep}, {"type": "subscribe", "topic": long},
+            {"type": "subscribe", "topic": "é" * 513},            # 1,026 bytes of UTF-8
+            {"type": "publish", "topic": deep, "data": 1}, {"type": "publish", "topic": long, "data": 1},
+            {"type": "subscribe", "topic": "x\nsecret/room"},    # issue 20 item 8
+            {"type": "publish", "topic": "a\x7f", "data": 1},
+        ])
+        assert ["33 levels" in errors[0], "1024" in errors[1], "1026 bytes" in errors[2], "33 levels" in errors[3],
+                "1024" in errors[4], "U+000A" in errors[5], "U+007F" in errors[6]] == [True] * 7
+        with pytest.raises(InvalidTopic):
+            hub.subscribe(c.id, deep)
+        with pytest.raises(InvalidTopic):
+            hub.publish(deep, "m")
+        with pytest.raises(InvalidTopic):
+            hub.presence(long)
+        c.send_json(type="subscribe", topic="a/" * 31 + "#", id="ok")    # 32 levels: allowed
+        assert c.recv_json() == {"type": "ack", "id": "ok"}
+
+    def test_deep_json_is_an_error_reply_not_a_traceback(self, cluster, caplog):
+        hub = cluster.hub()
+        c = cluster.client(cluster.server(hub), max_size=4 << 20)
+        deep_data = '{"type": "publish", "topic": "t", "id": 1, "data": %s}' % ("[" * 5000 + "]" * 5000)
+        for text, error in ((deep_data, "nested too deeply"), ("[" * 200_000, "nested too deeply"),
+                            ('{"type": "publish", "topic": "t", "id": 2, "data": %s}' % ("[" * 33 + "]" * 33),
+                             "nested more than 32 deep"),
+                            ('{"type": "broadcast", "data": {"a": %s}}' % ("[" * 40 + "]" * 40),
+                             "nested more than 32 deep")):
+            c.conn.send(text)
+            reply = c.recv_json()
+            assert reply["type"] == "error" and error in reply["error"], reply
+        c.send_json(type="publish", topic="t", data=json.loads("[" * 31 + "]" * 31), id="fine")
+        assert c.recv_json() == {"type": "ack", "id": "fine"}
+        assert not [r for r in caplog.records if r.levelno >= 40]
+
+    def test_dollar_topics_are_refused_to_clients_by_default(self, cluster):
+        hub = cluster.hub()
+        c = cluster.client(cluster.server(hub))
+        errors = request_errors(c, [{"type": "subscribe", "topic": "$SYS/#"},
+                                    {"type": "publish", "topic": "$SYS/broker/load", "data": 1},
+                                    {"type": "subscribe", "topic": "$x"}])
+        assert all("topics starting with $" in e for e in errors)
+        c.send_json(type="subscribe", topic="#", id="all")   # "#" never matches $ topics (§4.7.2)
+        assert c.recv_json() == {"type": "ack", "id": "all"}
+        hub.publish("$SYS/broker/load", "server only")
+        hub.publish("t", "everyone")
+        c.expect("everyone")
+        admin = cluster.client(cluster.server(hub, filters=[TopicBroadcast(system_topics=True)]))
+        admin.send_json(type="subscribe", topic="$SYS/#", id=1)
+        assert admin.recv_json() == {"type": "ack", "id": 1}
+        hub.publish("$SYS/broker/load", "admins")
+        admin.expect("admins")
+
+    def test_conn_ids_are_capped_and_authorize_send_decides(self, cluster):
+        class Neighbours(TopicBroadcast):
+            def authorize_send(self, client: Any, conn_ids: List[str]) -> bool:
+                return all(i.startswith(client.server.node_id + ".") for i in conn_ids)
+
+        broker = MemoryBroker()
+        hubs = [cluster.hub(broker), cluster.hub(broker)]
+        server = cluster.server(hubs[0], filters=[Neighbours(max_conn_ids=3)])
+        a, b = cluster.client(server), cluster.client(server)
+        far = cluster.client(cluster.server(hubs[1]))
+        errors = request_errors(a, [{"type": "send_by_conn_id", "conn_ids": [b.id] * 4, "data": 1},
+                                    {"type": "send_by_conn_id", "conn_ids": [b.id, far.id], "data": 1}])
+        assert "4 conn_ids, more than 3" in errors[0] and "not allowed to send" in errors[1]
+        a.send_json(type="send_by_conn_id", conn_ids=[b.id] * 3, data="hi", id="ok")
+        assert a.recv_json() == {"type": "ack", "id": "ok"}
+        assert b.recv_json() == {"type": "message", "data": "hi", "from": a.id}
+        assert len(request_errors(b, [{"type": "send_by_conn_id", "conn_id": "x" * 100, "data": 1}
+                                      for _ in range(101)])) == 101  # the default cap is 100 ids
+        cluster.sync(a, b, far)
+
+    def test_default_max_conn_ids(self, cluster):
+        hub = cluster.hub()
+        c = cluster.client(cluster.server(hub))
+        ids = ["%s.%d.%016x" % (hub.node_id, n, n) for n in range(101)]
+        assert "101 conn_ids, more than 100" in request_errors(
+            c, [{"type": "send_by_conn_id", "conn_ids": ids, "data": 1}])[0]
+        c.send_json(type="send_by_conn_id", conn_ids=ids[:100], data=1, id="ok")  # unknown ids: ignored
+        assert c.recv_json() == {"type": "ack", "id": "ok"}
+
+    def test_a_publish_is_capped_by_max_size(self, cluster):
+        hub = cluster.hub(max_size=1000)
+        c = cluster.client(cluster.server(hub), "t")
+        for call in (lambda: hub.publish("t", "x" * 1001), lambda: hub.broadcast(b"x" * 1001),
+                     lambda: hub.send_to(c.id, "é" * 501)):
+            with pytest.raises(PayloadTooBig):
+                call()
+        error = request_errors(c, [{"type": "publish", "topic": "t", "data": "x" * 1000}])[0]
+        assert "over the hub's max_size (1000)" in error
+        hub.publish("t", "x" * 1000)
+        c.expect("x" * 1000)
+
+    def test_a_single_node_hub_keeps_no_log(self, cluster):
+        """Hub() alone: 30 publishes of 1 MB to nobody used to stay in memory (+30 MB)."""
+        hub = cluster.hub()
+        c = cluster.client(cluster.server(hub), "t")
+        payload = "x" * (1 << 20)
+        with Traced() as traced:
+            done: List[bool] = []
+            for _ in range(30):
+                assert hub.publish("nobody", payload, on_done=done.append) is True
+            hub.publish("t", "last")
+            c.expect("last")
+            grown = traced.grown()
+        assert done == [True] * 30 and hub.flush(0) and hub.broker.tail() == "0"
+        assert grown < 1 << 20, grown
+
+    def test_the_log_and_the_replay_queue_are_bounded_by_bytes(self, cluster):
+        broker = MemoryBroker(max_bytes=2 << 20)
+        a = cluster.hub(broker, replay_size=1 << 20)
+        cluster.hub(broker)                     # a reader of the log, and the witness for sync
+        payload = "x" * (256 << 10)  # text: each publish encodes its own 256 KB
+        with Traced() as traced:
+            for _ in range(40):     # 10 MB
+                a.publish("nobody", payload)
+            assert a.flush(TIMEOUT)
+            cluster.sync(cluster.client(cluster.server(a)))
+            grown = traced.grown()
+        assert grown < 5 << 20, grown         # 2 MB of log, 1 MB to replay, and some slack
+        big = [len(e["d"]) for _, e in broker.read("0", 0) if len(e.get("d", b"")) == 256 << 10]
+        assert 6 <= len(big) <= 7 and sum(big) <= 2 << 20   # the oldest went (heartbeats may follow)
+
+    def test_pending_entries_are_bounded_by_bytes(self, cluster):
+        broker = MemoryBroker()
+        hub = cluster.hub(broker, max_pending_size=1 << 20)
+        cluster.hub(broker)
+        broker.down = True
+        done: List[bool] = []
+        results = [hub.publish("t", b"x" * (300 << 10), on_done=done.append) for _ in range(4)]
+        assert results == [True, True, True, False] and done == [False]
+        broker.down = False
+        assert hub.flush(TIMEOUT) and done == [False, True, True, True]
+
+    def test_a_publisher_faster_than_the_broker_waits_for_room(self, cluster):
+        """With the broker up, a burst over max_pending_size slows down instead of losing."""
+        slow = SlowAppend(MemoryBroker())
+        hub = cluster.hub(slow, max_pending_size=1 << 20)
+        wait_for(hub.connected.is_set)
+        results: List[bool] = []
+        publisher = threading.Thread(target=lambda: results.extend(
+            hub.publish("t", b"x" * (300 << 10)) for _ in range(8)))
+        publisher.start()
+        assert slow.entered.wait(TIMEOUT)       # the writer holds the first batch in append()
+        wait_for(lambda: hub.stats["published"] >= 3)
+        slow.go.set()
+        publisher.join(TIMEOUT)
+        assert not publisher.is_alive() and results == [True] * 8 and hub.stats["dropped"] == 0
+        assert hub.flush(TIMEOUT)
+
+    def test_presence_is_sent_by_client_not_rebuilt(self, cluster):
+        """Each subscribe used to send every client's presence again (20,000 cost 23 s of CPU)."""
+        counting = CountingBroker(MemoryBroker())
+        hub = cluster.hub(counting, heartbeat=30, presence_ttl=60)
+        server = cluster.server(hub)
+        clients = [cluster.client(server) for _ in range(20)]
+        node = hub.node_id
+        wait_for(lambda: set(counting.presence().get(node, {})) == {c.id for c in clients})
+        counting.fields = 0
+        for c in clients:
+            for j in range(3):
+                hub.subscribe(c.id, "t/%d" % j)
+                wait_for(lambda j=j, c=c: "t/%d" % j in counting.presence()[node][c.id])
+        assert counting.fields <= 60 + 20, counting.fields   # before: 20 fields for each of 60
+        clients[0].close()
+        wait_for(lambda: clients[0].id not in counting.presence()[node])
+        assert set(counting.presence()[node]) == {c.id for c in clients[1:]}
+
+
+class CountingBroker(GatedBroker):
+    """A shared MemoryBroker that counts the client fields of presence written to it."""
+
+    def __init__(self, shared: MemoryBroker) -> None:
+        super().__init__(shared)
+        self.fields = 0
+
+    def set_presence(self, node: str, clients: Any, ttl: float) -> None:
+        self.fields += len(clients)
+        self.shared.set_presence(node, clients, ttl)
+
+    def update_presence(self, node: str, changes: Any, ttl: float) -> bool:
+        self.fields += len(changes)
+        return self.shared.update_presence(node, changes, ttl)
+
+
+class SlowAppend(GatedBroker):
+    """A shared MemoryBroker whose appends wait for ``go`` (a broker slower than its publisher)."""
+
+    def __init__(self, shared: MemoryBroker) -> None:
+        super().__init__(shared)
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def append(self, entries: Any, generation: str) -> bool:
+        self.entered.set()
+        self.go.wait(3 * TIMEOUT)
+        return self.shared.append(entries, generation)

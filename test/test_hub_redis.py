@@ -438,15 +438,23 @@ def test_hub_chat_example_across_two_processes(redis_server):
         ports = [room.wait_port("ws://127.0.0.1:") for room in rooms]
         conns = [connect("ws://127.0.0.1:%d/" % port, timeout=10) for port in ports]
         ids = []
-        for conn in conns:  # each hears itself once its subscription is in place
-            conn.send("here")
-            ids.append(conn.recv(timeout=10).payload.split(": ")[0])
+        for n, conn in enumerate(conns):
+            # Each hears itself once its subscription is in place. The second may hear the
+            # first's "here" before its own (it came through Redis after it subscribed): each
+            # says its own words and reads until it hears them.
+            conn.send("here %d" % n)
+            while True:
+                sender, _, text = conn.recv(timeout=10).payload.partition(": ")
+                if text == "here %d" % n:
+                    ids.append(sender)
+                    break
+                assert text.startswith("here "), text
         assert ids[0].split(".")[0] != ids[1].split(".")[0]  # two nodes
         conns[0].send("Hello")
         for conn in conns:
             while True:  # skip the other's "here", if it came after the subscription
                 text = conn.recv(timeout=10).payload
-                if not text.endswith(": here"):
+                if ": here " not in text:
                     break
             assert text == "%s: Hello" % ids[0]
     finally:
@@ -484,3 +492,57 @@ def test_closing_a_redis_hub_is_prompt(redis_server):
     assert hub.ready.is_set()
     hub.close()
     assert not hub._reader.is_alive() and not hub._writer.is_alive()
+
+
+def test_presence_is_stored_structurally_and_updated_by_client(redis_server):
+    """A filter "x\nsecret/room" once made another node list its client under "secret/room"
+    (filters were joined by newlines); now control characters are refused and each client's
+    filters are a JSON list, changed client by client."""
+    import redis
+    from twspy.broker import RedisBroker
+    from twspy.topics import InvalidTopic
+    broker = RedisBroker(redis_server.url, prefix="p")
+    observer = redis.Redis.from_url(redis_server.url)
+    try:
+        assert broker.update_presence("n1", {"n1.1.x": ["a"]}, 10) is False   # nothing yet: all first
+        assert observer.exists("p:presence:n1") == 0
+        broker.set_presence("n1", {"n1.1.x": ["a/+", "b"], "n1.2.y": []}, 10)
+        assert json.loads(observer.hget("p:presence:n1", "n1.1.x")) == ["a/+", "b"]
+        assert broker.update_presence("n1", {"n1.2.y": ["weird,\"name\""], "n1.1.x": None, "n1.3.z": []}, 10)
+        assert broker.presence() == {"n1": {"n1.2.y": ['weird,"name"'], "n1.3.z": []}}
+        observer.hset("p:presence:n2", mapping={"": "", "n2.1.q": "old\nformat"})   # an older node
+        assert broker.presence()["n2"] == {"n2.1.q": ["old", "format"]}
+        assert 9000 < observer.pttl("p:presence:n1") <= 10000
+        from twspy.hub import Hub
+        hub = Hub(redis_server.url, prefix="h")
+        try:
+            with pytest.raises(InvalidTopic):
+                hub.presence("x\nsecret/room")
+        finally:
+            hub.close()
+    finally:
+        observer.close()
+        broker.close()
+
+
+def test_the_stream_is_trimmed_by_bytes(redis_server):
+    """200 publishes of 1 MB kept 200 MB in Redis (trimmed at 100,000 entries only)."""
+    import redis
+    from twspy.broker import RedisBroker
+    broker = RedisBroker(redis_server.url, prefix="t", max_bytes=4 << 20)
+    observer = redis.Redis.from_url(redis_server.url)
+    try:
+        generation = broker.generation()
+        big = {"o": b"n", "s": b"1", "k": b"p", "d": b"x" * (256 << 10)}
+        for _ in range(60):     # 15 MB
+            assert broker.append([big], generation)
+        kept = observer.xlen("t:log")
+        assert 16 <= kept <= 20, kept       # 4 MB / 256 KB = 16, and Redis trims approximately
+        small = {"o": b"n", "s": b"1", "k": b"p", "d": b"x" * 100}
+        for _ in range(300):    # the average follows: more small entries are kept
+            assert broker.append([small] * 10, generation)
+        assert observer.xlen("t:log") > 2000
+        assert broker.append([small], generation)
+    finally:
+        observer.close()
+        broker.close()

@@ -4,6 +4,7 @@ peers on socket pairs, and round trips through unmodified Server subclasses over
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import socket
 import threading
 
@@ -19,7 +20,9 @@ from twspy.multiplex import (AddChannelRequest, AddChannelResponse, Channel, Dro
                              MultiplexCodec, MuxClient, MuxError, NewChannelSlot, connect_multiplexed, decapsulate,
                              decode_channel_id, decode_number, encapsulate, encode_channel_id, encode_control_blocks,
                              encode_number, parse_control_blocks)
-from twspy.multiplex import _accept_head, _request_head
+from twspy.mux_frames import accept_head, request_head
+from twspy.mux_server import ServerSession
+from twspy.mux_session import RateLimitedLog
 from twspy.permessage_deflate import DeflateMessage
 
 from conftest import frame_from, url, wait_for
@@ -115,8 +118,8 @@ class TestControlBlocks:
     def test_encapsulated_handshakes(self):
         # §9: the 97-byte request and 57-byte response are what twspy builds.
         assert len(HS97) == 97 and len(HS57) == 57
-        assert _request_head("/chat", "server.example.com", "http://example.com", (), []) == HS97
-        assert _accept_head(None) == HS57
+        assert request_head("/chat", "server.example.com", "http://example.com", (), []) == HS97
+        assert accept_head(None) == HS57
 
     def test_physical_frame_with_two_blocks(self):
         wire = H("82 0b 00 80 40 7e 20 00 40 01 7e 20 00")
@@ -248,6 +251,12 @@ class TestNegotiation:
             Multiplex(window=0)
         with pytest.raises(ValueError):
             Multiplex(max_channels=-1)
+        with pytest.raises(ValueError):
+            Multiplex(max_control_queue=0)
+        with pytest.raises(ValueError):
+            Multiplex(refusal_rate=-1)
+        with pytest.raises(TypeError):  # keyword-only
+            Multiplex(1024, 8, None, 4096)  # type: ignore[misc]
         with pytest.raises(TypeError):
             connect_multiplexed("ws://127.0.0.1:1/", extensions=[])
 
@@ -365,7 +374,7 @@ def accept(peer, channel_id=2, path="/x", protocol=None, quota=None):
     assert request == AddChannelRequest(channel_id, b"GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n"
                                         b"\r\n" % path.encode())
     assert grant == FlowControl(channel_id, quota or grant.quota)
-    peer.send_blocks(AddChannelResponse(channel_id, _accept_head(protocol)))
+    peer.send_blocks(AddChannelResponse(channel_id, accept_head(protocol)))
 
 
 class TestScriptedServer:
@@ -512,7 +521,7 @@ class TestScriptedServer:
         peer.send_blocks(NewChannelSlot(1, 100))
         future = pool.submit(mux.open_channel, "/x", protocols=["a"], timeout=5)
         peer.blocks()
-        peer.send_blocks(AddChannelResponse(2, _accept_head("b")))
+        peer.send_blocks(AddChannelResponse(2, accept_head("b")))
         with pytest.raises(twspy.NegotiationError):
             future.result(5)
         (drop,) = peer.blocks()
@@ -924,3 +933,164 @@ class TestServerProtocol:
         assert peer.blocks() == [NewChannelSlot(0, 0, fallback=True), FlowControl(1, 65536)]
         peer.send_blocks(AddChannelRequest(2, HS97))
         assert peer.blocks() == [DropChannel(0, 2007, "AddChannelRequest without a channel slot")]
+
+
+# -- limits: what one hostile client may cost the server (issues 18 and 20) --------------------------
+
+@pytest.fixture
+def session(pair, serve):
+    """``session(**Multiplex options)``: a ServerSession of a Recording server on a socket pair,
+    run in a thread, and the raw client Peer (greeting already read)."""
+    made = []
+
+    def make(**config):
+        server = serve(Recording)
+        codec = MultiplexCodec(Multiplex(**config))
+        ws, raw = pair(server_side=True, extensions=[codec])
+        mux = ServerSession(server, ws, codec)
+        thread = threading.Thread(target=mux.run, name="test-session")
+        thread.start()
+        made.append((raw, thread))
+        peer = Peer(raw, client=True)
+        peer.blocks()  # NewChannelSlot and FlowControl(1)
+        wait_for(lambda: server.events)  # channel 1 is open: its thread sends nothing unasked
+        return mux, ws, peer
+
+    yield make
+    for raw, thread in made:
+        raw.shutdown(socket.SHUT_RDWR)
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def refusals(peer, count):
+    """Read control messages until ``count`` AddChannelResponse refusals arrived; return them."""
+    got = []
+    while len(got) < count:
+        got.extend(b for b in peer.blocks() if isinstance(b, AddChannelResponse))
+    assert all(b.rejected for b in got)
+    return got
+
+
+class TestLimits:
+    def test_control_queue_is_bounded_for_a_peer_that_does_not_read(self, session):
+        # Issue 20 item 5: refused 3-byte AddChannelRequests from a client that never reads grew
+        # the queue of answers without bound (+207 MiB in 25 s). Now the reader stops reading
+        # once the queue holds max_control_queue bytes, and goes on when the writer drains it.
+        mux, ws, peer = session(max_control_queue=1024, refusal_rate=0)
+        with ws.send_lock:  # the writer is stuck, as on a full TCP buffer
+            peer.send_blocks(*[AddChannelRequest(2, b"x")] * 2000)
+            wait_for(lambda: mux.control_pauses > 0)
+            assert 1024 < mux.control_queue_bytes < 1024 + 64  # past the limit by one answer at most
+        assert len(refusals(peer, 2000)) == 2000  # nothing lost: every request answered
+
+    def test_refusals_are_rate_limited(self, session, caplog):
+        mux, ws, peer = session(refusal_rate=20)
+        with caplog.at_level("INFO", logger="twspy.multiplex"):
+            peer.send_blocks(*[AddChannelRequest(2, b"x")] * 30)
+            assert len(refusals(peer, 30)) == 30
+        # A burst of 20, then the reader waited for tokens; a log line a second, the rest counted.
+        assert mux.refusal_pauses >= 1
+        lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert 1 <= len(lines) <= 3
+
+    def test_rate_limited_log(self, caplog):
+        log = RateLimitedLog(logging.getLogger("twspy.test"), interval=60)
+        with caplog.at_level("INFO", logger="twspy.test"):
+            for i in range(100):
+                log.log("line %d", i)
+        assert [r.getMessage() for r in caplog.records] == ["line 0"]
+        assert log.suppressed == 99
+
+    def test_channels_count_against_max_connections(self, serve):
+        # Issue 20 item 5: 5 TCP connections made 337 server threads. A channel is a client:
+        # the physical connection and channel 1 take two of max_connections, each channel one.
+        server = serve(Recording, max_connections=4, extensions=[Multiplex()])
+        with connect_multiplexed(url(server), timeout=5) as mux:
+            a = mux.open_channel("/a")
+            mux.open_channel("/b")
+            with pytest.raises(twspy.HandshakeError) as info:
+                mux.open_channel("/c")
+            assert info.value.status == 503
+            a.close()
+            wait_for(lambda: sorted(c.path for c in server.clients) == ["/", "/b"])  # a's place is free
+            c = mux.open_channel("/c")
+            c.send("c")
+            assert c.recv(5).payload == "c"
+            with pytest.raises(twspy.HandshakeError):  # a plain client too: the server is full
+                twspy.connect(url(server), timeout=5)
+        wait_for(lambda: free_places(server) == 4)  # every place comes back when the connection ends
+
+
+def free_places(server):
+    """How many more clients ``server`` would take now (reserved and given back at once)."""
+    count = 0
+    while server.reserve_connection():
+        count += 1
+    for _ in range(count):
+        server.release_connection()
+    return count
+
+
+def failing_start(monkeypatch, fails):
+    """Make ``threading.Thread.start`` raise as under a pid limit for threads ``fails(thread)`` picks."""
+    start = threading.Thread.start
+
+    def patched(thread):
+        if fails(thread):
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", patched)
+
+
+class TestThreadStartFailures:
+    """Issue 20 item 2: RuntimeError("can't start new thread") refuses that channel or
+    connection instead of unwinding the session."""
+
+    def test_channel_thread_refused_with_503(self, serve, monkeypatch):
+        server = serve(Recording, extensions=[Multiplex()])
+        with connect_multiplexed(url(server), timeout=5) as mux:
+            wait_for(lambda: server.events)  # channel 1's thread runs
+            failing_start(monkeypatch, lambda t: "-ch" in t.name)
+            with pytest.raises(twspy.HandshakeError) as info:
+                mux.open_channel("/a")
+            assert info.value.status == 503
+            mux.default_channel.send("still here")
+            assert mux.default_channel.recv(5).payload == "still here"
+            monkeypatch.undo()
+            b = mux.open_channel("/b")  # the slot came back
+            b.send("b")
+            assert b.recv(5).payload == "b"
+
+    def test_server_writer_refused_with_1013(self, serve, monkeypatch):
+        server = serve(Recording, extensions=[Multiplex()])
+        failing_start(monkeypatch, lambda t: t.name == "twspy-mux-writer"
+                      and threading.current_thread().name.startswith("twspy-client-"))
+        with connect_multiplexed(url(server), timeout=5) as mux:
+            with pytest.raises(twspy.ConnectionClosed):
+                mux.default_channel.recv(5)
+            assert mux.physical.close_code == 1013
+        monkeypatch.undo()
+        with connect_multiplexed(url(server), timeout=5) as mux:  # the server serves on
+            mux.default_channel.send("ok")
+            assert mux.default_channel.recv(5).payload == "ok"
+
+    def test_channel_one_refused_with_1013(self, serve, monkeypatch):
+        server = serve(Recording, extensions=[Multiplex()])
+        failing_start(monkeypatch, lambda t: t.name.endswith("-ch1"))
+        with connect_multiplexed(url(server), timeout=5) as mux:
+            with pytest.raises(twspy.ConnectionClosed):
+                mux.default_channel.recv(5)
+            assert mux.physical.close_code == 1013
+        monkeypatch.undo()
+        wait_for(lambda: free_places(server) == server.max_connections)  # its place was given back
+
+    def test_client_threads(self, serve, monkeypatch):
+        server = serve(Recording, extensions=[Multiplex()])
+        failing_start(monkeypatch, lambda t: t.name == "twspy-mux-reader")
+        with pytest.raises(RuntimeError):
+            connect_multiplexed(url(server), timeout=5)
+        monkeypatch.undo()
+        wait_for(lambda: server.closes())
+        assert server.closes() == [("close", "/", 1006, "")]

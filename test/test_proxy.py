@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import queue
 import re
@@ -475,3 +476,124 @@ def test_cli_proxy(serve):
             proc.kill()
         proc.wait(10)
         proc.stderr.close()
+
+
+class TestConfinement:
+    """Issue 18 item 6: ``/..//x`` reached the upstream as ``/base/..//x``. Dot segments are
+    refused (400), plain or percent-encoded, so a client stays below the upstream's path."""
+
+    @pytest.mark.parametrize("target", [
+        "/..//x", "/../x", "/a/../../x", "/.", "/./x", "/..", "/%2e%2e/x", "/%2E%2e//x", "/.%2e/x",
+        "/..%2fx", "/..%2Fsecret", "/%252e%252e/x", "/..\\x", "/a\\..\\..\\x",
+    ])
+    def test_dot_segments_refused(self, target):
+        server = ProxyServer("ws://h:1/base", ("127.0.0.1", 0))
+        try:
+            with pytest.raises(twspy.InvalidURI):
+                server.upstream_url(target)
+        finally:
+            server.shutdown()
+
+    @pytest.mark.parametrize("target, expected", [
+        ("/a..b/x", "ws://h:1/base/a..b/x"), ("/.well-known/x", "ws://h:1/base/.well-known/x"),
+        ("/x?next=/../y", "ws://h:1/base/x?next=/../y"), ("/a//b", "ws://h:1/base/a//b"),
+    ])
+    def test_dots_inside_names_and_queries_pass(self, target, expected):
+        server = ProxyServer("ws://h:1/base", ("127.0.0.1", 0))
+        try:
+            assert server.upstream_url(target) == expected
+        finally:
+            server.shutdown()
+
+    def test_dot_segment_is_400_and_never_reaches_upstream(self, serve, proxy):
+        upstream = serve(Upstream)
+        server = proxy(url(upstream, "/base"))
+        answer = raw_request(server, "/..//x")
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        with twspy.connect(url(server, "/after"), timeout=5):
+            assert expect(upstream.events, "open")[1] == "/base/after"  # the first to reach it
+
+    def test_client_forwarded_for_is_kept_and_appended_to(self, serve, proxy):
+        upstream = serve(Upstream)
+        server = proxy(url(upstream))
+        with twspy.connect(url(server), headers={"X-Forwarded-For": "203.0.113.7"}, timeout=5):
+            headers = expect(upstream.events, "open")[2]
+        assert headers["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"
+
+
+def proxy_threads():
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith(("twspy-client", "twspy-proxy")))
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+class TestResources:
+    def test_flood_drains_to_baseline(self, serve, proxy):
+        # Issue 18 item 6: after a flood the proxy still had 6 threads / 12 fds against 1 / 7.
+        # A bounded flood of every way a client may come and go, then threads and fds go back
+        # to what they were (bounded by close_timeout: a leg that does not answer is cut).
+        upstream = serve(Upstream, close_timeout=1)
+        server = proxy(url(upstream), close_timeout=1, upstream_timeout=5)
+        port = server.address[1]
+        with twspy.connect(url(server), timeout=5) as conn:  # warm up (the keepalive watchdog)
+            conn.send("x")
+            conn.recv(5)
+        wait_for(lambda: not server.clients and not upstream.clients and not proxy_threads())
+        threads, fds = proxy_threads(), open_fds()
+
+        def client(i):
+            kind = i % 7
+            if kind == 0:  # a polite client
+                with twspy.connect(url(server, "/x"), timeout=5) as conn:
+                    conn.send("hi")
+                    conn.recv(5)
+            elif kind == 1:  # vanishes after a message
+                conn = twspy.connect(url(server, "/x"), timeout=5)
+                conn.send("hi")
+                conn.abort()
+            elif kind in (2, 3):  # an upgrade request, then gone before the answer (or half of one)
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                    sock.sendall(upgrade_request("/x") if kind == 2 else b"GET / HTTP/1.1\r\n")
+            elif kind == 4:  # half-closes after the upgrade
+                conn = twspy.connect(url(server, "/x"), timeout=5)
+                conn.sock.sock.shutdown(socket.SHUT_WR)
+                conn.abort()
+            elif kind == 5:  # a frame cut short
+                conn = twspy.connect(url(server, "/x"), timeout=5)
+                conn.sock.sock.sendall(b"\x81\xfe\x10\x00abcd" + b"x" * 100)
+                conn.abort()
+            else:  # a close frame, then gone without waiting for the answer
+                conn = twspy.connect(url(server, "/x"), timeout=5)
+                conn.start_close(1000)
+                conn.abort()
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(client, range(140)))
+        wait_for(lambda: not server.clients and not upstream.clients, timeout=20)
+        wait_for(lambda: proxy_threads() == threads and open_fds() == fds, timeout=20)
+
+    def test_relay_thread_refused_with_1013(self, serve, proxy, monkeypatch):
+        # Issue 20 item 2: a relay thread that cannot start closes that client with 1013 and
+        # its upstream leg; the proxy serves on.
+        upstream = serve(Upstream)
+        server = proxy(url(upstream))
+        start = threading.Thread.start
+
+        def failing(thread):
+            if thread.name.startswith("twspy-proxy"):
+                raise RuntimeError("can't start new thread")
+            start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", failing)
+        with twspy.connect(url(server), timeout=5) as conn:
+            with pytest.raises(twspy.ConnectionClosed) as info:
+                conn.recv(5)
+        assert info.value.code == 1013
+        assert expect(upstream.events, "close")[1] in (1001, 1013)  # the upstream leg is closed too
+        monkeypatch.undo()
+        with twspy.connect(url(server), timeout=5) as conn:
+            conn.send("again")
+            assert conn.recv(5) == twspy.TextMessage("again")
+        wait_for(lambda: not server.clients and not upstream.clients)

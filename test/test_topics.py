@@ -9,7 +9,7 @@ import random
 import pytest
 
 from twspy.errors import WebSocketError
-from twspy.topics import InvalidTopic, SubscriptionTree, matches, validate_filter, validate_topic
+from twspy.topics import InvalidTopic, SubscriptionLimit, SubscriptionTree, matches, validate_filter, validate_topic
 
 # (filter, topic, expected)
 MATCH_TABLE = [
@@ -121,7 +121,7 @@ class TestMatching:
 VALID_FILTERS = [
     "#", "+", "a", "a/#", "a/b/#", "a/+", "+/b", "a/+/b", "+/+", "/+", "+/", "+/#", "+/+/#",
     "/#", "//#", "a//b", "/a", "a/", "/", "//", "$SYS/#", "$SYS/+/x", "sport/tennis/player1/#",
-    " ", "a b", "é", "日本/+", "\x01", "a" * 65535, "é" * 32767 + "a",
+    " ", "a b", "é", "日本/+", "\xa0", "a" * 65535, "é" * 32767 + "a",
 ]
 INVALID_FILTERS = [
     ("", "at least one character"),
@@ -143,10 +143,17 @@ INVALID_FILTERS = [
     ("a" * 65536, "65536 bytes"),
     ("é" * 32768, "65536 bytes"),
     ("a\ud800", "UTF-8"),
+    # §1.5.4: control characters (a filter "x\nsecret/room" once forged a line in stored presence)
+    ("x\nsecret/room", "control character U+000A"),
+    ("\x01", "control character U+0001"),
+    ("a/\x1f", "control character U+001F"),
+    ("a\x7f", "control character U+007F"),
+    ("a/\x9f/#", "control character U+009F"),
+    ("\r", "control character U+000D"),
 ]
 VALID_TOPICS = [
     "a", "/", "//", "/finance", "finance/", "a//b", "$SYS", "$SYS/monitor/Clients", "a/$b",
-    "sport/tennis/player1", " ", "é/ü", "日本", "\x01", "a" * 65535,
+    "sport/tennis/player1", " ", "é/ü", "日本", "\xa0", "a" * 65535,
 ]
 INVALID_TOPICS = [
     ("", "at least one character"),
@@ -158,6 +165,8 @@ INVALID_TOPICS = [
     ("a#b", "wildcards"),
     ("sport/tennis#", "wildcards"),
     ("a\x00", "U+0000"),
+    ("a\nFAKE-LOG-LINE", "control character U+000A"),
+    ("\x85", "control character U+0085"),
     ("a" * 65536, "65536 bytes"),
     ("\udc80", "UTF-8"),
 ]
@@ -334,6 +343,40 @@ class TestSubscriptionTree:
             tree.remove_key(i)
         assert node_count(tree) == baseline
         assert len(tree) == 1
+
+    def test_limits_refuse_and_leave_nothing_behind(self):
+        tree = SubscriptionTree(max_levels=4, max_filters=3, max_nodes=8)
+        assert tree.add("a/b/c/d", 1)
+        with pytest.raises(InvalidTopic, match="5 levels, more than 4"):
+            tree.add("a/b/c/d/e", 1)
+        with pytest.raises(InvalidTopic):
+            tree.add("k1" + "/" * 65000, 1)       # the amplification attack: refused before any node
+        assert tree.add("a/b/x", 1) and tree.add("a/y", 1)
+        assert tree.add("a/y", 1) is False        # a duplicate is not one more
+        with pytest.raises(SubscriptionLimit, match="3 subscriptions already"):
+            tree.add("z", 1)
+        assert tree.nodes == 6 == node_count(tree) - 1
+        assert tree.add("a/b/c/d", 2)            # shares every node: free
+        assert tree.add("q/r", 3)                # 2 new nodes: 8 in all
+        with pytest.raises(SubscriptionLimit, match="no room"):
+            tree.add("s", 3)
+        assert tree.nodes == 8 and tree.filters(3) == {"q/r"} and len(tree) == 5
+        assert issubclass(SubscriptionLimit, ValueError) and issubclass(SubscriptionLimit, WebSocketError)
+        for key in (1, 2, 3):
+            tree.remove_key(key)
+        assert tree.nodes == 0 and trie_is_empty(tree)
+        assert tree.add("s", 3)                  # the budget came back
+
+    def test_node_count_follows_adds_and_removes(self):
+        tree = SubscriptionTree()
+        rng = random.Random(5)
+        for _ in range(300):
+            f = "/".join(rng.choice("abc") for _ in range(rng.randint(1, 4)))
+            if rng.random() < 0.6:
+                tree.add(f, rng.randint(1, 5))
+            else:
+                tree.remove(f, rng.randint(1, 5))
+            assert tree.nodes == node_count(tree) - 1
 
     def test_hashable_keys(self):
         tree = SubscriptionTree()

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 
-from .client import connect
+from .client import connect, reconnect
 from .connection import Connection
 from .errors import (ConnectionClosed, HandshakeError, InvalidState, InvalidURI, NegotiationError, PayloadTooBig,
-                     ProtocolError, SocketClosed, WebSocketError)
+                     ProtocolError, ProxyError, RedirectError, SocketClosed, WebSocketError)
 from .extension import Extension, ExtensionCodec
 from .frame import (CLOSE_ABNORMAL, CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_MESSAGE_TOOBIG,
                     CLOSE_MISSING_EXTENSIONS, CLOSE_NOACCEPT_DTYPE, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_POLICY,
@@ -37,11 +37,11 @@ __version__ = "0.1.0"
 logging.getLogger("twspy").addHandler(logging.NullHandler())
 
 __all__ = [
-    "connect", "Connection", "Server", "ServerConnection", "websocket",
+    "connect", "reconnect", "Connection", "Server", "ServerConnection", "websocket",
     "Frame", "ControlFrame", "FrameParser", "read_frame", "pop_frame", "contains_frame", "mask",
     "Message", "TextMessage", "BinaryMessage", "Extension", "ExtensionCodec", "DeflateMessage", "DeflateFrame",
     "Multiplex", "connect_multiplexed",
-    "WebSocketError", "HandshakeError", "NegotiationError", "ProtocolError", "PayloadTooBig",
+    "WebSocketError", "HandshakeError", "NegotiationError", "RedirectError", "ProxyError", "ProtocolError", "PayloadTooBig",
     "ConnectionClosed", "SocketClosed", "InvalidState", "InvalidURI",
     "Opcode", "CloseCode",
     "OPCODE_CONTINUATION", "OPCODE_TEXT", "OPCODE_BINARY", "OPCODE_CLOSE", "OPCODE_PING", "OPCODE_PONG",

@@ -16,6 +16,9 @@ operations will do:
 - ``set_presence(node, clients, ttl)``, ``drop_presence(node)``, ``presence()`` — which
   clients each live node has and their topic filters; a node that stops refreshing its
   presence (it crashed) disappears after ``ttl`` seconds
+- ``update_presence(node, changes, ttl) -> bool`` (optional) — set (a list of filters) or
+  remove (None) some clients' presence and renew the ttl; False, changing nothing, when the
+  broker holds no presence for ``node`` (it expired or was lost): the hub then sends it all
 - ``wake()`` (optional) — make waiting ``read`` calls return early: ``Hub.close`` calls it so
   that its reader stops at once instead of at the end of its read timeout
 
@@ -27,20 +30,25 @@ Stream (``redis://host:port/db``), through the optional ``redis`` package.
 from __future__ import annotations
 
 import itertools
+import json
 import secrets
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, cast
 from urllib.parse import urlsplit
 
 from .errors import WebSocketError
 
-__all__ = ["HubError", "BrokerUnavailable", "Broker", "MemoryBroker", "RedisBroker", "open_broker"]
+__all__ = ["HubError", "BrokerUnavailable", "Broker", "MemoryBroker", "RedisBroker", "open_broker", "entry_size"]
 
 Entry = Dict[str, bytes]
 Presence = Dict[str, Dict[str, List[str]]]  # node -> client id -> topic filters
 
 DEFAULT_MAXLEN = 100_000  # entries a broker keeps; readers further behind see a gap (reported)
+DEFAULT_MEMORY_BYTES = 16 << 20  # ... and their bytes, in process (MemoryBroker)
+DEFAULT_REDIS_BYTES = 64 << 20   # ... and about their bytes, in Redis (RedisBroker)
+_ENTRY_OVERHEAD = 64  # bytes counted per entry besides its fields' values
+_READ_BYTES = 4 << 20  # about the most one read of a RedisBroker returns
 
 
 class HubError(WebSocketError):
@@ -71,6 +79,10 @@ class Broker:
     def set_presence(self, node: str, clients: Dict[str, List[str]], ttl: float) -> None:
         raise NotImplementedError
 
+    def update_presence(self, node: str, changes: Dict[str, Optional[List[str]]], ttl: float) -> bool:
+        """Optional: without it the hub sends a node's whole presence with ``set_presence``."""
+        raise NotImplementedError
+
     def drop_presence(self, node: str) -> None:
         raise NotImplementedError
 
@@ -88,17 +100,25 @@ class Broker:
 class MemoryBroker(Broker):
     """An in-process broker: the default, with no dependencies.
 
+    The log keeps at most ``maxlen`` entries and ``max_bytes`` bytes (their fields' values,
+    plus 64 per entry): the oldest go first, and a reader that had not read them yet reports
+    a gap.
+
     For tests it can also misbehave on purpose: ``down = True`` makes every call raise
     :class:`BrokerUnavailable` (an outage) and :meth:`restart` drops the log and presence
     (a Redis restart without persistence).
     """
 
-    def __init__(self, maxlen: int = DEFAULT_MAXLEN, url: str = "memory://") -> None:
+    def __init__(self, maxlen: int = DEFAULT_MAXLEN, url: str = "memory://", *,
+                 max_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
         self.url = url
         self.maxlen = maxlen
+        self.max_bytes = max_bytes
         self.down = False
         self._cond = threading.Condition()
         self._log: List[Tuple[int, Entry]] = []
+        self._sizes: List[int] = []  # bytes of each entry of _log
+        self._bytes = 0
         self._ids = itertools.count(1)
         self._generation = secrets.token_hex(8)
         self._presence: Dict[str, Tuple[float, Dict[str, List[str]]]] = {}
@@ -115,8 +135,16 @@ class MemoryBroker(Broker):
                 return False
             for entry in entries:
                 self._log.append((next(self._ids), dict(entry)))
-            if len(self._log) > self.maxlen:
-                del self._log[:len(self._log) - self.maxlen]
+                size = entry_size(entry)
+                self._sizes.append(size)
+                self._bytes += size
+            count, drop = len(self._log), 0
+            while drop < count and (count - drop > self.maxlen or self._bytes > self.max_bytes):
+                self._bytes -= self._sizes[drop]
+                drop += 1
+            if drop:  # the oldest first
+                del self._log[:drop]
+                del self._sizes[:drop]
             self._cond.notify_all()
             return True
 
@@ -159,6 +187,8 @@ class MemoryBroker(Broker):
         """Lose every entry and all presence, as a broker restarted without persistence."""
         with self._cond:
             self._log.clear()
+            self._sizes.clear()
+            self._bytes = 0
             self._ids = itertools.count(1)
             self._presence.clear()
             self._generation = secrets.token_hex(8)
@@ -168,6 +198,21 @@ class MemoryBroker(Broker):
         with self._cond:
             self._check()
             self._presence[node] = (time.monotonic() + ttl, {k: list(v) for k, v in clients.items()})
+
+    def update_presence(self, node: str, changes: Dict[str, Optional[List[str]]], ttl: float) -> bool:
+        with self._cond:
+            self._check()
+            held = self._presence.get(node)
+            if held is None or held[0] <= time.monotonic():
+                return False
+            clients = held[1]
+            for cid, filters in changes.items():
+                if filters is None:
+                    clients.pop(cid, None)
+                else:
+                    clients[cid] = list(filters)
+            self._presence[node] = (time.monotonic() + ttl, clients)
+            return True
 
     def drop_presence(self, node: str) -> None:
         with self._cond:
@@ -187,20 +232,31 @@ class MemoryBroker(Broker):
 class RedisBroker(Broker):
     """A broker on a Redis Stream (Redis 5 or newer), with the ``redis`` package.
 
-    Keys (``prefix`` defaults to ``twspy``): ``{prefix}:log`` the stream (trimmed to about
-    ``maxlen`` entries), ``{prefix}:generation`` a random token set by the first node (gone
-    after a restart without persistence, which is how nodes notice one) and
-    ``{prefix}:presence:{node}`` a hash per node that expires unless refreshed.
+    Keys (``prefix`` defaults to ``twspy``): ``{prefix}:log`` the stream, ``{prefix}:generation``
+    a random token set by the first node (gone after a restart without persistence, which is
+    how nodes notice one), ``{prefix}:entry-size`` the average entry size (below) and
+    ``{prefix}:presence:{node}`` a hash per node (client id -> JSON list of its filters) that
+    expires unless refreshed.
+
+    The stream keeps about ``maxlen`` entries and about ``max_bytes`` bytes. Redis trims a
+    stream by count (``XADD ... MAXLEN ~ n``), not by bytes, so each append (one Lua script,
+    atomic) updates a running average of the entry size shared by all nodes (an exponential
+    moving average over roughly the last 32 entries) and trims to
+    ``max_bytes / average`` entries (never fewer than 16). A stream of 1 MB entries thus keeps
+    about 64 of them with the default 64 MiB; small entries keep ``maxlen``. Approximate: a
+    mix of sizes may hold somewhat more or less than ``max_bytes``, and Redis's ``~`` trims
+    whole internal nodes only. A reader further behind than what is kept sees a gap (reported).
     """
 
     def __init__(self, url: str, prefix: str = "twspy", maxlen: int = DEFAULT_MAXLEN,
-                 socket_timeout: float = 5.0) -> None:
+                 socket_timeout: float = 5.0, *, max_bytes: int = DEFAULT_REDIS_BYTES) -> None:
         try:
             import redis  # type: ignore[import-not-found, unused-ignore]  # optional dependency
         except ImportError:
             raise HubError("a redis:// hub needs the redis package: pip install 'twspy[redis]'") from None
         self.url = url
         self.maxlen = maxlen
+        self.max_bytes = max_bytes
         self._redis_errors = (redis.RedisError, OSError)
         # No retries inside redis-py: a failure must reach the hub, which then checks the
         # generation before it goes on (a silent retry could hide a restart).
@@ -208,9 +264,12 @@ class RedisBroker(Broker):
                                             retry=None, retry_on_timeout=False, health_check_interval=0)
         self._log = prefix + ":log"
         self._gen_key = prefix + ":generation"
+        self._size_key = prefix + ":entry-size"
         self._presence_prefix = prefix + ":presence:"
         self._append = self._client.register_script(_APPEND)
+        self._update = self._client.register_script(_UPDATE_PRESENCE)
         self._woken = False  # wake() was called (the hub is closing)
+        self._read_average = _ENTRY_OVERHEAD  # bytes per entry in the last read
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -225,28 +284,35 @@ class RedisBroker(Broker):
             raise BrokerUnavailable("redis %s: %s ended by wake()" % (self.url, what)) from exc
 
     def append(self, entries: List[Entry], generation: str) -> bool:
-        args: List[Any] = [generation, self.maxlen]
+        args: List[Any] = [generation, self.maxlen, self.max_bytes, _ENTRY_OVERHEAD]
         for entry in entries:
             args.append(len(entry))
             for name, value in entry.items():
                 args += (name, value)
-        return bool(self._call("XADD", self._append, keys=[self._gen_key, self._log], args=args))
+        return bool(self._call("XADD", self._append, keys=[self._gen_key, self._log, self._size_key], args=args))
 
     def read(self, cursor: str, timeout: float) -> List[Tuple[str, Entry]]:
+        # Up to 1,000 entries, but about _READ_BYTES at most: sized by the entries read last
+        # (1,000 entries of 1 MB would be a gigabyte in one reply).
+        count = max(1, min(1000, _READ_BYTES // self._read_average))
+
         def run() -> List[Tuple[str, Entry]]:
-            reply = self._client.xread({self._log: cursor}, count=1000, block=max(1, int(timeout * 1000)))
+            reply: Any = self._client.xread({self._log: cursor}, count=count, block=max(1, int(timeout * 1000)))
             entries: List[Tuple[str, Entry]] = []
             for _stream, items in reply or ():
                 for entry_id, fields in items:
                     entries.append((_text(entry_id), {_text(k): v for k, v in fields.items()}))
             return entries
-        return self._call("XREAD", run)
+        entries: List[Tuple[str, Entry]] = self._call("XREAD", run)
+        if entries:
+            self._read_average = max(1, sum(entry_size(e) for _, e in entries) // len(entries))
+        return entries
 
     def tail(self) -> str:
         def run() -> str:
             last = self._client.xrevrange(self._log, count=1)
             return _text(last[0][0]) if last else "0-0"
-        return self._call("XREVRANGE", run)
+        return cast(str, self._call("XREVRANGE", run))
 
     def generation(self) -> str:
         def run() -> str:
@@ -254,7 +320,7 @@ class RedisBroker(Broker):
             pipe.set(self._gen_key, secrets.token_hex(8), nx=True)  # the first node (after a restart) sets it
             pipe.get(self._gen_key)
             return _text(pipe.execute()[1])
-        return self._call("GET", run)
+        return cast(str, self._call("GET", run))
 
     def set_presence(self, node: str, clients: Dict[str, List[str]], ttl: float) -> None:
         key = self._presence_prefix + node
@@ -263,10 +329,16 @@ class RedisBroker(Broker):
             pipe = self._client.pipeline(transaction=True)
             pipe.delete(key)
             # A node with no clients still has a key (a marker field), so it counts as alive.
-            pipe.hset(key, mapping={"": "", **{cid: "\n".join(f) for cid, f in clients.items()}})
+            pipe.hset(key, mapping={"": "", **{cid: json.dumps(f) for cid, f in clients.items()}})
             pipe.pexpire(key, max(1, int(ttl * 1000)))
             pipe.execute()
         self._call("HSET", run)
+
+    def update_presence(self, node: str, changes: Dict[str, Optional[List[str]]], ttl: float) -> bool:
+        args: List[Any] = [max(1, int(ttl * 1000))]
+        for cid, filters in changes.items():
+            args += (cid, "" if filters is None else json.dumps(filters))
+        return bool(self._call("HSET", self._update, keys=[self._presence_prefix + node], args=args))
 
     def drop_presence(self, node: str) -> None:
         self._call("DEL", self._client.delete, self._presence_prefix + node)
@@ -277,10 +349,9 @@ class RedisBroker(Broker):
             for key in self._client.scan_iter(match=self._presence_prefix + "*", count=100):
                 node = _text(key)[len(self._presence_prefix):]
                 fields = self._client.hgetall(key)
-                result[node] = {_text(k): [f for f in _text(v).split("\n") if f]
-                                for k, v in fields.items() if k}
+                result[node] = {_text(k): _filters(v) for k, v in fields.items() if k}
             return result
-        return self._call("SCAN", run)
+        return cast(Presence, self._call("SCAN", run))
 
     def wake(self) -> None:
         # A reader blocked in XREAD BLOCK holds a pooled connection: closing the pool's
@@ -300,18 +371,60 @@ class RedisBroker(Broker):
 
 # Append entries only if the generation is still ours, atomically (a Lua script): after a
 # restart nothing new may land in the fresh log before the hub's replay of older entries.
+# Each entry updates the shared average entry size (KEYS[3]); the stream is trimmed to
+# about min(maxlen, max_bytes / average) entries (see RedisBroker).
 _APPEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local i = 3
+local maxlen, budget, overhead = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local average = tonumber(redis.call('GET', KEYS[3]))
+local i = 5
 while i <= #ARGV do
     local n = tonumber(ARGV[i])
-    local args = {'XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*'}
+    local size = overhead
+    for j = 2, 2 * n, 2 do size = size + #ARGV[i + j] end
+    if average == nil then average = size else average = average + (size - average) / 32 end
+    local keep = math.max(16, math.min(maxlen, math.floor(budget / average)))
+    local args = {'XADD', KEYS[2], 'MAXLEN', '~', keep, '*'}
     for j = 1, 2 * n do args[#args + 1] = ARGV[i + j] end
     redis.call(unpack(args))
     i = i + 2 * n + 1
 end
+redis.call('SET', KEYS[3], tostring(average))
 return 1
 """
+
+# Change some clients' presence (a JSON list of filters; "" removes the client) and renew
+# the ttl, only if the node's hash still exists: otherwise the hub sends all of it again.
+_UPDATE_PRESENCE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 2, #ARGV, 2 do
+    if ARGV[i + 1] == '' then
+        redis.call('HDEL', KEYS[1], ARGV[i])
+    else
+        redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def _filters(value: Any) -> List[str]:
+    """A client's filters as stored in its presence field: a JSON list (a line per filter
+    before; such values are still read)."""
+    text = _text(value)
+    if text.startswith("["):
+        try:
+            filters = json.loads(text)
+        except ValueError:
+            return []
+        return [f for f in filters if isinstance(f, str)] if isinstance(filters, list) else []
+    return [f for f in text.split("\n") if f]
+
+
+def entry_size(entry: Entry) -> int:
+    """The bytes an entry is counted for in byte budgets: its fields' values plus 64."""
+    return _ENTRY_OVERHEAD + sum(len(value) for value in entry.values())
 
 
 def _text(value: Any) -> str:

@@ -6,27 +6,38 @@ import base64
 import hashlib
 import logging
 import os
+import random
 import re
 import socket
 import ssl as _ssl
+import threading
 import time
 import urllib.parse
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
 from .connection import CONNECTION_OPTIONS, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
-from .errors import HandshakeError
+from .errors import HandshakeError, InvalidURI, NegotiationError, ProxyError, RedirectError
 from .extension import Extension
 from .handshake import Headers
 from .permessage_deflate import default_extensions
+from .proxies import open_tunnel, parse_proxy, proxy_for, wrap_tls_inside
 from .uri import WebSocketURI, parse_uri
 from .websocket import websocket
 
-__all__ = ["connect", "basic_auth", "digest_auth", "default_extensions", "MAX_REDIRECTS", "MAX_AUTH_ATTEMPTS"]
+__all__ = ["connect", "reconnect", "DEFAULT_FINAL_CODES", "FINAL_STATUSES", "basic_auth", "digest_auth",
+           "default_extensions", "MAX_REDIRECTS", "MAX_AUTH_ATTEMPTS", "CREDENTIAL_HEADERS"]
 
 logger = logging.getLogger("twspy.client")
 
 MAX_REDIRECTS = 10
 MAX_AUTH_ATTEMPTS = 2
+#: Close codes after which :func:`reconnect` stops: a normal close, and the peer's verdicts on what
+#: we sent (protocol error, unacceptable data, policy, too big, missing extension).
+DEFAULT_FINAL_CODES = frozenset((1000, 1002, 1003, 1007, 1008, 1009, 1010))
+#: Handshake answers (from the server or a proxy) that retrying cannot fix.
+FINAL_STATUSES = frozenset((400, 401, 403, 404, 407))
+#: Request headers dropped on a redirect to another scheme, host or port (compared lowercase).
+CREDENTIAL_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization"))
 _WEBSOCKET_OPTIONS = ("max_size", "max_header_size", "handshake_timeout", "write_timeout")
 
 
@@ -74,11 +85,15 @@ def digest_auth(challenge: str, user: str, password: str, method: str, uri: str)
 def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Optional[Sequence[Extension]] = None,
             origin: Optional[str] = None, headers: Union[None, Mapping[str, str], Iterable[Tuple[str, str]]] = None,
             ssl: Optional[_ssl.SSLContext] = None, timeout: Optional[float] = 10,
-            connection_class: Type[Connection] = Connection, **options: Any) -> Connection:
+            connection_class: Type[Connection] = Connection, *, proxy: Union[None, bool, str] = None,
+            proxy_ssl: Optional[_ssl.SSLContext] = None, unix_path: Optional[str] = None,
+            **options: Any) -> Connection:
     """Open a WebSocket connection to a ws:// or wss:// ``url`` and return it.
 
     Follows redirects (up to MAX_REDIRECTS) and answers a 401 with Basic or Digest auth
-    when the URL has ``user:password@`` (at most MAX_AUTH_ATTEMPTS tries).
+    when the URL has ``user:password@`` (at most MAX_AUTH_ATTEMPTS tries). A redirect to
+    another scheme, host or port drops the URL's credentials and the ``Authorization``,
+    ``Cookie`` and ``Proxy-Authorization`` headers; one from wss:// to ws:// is refused.
 
     Args:
         protocols: subprotocols to offer (``conn.protocol`` is the chosen one).
@@ -89,11 +104,19 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
             checks the certificate and the hostname, with SNI).
         timeout: seconds for TCP connect + TLS + the HTTP upgrade (``handshake_timeout``).
         connection_class: the Connection subclass to build.
+        proxy: ``None`` (default) or True: the environment's proxy, as urllib picks it (ws:// uses
+            ``http_proxy``, wss:// ``https_proxy``, then ``all_proxy``; ``no_proxy`` honoured);
+            ``False``: never a proxy; or a URL ``http://``, ``https://``, ``socks5://``,
+            ``socks5h://``, ``socks4://``, ``socks4a://`` with optional ``user:password@``
+            (see :mod:`twspy.proxies`). A refusal raises ProxyError with the proxy's answer.
+        proxy_ssl: SSLContext for an https:// proxy (default: the system's, verifying it).
+        unix_path: connect to this Unix domain socket instead of the URL's host and port
+            (the URL still gives the Host header and the path); no proxy is used.
         **options: ``max_size``, ``max_header_size``, ``close_timeout``, ``max_queue``, ...
 
     Raises:
         InvalidURI, HandshakeError (``status``, ``headers``, ``body`` of the answer),
-        NegotiationError, TimeoutError, OSError.
+        NegotiationError, RedirectError, ProxyError, TimeoutError, OSError.
     """
     if extensions is None:
         extensions = default_extensions()
@@ -105,27 +128,33 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
     ws_options.setdefault("handshake_timeout", timeout)
     if options:
         raise TypeError("unexpected options: %s" % ", ".join(sorted(options)))
+    if proxy is True:  # "a proxy, the usual one": the environment's
+        proxy = None
+    if unix_path is not None and proxy:
+        raise TypeError("give unix_path or proxy, not both")
+    if isinstance(proxy, str):
+        parse_proxy(proxy)  # ValueError now for a bad proxy URL
+    route = _Route(proxy, proxy_ssl, unix_path)
     uri = parse_uri(url)
     auth_header: Optional[str] = None
     auth_attempts = 0
     for _ in range(MAX_REDIRECTS + 1):
         extra = header_list + ([("Authorization", auth_header)] if auth_header else [])
         try:
-            ws = _open(uri, protocols or (), extensions, origin, extra, ssl, ws_options)
+            ws = _open(uri, protocols or (), extensions, origin, extra, ssl, ws_options, route)
         except HandshakeError as exc:
             status = exc.status
             answer = exc.headers if isinstance(exc.headers, Headers) else None
             if status in (301, 302, 303, 307, 308) and answer is not None and "Location" in answer:
-                location = urllib.parse.urljoin(_http_url(uri), answer["Location"])
-                location = re.sub(r"^http", "ws", location)
-                logger.info("redirected to %s", location)
-                new = parse_uri(location)
-                if uri.secure and not new.secure:
-                    raise HandshakeError("refusing a redirect from wss:// to ws://", status, exc.headers,
-                                         exc.body) from None
-                if (new.host, new.port) != (uri.host, uri.port):
+                new = _redirect_target(uri, answer["Location"], exc)
+                if (new.secure, new.host, new.port) != (uri.secure, uri.host, uri.port):
+                    # Another origin: our credentials are not its to see (as browsers, requests
+                    # and websockets do). Once dropped they stay dropped for the whole chain.
+                    header_list = [(k, v) for k, v in header_list if k.lower() not in CREDENTIAL_HEADERS]
                     auth_header = None
-                uri = new._replace(user_info=new.user_info or (uri.user_info if new.host == uri.host else None))
+                    uri = new
+                else:
+                    uri = new._replace(user_info=new.user_info or uri.user_info)
                 continue
             if status == 401 and uri.user_info and answer is not None and auth_attempts < MAX_AUTH_ATTEMPTS:
                 auth_attempts += 1
@@ -134,7 +163,20 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
                     continue
             raise
         return connection_class(ws, **conn_options)
-    raise HandshakeError("too many redirects (more than %d)" % MAX_REDIRECTS)
+    raise RedirectError("too many redirects (more than %d)" % MAX_REDIRECTS)
+
+
+def _redirect_target(uri: WebSocketURI, location: str, exc: HandshakeError) -> WebSocketURI:
+    """Where a 3xx answer sends us; RedirectError for a downgrade from wss:// to ws://."""
+    target = urllib.parse.urljoin(_http_url(uri), location)
+    target = re.sub(r"^http", "ws", target)
+    new = parse_uri(target)
+    shown = urllib.parse.urlsplit(target)._replace(netloc=new.host_header, query="").geturl()
+    if uri.secure and not new.secure:
+        raise RedirectError("refusing a redirect from wss:// to %s (a downgrade to plain text)" % shown,
+                            exc.status, exc.headers, exc.body) from None
+    logger.info("redirected to %s", shown)  # no credentials, no query (it may hold a token)
+    return new
 
 
 def _answer_challenge(challenges: List[str], uri: WebSocketURI) -> Optional[str]:
@@ -153,11 +195,43 @@ def _http_url(uri: WebSocketURI) -> str:
     return "%s://%s%s" % ("https" if uri.secure else "http", uri.host_header, uri.resource)
 
 
+class _Route(NamedTuple):
+    """How to reach the server: directly, through a proxy (None: the environment's), or a Unix socket."""
+
+    proxy: Union[None, bool, str]
+    proxy_ssl: Optional[_ssl.SSLContext]
+    unix_path: Optional[str]
+
+
+def _connect_socket(uri: WebSocketURI, route: _Route, timeout: Optional[float]) -> Tuple[socket.socket, Any]:
+    """A connected socket to the server (or a tunnel to it) and the peer address to report."""
+    if route.unix_path is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(route.unix_path)
+        except BaseException:
+            sock.close()
+            raise
+        return sock, route.unix_path
+    proxy = route.proxy
+    if proxy is None:
+        proxy = proxy_for(uri.secure, uri.host, uri.port)
+    if not proxy:
+        sock = socket.create_connection((uri.host, uri.port), timeout)
+        return sock, sock.getpeername()
+    sock = open_tunnel(uri.host, uri.port, str(proxy), timeout, route.proxy_ssl)
+    if uri.secure and isinstance(sock, _ssl.SSLSocket):
+        sock = wrap_tls_inside(sock)  # TLS to the server inside TLS to the proxy
+    return sock, (uri.host, uri.port)
+
+
 def _open(uri: WebSocketURI, protocols: Sequence[str], extensions: Sequence[Extension], origin: Optional[str],
-          headers: List[Tuple[str, str]], ssl: Optional[_ssl.SSLContext], ws_options: Dict[str, Any]) -> websocket:
+          headers: List[Tuple[str, str]], ssl: Optional[_ssl.SSLContext], ws_options: Dict[str, Any],
+          route: _Route) -> websocket:
     timeout = ws_options.get("handshake_timeout")
     deadline = None if timeout is None else time.monotonic() + timeout
-    sock = socket.create_connection((uri.host, uri.port), timeout)
+    sock, address = _connect_socket(uri, route, timeout)
     if uri.secure:
         context = ssl or _ssl.create_default_context()
     else:
@@ -170,9 +244,102 @@ def _open(uri: WebSocketURI, protocols: Sequence[str], extensions: Sequence[Exte
             sock.settimeout(None if deadline is None else max(0.001, deadline - time.monotonic()))
             ws.sock = context.wrap_socket(sock, server_hostname=uri.host)
         ws.client_handshake(uri.host_header, deadline)
-        ws.address = ws.sock.getpeername()
+        ws.address = address
         ws.sock.settimeout(None)
     except BaseException:
         ws.close()
         raise
     return ws
+
+
+def reconnect(url: str, *, first_delay: float = 1.0, max_delay: float = 60.0, factor: float = 2.0,
+              final_codes: Iterable[int] = DEFAULT_FINAL_CODES, max_tries: Optional[int] = None,
+              stop: Optional[threading.Event] = None, **connect_options: Any) -> Iterator[Connection]:
+    """Yield an open connection to ``url``, and a new one each time the previous one is lost.
+
+    ::
+
+        for conn in twspy.reconnect("ws://127.0.0.1:8000/"):
+            for message in conn:
+                print(message)
+
+    Asking for the next connection (the ``for`` loop going round) means the previous one is
+    done: if it closed with one of ``final_codes`` the iteration ends; if it is still open it
+    is closed (1000) first. Between tries it waits with jittered exponential backoff: from
+    ``first_delay`` seconds, times ``factor`` after each failed try, at most ``max_delay``
+    (each wait drawn between half and all of that); a successful connection resets it. Each
+    retry is logged at INFO on ``twspy.client``. Breaking out of the loop closes the current
+    connection.
+
+    Args:
+        url: ws:// or wss:// URL; ``connect_options`` are :func:`connect`'s.
+        first_delay, max_delay, factor: the backoff, in seconds.
+        final_codes: close codes the server means as final (default: DEFAULT_FINAL_CODES).
+        max_tries: give up after this many failed tries in a row, raising the last error
+            (None: never).
+        stop: an Event that ends the iteration (checked between tries, and wakes a wait).
+
+    Raises:
+        HandshakeError (and ProxyError) with a status in FINAL_STATUSES (400, 401, 403, 404,
+        407), InvalidURI, NegotiationError, RedirectError, a TLS certificate error: what
+        retrying cannot fix. The last error once ``max_tries`` is reached.
+    """
+    final = frozenset(final_codes)
+    shown = _shown_url(url)
+    delay = first_delay
+    failures = 0
+    conn: Optional[Connection] = None
+    try:
+        while stop is None or not stop.is_set():
+            try:
+                conn = connect(url, **connect_options)
+            except Exception as exc:
+                if not _retryable(exc):
+                    raise
+                failures += 1
+                if max_tries is not None and failures >= max_tries:
+                    raise
+                why = "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
+            else:
+                failures, delay = 0, first_delay
+                yield conn
+                if not conn.closed:
+                    conn.close()
+                    why = "closed by the caller"
+                else:
+                    code = conn.close_code
+                    if code in final:
+                        logger.info("%s closed with %s: not reconnecting", shown, code)
+                        return
+                    why = "closed with %s" % code
+                conn = None
+            wait = random.uniform(delay / 2, delay)
+            logger.info("%s: %s; retrying in %.1f s", shown, why, wait)
+            if stop is not None:
+                if stop.wait(wait):
+                    return
+            else:
+                time.sleep(wait)
+            delay = min(max_delay, delay * factor)
+    finally:
+        if conn is not None and not conn.closed:
+            conn.close()
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Whether a failed :func:`connect` may succeed later (refused, reset, timed out, 5xx...)."""
+    if isinstance(exc, (InvalidURI, RedirectError, NegotiationError, _ssl.SSLCertVerificationError, TypeError,
+                        ValueError)):
+        return False
+    if isinstance(exc, (HandshakeError, ProxyError)):
+        if exc.status is None:  # an answer we could not accept (bad accept key, negotiation)
+            return isinstance(exc, ProxyError)  # a proxy dropping the tunnel may recover
+        return exc.status not in FINAL_STATUSES
+    return isinstance(exc, OSError)
+
+
+def _shown_url(url: str) -> str:
+    """``url`` for a log line: no credentials, no query (it may hold a token)."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -866,6 +866,10 @@ class Connection:
                 self._wait_closed()
 
     # -- watchdog: keepalive, and reading on while a slow handler runs ------------------------
+    def is_keepalive_pong(self, payload: bytes) -> bool:
+        """Whether ``payload`` answers this connection's own keepalive ping (a relay keeps it)."""
+        return bool(payload) and payload == self._ping_payload
+
     def _keepalive(self, now: float) -> None:
         """Called by the watchdog: send the next ping, or fail a peer that stopped answering."""
         if self.state != OPEN or self.close_sent:

@@ -4,7 +4,9 @@ Every exception derives from :class:`WebSocketError`::
 
     WebSocketError
     ├── HandshakeError          the opening handshake failed (carries an HTTP status)
-    │   └── NegotiationError    an extension or subprotocol answer is unacceptable
+    │   ├── NegotiationError    an extension or subprotocol answer is unacceptable
+    │   └── RedirectError       a redirect the client refuses (wss:// to ws://, too many)
+    ├── ProxyError              a proxy refused or broke the tunnel (also ConnectionError)
     ├── ProtocolError           the peer broke RFC 6455 (carries the close code to send)
     │   └── PayloadTooBig       a frame or message exceeds ``max_size`` (1009)
     ├── ConnectionClosed        the connection is closed (code, reason); alias SocketClosed
@@ -22,6 +24,8 @@ __all__ = [
     "WebSocketError",
     "HandshakeError",
     "NegotiationError",
+    "RedirectError",
+    "ProxyError",
     "ProtocolError",
     "PayloadTooBig",
     "ConnectionClosed",
@@ -61,6 +65,32 @@ class HandshakeError(WebSocketError):
 
 class NegotiationError(HandshakeError):
     """An extension or subprotocol offer/answer is malformed or unacceptable."""
+
+
+class RedirectError(HandshakeError):
+    """A redirect the client refuses to follow: a wss:// to ws:// downgrade, or too many."""
+
+
+class ProxyError(WebSocketError, ConnectionError):
+    """An HTTP or SOCKS proxy refused the tunnel, closed it, or answered something malformed.
+
+    ``proxy`` is the proxy's URL without credentials; ``status`` and ``reason`` are its answer
+    (an HTTP status such as 407, or a SOCKS reply code) when it gave one, else None. Also a
+    ConnectionError: code that handles "could not connect" handles it too.
+    """
+
+    def __init__(self, message: str, proxy: str = "", status: Optional[int] = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.proxy = proxy
+        self.status = status
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):  # type: ignore[override]
+        return type(self), (self.message, self.proxy, self.status, self.reason)
 
 
 class ProtocolError(WebSocketError):

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from typing import IO, Any, Iterable, List, Mapping, Optional, Sequence, Union
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from .errors import ConnectionClosed, ProtocolError, WebSocketError
 from .frame import CLOSE_POLICY, CLOSE_UNABLE, _short_reason, valid_close_code
@@ -40,7 +40,7 @@ from .handshake import Reply, Request
 from .message import BinaryMessage, Message, TextMessage
 
 __all__ = ["Filter", "Reject", "Echo", "Broadcast", "Log", "BearerAuth", "MessageResult", "close_code_for",
-           "run_connect", "run_open", "run_message", "run_close"]
+           "redact_query", "run_connect", "run_open", "run_message", "run_close"]
 
 logger = logging.getLogger("twspy.filters")
 
@@ -127,7 +127,10 @@ class Broadcast(Filter):
 
 
 class Log(Filter):
-    """Print a line per open, message and close to ``stream`` (stdout by default)."""
+    """Print a line per open, message and close to ``stream`` (stdout by default).
+
+    The open line shows the request path with credentials in its query hidden (see
+    :func:`redact_query`)."""
 
     def __init__(self, stream: Optional[IO[str]] = None, max_payload: int = 80) -> None:
         self.stream = stream
@@ -142,7 +145,7 @@ class Log(Filter):
             stream.flush()
 
     def on_open(self, client: Any) -> None:
-        self._print("%s open %s" % (client.id, _redact(client.path)))
+        self._print("%s open %s" % (client.id, redact_query(client.path)))
 
     def on_message(self, client: Any, message: Message) -> MessageResult:
         payload = message.payload
@@ -210,13 +213,29 @@ def _request_token(request: Request) -> Optional[str]:
     return None
 
 
-def _redact(path: str) -> str:
-    """``path`` with the value of a ``token`` query parameter hidden (for logs)."""
-    target, sep, query = path.partition("?")
-    if not sep or "token=" not in query:
-        return path
-    parts = ["token=***" if part.startswith("token=") else part for part in query.split("&")]
-    return target + "?" + "&".join(parts)
+# Query parameters whose decoded name contains one of these are hidden in logs.
+_SECRET_NAMES = ("token", "secret", "passw", "auth", "key", "sig", "session", "credential")
+
+
+def redact_query(target: str) -> str:
+    """``target`` (a request path) with the values of credential-like query parameters
+    replaced by ``***``, for logs.
+
+    A parameter counts by its *decoded* name, as a server reads it: ``?%74oken=s3cret`` is a
+    ``token`` (BearerAuth accepts it), so it is hidden too. Names containing token, secret,
+    passw, auth, key, sig, session or credential (any case) are hidden.
+    """
+    path, sep, query = target.partition("?")
+    if not sep:
+        return target
+    query, hash_sep, fragment = query.partition("#")
+    parts = []
+    for part in query.split("&"):
+        name, equals, value = part.partition("=")
+        if equals and value and any(word in unquote_plus(name).lower() for word in _SECRET_NAMES):
+            part = name + "=***"
+        parts.append(part)
+    return path + "?" + "&".join(parts) + hash_sep + fragment
 
 
 # -- running a chain (called by Server) ---------------------------------------------------------
@@ -255,7 +274,7 @@ def run_connect(filters: Sequence[Filter], request: Request) -> Reply:
     for flt in filters:
         hook = getattr(flt, "on_connect", None)
         if hook is not None:
-            reply = hook(request)
+            reply: Reply = hook(request)
             if reply is not None:
                 return reply
     return None

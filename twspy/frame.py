@@ -204,9 +204,12 @@ def valid_close_code(code: int) -> bool:
     return code in _WIRE_CLOSE_CODES or 3000 <= code <= 4999
 
 
-def _short_reason(text: str) -> str:
+def short_reason(text: str) -> str:
     """``text`` cut to the 123 bytes a close reason may have (§5.5.1), on a character boundary."""
     return text.encode("utf-8")[:123].decode("utf-8", "ignore")
+
+
+_short_reason = short_reason  # the former private spelling
 
 
 def encode_close(code: Optional[int] = None, reason: Union[str, bytes] = "") -> bytes:

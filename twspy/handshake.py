@@ -22,7 +22,7 @@ __all__ = [
     "GUID", "Headers", "Request", "Response", "accept_key", "make_key", "read_head",
     "parse_request", "parse_response", "build_request", "build_response", "error_response",
     "server_handshake", "check_response", "chosen_subprotocol", "has_token", "MAX_HEADER_SIZE",
-    "Reply", "reply_response",
+    "Reply", "reply_response", "head_end",
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -38,7 +38,8 @@ _REASONS = {
     505: "HTTP Version Not Supported",
 }
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_VERSION_RE = re.compile(r"HTTP/[1-9]\.[0-9]")
+_VERSION_RE = re.compile(r"HTTP/[0-9]\.[0-9]")
+_TARGET_RE = re.compile(r"[\x21-\x7e]+")  # RFC 9112 §3.2: visible ASCII; no controls, spaces or 8-bit bytes
 _VALUE_RE = re.compile(r"[\x09\x20-\x7e\x80-\xff]*")
 _STATUS_RE = re.compile(r"[0-9]{3}")  # not str.isdigit(): latin-1 "\xb2" ("²") is a digit to it
 
@@ -123,29 +124,49 @@ def make_key() -> str:
     return base64.b64encode(os.urandom(16)).decode("ascii")
 
 
-def read_head(recv: Callable[[int], bytes], max_size: int = MAX_HEADER_SIZE) -> Tuple[bytes, bytes]:
+def head_end(buf: Union[bytes, bytearray], start: int = 0, max_size: int = MAX_HEADER_SIZE) -> int:
+    """Where the HTTP head at the start of ``buf`` ends (just past its blank line), or -1.
+
+    For incremental readers: ``start`` is how much of ``buf`` an earlier call already
+    scanned. RFC 9112 §2.2: lines end with CRLF; a bare LF (which a recipient MAY accept)
+    is refused at once with HandshakeError 400 rather than waited on or read two ways.
+    HandshakeError 431 when the head does not end within ``max_size`` bytes.
+    """
+    pos = start
+    while True:
+        lf = buf.find(b"\n", pos)
+        if lf < 0 or lf >= max_size:
+            break
+        if lf == 0 or buf[lf - 1] != 0x0D:
+            raise HandshakeError("bare LF in the HTTP head (lines end with CRLF, RFC 9112 §2.2)", 400)
+        if lf >= 3 and buf[lf - 3:lf + 1] == b"\r\n\r\n":
+            return lf + 1
+        pos = lf + 1
+    if len(buf) > max_size:
+        raise HandshakeError("HTTP header block exceeds %d bytes" % max_size, 431)
+    return -1
+
+
+def read_head(recv: Callable[[int], bytes], max_size: int = MAX_HEADER_SIZE,
+              received: bytes = b"") -> Tuple[bytes, bytes]:
     """Read an HTTP head with ``recv`` until the blank line: ``(head, bytes after it)``.
 
+    ``received``: bytes already read (by a caller's own loop), parsed before any ``recv``.
     The bytes after the head are returned, not dropped: the peer may send frames at once.
-    Raises HandshakeError 431 past ``max_size``, and ConnectionError on EOF.
+    Raises HandshakeError 431 past ``max_size``, 400 for a bare LF (see :func:`head_end`)
+    and ConnectionError on EOF.
     """
-    buf = bytearray()
+    buf = bytearray(received)
     start = 0
     while True:
+        end = head_end(buf, start, max_size) if buf else -1
+        if end >= 0:
+            return bytes(buf[:end]), bytes(buf[end:])
+        start = len(buf)
         chunk = recv(4096)
         if not chunk:
             raise ConnectionResetError("connection closed during the opening handshake")
         buf += chunk
-        end = buf.find(b"\r\n\r\n", start)
-        if end >= 0:
-            end += 4
-            if end > max_size:
-                break
-            return bytes(buf[:end]), bytes(buf[end:])
-        if len(buf) > max_size:
-            break
-        start = max(0, len(buf) - 3)
-    raise HandshakeError("HTTP header block exceeds %d bytes" % max_size, 431)
 
 
 def _parse_head(head: bytes) -> Tuple[str, Headers]:
@@ -183,6 +204,8 @@ def parse_request(head: bytes) -> Request:
     method, path, version = parts
     if not _TOKEN_RE.fullmatch(method) or not path:
         raise HandshakeError("malformed request line %r" % start[:80], 400)
+    if not _TARGET_RE.fullmatch(path):  # control characters would reach logs and hooks as they are
+        raise HandshakeError("invalid characters in the request target %r" % path[:80], 400)
     return Request(method, path, version, headers)
 
 
@@ -227,13 +250,24 @@ def build_request(host: str, path: str, key: str, origin: Optional[str] = None,
 
 
 def build_response(status: int, headers: Iterable[Tuple[str, str]] = (), body: bytes = b"") -> bytes:
-    """An HTTP/1.1 response head (plus ``body`` with its Content-Length when not 101)."""
+    """An HTTP/1.1 response head (plus ``body`` with its Content-Length when not 101).
+
+    A ``Content-Type`` in ``headers`` replaces the default ``text/plain; charset=utf-8``;
+    ``Content-Length`` and ``Connection`` (the framing: the body, then close) are always ours,
+    so any given in ``headers`` are dropped rather than sent twice.
+    """
     lines = ["HTTP/1.1 %d %s" % (status, _reason(status))]
-    lines.extend("%s: %s" % (k, v) for k, v in headers)
+    typed = False
+    for name, value in headers:
+        lname = name.lower()
+        if status != 101 and lname in ("content-length", "connection"):
+            continue
+        typed = typed or lname == "content-type"
+        lines.append("%s: %s" % (name, value))
     if status != 101:
         lines.append("Content-Length: %d" % len(body))
         lines.append("Connection: close")
-        if body:
+        if body and not typed:
             lines.append("Content-Type: text/plain; charset=utf-8")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + (body if status != 101 else b"")
 
@@ -309,15 +343,21 @@ def server_handshake(request: Request, protocols: Sequence[str] = (),
     """Validate an upgrade request (§4.2.1) and build the 101 response (§4.2.2).
 
     Returns ``(response bytes, subprotocol, extension codecs)``. Raises HandshakeError with
-    405 (+ ``Allow: GET``), 400, 426 (with ``Sec-WebSocket-Version: 13`` for a bad version),
-    403 (origin not trusted or path not in ``locations``) or 500 (the selector picked a
+    405 (+ ``Allow: GET``), 505 (a version other than HTTP/1.1), 400 (also for a target
+    that is not a path: absolute-form is a proxy's), 426 (with ``Sec-WebSocket-Version: 13``
+    for a bad version), 403 (origin not trusted or path not in ``locations``) or 500 (the selector picked a
     subprotocol the client did not offer).
     """
     headers = request.headers
     if request.method != "GET":
         raise HandshakeError("method %s is not GET" % request.method, 405, extra_headers=(("Allow", "GET"),))
-    if not _VERSION_RE.fullmatch(request.version) or request.version < "HTTP/1.1":
-        raise HandshakeError("%s is older than HTTP/1.1" % request.version, 400)
+    if request.version != "HTTP/1.1":  # §4.1: "HTTP/1.1 or higher", but the upgrade is HTTP/1.1's
+        if _VERSION_RE.fullmatch(request.version):
+            raise HandshakeError("%s is not supported: the upgrade needs HTTP/1.1" % request.version, 505)
+        raise HandshakeError("malformed HTTP version %r" % request.version[:20], 400)
+    if not request.path.startswith("/"):
+        # Absolute-form (a proxy's request) or asterisk-form: not for us (RFC 9112 §3.2).
+        raise HandshakeError("request target %r is not a path" % request.path[:80], 400)
     hosts = headers.get_all("Host")
     if len(hosts) != 1 or not hosts[0]:
         raise HandshakeError("missing or repeated Host header", 400)
@@ -344,8 +384,10 @@ def server_handshake(request: Request, protocols: Sequence[str] = (),
     origin = headers.get("Origin")
     if trusted_origins and (origin is None or origin.lower() not in [o.lower() for o in trusted_origins]):
         raise HandshakeError("origin %r is not allowed" % origin, 403)
-    if locations and request.path.split("?", 1)[0] not in locations:
-        raise HandshakeError("location %r is not served" % request.path, 403)
+    path = request.path.split("?", 1)[0]
+    if locations and path not in locations:
+        # The query stays out of the message (it is logged): it may carry a token.
+        raise HandshakeError("location %r is not served" % path, 403)
     try:
         client_protocols = parse_tokens(headers.get("Sec-WebSocket-Protocol") or "")
         if len(set(client_protocols)) != len(client_protocols):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import ClassVar, List, Optional, Sequence, Tuple, Union
 
 from .errors import HandshakeError, NegotiationError, ProtocolError
-from .frame import Frame, _new_frame
+from .frame import RSV1, RSV2, RSV3, Frame
 from .handshake import Headers, chosen_subprotocol, has_token, parse_response
 
 __all__ = [
@@ -60,7 +60,7 @@ DROP_IDLE_TIMEOUT = 3007
 DROP_ACKNOWLEDGED = 3008
 DROP_BAD_FRAGMENTATION = 3009
 
-_KNOWN_OPCODES = frozenset((0x0, 0x1, 0x2, 0x8, 0x9, 0xA))
+KNOWN_OPCODES = frozenset((0x0, 0x1, 0x2, 0x8, 0x9, 0xA))
 
 
 class MuxError(ProtocolError):
@@ -321,12 +321,14 @@ def decapsulate(data: Union[bytes, bytearray, memoryview]) -> Tuple[int, Union[F
         return 0, parse_control_blocks(data[pos:])
     if pos >= len(data):
         raise MuxError("logical frame without its header byte", DROP_FRAME_TRUNCATED)
-    return cid, _new_frame(data[pos], bytes(data[pos + 1:]), None)
+    b0 = data[pos]
+    return cid, Frame(b0 & 0x0F, bytes(data[pos + 1:]), final=bool(b0 & 0x80), rsv1=bool(b0 & RSV1),
+                      rsv2=bool(b0 & RSV2), rsv3=bool(b0 & RSV3))
 
 
 # -- encapsulated handshakes -------------------------------------------------------------------
 
-def _request_head(path: str, host: str, origin: Optional[str], protocols: Sequence[str],
+def request_head(path: str, host: str, origin: Optional[str], protocols: Sequence[str],
                   headers: Sequence[Tuple[str, str]]) -> bytes:
     """An identity AddChannelRequest handshake (§5.1): no Upgrade, Key or Version."""
     lines = ["GET %s HTTP/1.1" % path, "Host: %s" % host, "Connection: Upgrade"]
@@ -341,7 +343,7 @@ def _request_head(path: str, host: str, origin: Optional[str], protocols: Sequen
     return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1")
 
 
-def _accept_head(protocol: Optional[str]) -> bytes:
+def accept_head(protocol: Optional[str]) -> bytes:
     """An accepting AddChannelResponse handshake (§5.2): no Upgrade, no Accept."""
     lines = ["HTTP/1.1 101 Switching Protocols", "Connection: Upgrade"]
     if protocol:
@@ -349,7 +351,7 @@ def _accept_head(protocol: Optional[str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1")
 
 
-def _status_head(status: int) -> bytes:
+def status_head(status: int) -> bytes:
     try:
         phrase = http.HTTPStatus(status).phrase
     except ValueError:
@@ -357,7 +359,7 @@ def _status_head(status: int) -> bytes:
     return ("HTTP/1.1 %d %s\r\n\r\n" % (status, phrase)).encode("iso-8859-1")
 
 
-def _apply_delta(base: Headers, delta: Headers) -> Headers:
+def apply_delta(base: Headers, delta: Headers) -> Headers:
     """Delta encoding (§5.1): a header in ``delta`` replaces the base's; an empty value removes it."""
     names = {name.lower() for name in delta}
     merged = Headers([(k, v) for k, v in base.items() if k.lower() not in names])
@@ -367,7 +369,7 @@ def _apply_delta(base: Headers, delta: Headers) -> Headers:
     return merged
 
 
-def _check_response(response: AddChannelResponse, protocols: Sequence[str]) -> Tuple[Optional[str], Headers]:
+def check_response(response: AddChannelResponse, protocols: Sequence[str]) -> Tuple[Optional[str], Headers]:
     """Validate an AddChannelResponse like an RFC 6455 response: ``(subprotocol, headers)``."""
     # A refusal may carry a body after the head (e.g. a process_request answer).
     head, sep, body = response.handshake.partition(b"\r\n\r\n")

@@ -35,8 +35,10 @@ of its own to connect upstream from).
 from __future__ import annotations
 
 import logging
+import re
 import ssl as _ssl
 import threading
+import time
 import urllib.parse
 from typing import Any, Callable, List, Optional, Sequence, Tuple, cast
 
@@ -45,10 +47,10 @@ from .connection import CLOSED, CONNECTION_OPTIONS, DEFAULT_CLOSE_TIMEOUT, Conne
 from .errors import ConnectionClosed, HandshakeError, InvalidURI, WebSocketError
 from .extension import parse_extensions, parse_tokens
 from .frame import (CLOSE_ABNORMAL, CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, CLOSE_NO_STATUS, CLOSE_NORMAL,
-                    CLOSE_TLS_FAILURE, CLOSE_UNABLE, _short_reason, valid_close_code)
+                    CLOSE_TLS_FAILURE, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE, short_reason, valid_close_code)
 from .handshake import Headers, Reply, Request, server_handshake
 from .message import Message
-from .server import Server, ServerConnection, _fmt_address
+from .server import Server, ServerConnection
 from .uri import parse_uri
 
 __all__ = ["ProxyServer", "DEFAULT_FORWARD_HEADERS", "PASS_THROUGH_STATUSES"]
@@ -78,7 +80,7 @@ class _Upstream(Connection):
             _forward(self.peer.send_ping, payload)
 
     def onpong(self, payload: bytes) -> None:
-        if self.peer is not None and not _own_keepalive(self, payload):
+        if self.peer is not None and not self.is_keepalive_pong(payload):
             _forward(self.peer.send_pong, payload)
 
 
@@ -105,7 +107,9 @@ class ProxyServer(Server):
             CAs, hostname checked).
         upstream_timeout: seconds for the upstream's TCP connect, TLS and upgrade.
         forward_headers: request headers copied to the upstream request (every value).
-            ``X-Forwarded-For`` is always sent, with the client's address appended.
+            ``X-Forwarded-For`` is always sent: the client's own ``X-Forwarded-For`` (if any)
+            is kept and the client's address appended, so only the last entry is known to be
+            true; an upstream must not trust the earlier ones unless its own proxies wrote them.
         **server_kwargs: see :class:`~twspy.server.Server`. ``max_size``, ``close_timeout``
             and the keepalive options apply to both legs; ``protocols`` is not used (the
             upstream picks the subprotocol).
@@ -136,11 +140,16 @@ class ProxyServer(Server):
         ``ws://h:1/base`` with ``/chat?x=1`` gives ``ws://h:1/base/chat?x=1`` (also from
         ``ws://h:1/base/``); ``/`` and ``/?x=1`` give the upstream path itself
         (``ws://h:1/base``, ``ws://h:1/base?x=1``); ``ws://h:1/base?k=v`` with ``/chat?x=1``
-        gives ``ws://h:1/base/chat?k=v&x=1``. Raises InvalidURI for a target that is not a path.
+        gives ``ws://h:1/base/chat?k=v&x=1``. Raises InvalidURI (the client gets 400) for a
+        target that is not a path or that has a ``.`` or ``..`` segment, even percent-encoded
+        (``/../x``, ``/%2e%2e/x``, ``/..%2fx``): the client stays below the upstream's path.
+        (Browsers resolve dot segments before sending, so only hand-made requests have them.)
         """
         if not path.startswith("/"):
             raise InvalidURI(path, "the request target is not a path")
         client_path, _, client_query = path.partition("?")
+        if _dot_segment(client_path):
+            raise InvalidURI(path, "the request target has a '.' or '..' segment")
         base = self._base
         if client_path == "/":
             new_path = base.path or "/"
@@ -246,8 +255,13 @@ class ProxyServer(Server):
         upstream.peer = client
         relay = threading.Thread(target=self._relay, args=(client, upstream), daemon=True,
                                  name="twspy-proxy-%s" % client.id)
+        try:
+            relay.start()
+        except RuntimeError as exc:  # "can't start new thread" (pid limits): refuse this client only
+            _warn_limited("%r: %s; closing with 1013", client, exc)
+            client.start_close(CLOSE_TRY_AGAIN_LATER, "proxy overloaded")
+            return  # _serve then closes the upstream leg, which nobody reads
         self._local.relay = relay
-        relay.start()
 
     def _relay(self, client: ServerConnection, upstream: _Upstream) -> None:
         try:
@@ -277,7 +291,7 @@ class ProxyServer(Server):
     def onpong(self, client: ServerConnection, payload: bytes) -> None:
         """Forward the client's pong, unless it answers this leg's own keepalive ping."""
         upstream = client.request.state.get("upstream")
-        if upstream is not None and not _own_keepalive(client, payload):
+        if upstream is not None and not client.is_keepalive_pong(payload):
             _forward(upstream.send_pong, payload)
 
     def onclose(self, client: ServerConnection, code: int, reason: str) -> None:
@@ -299,9 +313,35 @@ def _forward(send: Callable[[Any], None], item: Any) -> None:
         pass
 
 
-def _own_keepalive(conn: Connection, payload: bytes) -> bool:
-    """Whether a pong answers ``conn``'s own keepalive ping (not to be relayed)."""
-    return bool(payload) and payload == conn._ping_payload
+_warned_at = [-1e9]  # monotonic time of the last rate-limited warning
+
+
+def _warn_limited(message: str, *args: Any) -> None:
+    """A warning a peer can cause at will (e.g. under a thread limit): at most one a second."""
+    now = time.monotonic()
+    if now - _warned_at[0] >= 1.0:
+        _warned_at[0] = now
+        logger.warning(message, *args)
+
+
+def _fmt_address(address: Any) -> str:
+    """``host:port`` (``[v6]:port``) of a client's address, for the logs."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return "[%s]:%s" % (host, address[1]) if ":" in host else "%s:%s" % (host, address[1])
+    return str(address)
+
+
+def _dot_segment(path: str) -> bool:
+    """Whether ``path`` has a ``.`` or ``..`` segment (RFC 3986 §3.3), also percent-encoded
+    (once or more) or delimited by a backslash, as some upstream servers read them."""
+    decoded = path
+    for _ in range(4):
+        once = urllib.parse.unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+    return any(segment in (".", "..") for segment in re.split(r"[/\\]", decoded))
 
 
 def _toward_client(code: Optional[int], reason: str) -> Tuple[int, str]:
@@ -309,12 +349,12 @@ def _toward_client(code: Optional[int], reason: str) -> Tuple[int, str]:
     if code is None or code == CLOSE_NO_STATUS:
         return CLOSE_NORMAL, ""
     if code == CLOSE_ABNORMAL:
-        return CLOSE_BAD_GATEWAY, _short_reason("upstream connection lost" + (": " + reason if reason else ""))
+        return CLOSE_BAD_GATEWAY, short_reason("upstream connection lost" + (": " + reason if reason else ""))
     if code == CLOSE_TLS_FAILURE:
         return CLOSE_BAD_GATEWAY, "upstream TLS failure"
     if not valid_close_code(code):  # pragma: no cover - decode_close only lets wire codes in
         return CLOSE_UNABLE, ""
-    return code, _short_reason(reason)
+    return code, short_reason(reason)
 
 
 def _toward_upstream(code: Optional[int], reason: str) -> Tuple[int, str]:
@@ -325,7 +365,7 @@ def _toward_upstream(code: Optional[int], reason: str) -> Tuple[int, str]:
         return CLOSE_GOING_AWAY, "client connection lost"
     if not valid_close_code(code):  # pragma: no cover - decode_close only lets wire codes in
         return CLOSE_UNABLE, ""
-    return code, _short_reason(reason)
+    return code, short_reason(reason)
 
 
 def _redact(url: str) -> str:

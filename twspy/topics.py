@@ -11,13 +11,15 @@ number of trie nodes it reaches, not the number of filters.
 
 from __future__ import annotations
 
+import re
 import threading
-from typing import Dict, Hashable, List, Set, Tuple
+from typing import AbstractSet, Dict, FrozenSet, Hashable, List, Optional, Set, Tuple
 
 from .errors import WebSocketError
 
 __all__ = [
     "InvalidTopic",
+    "SubscriptionLimit",
     "MAX_TOPIC_LENGTH",
     "validate_topic",
     "validate_filter",
@@ -26,6 +28,10 @@ __all__ = [
 ]
 
 MAX_TOPIC_LENGTH = 65535  # bytes of UTF-8: the 16-bit length prefix of an MQTT string (§1.5.4)
+
+# §1.5.4: U+0001..U+001F and U+007F..U+009F "SHOULD NOT" appear; refusing them keeps a topic
+# from forging a line in a log or in a newline-separated store.
+_CONTROL = re.compile("[\x01-\x1f\x7f-\x9f]")
 
 
 class InvalidTopic(WebSocketError, ValueError):
@@ -42,6 +48,11 @@ class InvalidTopic(WebSocketError, ValueError):
         return type(self), (self.topic, self.why)
 
 
+class SubscriptionLimit(WebSocketError, ValueError):
+    """A subscription that a :class:`SubscriptionTree`'s limits refuse (too many levels, too
+    many filters for one key, or no node budget left)."""
+
+
 def _check_string(topic: str, kind: str) -> None:
     """The rules names and filters share: a non-empty UTF-8 string of at most 65535 bytes, no NUL."""
     if not isinstance(topic, str):
@@ -50,6 +61,10 @@ def _check_string(topic: str, kind: str) -> None:
         raise InvalidTopic(topic, "a %s must be at least one character long (§4.7.3)" % kind)
     if "\x00" in topic:
         raise InvalidTopic(topic, "a %s must not contain U+0000 (§4.7.3)" % kind)
+    control = _CONTROL.search(topic)
+    if control is not None:
+        raise InvalidTopic(topic, "a %s must not contain the control character U+%04X (§1.5.4)"
+                           % (kind, ord(control.group())))
     try:
         size = len(topic.encode("utf-8"))
     except UnicodeEncodeError:  # lone surrogates aren't well-formed UTF-8 (§1.5.4)
@@ -62,7 +77,7 @@ def validate_topic(topic: str) -> str:
     """Check a topic name used for publishing and return it.
 
     Raises:
-        InvalidTopic: if it is empty, contains ``+``, ``#`` or U+0000, or exceeds 65535 bytes of UTF-8.
+        InvalidTopic: if it is empty, contains ``+``, ``#``, U+0000 or a control character, or exceeds 65535 bytes of UTF-8.
     """
     _check_string(topic, "topic name")
     if "+" in topic or "#" in topic:
@@ -76,7 +91,8 @@ def validate_filter(topic_filter: str) -> str:
     ``+`` must occupy a whole level; ``#`` must occupy the whole last level (§4.7.1.2, §4.7.1.3).
 
     Raises:
-        InvalidTopic: if it breaks one of these rules, is empty, contains U+0000 or exceeds 65535 bytes.
+        InvalidTopic: if it breaks one of these rules, is empty, contains U+0000 or a
+            control character, or exceeds 65535 bytes.
     """
     _check_string(topic_filter, "topic filter")
     if "+" not in topic_filter and "#" not in topic_filter:
@@ -119,6 +135,9 @@ def matches(topic_filter: str, topic: str) -> bool:
     return len(filter_levels) == len(topic_levels)
 
 
+_NO_KEYS: FrozenSet[Hashable] = frozenset()
+
+
 class _Node:
     """A trie node: children by level, and the keys whose filter ends here."""
 
@@ -126,7 +145,9 @@ class _Node:
 
     def __init__(self) -> None:
         self.children: Dict[str, _Node] = {}
-        self.keys: Set[Hashable] = set()
+        # Shared and empty until a filter ends here: most nodes are inner levels, and an empty
+        # set would cost 216 bytes each (a third of a node).
+        self.keys: AbstractSet[Hashable] = _NO_KEYS
 
 
 class SubscriptionTree:
@@ -135,32 +156,73 @@ class SubscriptionTree:
     Filters are stored in a trie on levels, with ``+`` and ``#`` as ordinary children (topic names
     cannot contain them, so they never clash with a real level). Nodes left empty by a removal are
     pruned, so memory follows the live subscriptions, not their history.
+
+    Each level of a filter costs a node (a few hundred bytes), so a tree fed by untrusted peers
+    needs limits (a hub sets them; None means no limit):
+
+    Args:
+        max_levels: levels per filter; a deeper filter raises :class:`InvalidTopic`.
+        max_filters: filters per key; one more raises :class:`SubscriptionLimit`.
+        max_nodes: trie nodes in all; a filter that needs more raises :class:`SubscriptionLimit`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_levels: Optional[int] = None, max_filters: Optional[int] = None,
+                 max_nodes: Optional[int] = None) -> None:
+        self.max_levels = max_levels
+        self.max_filters = max_filters
+        self.max_nodes = max_nodes
         self._lock = threading.Lock()
         self._root = _Node()
         self._filters: Dict[Hashable, Set[str]] = {}  # key -> its filters
         self._count = 0
+        self._nodes = 0  # trie nodes besides the root
+
+    @property
+    def nodes(self) -> int:
+        """The number of trie nodes (besides the root): what the filters cost in memory."""
+        return self._nodes
 
     def add(self, topic_filter: str, key: Hashable) -> bool:
         """Subscribe ``key`` to ``topic_filter``; True if the pair is new.
 
         Raises:
-            InvalidTopic: if the filter is invalid.
+            InvalidTopic: if the filter is invalid or has more than ``max_levels`` levels.
+            SubscriptionLimit: if ``key`` has ``max_filters`` filters already, or the filter's
+                new nodes would pass ``max_nodes``. Nothing is added then.
         """
         validate_filter(topic_filter)
+        levels = topic_filter.split("/")
+        if self.max_levels is not None and len(levels) > self.max_levels:
+            raise InvalidTopic(topic_filter, "%d levels, more than %d" % (len(levels), self.max_levels))
         with self._lock:
+            filters = self._filters.get(key)
+            if filters is not None and topic_filter in filters:
+                return False
+            if self.max_filters is not None and filters is not None and len(filters) >= self.max_filters:
+                raise SubscriptionLimit("%d subscriptions already, the most allowed" % len(filters))
+            # Walk the existing part first: refusing must leave nothing behind.
             node = self._root
-            for level in topic_filter.split("/"):
+            depth = 0
+            for level in levels:
                 child = node.children.get(level)
                 if child is None:
-                    child = node.children[level] = _Node()
+                    break
                 node = child
-            if key in node.keys:
-                return False
-            node.keys.add(key)
-            self._filters.setdefault(key, set()).add(topic_filter)
+                depth += 1
+            new = len(levels) - depth
+            if self.max_nodes is not None and self._nodes + new > self.max_nodes:
+                raise SubscriptionLimit("no room for more subscriptions (%d topic levels in use)" % self._nodes)
+            for level in levels[depth:]:
+                child = node.children[level] = _Node()
+                node = child
+            self._nodes += new
+            if node.keys:
+                node.keys.add(key)  # type: ignore[attr-defined]  # a set of its own by now
+            else:
+                node.keys = {key}
+            if filters is None:
+                filters = self._filters[key] = set()
+            filters.add(topic_filter)
             self._count += 1
             return True
 
@@ -187,7 +249,9 @@ class SubscriptionTree:
         for level in topic_filter.split("/"):
             path.append((node, level))
             node = node.children[level]
-        node.keys.remove(key)
+        node.keys.remove(key)  # type: ignore[attr-defined]
+        if not node.keys:
+            node.keys = _NO_KEYS
         filters.remove(topic_filter)
         if not filters:
             del self._filters[key]
@@ -198,6 +262,7 @@ class SubscriptionTree:
             if child.keys or child.children:
                 break
             del parent.children[level]
+            self._nodes -= 1
         return True
 
     def filters(self, key: Hashable) -> Set[str]:

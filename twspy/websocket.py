@@ -130,6 +130,12 @@ class websocket:
         return getattr(self.sock, name)
 
     def bind(self, address: Any) -> None:
+        """Bind the socket; on POSIX a TCP socket gets ``SO_REUSEADDR`` first, so a server can
+        listen again on its port at once after a restart (connections of the old one in
+        TIME_WAIT would block it for a minute). Not on Windows, where it lets another
+        process take a port in use."""
+        if os.name == "posix" and self.sock.family in (socket.AF_INET, socket.AF_INET6):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(address)
 
     def listen(self, backlog: int = 128) -> None:
@@ -190,10 +196,13 @@ class websocket:
             client.server_handshake()
         return client, address
 
-    def server_handshake(self, timeout: Optional[float] = -1.0) -> None:
+    def server_handshake(self, timeout: Optional[float] = -1.0, received: bytes = b"") -> None:
         """Run TLS (if configured) and the HTTP upgrade as a server, within ``timeout``.
 
-        ``timeout=-1`` means ``handshake_timeout``. Bytes after the request stay buffered.
+        ``timeout=-1`` means ``handshake_timeout``. ``received``: bytes of the request the
+        caller already read from the socket (the Server reads heads in its selector loop).
+        Bytes after the request stay buffered. A request hook or ``select_subprotocol``
+        that raises is logged and answered 500.
         """
         self.server_side = True
         deadline = _deadline(self.handshake_timeout if timeout == -1.0 else timeout)
@@ -203,7 +212,7 @@ class websocket:
                 self.sock.settimeout(_remaining(deadline))
                 self.sock = self.ssl.wrap_socket(self.sock, server_side=True)
             try:
-                head, rest = read_head(lambda n: self._recv_before(deadline, n), self.max_header_size)
+                head, rest = read_head(lambda n: self._recv_before(deadline, n), self.max_header_size, received)
                 request = parse_request(head)
                 request.address = self.address
                 self.request = request
@@ -211,13 +220,13 @@ class websocket:
                 if answer is None:
                     response, self.protocol, self.extensions = server_handshake(
                         request, self.protocols, self.extension_offers, self.trusted_origins, self.locations,
-                        self.select_subprotocol)
+                        self._select_subprotocol if self.select_subprotocol is not None else None)
             except HandshakeError as exc:
                 self._send_before(deadline, error_response(exc))
                 raise
             if answer is not None:
                 self._send_before(deadline, answer[1])
-                raise HandshakeError("answered by process_request", answer[0])
+                raise HandshakeError("answered %d by the request hook" % answer[0], answer[0])
             self._send_before(deadline, response)
         except BaseException:
             self.close()
@@ -227,16 +236,27 @@ class websocket:
         self._opened(rest, require_mask=True)
         self.sock.settimeout(old_timeout)
 
-    def _process_request(self, request: Request) -> Optional[Tuple[int, bytes]]:
+    def answer_request(self, request: Request) -> Optional[Tuple[int, bytes]]:
+        """Run the ``process_request`` hook: None to go on, or ``(status, HTTP response bytes)``
+        (HandshakeError 500 if the hook raised). Also used for each mux channel's request."""
         if self.process_request is None:
             return None
         try:
             return reply_response(self.process_request(request))
         except HandshakeError:
             raise
-        except Exception as exc:
-            logger.exception("process_request failed for %r", request)
+        except (Exception, SystemExit) as exc:  # a bug in the hook: the client still gets an answer
+            logger.error("process_request failed for %r", request, exc_info=exc)
             raise HandshakeError("internal server error", 500) from exc
+
+    def _select_subprotocol(self, client_protocols: List[str], server_protocols: Sequence[str]) -> Optional[str]:
+        try:
+            return self.select_subprotocol(client_protocols, server_protocols)  # type: ignore[misc]
+        except (Exception, SystemExit) as exc:  # as for process_request: 500, not a silent close
+            logger.error("select_subprotocol failed for %r", self.request, exc_info=exc)
+            raise HandshakeError("internal server error", 500) from exc
+
+    _process_request = answer_request  # the former private spelling
 
     # -- client -------------------------------------------------------------------------------
     def connect(self, address: Any) -> None:
