@@ -14,7 +14,7 @@ import threading
 import ssl as _ssl
 from typing import Any, Awaitable, Callable, List, Optional, Sequence, Set, Tuple
 
-from ..errors import ConnectionClosed, HandshakeError
+from ..errors import ConnectionClosed, HandshakeError, InvalidState
 from ..filters import Filter, run_close, run_connect, run_message, run_open
 from ..frame import CLOSE_GOING_AWAY, CLOSE_UNABLE
 from ..handshake import MAX_HEADER_SIZE, Headers, Reply, Request
@@ -105,7 +105,11 @@ class SyncView:
         return self.connection.core.extensions
 
     def prepare(self, message: MessageLike) -> Optional[bytes]:
-        return self.connection.prepare(message)
+        try:
+            return self.connection.prepare(message)
+        except (ConnectionClosed, InvalidState):
+            # Called from another thread, the loop may close the connection meanwhile.
+            return None
 
     def send(self, message: MessageLike) -> None:
         self.send_nowait(message)
