@@ -152,7 +152,9 @@ class TestVectors57:
         assert c.events_received() == [BinaryMessage(payload)]
         s = Protocol(SERVER)
         s.send_binary(payload)
-        assert s.data_to_send() == [h(header) + payload]
+        out = s.data_to_send()
+        assert out == ([h(header) + payload] if size < 16384 else [h(header), payload])  # never copied
+        assert s.encode_binary(payload) == h(header) + payload
 
     def test_send_vectors(self):
         c = Protocol(CLIENT)
@@ -1175,3 +1177,51 @@ class TestAnswerCloseLater:
     def test_nothing_to_answer(self):
         with pytest.raises(InvalidState):
             Protocol(SERVER, answer_close=False).answer_close()
+
+
+class TestLargeFrames:
+    """A large frame's later reads go to the message without the buffer."""
+
+    def test_invalid_utf8_in_a_later_read(self):
+        s = Protocol(SERVER)
+        data = masked(1, b"x" * 1000 + b"\xff" + b"y" * 1000)
+        s.receive_data(data[:500])
+        s.receive_data(data[500:])
+        failed_with(s, 1007)
+
+    def test_reused_receive_buffer(self):
+        # A shell that reads into one bytearray again and again: nothing kept may alias it.
+        payload = bytes(range(256)) * 1000
+        for side in (SERVER, CLIENT):
+            p = Protocol(side, max_size=None)
+            data = frame_for(side, 2, payload) + frame_for(side, 1, b"after")
+            buffer = bytearray(70000)
+            for i in range(0, len(data), 70000):
+                n = len(data[i:i + 70000])
+                buffer[:n] = data[i:i + 70000]
+                p.receive_data(buffer[:n] if n < 70000 else buffer)
+                buffer[:] = b"\xee" * 70000
+            assert p.events_received() == [BinaryMessage(payload), TextMessage("after")]
+
+
+class TestEncodePieces:
+    def test_large_fragments_are_not_copied(self):
+        s = Protocol(SERVER)
+        payload = bytes(range(256)) * 200  # 51,200 bytes
+        s.send_binary(payload, fragment_size=20000)
+        out = s.data_to_send()
+        assert [len(piece) for piece in out] == [4, 20000, 4, 20000, 4 + 11200]
+        assert out[1] == payload[:20000]
+        c = Protocol(CLIENT)
+        c.receive_data(b"".join(out))
+        assert c.events_received() == [BinaryMessage(payload)]
+        s.send_binary(payload[:40000], fragment_size=20000)
+        assert [len(piece) for piece in s.data_to_send()] == [4, 20000, 4, 20000]
+
+    def test_encode_checks_state_and_runs_codecs(self):
+        s = Protocol(SERVER, extensions=[DeflateMessageCodec(threshold=0)])
+        assert s.encode_text("Hello") == h("c107f248cdc9c90700")
+        s.send_close()
+        for call in (lambda: s.encode_text("x"), lambda: s.encode_frames(1, b"x")):
+            with pytest.raises(InvalidState):
+                call()

@@ -40,7 +40,7 @@ from typing import Any, List, Optional, Sequence, Union
 from .errors import HandshakeError, InvalidState, PayloadTooBig, ProtocolError
 from .extension import ExtensionCodec
 from .frame import (CLOSE_NO_STATUS, CLOSE_NORMAL, Frame, check_header, decode_close, encode_close, mask,
-                    parse_data_frame)
+                    mask_into, parse_data_frame)
 from .handshake import Request, Response
 from .message import BinaryMessage, Message, TextMessage
 
@@ -122,6 +122,7 @@ def new_masking_key() -> bytes:
         return pool[:4]
 
 
+_SEPARATE = 16 * 1024  # payloads from this size are written apart from their header, never copied
 _H2 = struct.Struct("!BB")
 _H4 = struct.Struct("!BBH")
 _H10 = struct.Struct("!BBQ")
@@ -203,7 +204,7 @@ class Protocol:
         # message being assembled
         self._msg_opcode = 0              # 0: none; else the first frame's opcode
         self._msg_rsv = 0
-        self._msg_data: Union[bytes, bytearray, None] = None
+        self._msg_parts: List[Union[bytes, bytearray, memoryview]] = []
         self._msg_size = 0                # bytes delivered so far (after inflating)
         self._msg_wire = 0                # payload bytes on the wire so far (before inflating)
         self._msg_frames = 0
@@ -292,20 +293,39 @@ class Protocol:
                 key = new_masking_key()
                 return frame_header(0x80 | opcode, n, 0x80) + key + mask(key, payload)
             return (_H2.pack(0x80 | opcode, n) if n < 126 else frame_header(0x80 | opcode, n, 0)) + payload
+        return b"".join(self.encode_frames(opcode, payload, fragment_size, compress))
+
+    def encode_frames(self, opcode: int, payload: bytes, fragment_size: Optional[int] = None,
+                      compress: bool = True) -> List[bytes]:
+        """:meth:`encode_data` as pieces to write in order: a large payload is a piece of its
+        own, never copied behind its header (for large messages: one copy less)."""
+        if self.state is not OPEN:
+            raise InvalidState("cannot send a message in state %s" % self.state.name)
         rsv = 0
         for codec in self._message_codecs:
             payload, bits = codec.encode_message(opcode, payload, compress)
             rsv |= bits
         if fragment_size is None or len(payload) <= fragment_size:
-            return self._frame_bytes(opcode, payload, True, rsv)
+            return self._frame_pieces(opcode, payload, True, rsv)
         if fragment_size <= 0:
             raise ValueError("fragment_size must be positive")
         last = len(payload) - fragment_size
-        return b"".join([self._frame_bytes(opcode if start == 0 else 0, payload[start:start + fragment_size],
-                                           start >= last, rsv if start == 0 else 0)
-                         for start in range(0, len(payload), fragment_size)])
+        pieces: List[bytes] = []
+        small: List[bytes] = []  # consecutive small pieces go out as one
+        for start in range(0, len(payload), fragment_size):
+            for piece in self._frame_pieces(opcode if start == 0 else 0, payload[start:start + fragment_size],
+                                            start >= last, rsv if start == 0 else 0):
+                if len(piece) < _SEPARATE:
+                    small.append(piece)
+                else:  # a large payload, after its header (a small piece): never empty here
+                    pieces.append(b"".join(small))
+                    small = []
+                    pieces.append(piece)
+        if small:
+            pieces.append(b"".join(small))
+        return pieces
 
-    def _frame_bytes(self, opcode: int, payload: bytes, final: bool, rsv: int) -> bytes:
+    def _frame_pieces(self, opcode: int, payload: bytes, final: bool, rsv: int) -> List[bytes]:
         if self._frame_codecs and opcode < 0x8:
             frame = Frame(opcode, payload, final=final, rsv1=bool(rsv & 0x40), rsv2=bool(rsv & 0x20),
                           rsv3=bool(rsv & 0x10))
@@ -313,20 +333,30 @@ class Protocol:
                 frame = codec.encode_frame(frame)
             payload, rsv = frame.payload, frame.rsv
         b0 = (0x80 if final else 0) | rsv | opcode
+        n = len(payload)
         if self._mask_out:
             key = new_masking_key()
-            return frame_header(b0, len(payload), 0x80) + key + mask(key, payload)
-        return frame_header(b0, len(payload), 0) + payload
+            head = frame_header(b0, n, 0x80) + key
+            payload = mask(key, payload)
+        else:
+            head = frame_header(b0, n, 0)
+        if n < _SEPARATE:
+            return [head + payload]
+        return [head, payload]
+
+    def _frame_bytes(self, opcode: int, payload: bytes, final: bool, rsv: int) -> bytes:
+        return b"".join(self._frame_pieces(opcode, payload, final, rsv))
 
     def send_text(self, text: str, *, fragment_size: Optional[int] = None, compress: bool = True) -> None:
         """Queue a text message; ``fragment_size`` splits it into frames of at most that many
         bytes (§5.4), ``compress=False`` sends it uncompressed under permessage-deflate."""
-        self._out.append(self.encode_text(text, fragment_size=fragment_size, compress=compress))
+        self._out.extend(self.encode_frames(0x1, text.encode("utf-8"), fragment_size, compress))
 
     def send_binary(self, data: Union[bytes, bytearray, memoryview], *, fragment_size: Optional[int] = None,
                     compress: bool = True) -> None:
         """Queue a binary message (see :meth:`send_text`)."""
-        self._out.append(self.encode_binary(data, fragment_size=fragment_size, compress=compress))
+        self._out.extend(self.encode_frames(0x2, data if type(data) is bytes else bytes(data), fragment_size,
+                                            compress))
 
     def _control_bytes(self, opcode: int, payload: Union[bytes, str]) -> bytes:
         if self.state is not OPEN:
@@ -394,7 +424,7 @@ class Protocol:
         del self._buf[:]
         self._pos = 0
         self._frame = None
-        self._msg_data = None
+        self._msg_parts = []
         self._decoder = None
 
     # -- receiving ---------------------------------------------------------------------------
@@ -448,8 +478,34 @@ class Protocol:
                 if end == len(data):
                     return
                 data = memoryview(data)[end:]  # type: ignore[assignment]
+        elif not buf and self._plain and self._frame is not None and not self._frame[0] & 0x08:
+            # A large frame in progress: its bytes go to the message without the buffer.
+            try:
+                data = self._continue_frame(data if type(data) is bytes else bytes(data))  # type: ignore[assignment]
+            except ProtocolError as exc:
+                self._failed(exc)
+                return
+            if not data:
+                return
         buf += data
         self._parse()
+
+    def _continue_frame(self, data: bytes) -> Union[bytes, memoryview]:
+        """Give the data frame in progress what ``data`` has of it; return the rest."""
+        frame = self._frame
+        assert frame is not None
+        b0, length, key, done = frame
+        want = length - done
+        n = len(data)
+        if n < want:
+            frame[3] = done + n
+            self._data(b0, key, done, data, False)
+            return b""
+        self._frame = None
+        view = memoryview(data)
+        self._data(b0, key, done, view[:want] if want < n else data, True)
+        self._update_idle()
+        return view[want:]
 
     def parse_message(self, data: Union[bytes, bytearray]) -> Optional[Message]:
         """The fused receive path, which never changes the protocol: the message when ``data``
@@ -653,7 +709,7 @@ class Protocol:
         if opcode:
             self._msg_opcode = opcode
             self._msg_rsv = b0 & 0x70
-            self._msg_data = None
+            self._msg_parts = []
             self._msg_size = 0
             self._msg_wire = length
             self._msg_frames = 1
@@ -663,53 +719,64 @@ class Protocol:
             self._msg_wire += length
             self._msg_frames += 1
 
-    def _data(self, b0: int, key: Optional[bytes], done: int, chunk: Union[bytes, bytearray],
+    def _data(self, b0: int, key: Optional[bytes], done: int, chunk: Union[bytes, bytearray, memoryview],
               whole: bool) -> None:
-        """Deliver payload bytes of the current data frame (``whole``: its last bytes)."""
+        """Deliver payload bytes of the current data frame (``whole``: its last bytes).
+
+        ``chunk`` may be kept as it is: a fresh slice of our buffer, or received bytes (a
+        memoryview of them), never a buffer the caller may reuse.
+        """
         if key is not None:
             shift = done & 3
-            payload = mask(key[shift:] + key[:shift] if shift else key, chunk)
+            if shift:
+                key = key[shift:] + key[:shift]
+            if len(chunk) > 256:  # in place, in a buffer of our own: one copy less
+                payload: Union[bytes, bytearray, memoryview] = chunk if type(chunk) is bytearray else bytearray(chunk)
+                mask_into(key, payload)  # type: ignore[arg-type]
+            else:
+                payload = mask(key, chunk)
         else:
-            payload = bytes(chunk)
+            payload = chunk
         fin = whole and bool(b0 & 0x80)
         max_size = self.max_size
         if self._frame_codecs:  # per-frame codecs see whole frames (never streamed)
-            frame = Frame(b0 & 0x0F, payload, final=bool(b0 & 0x80), rsv1=bool(b0 & 0x40),
+            frame = Frame(b0 & 0x0F, payload, final=bool(b0 & 0x80), rsv1=bool(b0 & 0x40),  # type: ignore[arg-type]
                           rsv2=bool(b0 & 0x20), rsv3=bool(b0 & 0x10))
             for codec in reversed(self._frame_codecs):
                 frame = codec.decode_frame(frame, max_size)
             payload = frame.payload
         for codec in reversed(self._message_codecs):
-            payload = codec.decode_frame_of_message(payload, self._msg_rsv, fin, max_size)
+            payload = codec.decode_frame_of_message(payload, self._msg_rsv, fin, max_size)  # type: ignore[arg-type]
         size = self._msg_size + len(payload)
         if max_size is not None and size > max_size:
             raise PayloadTooBig("message exceeds the limit of %d bytes" % max_size)
         self._msg_size = size
-        data = self._msg_data
+        parts = self._msg_parts
         decoder = self._decoder
         if decoder is not None:
             try:  # §8.1 fail fast: as soon as the bytes cannot be valid UTF-8 any more
                 text = decoder.decode(payload, fin)
             except UnicodeDecodeError:
                 raise ProtocolError("invalid UTF-8 in a text message", 1007) from None
-            if fin and data is None:  # the whole message in one piece: the decoder's output is it
+            if fin and not parts:  # the whole message in one piece: the decoder's output is it
                 self._end_message(text)
                 return
         if payload:
-            # One buffer that grows, whatever the number of frames (issue: 3 million empty
-            # continuations must not make 3 million objects).
-            if data is None:
-                self._msg_data = payload
-            elif type(data) is bytes:
-                self._msg_data = bytearray(data) + payload
+            # Large pieces are kept as they are (joined once at the end); small ones go into
+            # one growing buffer, so that a million tiny fragments are not a million objects.
+            if len(payload) >= 65536 or not parts:
+                parts.append(payload)
+            elif type(parts[-1]) is bytearray:
+                parts[-1] += payload
             else:
-                data += payload
+                parts.append(bytearray(payload))
         if fin:
-            data = self._msg_data
-            if data is None:
+            if not parts:
                 data = b""
-            elif type(data) is not bytes:
-                data = bytes(data)
+            elif len(parts) == 1:
+                data = parts[0] if type(parts[0]) is bytes else bytes(parts[0])
+            else:
+                data = b"".join(parts)
             self._end_message(data.decode("utf-8") if decoder is not None else data)  # validated above
 
     def _end_message(self, payload: Union[str, bytes]) -> None:
@@ -722,7 +789,7 @@ class Protocol:
         message.payload = payload
         self._msg_opcode = 0
         self._msg_rsv = 0
-        self._msg_data = None
+        self._msg_parts = []
         self._decoder = None
         self._events.append(message)
         self._update_idle()
