@@ -47,6 +47,7 @@ DEFAULT_PING_TIMEOUT = 20.0      # ...and fail the connection (1011) if unanswer
 # Connection's keywords that serve() and connect() take on its behalf.
 CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout")
 _WRITE_HIGH = 64 * 1024          # send() waits above this many buffered bytes (asyncio's default)
+_LARGE = 64 * 1024               # send() writes payloads from this size as pieces (Protocol.encode_frames)
 
 MessageLike = Union[Message, str, bytes, bytearray, memoryview]
 
@@ -348,8 +349,20 @@ class Connection(asyncio.Protocol):
         Raises:
             ConnectionClosed: the connection is closing or closed.
         """
-        data = self._encode(message, fragment_size, compress)
-        self.transport.write(data)
+        kind = type(message)
+        if (kind is bytes or kind is str) and len(message) >= _LARGE and self.core.state is OPEN:
+            # A large payload goes to the transport as its own piece, never copied behind its
+            # header: with an empty write buffer asyncio sends it straight from our object.
+            if isinstance(message, str):
+                pieces = self.core.encode_frames(0x1, message.encode("utf-8"), fragment_size, compress)
+            else:
+                pieces = self.core.encode_frames(0x2, message, fragment_size, compress)  # type: ignore[arg-type]
+            write = self.transport.write
+            for piece in pieces:
+                write(piece)
+        else:
+            data = self._encode(message, fragment_size, compress)
+            self.transport.write(data)
         if self._writing_paused:
             await self._drain()
 
