@@ -294,3 +294,21 @@ def test_over_tls_a_failed_client_reads_its_1009_before_tcp_ends():
                     await asyncio.wait_for(conn.recv(), T)
                 assert info.value.code == 1009
     run(main())
+
+
+def test_messages_before_a_protocol_error_are_answered_before_the_close():
+    """Autobahn 3.2 / 4.1.3 / 5.15: a valid message, then an invalid frame in the same read: the
+    echo of the first goes out, then the close 1002."""
+    async def main():
+        async with serve(echo, "127.0.0.1", 0, extensions=[]) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), T)
+            # "hi" (masked with a zero key), then a frame with reserved opcode 3, in one write
+            writer.write(b"\x81\x82\x00\x00\x00\x00hi" + b"\x83\x80\x00\x00\x00\x00")
+            rest = await asyncio.wait_for(reader.read(), T)
+            assert rest[:4] == b"\x81\x02hi"
+            assert rest[4:5] == b"\x88" and rest[6:8] == b"\x03\xea"
+            writer.close()
+    run(main())

@@ -85,6 +85,8 @@ class Connection(asyncio.Protocol):
         # in the queue: then once the application has taken them (recv() finds the queue
         # empty), so that it can still reply to them; close_timeout bounds the wait.
         protocol.auto_answer_close = False
+        # Likewise a protocol error fails the connection once the messages before it were taken.
+        protocol.defer_failure = True
         self.close_timeout = close_timeout
         self.max_queue = max_queue
         self.max_outbox = max_outbox
@@ -127,9 +129,7 @@ class Connection(asyncio.Protocol):
         else:
             core.receive_data(data)
         self._flush()
-        events = core.events_received()
-        if events:
-            self._handle(events)
+        self._handle(core.events_received())  # also when empty: a failure may be pending
 
     def eof_received(self) -> Optional[bool]:
         self.core.receive_eof()
@@ -189,7 +189,8 @@ class Connection(asyncio.Protocol):
                 transport.close()
         core = self.core
         if self._close_timer is None and self.close_timeout is not None and (
-                core.state is CLOSING or (core.state is OPEN and core.close_rcvd is not None)):
+                core.state is CLOSING or (core.state is OPEN and (core.close_rcvd is not None
+                                                                  or core.failure_pending))):
             # §7.1.1: a close frame went either way; TCP should end soon. Cut a stalled peer
             # (and answer the peer's close frame if the application never took its messages).
             self._close_timer = self._loop.call_later(self.close_timeout, self._close_deadline)
@@ -197,7 +198,10 @@ class Connection(asyncio.Protocol):
     def _close_deadline(self) -> None:
         self._close_timer = None
         core = self.core
-        if core.state is OPEN and core.close_rcvd is not None:
+        if core.failure_pending:
+            core.fail_pending()
+            self._flush()
+        elif core.state is OPEN and core.close_rcvd is not None:
             core.answer_close()
             self._flush()
         else:
@@ -225,6 +229,11 @@ class Connection(asyncio.Protocol):
                 self.request = event
             elif kind is Response:
                 self.response = event
+        core = self.core
+        if core.failure_pending and not any(type(i) in (TextMessage, BinaryMessage) for i in self._inbox):
+            core.fail_pending()  # no message waits for a reply: fail at once (§7.1.7)
+            self._flush()
+            self._wake(self._waiters)
         if not self.opened.done():
             state = self.core.state
             if state is OPEN or (state is not CONNECTING and self.core.handshake_exc is None):
@@ -279,6 +288,9 @@ class Connection(asyncio.Protocol):
         while not inbox:
             # No message can come any more once a close code is known: the peer's close frame
             # arrived, the connection failed (either side), or TCP ended.
+            if self.core.failure_pending:
+                self.core.fail_pending()  # every message before the protocol error was taken
+                self._flush()
             if self.core.close_code is not None or self.closed_future.done():
                 if self.core.close_rcvd is not None and self.core.state is OPEN:
                     self.core.answer_close()  # every message before the close frame was taken
