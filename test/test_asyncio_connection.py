@@ -280,7 +280,8 @@ def test_over_tls_a_failed_client_reads_its_1009_before_tcp_ends():
 
     here = os.path.dirname(os.path.abspath(__file__))
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(os.path.join(here, "certs", "localhost.pem"), os.path.join(here, "certs", "localhost.key"))
+    server_ctx.load_cert_chain(os.path.join(here, "certs", "localhost.pem"),
+                               os.path.join(here, "certs", "localhost.key"))
     client_ctx = ssl.create_default_context(cafile=os.path.join(here, "certs", "localhost.pem"))
 
     async def main():
