@@ -99,7 +99,8 @@ def _size(text: str) -> int:
     return int(float(match.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2)])
 
 
-_SERVE_TYPES: Dict[str, Callable[[str], Any]] = {"port": int, "max_size": _size, "max_connections": int}  # the others are strings
+# the others are strings
+_SERVE_TYPES: Dict[str, Callable[[str], Any]] = {"port": int, "max_size": _size, "max_connections": int}
 
 
 def _listen_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
