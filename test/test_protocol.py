@@ -7,6 +7,7 @@ compared exactly. Classes follow the RFC's sections.
 
 from __future__ import annotations
 
+import logging
 import tracemalloc
 import zlib
 from typing import List
@@ -1225,6 +1226,26 @@ class TestEncodePieces:
         for call in (lambda: s.encode_text("x"), lambda: s.encode_frames(1, b"x")):
             with pytest.raises(InvalidState):
                 call()
+
+
+class TestDebugLogging:
+    def test_frames_both_ways_at_debug(self, caplog):
+        with caplog.at_level(logging.DEBUG, logger="twspy.protocol"):
+            s = Protocol(SERVER)
+            s.receive_data(masked(1, b"in", final=False) + masked(9, b"q") + masked(0, b"!"))
+            s.send_text("out")
+            s.send_close()
+        assert s.events_received() == [Ping(b"q"), TextMessage("in!")]
+        lines = [r.getMessage() for r in caplog.records if r.name == "twspy.protocol"]
+        assert [line.split()[:3] for line in lines] == [
+            ["<", "<Frame", "TEXT"], ["<", "<ControlFrame", "PING"], [">", "<ControlFrame", "PONG"],
+            ["<", "<Frame", "CONTINUATION"], [">", "<Frame", "TEXT"], [">", "<ControlFrame", "CLOSE"]]
+
+    def test_quiet_and_fused_otherwise(self, caplog):
+        with caplog.at_level(logging.INFO, logger="twspy.protocol"):
+            s = Protocol(SERVER)
+            assert s.parse_message(masked(1, b"x")) == TextMessage("x")
+        assert not caplog.records
 
 
 def test_defer_failure_keeps_the_error_pending_until_fail_pending():

@@ -39,7 +39,7 @@ from typing import Any, List, Optional, Sequence, Union
 
 from .errors import HandshakeError, InvalidState, PayloadTooBig, ProtocolError
 from .extension import ExtensionCodec
-from .frame import (CLOSE_NO_STATUS, CLOSE_NORMAL, Frame, check_header, decode_close, encode_close, mask,
+from .frame import (CLOSE_NO_STATUS, CLOSE_NORMAL, ControlFrame, Frame, check_header, decode_close, encode_close, mask,
                     mask_into, parse_data_frame)
 from .handshake import Request, Response
 from .message import BinaryMessage, Message, TextMessage
@@ -156,7 +156,8 @@ class Protocol:
         max_fragments: most frames per message (1009 beyond); None: no limit.
         extensions: the negotiated :class:`~twspy.extension.ExtensionCodec` objects, in the
             order of application (the handshake protocols fill this themselves).
-        logger: where failures are logged (DEBUG); ``logging.getLogger("twspy.protocol")``.
+        logger: where frames (both ways) and failures are logged, at DEBUG; a Logger or a
+            LoggerAdapter (a shell may prefix its connection); ``logging.getLogger("twspy.protocol")``.
         answer_close: answer the peer's close frame as soon as it is parsed (as python-websockets
             does). False leaves the state OPEN with ``close_rcvd`` set until :meth:`answer_close`
             or :meth:`send_close`: a shell that hands messages over one by one then lets the
@@ -187,7 +188,10 @@ class Protocol:
         self.state = state
         self.max_size = max_size
         self.max_fragments = max_fragments
-        self.logger = logger if logger is not None else logging.getLogger("twspy.protocol")
+        self.logger: Any = logger if logger is not None else logging.getLogger("twspy.protocol")
+        # Frames are logged at DEBUG (the level is read once, here); the fused paths, which
+        # make no Frame objects, are then off.
+        self._debug = self.logger.isEnabledFor(logging.DEBUG)
         self.close_code: Optional[int] = None
         self.close_reason = ""
         self.close_rcvd: Optional[Close] = None
@@ -231,7 +235,7 @@ class Protocol:
         # per 64 KiB, plus the flush); more than this per message is no legitimate compressor.
         size = self.max_size
         self._wire_cap = None if size is None else size + (size >> 8) + 64
-        self._plain = not self.extensions  # the fused paths: nothing transforms frames
+        self._plain = not self.extensions and not self._debug  # the fused paths: nothing transforms frames
         self._update_idle()
 
     def _update_idle(self) -> None:
@@ -339,6 +343,9 @@ class Protocol:
             payload, rsv = frame.payload, frame.rsv
         b0 = (0x80 if final else 0) | rsv | opcode
         n = len(payload)
+        if self._debug:  # as it will go on the wire, before masking
+            self.logger.debug("> %r", (ControlFrame if opcode >= 0x8 else Frame)(
+                opcode, payload, final=final, rsv1=bool(rsv & 0x40), rsv2=bool(rsv & 0x20), rsv3=bool(rsv & 0x10)))
         if self._mask_out:
             key = new_masking_key()
             head = frame_header(b0, n, 0x80) + key
@@ -754,6 +761,9 @@ class Protocol:
                 payload = mask(key, chunk)
         else:
             payload = chunk
+        if self._debug:  # whole frames only: nothing is streamed at DEBUG
+            self.logger.debug("< %r", Frame(b0 & 0x0F, payload, final=bool(b0 & 0x80), rsv1=bool(b0 & 0x40),  # type: ignore[arg-type]
+                                            rsv2=bool(b0 & 0x20), rsv3=bool(b0 & 0x10)))
         fin = whole and bool(b0 & 0x80)
         max_size = self.max_size
         if self._frame_codecs:  # per-frame codecs see whole frames (never streamed)
@@ -813,6 +823,8 @@ class Protocol:
 
     def _control(self, opcode: int, payload: bytes) -> None:
         """A whole ping, pong or close frame (§5.5)."""
+        if self._debug:
+            self.logger.debug("< %r", ControlFrame(opcode, payload))
         if opcode == 0x9:
             if self.state is OPEN:  # not once our close frame is out (§5.5.1)
                 self._out.append(self._frame_bytes(0xA, payload, True, 0))
