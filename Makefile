@@ -30,11 +30,13 @@ lint: ## ruff and mypy, when installed
 bench: ## benchmarks against peers and raw TCP (see bench/README.md)
 	$(PYTHON) bench/run.py
 
-compliance: ## Autobahn quick cases, both roles (see compliance/README.md)
+compliance: ## Autobahn quick cases, both roles, threaded and asyncio (see compliance/README.md)
 	$(PYTHON) compliance/run.py --quick
+	$(PYTHON) compliance/run.py --quick --asyncio --no-setup
 
-compliance-full: ## every Autobahn case, both roles
+compliance-full: ## every Autobahn case, both roles, threaded and asyncio
 	$(PYTHON) compliance/run.py
+	$(PYTHON) compliance/run.py --asyncio --no-setup
 
 fuzz: ## a bounded fuzzing campaign against a live server
 	$(PYTHON) test/fuzz.py

@@ -10,7 +10,8 @@ from servers import KINDS, PEERS
 
 __all__ = ["summarize", "tables", "generator_check", "fmt"]
 
-SHORT = {"twspy": "twspy", "websockets-sync": "ws-sync", "websockets-asyncio": "ws-async", "aiohttp": "aiohttp",
+SHORT = {"twspy": "twspy", "twspy-asyncio": "twspy-aio", "websockets-sync": "ws-sync",
+         "websockets-asyncio": "ws-async", "aiohttp": "aiohttp",
          "raw-tcp": "raw-tcp", "websocket-client": "ws-client", "raw": "raw"}
 CLIENT_PEERS = ("websockets-sync", "websocket-client")
 
@@ -63,6 +64,8 @@ def summarize(case: Case, runs: Dict[str, List[Dict[str, Any]]], metric: str = "
         "higher_is_better": better,
         "twspy_vs_best": _ratio(me, peer_values.get(best) if best else None, better),
         "twspy_vs_raw": _ratio(me, medians.get(limit), better),
+        # the asyncio layer against its natural peer, websockets' asyncio server
+        "asyncio_vs_ws_async": _ratio(medians.get("twspy-asyncio"), medians.get("websockets-asyncio"), better),
         "targets": [],
     }
     if metric == "value":
@@ -108,7 +111,8 @@ def tables(cases: List[Case], summaries: Dict[str, Dict[str, Any]]) -> str:
     out = []
     server_cases = [c for c in cases if c.kind != "client"]
     if server_cases:
-        header = ["case", "unit"] + [SHORT[k] for k in KINDS] + ["twspy/best", "twspy/raw", "target"]
+        header = ["case", "unit"] + [SHORT[k] for k in KINDS] + ["twspy/best", "twspy/raw", "aio/ws-async",
+                                                                 "target"]
         rows: List[Any] = []
         for scenario in sorted(SCENARIOS):
             if scenario == "f":
@@ -131,7 +135,7 @@ def tables(cases: List[Case], summaries: Dict[str, Dict[str, Any]]) -> str:
                     rows.append([label, unit] + [fmt(row["medians"].get(k)) + ("*" if k == best else "")
                                                  if k in case.servers else "" for k in KINDS] +
                                 [_ratio_text(row["twspy_vs_best"]), _ratio_text(row["twspy_vs_raw"]),
-                                 _target_text(row)])
+                                 _ratio_text(row.get("asyncio_vs_ws_async")), _target_text(row)])
         out.append(_table(header, rows))
         out.append("* best peer. Ratios read 'times as good as': > 1 means twspy is better, also for the "
                    "lower-is-better rows (memory, latency), where the ratio is peer / twspy.")

@@ -32,7 +32,7 @@ from procs import raise_nofile  # bench/ is this script's directory, hence on sy
 __all__ = ["KINDS", "PEERS", "MAX_SIZE", "main", "profile_to"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KINDS = ("twspy", "websockets-sync", "websockets-asyncio", "aiohttp", "raw-tcp")
+KINDS = ("twspy", "twspy-asyncio", "websockets-sync", "websockets-asyncio", "aiohttp", "raw-tcp")
 PEERS = ("websockets-sync", "websockets-asyncio", "aiohttp")
 MAX_SIZE = 32 << 20  # the 16 MiB scenario, with room
 HOST = "127.0.0.1"
@@ -61,6 +61,26 @@ def serve_twspy(compression: bool) -> None:
                         max_connections=1 << 20)
     _ready(server.address[1])
     server.run()
+
+
+def serve_twspy_asyncio(compression: bool) -> None:
+    """twspy.asyncio's echo, written as websockets' asyncio server is below (one event loop)."""
+    sys.path.insert(0, ROOT)
+    import asyncio
+
+    from twspy.asyncio import serve
+
+    async def handler(client) -> None:
+        async for message in client:
+            await client.send(message)
+
+    async def main() -> None:
+        async with serve(handler, HOST, 0, extensions=None if compression else [], max_size=MAX_SIZE,
+                         ping_interval=None, backlog_size=BACKLOG, max_connections=1 << 20) as server:
+            _ready(server.port)
+            await server.serve_forever()
+
+    asyncio.run(main())
 
 
 def serve_websockets_sync(compression: bool) -> None:
@@ -177,6 +197,7 @@ def serve_raw_tcp(compression: bool) -> None:
 
 SERVE = {
     "twspy": serve_twspy,
+    "twspy-asyncio": serve_twspy_asyncio,
     "websockets-sync": serve_websockets_sync,
     "websockets-asyncio": serve_websockets_asyncio,
     "aiohttp": serve_aiohttp,

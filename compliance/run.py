@@ -2,7 +2,11 @@
 """Run the Autobahn|Testsuite against twspy, as a server and as a client, then check the reports.
 
     python compliance/run.py [--quick] [--role server|client|both] [--cases PATTERN]
-                             [--strict] [--no-compression] [--no-setup]
+                             [--strict] [--no-compression] [--no-setup] [--asyncio]
+
+``--asyncio`` tests the asyncio layer instead: ``echo --asyncio`` as the server and
+``client_driver_asyncio.py`` as the client (reports in ``reports/asyncio-server`` and
+``reports/asyncio-client``).
 
 - server role: starts ``python -m twspy echo --port <free port> --max-size 16M`` on
   127.0.0.1 (log: ``reports/server/echo.log``) and runs ``fuzzingclient.sh`` against it;
@@ -110,11 +114,16 @@ def fresh_dir(role: str) -> str:
     return outdir
 
 
+ASYNCIO = False  # --asyncio: the asyncio server and client instead of the threaded ones
+
+
 def run_server_role(tools: str, cases: str, env: Dict[str, str], no_compression: bool) -> int:
     """twspy's echo server against wstest's fuzzing client; returns the script's exit status."""
-    outdir = fresh_dir("server")
+    outdir = fresh_dir("asyncio-server" if ASYNCIO else "server")
     port = free_port()
     cmd = [sys.executable, "-m", "twspy", "echo", "--port", str(port), "--max-size", MAX_SIZE]
+    if ASYNCIO:
+        cmd.append("--asyncio")
     if no_compression:
         cmd.append("--no-compression")
     log_path = os.path.join(outdir, "echo.log")
@@ -140,14 +149,15 @@ def run_server_role(tools: str, cases: str, env: Dict[str, str], no_compression:
 
 def run_client_role(tools: str, cases: str, env: Dict[str, str], no_compression: bool) -> int:
     """client_driver.py against wstest's fuzzing server; returns the script's exit status."""
-    outdir = fresh_dir("client")
+    outdir = fresh_dir("asyncio-client" if ASYNCIO else "client")
     env = dict(env, AUTOBAHN_CASES=cases)
     if no_compression:
         env["TWSPY_NO_COMPRESSION"] = "1"
     log_path = os.path.join(outdir, "client_driver.log")
     print("run.py: client role: client_driver.py (log %s)" % os.path.relpath(log_path), flush=True)
+    driver = "client_driver_asyncio.py" if ASYNCIO else "client_driver.py"
     cmd = [os.path.join(tools, "fuzzingserver.sh"), str(free_port()), outdir, "--",
-           sys.executable, os.path.join(HERE, "client_driver.py"), "--log", log_path]
+           sys.executable, os.path.join(HERE, driver), "--log", log_path]
     return subprocess.call(cmd, env=env, cwd=ROOT)
 
 
@@ -159,7 +169,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--strict", action="store_true", help="NON-STRICT and INFORMATIONAL fail the check too")
     parser.add_argument("--no-compression", action="store_true", help="run without permessage-deflate")
     parser.add_argument("--no-setup", action="store_true", help="do not run setup.sh first")
+    parser.add_argument("--asyncio", action="store_true", help="test twspy.asyncio's server and client")
     args = parser.parse_args(argv)
+    global ASYNCIO
+    ASYNCIO = args.asyncio
 
     tools = find_tools()
     if tools is None:
@@ -196,6 +209,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     lines = []
     for role, rc, elapsed in results:
+        role = "asyncio-" + role if ASYNCIO else role
         outdir = os.path.join(REPORTS, role)
         if not os.path.isfile(os.path.join(outdir, "index.json")):
             lines.append("%s: no report (exit %d)" % (role, rc))

@@ -148,6 +148,8 @@ def node_part(run: Run, log_dir: str) -> None:
         for proc, _ in servers:
             proc.stop()
 
+    asyncio_node_part(run, log_dir, node_client)
+
     peer = "twspy.connect -> Node ws server"
     for deflate, label in (("off", "no compression (perMessageDeflate: false)"),
                            ("default", "permessage-deflate, ws defaults"),
@@ -159,6 +161,52 @@ def node_part(run: Run, log_dir: str) -> None:
             continue
         try:
             run.scenario(peer, label, [sys.executable, os.path.join(HERE, "twspy_client.py"),
+                                       "ws://127.0.0.1:%d" % info["port"], "--deflate", deflate,
+                                       "--max-size", str(MAX_SIZE)], 150)
+        finally:
+            proc.stop()
+
+
+def asyncio_node_part(run: Run, log_dir: str, node_client: List[str]) -> None:
+    """The asyncio layer both ways: Node ws -> ``twspy echo --asyncio``, twspy.asyncio.connect -> Node ws."""
+    servers = []
+    size = ["--max-size", str(MAX_SIZE)]
+    try:
+        try:
+            for name, options in (("deflate", ("--asyncio",)), ("plain", ("--asyncio", "--no-compression")),
+                                  ("tls", ("--asyncio", "--certfile", os.path.join(CERTS, "localhost.pem"),
+                                           "--keyfile", os.path.join(CERTS, "localhost.key")))):
+                servers.append(start_twspy_echo(log_dir, "twspy-asyncio-echo-" + name, *options))
+        except StartError as exc:
+            run.broken("Node ws client -> twspy echo --asyncio", "start twspy echo --asyncio", str(exc))
+            return
+        (_, deflate_port), (_, plain_port), (_, tls_port) = servers
+        peer = "Node ws client -> twspy echo --asyncio"
+        run.scenario(peer, "permessage-deflate, ws defaults (+ 22 s idle: twspy keepalive pings)",
+                     node_client + ["ws://127.0.0.1:%d/" % deflate_port, "--deflate", "default",
+                                    "--keepalive", "22"] + size, 150)
+        run.scenario(peer, "permessage-deflate, no context takeover, 9-bit windows",
+                     node_client + ["ws://127.0.0.1:%d/" % deflate_port, "--deflate", "tuned"] + size, 150)
+        run.scenario(peer, "no compression (--no-compression)",
+                     node_client + ["ws://127.0.0.1:%d/" % plain_port, "--deflate", "off"] + size, 150)
+        run.scenario(peer, "wss:// + permessage-deflate (test certificate as CA)",
+                     node_client + ["wss://127.0.0.1:%d/" % tls_port, "--deflate", "default",
+                                    "--ca", os.path.join(CERTS, "localhost.pem")] + size, 150)
+    finally:
+        for proc, _ in servers:
+            proc.stop()
+
+    peer = "twspy.asyncio.connect -> Node ws server"
+    for deflate, label in (("off", "no compression (perMessageDeflate: false)"),
+                           ("default", "permessage-deflate, ws defaults"),
+                           ("tuned", "permessage-deflate, no context takeover, 9-bit windows, threshold 0")):
+        try:
+            proc, info = start_node_echo(log_dir, deflate, MAX_SIZE)
+        except StartError as exc:
+            run.broken(peer, label, str(exc))
+            continue
+        try:
+            run.scenario(peer, label, [sys.executable, os.path.join(HERE, "twspy_asyncio_client.py"),
                                        "ws://127.0.0.1:%d" % info["port"], "--deflate", deflate,
                                        "--max-size", str(MAX_SIZE)], 150)
         finally:

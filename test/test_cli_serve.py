@@ -381,7 +381,8 @@ def test_aliases():
 def test_every_serve_option_is_a_config_key():
     args = _parser().parse_args(["serve", "-f", "x", "-c", "c.json", "--host", "h", "--port", "1", "--max-size", "1k",
                                  "--certfile", "c", "--keyfile", "k", "--subprotocol", "p", "--no-compression",
-                                 "--quiet", "--token", "t", "--redis", "r", "--hub", "h", "--unix", "u"])
+                                 "--quiet", "--token", "t", "--redis", "r", "--hub", "h", "--unix", "u",
+                                 "--max-connections", "2", "--asyncio"])
     assert set(vars(args)) - {"command", "config"} == set(_SERVE_DEFAULTS)
     assert set(vars(_parser().parse_args(["serve"]))) == {"command"}  # unset options stay unset (config)
 

@@ -1246,3 +1246,19 @@ class TestDebugLogging:
             s = Protocol(SERVER)
             assert s.parse_message(masked(1, b"x")) == TextMessage("x")
         assert not caplog.records
+
+
+def test_defer_failure_keeps_the_error_pending_until_fail_pending():
+    """A shell handing messages over one by one answers those before a protocol error first."""
+    p = Protocol(SERVER)
+    p.defer_failure = True
+    p.receive_data(masked(0x1, b"first") + masked(0x3, b"bad opcode") + masked(0x1, b"after"))
+    assert p.events_received() == [TextMessage("first")]
+    assert p.failure_pending and p.state is OPEN and p.close_code is None and p.data_to_send() == []
+    p.send_text("echo of first")  # still allowed: the peer gets it before the close
+    assert p.data_to_send() == [plain(0x1, b"echo of first")]
+    p.fail_pending()
+    assert p.state is CLOSING and p.close_code == 1002 and not p.failure_pending
+    assert p.data_to_send()[0][:1] == b"\x88"
+    p.fail_pending()  # nothing pending: nothing happens
+    assert p.data_to_send() == []

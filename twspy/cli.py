@@ -3,7 +3,7 @@
 ::
 
     twspy echo    [--host H] [--port P] [--max-size N] [--certfile F --keyfile F] [--subprotocol P]
-                  [--no-compression] [--quiet]
+                  [--no-compression] [--max-connections N] [--asyncio] [--quiet]
     twspy serve   [-f SPEC]... [-c FILE] [--token T]... [--redis URL | --hub URL] + echo's options
     twspy proxy   --upstream URL [--insecure] [--host H] [--port P] [--max-size N] [--certfile F --keyfile F]
                   [--quiet]
@@ -76,7 +76,7 @@ FILTER_ALIASES = {
 _SERVE_DEFAULTS: Dict[str, Any] = {
     "host": "127.0.0.1", "port": 8000, "max_size": DEFAULT_MAX_SIZE, "certfile": None, "keyfile": None,
     "subprotocol": [], "no_compression": False, "quiet": False, "filter": [], "token": [], "redis": None,
-    "hub": None, "unix": None,
+    "hub": None, "unix": None, "max_connections": 1024, "asyncio": False,
 }
 
 
@@ -99,7 +99,8 @@ def _size(text: str) -> int:
     return int(float(match.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2)])
 
 
-_SERVE_TYPES: Dict[str, Callable[[str], Any]] = {"port": int, "max_size": _size}  # the others are strings
+# the others are strings
+_SERVE_TYPES: Dict[str, Callable[[str], Any]] = {"port": int, "max_size": _size, "max_connections": int}
 
 
 def _listen_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -117,6 +118,16 @@ def _listen_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
                         help="listen on this Unix domain socket instead of host and port")
 
 
+def _server_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """echo's and serve's: the connection limit and the asyncio layer."""
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+    parser.add_argument("--max-connections", type=int, metavar="N", default=default(1024),
+                        help="clients served at once; more get HTTP 503 (default 1024)")
+    parser.add_argument("--asyncio", action="store_true", default=default(False),
+                        help="serve on one asyncio event loop (twspy.asyncio) instead of a thread per client")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twspy", description="WebSocket servers (echo, serve, proxy) and a "
                                      "client (connect).")
@@ -128,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     echo.add_argument("--subprotocol", action="append", default=[], help="subprotocol to accept (repeatable)")
     echo.add_argument("--no-compression", action="store_true", help="do not accept permessage-deflate")
     echo.add_argument("--quiet", "-q", action="store_true", help="log warnings only")
+    _server_options(echo, defaults=True)
 
     # No defaults here (SUPPRESS): an option absent from the command line may come from --config.
     serve = sub.add_parser(
@@ -149,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
                             "'Authorization: Bearer TOKEN' or ?token=TOKEN, others get 401")
     serve.add_argument("--redis", metavar="URL", help="attach a twspy.hub.Hub on this Redis URL (a cluster)")
     serve.add_argument("--hub", metavar="URL", help="attach a twspy.hub.Hub on URL (redis://..., memory://...)")
+    _server_options(serve, defaults=False)
 
     proxy = sub.add_parser("proxy", help="relay every client to an upstream WebSocket server",
                            description="Relay each client to UPSTREAM (path and query appended), message by "
@@ -229,8 +242,22 @@ def _echo(args: argparse.Namespace) -> int:
     _setup_logging(args.quiet)
     context = _server_context(args.certfile, args.keyfile)
     extensions: Optional[List[Extension]] = [] if args.no_compression else None  # None: permessage-deflate
+    if args.asyncio:
+        if args.unix:
+            raise UsageError("--unix is not available with --asyncio yet")
+        from .asyncio.server import Server as AsyncServer  # imported only when asked for
+
+        class AsyncEcho(AsyncServer):
+            async def onmessage(self, client: Any, message: Message) -> None:
+                await client.send(message)
+
+        return _run_asyncio(lambda: AsyncEcho((args.host, args.port), ssl=context, max_size=args.max_size,
+                                              extensions=extensions, protocols=args.subprotocol,
+                                              max_connections=args.max_connections),
+                            "twspy echo server on %s (asyncio; Ctrl-C stops it)", context)
     server = _listen("echo", EchoServer, (args.host, args.port), args.unix, ssl=context, max_size=args.max_size,
-                     extensions=extensions, protocols=args.subprotocol)
+                     extensions=extensions, protocols=args.subprotocol,
+                     max_connections=args.max_connections)
     if server is None:
         return 1
     print("twspy echo server on %s (Ctrl-C stops it)" % _url(server, context), file=sys.stderr, flush=True)
@@ -283,9 +310,20 @@ def _serve(args: argparse.Namespace) -> int:
             print("twspy serve: cannot attach the hub %s: %s" % (_redact_url(hub_url), exc), file=sys.stderr)
             return 1
     try:
+        if options["asyncio"]:
+            if options["unix"]:
+                raise UsageError("--unix is not available with --asyncio yet")
+            from .asyncio.server import Server as AsyncServer  # imported only when asked for
+            banner = "twspy serve on %%s (asyncio; filters: %s%s; Ctrl-C stops it)" % (
+                ", ".join(type(f).__name__ for f in filters), "; hub: %s" % _redact_url(hub_url) if hub_url else "")
+            return _run_asyncio(lambda: AsyncServer(
+                (options["host"], options["port"]), ssl=context, filters=filters, hub=hub,
+                max_size=options["max_size"], extensions=extensions, protocols=options["subprotocol"],
+                max_connections=options["max_connections"]), banner, context)
         server = _listen("serve", Server, (options["host"], options["port"]), options["unix"], ssl=context,
                          filters=filters, hub=hub, max_size=options["max_size"], extensions=extensions,
-                         protocols=options["subprotocol"])
+                         protocols=options["subprotocol"],
+                         max_connections=options["max_connections"])
         if server is None:
             return 1
         print("twspy serve on %s (filters: %s%s; Ctrl-C stops it)" % (
@@ -438,6 +476,29 @@ def _proxy(args: argparse.Namespace) -> int:
 
 
 # -- shared by the servers ----------------------------------------------------------------------
+def _run_asyncio(make_server: Callable[[], Any], banner: str, context: Optional[ssl.SSLContext]) -> int:
+    """Run a twspy.asyncio server until Ctrl-C or SIGTERM, which close it (1001 to every client)."""
+    import asyncio
+
+    async def main() -> int:
+        server = make_server()
+        try:
+            await server.start()
+        except OSError as exc:
+            print("twspy: cannot listen on %s:%s: %s" % (server.address[0], server.address[1], exc),
+                  file=sys.stderr)
+            return 1
+        print(banner % _url(server, context), file=sys.stderr, flush=True)
+        loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.close()))
+        await server.serve_forever()
+        return 0
+
+    return asyncio.run(main())
+
+
 class _RedactingFormatter(logging.Formatter):
     """Hides ``token=...`` query values: request paths are logged, and a token in one is a secret."""
 
@@ -489,7 +550,7 @@ def _listen(command: str, factory: Callable[..., Server], address: Tuple[str, in
         return None
 
 
-def _url(server: Server, context: Optional[ssl.SSLContext]) -> str:
+def _url(server: Any, context: Optional[ssl.SSLContext]) -> str:
     if isinstance(server.address, str):  # a Unix socket
         return "unix:%s (%s://localhost/)" % (server.address, "wss" if context else "ws")
     host = "[%s]" % server.address[0] if ":" in server.address[0] else server.address[0]

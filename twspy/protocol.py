@@ -180,6 +180,11 @@ class Protocol:
                  answer_close: bool = True) -> None:
         self.side = side
         self.auto_answer_close = answer_close
+        # defer_failure: a shell that hands messages over one by one sets it so that the messages
+        # parsed before a protocol error are handled (and answered) before the connection is
+        # failed: the error is kept in failure_pending until it calls fail_pending().
+        self.defer_failure = False
+        self.failure_pending = False
         self.state = state
         self.max_size = max_size
         self.max_fragments = max_fragments
@@ -586,7 +591,19 @@ class Protocol:
     def _failed(self, exc: ProtocolError) -> None:
         self.error = exc
         self.logger.debug("failing the connection: %s", exc)
+        if self.defer_failure and self.state is OPEN:
+            self._discard()  # nothing after the error counts; fail_pending() fails the connection
+            self.failure_pending = True
+            return
         self.fail(exc.code, exc.message)
+
+    def fail_pending(self) -> None:
+        """Fail the connection for the protocol error that ``defer_failure`` kept pending (§7.1.7)."""
+        if self.failure_pending:
+            self.failure_pending = False
+            assert self.error is not None
+            if self.state is OPEN:
+                self.fail(self.error.code, self.error.message)
 
     def _parse(self) -> None:
         """Parse what the buffer holds: whole frames, and the part of a data frame that has

@@ -1,0 +1,156 @@
+"""Connecting as a client on an event loop: ``await connect(url)`` or ``async with connect(url)``.
+
+The opening handshake runs in the sans-I/O core (:class:`twspy.handshake_protocol.ClientProtocol`);
+this module opens TCP (and TLS), follows redirects and answers a 401 when the URL carries
+credentials, as the threaded :func:`twspy.connect` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl as _ssl
+import urllib.parse
+from typing import Any, Generator, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
+
+from ..client import MAX_AUTH_ATTEMPTS, MAX_REDIRECTS, basic_auth, digest_auth
+from ..errors import HandshakeError
+from ..extension import Extension
+from ..handshake import MAX_HEADER_SIZE, Headers
+from ..handshake_protocol import ClientProtocol
+from ..permessage_deflate import default_extensions
+from ..protocol import DEFAULT_MAX_SIZE
+from ..uri import WebSocketURI, parse_uri
+from .connection import CONNECTION_OPTIONS, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
+
+__all__ = ["connect"]
+
+logger = logging.getLogger("twspy.asyncio.client")
+
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+
+class connect:
+    """Open a WebSocket connection to a ws:// or wss:// ``url``.
+
+    ``conn = await connect(url)``, or ``async with connect(url) as conn:`` (closed with 1000
+    on leaving). Follows redirects (up to MAX_REDIRECTS; credentials are dropped when the
+    host changes, and wss:// never goes to ws://) and answers a 401 with Basic or Digest auth
+    when the URL has ``user:password@``.
+
+    Args:
+        protocols: subprotocols to offer (``conn.protocol`` is the chosen one).
+        extensions: Extension instances to offer (None: permessage-deflate; ``[]`` for none).
+        origin: the Origin header. headers: extra request headers (a mapping or pairs).
+        ssl: SSLContext for wss:// (default: ``ssl.create_default_context()``, which checks
+            the certificate and the hostname, with SNI).
+        timeout: seconds for TCP connect + TLS + the HTTP upgrade of each attempt
+            (``handshake_timeout`` is the same option under the websocket's name).
+        connection_class: the :class:`~twspy.asyncio.Connection` subclass to build.
+        max_size, max_header_size, close_timeout, max_queue, max_outbox, ping_interval
+            (default 20 s), ping_timeout (default 20 s): as the threaded connect().
+
+    Raises:
+        InvalidURI, HandshakeError (``status``, ``headers``, ``body`` of the answer),
+        NegotiationError, TimeoutError, OSError.
+    """
+
+    def __init__(self, url: str, *, protocols: Optional[Sequence[str]] = None,
+                 extensions: Optional[Sequence[Extension]] = None, origin: Optional[str] = None,
+                 headers: Union[None, Mapping[str, str], Iterable[Tuple[str, str]]] = None,
+                 ssl: Optional[_ssl.SSLContext] = None, timeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT,
+                 connection_class: Type[Connection] = Connection, max_size: Optional[int] = DEFAULT_MAX_SIZE,
+                 max_header_size: int = MAX_HEADER_SIZE, **options: Any) -> None:
+        self.timeout = options.pop("handshake_timeout", timeout)
+        unknown = set(options) - set(CONNECTION_OPTIONS)
+        if unknown:
+            raise TypeError("unexpected options: %s" % ", ".join(sorted(unknown)))
+        self.uri = parse_uri(url)
+        self.protocols = list(protocols or ())
+        self.extensions = default_extensions() if extensions is None else list(extensions)
+        self.origin = origin
+        self.headers = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
+        self.ssl = ssl
+        self.connection_class = connection_class
+        self.max_size = max_size
+        self.max_header_size = max_header_size
+        self.options = dict(options)
+        self.options.setdefault("ping_interval", DEFAULT_PING_INTERVAL)
+        self.options.setdefault("ping_timeout", DEFAULT_PING_TIMEOUT)
+        self.connection: Optional[Connection] = None
+
+    def __await__(self) -> Generator[Any, None, Connection]:
+        return self._connect().__await__()
+
+    async def __aenter__(self) -> Connection:
+        self.connection = await self._connect()
+        return self.connection
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+
+    async def _connect(self) -> Connection:
+        uri = self.uri
+        auth_header: Optional[str] = None
+        auth_attempts = 0
+        for _ in range(MAX_REDIRECTS + 1):
+            extra = self.headers + ([("Authorization", auth_header)] if auth_header else [])
+            try:
+                try:
+                    return await asyncio.wait_for(self._attempt(uri, extra), self.timeout)
+                except asyncio.TimeoutError:
+                    raise TimeoutError("opening handshake timed out after %s seconds" % self.timeout) from None
+            except HandshakeError as exc:
+                status = exc.status
+                answer = exc.headers if isinstance(exc.headers, Headers) else None
+                if status in (301, 302, 303, 307, 308) and answer is not None and "Location" in answer:
+                    location = urllib.parse.urljoin(_http_url(uri), answer["Location"])
+                    location = re.sub(r"^http", "ws", location)
+                    logger.info("redirected to %s", location.partition("?")[0])
+                    new = parse_uri(location)
+                    if uri.secure and not new.secure:
+                        raise HandshakeError("refusing a redirect from wss:// to ws://", status, exc.headers,
+                                             exc.body) from None
+                    if (new.host, new.port) != (uri.host, uri.port):
+                        auth_header = None  # credentials never follow a redirect to another host
+                    uri = new._replace(user_info=new.user_info or (uri.user_info if new.host == uri.host else None))
+                    continue
+                if status == 401 and uri.user_info and answer is not None and auth_attempts < MAX_AUTH_ATTEMPTS:
+                    auth_attempts += 1
+                    auth_header = _answer_challenge(answer.get_all("WWW-Authenticate"), uri)
+                    if auth_header:
+                        continue
+                raise
+        raise HandshakeError("too many redirects (more than %d)" % MAX_REDIRECTS)
+
+    async def _attempt(self, uri: WebSocketURI, headers: List[Tuple[str, str]]) -> Connection:
+        core = ClientProtocol(host=uri.host_header, location=uri.resource, origin=self.origin,
+                              protocols=self.protocols, extensions=self.extensions, headers=headers,
+                              max_header_size=self.max_header_size, max_size=self.max_size, logger=logger)
+        context = (self.ssl or _ssl.create_default_context()) if uri.secure else None
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(lambda: self.connection_class(core, **self.options), uri.host,
+                                               uri.port, ssl=context, server_hostname=uri.host if context else None)
+        try:
+            await asyncio.shield(conn.opened)
+        except BaseException:
+            conn.abort()
+            raise
+        return conn
+
+
+def _answer_challenge(challenges: List[str], uri: WebSocketURI) -> Optional[str]:
+    user, password = uri.user_info  # type: ignore[misc]
+    for challenge in challenges:
+        if challenge.split(" ", 1)[0].lower() == "digest":
+            return digest_auth(challenge, user, password, "GET", uri.resource)
+    for challenge in challenges:
+        if challenge.split(" ", 1)[0].lower() == "basic":
+            return basic_auth(user, password)
+    return None
+
+
+def _http_url(uri: WebSocketURI) -> str:
+    return "%s://%s%s" % ("https" if uri.secure else "http", uri.host_header, uri.resource)
