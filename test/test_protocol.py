@@ -418,12 +418,18 @@ class TestLimits:
         failed_with(s, 1009)
 
     def test_compressed_bytes_per_message(self):
-        # Empty final deflate blocks inflate to nothing: only the wire count stops them.
+        # Empty stored blocks (sync flushes) inflate to nothing: only the wire count stops them.
+        s = Protocol(SERVER, max_size=1000, extensions=[DeflateMessageCodec()])
+        s.receive_data(masked(2, h("0000ffff00") * 120, rsv1=True, final=False))
+        assert s.state is OPEN
+        s.receive_data(masked(0, h("0000ffff00") * 120, final=False))
+        failed_with(s, 1009)
+
+    def test_repeated_final_deflate_blocks(self):
+        # One restart after a final block is tolerated; a second is corrupt data (1007).
         s = Protocol(SERVER, max_size=1000, extensions=[DeflateMessageCodec()])
         s.receive_data(masked(2, h("0300") * 300, rsv1=True, final=False))
-        assert s.state is OPEN
-        s.receive_data(masked(0, h("0300") * 300, final=False))
-        failed_with(s, 1009)
+        failed_with(s, 1007)
 
     def test_uncompressed_message_under_compression_over_max_size(self):
         s = Protocol(SERVER, max_size=10, extensions=[DeflateMessageCodec()])
