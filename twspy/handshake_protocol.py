@@ -36,8 +36,8 @@ class ServerProtocol(Protocol):
     when the server is full).
 
     Args:
-        protocols, extensions, trusted_origins, locations, select_subprotocol,
-        process_request, max_header_size: as :class:`~twspy.websocket.websocket` has them.
+        protocols, extensions, trusted_origins, locations, select_subprotocol, process_request, max_header_size:
+            as :class:`~twspy.websocket.websocket` has them.
         address: the peer's address, set on the request before ``process_request`` sees it.
         max_size, max_fragments, logger: as :class:`Protocol`.
     """
@@ -121,10 +121,12 @@ class ClientProtocol(Protocol):
     cannot accept sends a close frame with 1010 (§7.4.1) and sets a NegotiationError.
 
     Args:
-        host: the Host header. location: the resource requested ("/path?query").
+        host: the Host header.
+        location: the resource requested ("/path?query").
         origin, protocols, extensions, headers, max_header_size: as
-        :class:`~twspy.websocket.websocket` has them. key: the Sec-WebSocket-Key (fresh
-        by default). max_size, max_fragments, logger: as :class:`Protocol`.
+            :class:`~twspy.websocket.websocket` has them.
+        key: the Sec-WebSocket-Key (fresh by default).
+        max_size, max_fragments, logger: as :class:`Protocol`.
     """
 
     def __init__(self, *, host: str, location: str = "/", origin: Optional[str] = None,
