@@ -60,7 +60,7 @@ class Headers:
         return [v for k, v in self._items if k.lower() == lname]
 
     def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
-        """The value of ``name``; several lines are joined with ``, `` (RFC 7230 §3.2.2)."""
+        """The value of ``name``; several lines are joined with ``", "`` (RFC 7230 §3.2.2)."""
         values = self.get_all(name)
         return ", ".join(values) if values else default
 
