@@ -39,7 +39,7 @@ compliance-full: ## every Autobahn case, both roles, threaded and asyncio
 	$(PYTHON) compliance/run.py --asyncio --no-setup
 
 fuzz: ## a bounded fuzzing campaign against a live server
-	$(PYTHON) test/fuzz.py
+	$(PYTHON) tools/fuzz.py
 
 clean: ## remove caches and build output (the built accelerator too)
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis htmlcov .coverage twspy/_speedups.*.so twspy/_speedups.*.pyd

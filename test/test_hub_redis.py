@@ -1,5 +1,5 @@
 """The hub across processes through a real Redis: each test starts its own ``redis-server``
-(127.0.0.1, a free port, persistence off) and server processes (test/hubnode.py, or
+(127.0.0.1, a free port, persistence off) and server processes (tools/hubnode.py, or
 ``python -m twspy serve --redis``), kills and restarts them, and checks what clients see.
 
 Without redis-server these tests skip, except under ``TWSPY_REQUIRE_REDIS=1`` (CI), where
@@ -107,7 +107,7 @@ def redis_server(request, tmp_path):
 
 
 class Node:
-    """A server process with a Redis hub (test/hubnode.py or ``twspy serve``)."""
+    """A server process with a Redis hub (tools/hubnode.py or ``twspy serve``)."""
 
     def __init__(self, args, env=None) -> None:
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -165,7 +165,7 @@ def nodes(redis_server):
     started = []
 
     def start(*extra):
-        node = Node([sys.executable, os.path.join(HERE, "hubnode.py"), "--redis", redis_server.url, *extra])
+        node = Node([sys.executable, os.path.join(ROOT, "tools", "hubnode.py"), "--redis", redis_server.url, *extra])
         node.wait_port("port ")
         started.append(node)
         return node
