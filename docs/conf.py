@@ -15,9 +15,13 @@ author = "the twspy authors"
 copyright = "the twspy authors, BSD 3-Clause"
 release = version = twspy.__version__
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.viewcode"]
+extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.doctest", "sphinx.ext.napoleon", "sphinx.ext.viewcode"]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+# Pages are MyST Markdown; ``{testcode}`` blocks run in test/test_docs.py, examples are included verbatim.
+myst_enable_extensions = ["colon_fence"]
+myst_heading_anchors = 3
 templates_path: list = []
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "README.md"]
 root_doc = "index"
 
 # Google-style docstrings (STYLE.md); signatures keep the source's type hints as written.
