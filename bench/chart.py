@@ -26,7 +26,7 @@ DATA = os.path.join(STATIC, "bench-ratios.json")
 SVG = os.path.join(STATIC, "bench-ratios.svg")
 
 # Geometry, in SVG user units (pixels at 100 %).
-LABEL_W = 300   # case titles
+LABEL_W = 330   # case titles
 BAR_W = 360     # the bar area; the axis runs from 0 to the largest ratio shown, at least 2x
 ROW_H = 34
 TOP = 58

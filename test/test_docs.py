@@ -75,7 +75,7 @@ def test_there_are_pages_and_samples():
 def test_python_samples_are_run_or_included():
     """No Python sample escapes the tests: a plain ```python block would be shown and never run."""
     for path in list(pages()) + ["README.md"]:
-        for kind, argument, body in blocks(path):
+        for kind, _, body in blocks(path):
             assert kind not in ("python", "py", "python3", "pycon", "{code-block}", "{code}", "{eval-rst}") or (
                 path == "README.md" and kind == "python"), "%s: a Python sample that no test runs:\n%s" % (path, body)
 
@@ -88,7 +88,8 @@ def test_literalincludes_exist_and_every_example_is_shown():
                 target = os.path.normpath(os.path.join(ROOT, os.path.dirname(path), argument))
                 assert os.path.isfile(target), "%s: %s does not exist" % (path, argument)
                 included.add(os.path.relpath(target, ROOT))
-    examples = {os.path.join("examples", n) for n in os.listdir(EXAMPLES) if n.endswith(".py") and not n.startswith("_")}
+    examples = {os.path.join("examples", name) for name in os.listdir(EXAMPLES)
+                if name.endswith(".py") and not name.startswith("_")}
     assert examples <= included, "examples not shown in docs/: %s" % sorted(examples - included)
 
 
@@ -168,3 +169,27 @@ def test_layer_diagram_is_current():
         assert f.read() == layers.render()
     for module in layers.modules():
         assert os.path.isfile(os.path.join(ROOT, module)), module
+
+
+def test_limits_page_lists_every_numeric_option():
+    """docs/limits.md has a row for every parameter with a number as its default, in every public signature
+    that takes limits (a limit added to the code without a line in the table fails here)."""
+    import inspect
+
+    import twspy
+    import twspy.asyncio
+    from twspy import filters, hub, protocol, proxy
+
+    with open(os.path.join(DOCS, "limits.md"), encoding="utf-8") as f:
+        page = f.read()
+    callables = [twspy.websocket, twspy.Connection, twspy.Server, twspy.connect, twspy.reconnect,
+                 twspy.asyncio.connect, twspy.asyncio.serve, twspy.asyncio.Server, twspy.asyncio.Connection,
+                 twspy.DeflateMessage, twspy.DeflateFrame, twspy.Multiplex, protocol.Protocol, hub.Hub,
+                 hub.TopicBroadcast, hub.MemoryBroker, proxy.ProxyServer, filters.BearerAuth]
+    missing = []
+    for obj in callables:
+        for name, param in inspect.signature(obj).parameters.items():
+            default = param.default
+            if type(default) in (int, float) and name != "port" and "`%s`" % name not in page:
+                missing.append("%s(%s=%r)" % (obj.__qualname__, name, default))
+    assert not missing, "not in docs/limits.md: %s" % ", ".join(missing)
