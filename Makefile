@@ -1,7 +1,7 @@
 # twspy — every target is a one-liner; `make help` lists them.
 PYTHON ?= python3
 
-.PHONY: help build test test-all cov lint bench compliance compliance-full fuzz clean
+.PHONY: help build test test-all cov lint docs bench compliance compliance-full fuzz clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -27,6 +27,10 @@ lint: ## ruff and mypy, when installed
 	-$(PYTHON) -m ruff check twspy test
 	-$(PYTHON) -m mypy twspy
 
+docs: ## the documentation site with Sphinx, warnings as errors, in docs/_build/html (installs sphinx, myst-parser)
+	@$(PYTHON) -c "import sphinx, myst_parser" 2>/dev/null || $(PYTHON) -m pip install -q sphinx myst-parser
+	$(PYTHON) -m sphinx -W --keep-going -E -q -b html docs docs/_build/html
+
 bench: ## benchmarks against peers and raw TCP (see bench/README.md)
 	$(PYTHON) bench/run.py
 
@@ -42,5 +46,5 @@ fuzz: ## a bounded fuzzing campaign against a live server
 	$(PYTHON) tools/fuzz.py
 
 clean: ## remove caches and build output (the built accelerator too)
-	rm -rf build dist *.egg-info .pytest_cache .hypothesis htmlcov .coverage twspy/_speedups.*.so twspy/_speedups.*.pyd
+	rm -rf build dist docs/_build *.egg-info .pytest_cache .hypothesis htmlcov .coverage twspy/_speedups.*.so twspy/_speedups.*.pyd
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -30,7 +30,7 @@ LABEL_W = 330   # case titles
 BAR_W = 360     # the bar area; the axis runs from 0 to the largest ratio shown, at least 2x
 ROW_H = 34
 TOP = 58
-FOOT = 64
+FOOT = 80
 COLOURS = {"best": "#2b6cb0", "raw": "#a0aec0"}
 
 
@@ -98,15 +98,18 @@ def render(data: dict[str, Any]) -> str:
             out.append('<text x="%.1f" y="%d" font-size="10">%s</text>' % (x(ratio) + 4, by + 10, escape(note)))
     machine = data.get("machine") or {}
     versions = data.get("versions") or {}
-    foot_y = TOP + ROW_H * len(rows) + 36
-    out.append('<text x="10" y="%d" font-size="11" fill="#555">%s</text>' % (foot_y, escape(
-        "bench/run.py %s, %s; CPython %s, %s CPUs, twspy %s (C accelerator %s)" % (
-            " ".join(data.get("argv") or []), (data.get("date") or "")[:16].replace("T", " "),
-            versions.get("python", "?"), machine.get("cpus", "?"), versions.get("twspy", "?"),
-            versions.get("twspy.speedups", "?")))))
-    out.append('<text x="10" y="%d" font-size="11" fill="#555">%s</text>' % (foot_y + 16, escape(
-        "A busy shared machine: other processes used a median %d%% of one core during the runs; "
-        "compare ratios within a row." % data.get("other_processes_cpu_median_pct", 0))))
+    argv = list(data.get("argv") or [])
+    if "--json" in argv:  # where the run wrote its results is no part of what it measured
+        del argv[argv.index("--json"):argv.index("--json") + 2]
+    foot = ["bench/run.py %s, %s UTC" % (" ".join(argv), (data.get("date") or "")[:16].replace("T", " ")),
+            "CPython %s, %s CPUs, twspy %s (C accelerator %s), websockets %s, aiohttp %s" % (
+                versions.get("python", "?"), machine.get("cpus", "?"), versions.get("twspy", "?"),
+                versions.get("twspy.speedups", "?"), versions.get("websockets", "?"), versions.get("aiohttp", "?")),
+            "A busy shared machine: other processes used a median %d%% of one core during the runs; "
+            "compare ratios within a row." % data.get("other_processes_cpu_median_pct", 0)]
+    for k, line in enumerate(foot):
+        out.append('<text x="10" y="%d" font-size="11" fill="#555">%s</text>' % (TOP + ROW_H * len(rows) + 36 + k * 15,
+                                                                              escape(line)))
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

@@ -29,7 +29,7 @@ LAYERS = [
         ("asyncio", ["twspy/asyncio/connection.py", "twspy/asyncio/server.py", "twspy/asyncio/client.py"],
          "one event loop"),
         ("mux channels", ["twspy/mux_channel.py", "twspy/mux_session.py", "twspy/mux_client.py",
-                          "twspy/mux_server.py"], "channels over one connection"),
+                          "twspy/mux_server.py"], "channels on one socket"),
     ]),
     ("sans-I/O core", "every rule of a live connection; bytes in, events and bytes out", [
         ("Protocol", ["twspy/protocol.py"], "messages, control frames, close, limits"),
