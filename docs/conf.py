@@ -30,7 +30,6 @@ napoleon_numpy_docstring = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
-autodoc_default_options = {"show-inheritance": True}
 
 html_theme = "alabaster"
 html_static_path = ["_static"]
@@ -121,8 +120,23 @@ def api_members(pages=API_PAGES):
         yield page, title, intro, sections
 
 
+def directive_for(obj, name: str) -> str:
+    """The autodoc directive for one public name: each is written out, so constants without a
+    docstring of their own are listed too (with their value)."""
+    import inspect
+
+    if inspect.isclass(obj):
+        kind = "autoexception" if issubclass(obj, BaseException) else "autoclass"
+        return ".. %s:: %s\n   :members:\n   :show-inheritance:" % (kind, name)
+    if inspect.isfunction(obj) or inspect.isbuiltin(obj):
+        return ".. autofunction:: %s" % name
+    return ".. autodata:: %s" % name
+
+
 def write_api_pages(app) -> None:
     """Write docs/api/<page>.rst (git-ignored) before Sphinx reads the sources."""
+    import importlib
+
     for page, title, intro, sections in api_members():
         lines = [title, "=" * len(title), "", intro, ""]
         for module_name, names in sections:
@@ -130,10 +144,11 @@ def write_api_pages(app) -> None:
                 # ``twspy.websocket`` is both a module and the class ``twspy`` exports: name the
                 # module's members without a module target, or the two would collide.
                 lines += [module_name, "-" * len(module_name), "", ".. currentmodule:: %s" % module_name, ""]
-                lines += [".. autodata:: %s" % name for name in names] + [""]
-                continue
-            lines += [".. automodule:: %s" % module_name, "   :no-members:" if not names else
-                      "   :members: %s" % ", ".join(names), ""]
+            else:
+                lines += [".. automodule:: %s" % module_name, "   :no-members:", ""]
+            module = importlib.import_module(module_name)
+            for name in names:
+                lines += [directive_for(getattr(module, name), name), ""]
         text = "\n".join(lines)
         path = os.path.join(app.srcdir, "api", page + ".rst")
         old = None
@@ -145,5 +160,30 @@ def write_api_pages(app) -> None:
                 f.write(text)
 
 
+def check_api_complete(app, env) -> None:
+    """Warn (an error under -W) about a public name the reference does not document."""
+    from sphinx.util import logging as sphinx_logging
+
+    documented = set(env.get_domain("py").objects)
+    for _, _, _, sections in api_members():
+        for module_name, names in sections:
+            for name in names:
+                if "%s.%s" % (module_name, name) not in documented:
+                    sphinx_logging.getLogger(__name__).warning("the API reference misses %s.%s", module_name, name)
+
+
+def drop_type_docstrings(app, what, name, obj, options, lines) -> None:
+    """A constant without a ``#:`` comment of its own would show its type's docstring (an int's,
+    a dict's): show its value alone."""
+    import inspect
+
+    if what in ("data", "attribute") and not inspect.isclass(obj) and lines:
+        type_doc = inspect.getdoc(type(obj)) or ""
+        if type_doc and lines[0].strip() == type_doc.splitlines()[0].strip():
+            lines.clear()
+
+
 def setup(app):
+    app.connect("autodoc-process-docstring", drop_type_docstrings)
     app.connect("builder-inited", write_api_pages)
+    app.connect("env-check-consistency", check_api_complete)
