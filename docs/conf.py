@@ -21,7 +21,7 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 myst_enable_extensions = ["colon_fence"]
 myst_heading_anchors = 3
 templates_path: list = []
-exclude_patterns = ["_build", "README.md"]
+exclude_patterns = ["_build"]
 root_doc = "index"
 
 # Google-style docstrings (STYLE.md); signatures keep the source's type hints as written.
