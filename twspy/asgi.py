@@ -475,7 +475,7 @@ class Endpoint:
             accepting (an HTTP reply refuses: with its status where the server offers the
             ``websocket.http.response`` extension, else 403), ``on_open``, each message,
             ``on_close`` (exactly once per accepted client).
-        protocols: subprotocols to accept, in order of preference.
+        protocols: subprotocols supported; the client's first one among them is accepted.
         max_size: bytes of a received message (1009 beyond). The ASGI server has its own
             limit too (uvicorn ``--ws-max-size``, 16 MiB).
         max_queue: messages received and not yet taken; the endpoint stops receiving beyond.
