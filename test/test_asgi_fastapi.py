@@ -22,7 +22,7 @@ from test_hub_redis import JsonClient, Node, _require_redis, clients, redis_serv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-T = 15.0  # seconds for anything that waits on a process
+T = 30.0  # seconds for anything that waits on a process (generous: the machine may be loaded)
 
 
 def _require_asgi() -> None:
@@ -58,9 +58,7 @@ def nodes(redis_server):  # noqa: F811
             started.append(node)
             made.append(node)
         for node in made:
-            # The log line comes once the app is loaded (its hub found the end of the log) and
-            # the port listens.
-            node.wait_port("http://127.0.0.1:" if node.kind == "fastapi" else "on ws://")
+            _wait_port(node, "http://127.0.0.1:" if node.kind == "fastapi" else "on ws://")
         return made
 
     yield start
@@ -68,6 +66,19 @@ def nodes(redis_server):  # noqa: F811
         if node.proc.poll() is None:
             node.proc.send_signal(signal.SIGINT)
         node.stop()
+
+
+def _wait_port(node: Node, marker: str, timeout: float = 60.0) -> None:
+    """The port from the node's log line, which comes once the app is loaded (its hub found the
+    end of the log) and the port listens. Importing FastAPI takes seconds on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while node.port is None:
+        try:
+            line = node.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError("no port from %s: %s" % (node.proc.args, node.log)) from None
+        if marker in line:
+            node.port = int(line.split(marker, 1)[1].split()[0].split("/")[0])
 
 
 def _ws(node: Node) -> str:
@@ -99,7 +110,7 @@ def test_two_fastapi_nodes_lose_nothing_acknowledged_across_a_redis_restart(redi
     thread = threading.Thread(target=publish)
     thread.start()
     try:
-        got = [far.expect("message")["data"] for _ in range(100)]
+        got = [far.expect("message", timeout=T)["data"] for _ in range(100)]
         redis_server.kill()
         before = sent[0]
         disrupted.set()
@@ -115,7 +126,7 @@ def test_two_fastapi_nodes_lose_nothing_acknowledged_across_a_redis_restart(redi
         (acked if reply["type"] == "ack" else failed).add(reply["id"])
     while len(got) < len(acked):
         got.append(far.expect("message", timeout=30)["data"])
-    local = [near.expect("message")["data"] for _ in range(len(acked))]
+    local = [near.expect("message", timeout=T)["data"] for _ in range(len(acked))]
     with pytest.raises(queue.Empty):
         far.get(timeout=0.3)  # and nothing more (no duplicate after the last)
     for seen in (got, local):
@@ -148,7 +159,7 @@ def test_a_threaded_an_asyncio_and_a_fastapi_node_on_one_hub(redis_server, nodes
     for n, client in enumerate(people.values()):
         heard, acks = set(), []
         while len(heard) < 3 or not acks:
-            item = client.get()
+            item = client.get(timeout=T)
             if item["type"] == "ack":
                 acks.append(item["id"])
             else:
@@ -156,10 +167,10 @@ def test_a_threaded_an_asyncio_and_a_fastapi_node_on_one_hub(redis_server, nodes
         assert heard == {("mix/" + name, name, c.id) for name, c in people.items()} and acks == [n]
     people["f"].request(type="send_by_conn_id", conn_ids=[people["t"].id, people["s"].id], data="psst")
     for name in "ts":
-        assert people[name].expect("message") == {"type": "message", "data": "psst", "from": people["f"].id}
+        assert people[name].expect("message", timeout=T) == {"type": "message", "data": "psst", "from": people["f"].id}
     people["s"].request(type="broadcast", data="all")
     for client in people.values():
-        assert client.expect("message") == {"type": "message", "data": "all", "from": people["s"].id}
+        assert client.expect("message", timeout=T) == {"type": "message", "data": "all", "from": people["s"].id}
 
 
 def _frozen_client(port: int) -> socket.socket:
