@@ -1,13 +1,7 @@
-"""A FastAPI app on the twspy hub: topics, send-to-id and broadcast across every worker and server
-that shares the Redis URL (without one, this process only). Run it (twice, on two ports, for a
-cluster)::
+"""A FastAPI app on the twspy hub: run it on two ports with one TWSPY_REDIS and the clients of
+both share topics, send-to-id and broadcast (without it: this process only).
 
-    pip install fastapi uvicorn 'twspy[redis]'
-    TWSPY_REDIS=redis://127.0.0.1:6379/0 uvicorn examples.fastapi_hub:app --port 8000
-
-``/ws`` speaks the hub's JSON protocol (twspy.hub.TopicBroadcast: subscribe, publish, broadcast,
-send_by_conn_id, with an ack once Redis accepted a publish); ``/chat/{room}`` is a room in a few
-lines of your own code.
+    TWSPY_REDIS=redis://127.0.0.1:6379/0 uvicorn examples.fastapi_hub:app --port 8001
 """
 
 import contextlib
@@ -18,8 +12,8 @@ from fastapi import FastAPI, WebSocket
 from twspy.asgi import Endpoint
 from twspy.hub import Hub, TopicBroadcast
 
-hub = Hub(os.environ.get("TWSPY_REDIS"))         # e.g. redis://127.0.0.1:6379/0
-topics = Endpoint(hub=hub, filters=[TopicBroadcast()])
+hub = Hub(os.environ.get("TWSPY_REDIS"))
+topics = Endpoint(hub=hub, filters=[TopicBroadcast()])  # the hub's JSON protocol
 rooms = Endpoint(hub=hub)
 
 
