@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from twspy.asgi import Endpoint
-from twspy.errors import ConnectionClosed
+from twspy.errors import ConnectionClosed, InvalidState
 from twspy.filters import BearerAuth, Filter
 from twspy.hub import Hub, TopicBroadcast
 
@@ -255,6 +255,17 @@ def test_a_filter_refuses_before_accepting():
         gone.disconnect(1006)  # left before the app accepted
         await asyncio.wait_for(endpoint.serve(gone.scope, gone.receive, gone.send), T)
         assert gone.outgoing.empty()
+    run(main())
+
+
+def test_a_websocket_accepted_by_the_app_itself_is_a_clear_error():
+    async def main():
+        client = FakeClient()
+        client.incoming.get_nowait()  # the app took websocket.connect and accepted
+        client.text("hello")
+        with pytest.raises(InvalidState, match="accepted already"):
+            async with Endpoint().accept(client.scope, client.receive, client.send):
+                pass
     run(main())
 
 

@@ -40,7 +40,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, Callable, Union
 
-from .errors import ConnectionClosed, closed_error
+from .errors import ConnectionClosed, InvalidState, closed_error
 from .filters import Filter, run_close, run_connect, run_message, run_open
 from .frame import CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE, Frame, encode_close, valid_close_code
 from .handshake import Headers, Reply, Request, Response
@@ -523,6 +523,7 @@ class Endpoint:
 
         Raises:
             ConnectionClosed: the client left before it was accepted, or a filter refused it.
+            InvalidState: the application accepted the websocket itself first.
         """
         if receive is None or send is None:  # a Starlette/FastAPI WebSocket or the like
             scope, receive, send = scope.scope, scope.receive, scope.send
@@ -530,6 +531,8 @@ class Endpoint:
         if scope.get("type") != "websocket":
             raise ValueError("not a websocket scope: %r" % scope.get("type"))
         event = await receive()
+        if event.get("type") == "websocket.receive":
+            raise InvalidState("the websocket was accepted already: hand it to the Endpoint before accepting it")
         if event.get("type") != "websocket.connect":
             raise ConnectionClosed(event.get("code", 1006), "left before it was accepted")
         conn = Connection(self, scope, receive, send, **self.options)
