@@ -20,12 +20,17 @@ test-all: ## run the suite on every installed Python 3.9-3.13 (pyenv)
 	  [ -n "$$py" ] || { echo "python $$v: not installed"; continue; }; \
 	  echo "== $$py"; $(MAKE) -s test PYTHON=$$py || exit 1; done
 
-cov: ## branch coverage of the protocol code
-	$(PYTHON) -m pytest -q --cov=twspy --cov-branch --cov-report=term-missing test
+cov: ## branch coverage, subprocesses included: fails below 95 % for the package, below 100 % for the sans-I/O core
+	$(PYTHON) -m coverage erase
+	$(PYTHON) -m coverage run -m pytest -q test
+	$(PYTHON) -m coverage combine -q
+	$(PYTHON) -m coverage report
+	$(PYTHON) -m coverage report --fail-under=100 --include='twspy/protocol.py,twspy/handshake_protocol.py'
 
-lint: ## ruff and mypy, when installed
-	-$(PYTHON) -m ruff check twspy test
-	-$(PYTHON) -m mypy twspy
+lint: ## ruff, mypy --strict and the private-names check; fails on any finding
+	$(PYTHON) -m ruff check twspy test examples bench compliance tools setup.py
+	$(PYTHON) -m mypy
+	$(PYTHON) tools/check_private.py
 
 bench: ## benchmarks against peers and raw TCP (see bench/README.md)
 	$(PYTHON) bench/run.py
