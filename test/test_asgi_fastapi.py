@@ -78,7 +78,7 @@ def _wait_port(node: Node, marker: str, timeout: float = 60.0) -> None:
         except queue.Empty:
             raise AssertionError("no port from %s: %s" % (node.proc.args, node.log)) from None
         if marker in line:
-            node.port = int(line.split(marker, 1)[1].split()[0].split("/")[0])
+            node.port = int(line.split(marker, 1)[1].split()[0].split("/")[0].rsplit(":", 1)[-1])
 
 
 def _ws(node: Node) -> str:
