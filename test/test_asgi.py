@@ -123,7 +123,7 @@ def test_accept_takes_a_websocket_object_and_deliveries_from_threads_keep_their_
                     got.append(conn.protocol)
                     subscribed.set()
                     async for message in conn:
-                        await conn.send("echo " + message.payload)
+                        await conn.send(message if isinstance(message.payload, bytes) else "echo " + message.payload)
 
             task = asyncio.ensure_future(handler())
             assert await client.next() == {"type": "websocket.accept", "subprotocol": "chat.v1"}  # the client's first
@@ -137,6 +137,8 @@ def test_accept_takes_a_websocket_object_and_deliveries_from_threads_keep_their_
             assert [(await client.next())["text"] for _ in range(500)] == ["m%d" % i for i in range(500)]
             client.text("hi")
             assert (await client.next())["text"] == "echo hi"
+            client.incoming.put_nowait({"type": "websocket.receive", "bytes": b"\x00\xff"})
+            assert await client.next() == {"type": "websocket.send", "bytes": b"\x00\xff"}
             client.disconnect(1000)
             await asyncio.wait_for(task, T)
             assert got == ["chat.v1"]

@@ -171,6 +171,11 @@ def test_a_threaded_an_asyncio_and_a_fastapi_node_on_one_hub(redis_server, nodes
     people["s"].request(type="broadcast", data="all")
     for client in people.values():
         assert client.expect("message", timeout=T) == {"type": "message", "data": "all", "from": people["s"].id}
+    from twspy import connect
+    with connect(fast.url("/chat/lobby"), timeout=T) as chat:  # the example's own-code endpoint
+        chat.send("hello")
+        sender, _, text = chat.recv(timeout=T).payload.partition(": ")
+        assert text == "hello" and sender.split(".")[0] == people["f"].id.split(".")[0]
 
 
 def _frozen_client(port: int) -> socket.socket:
