@@ -292,3 +292,117 @@ def test_the_endpoint_is_an_asgi_app():
         await asyncio.wait_for(task, T)
         assert not endpoint.clients
     run(main())
+
+
+def test_flow_control_timeouts_and_the_end_of_sends():
+    async def main():
+        endpoint = Endpoint(max_queue=4, close_timeout=0.2)
+        client = FakeClient(path="/room", headers=[(b"x-name", b"ann")])
+        client.scope["query_string"] = b"token=s3cret&x=1"
+        for i in range(10):
+            client.text("m%d" % i)
+        async with endpoint.accept(client.scope, client.receive, client.send) as conn:
+            await client.next()
+            assert conn.path == "/room?token=s3cret&x=1" and conn.headers["X-Name"] == "ann"
+            assert "s3cret" not in repr(conn) and conn.state == "OPEN"
+            for _ in range(20):  # loop turns, not time: the reader takes 4 and then waits
+                await asyncio.sleep(0)
+            assert client.incoming.qsize() == 6 and not conn.closed
+            assert [(await conn.recv(timeout=T)).payload for _ in range(10)] == ["m%d" % i for i in range(10)]
+            with pytest.raises(TimeoutError):
+                await conn.recv(timeout=0.01)
+            await conn.send(b"\x01")
+            await conn.send(bytearray(b"\x02"))
+            with pytest.raises(TypeError):
+                await conn.send(3)
+            assert [(await client.next())["bytes"] for _ in range(2)] == [b"\x01", b"\x02"]
+            client.unblocked.clear()  # the client stops reading: an awaited send waits...
+            pending = asyncio.ensure_future(conn.send("stuck"))
+            await asyncio.sleep(0)
+            conn.fail(1008, "policy")  # ...and fails when the connection does
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(pending, T)
+            with pytest.raises(ConnectionClosed) as caught:
+                await conn.send("late")
+            assert caught.value.code == 1008
+            client.unblocked.set()
+            assert await client.next() == {"type": "websocket.close", "code": 1008, "reason": "policy"}
+            client.disconnect(1008, "policy")
+            await asyncio.wait_for(conn.wait_closed(), T)
+            assert conn.closed and conn.state == "CLOSED" and conn.close_code == 1008
+    run(main())
+
+
+def test_a_server_whose_receive_or_send_fails_ends_the_connection_1006():
+    async def main():
+        endpoint = Endpoint()
+        broken = FakeClient()
+
+        async def receive():
+            event = await broken.incoming.get()
+            if event["type"] == "websocket.receive":
+                raise OSError("gone")
+            return event
+
+        async with endpoint.accept(broken.scope, receive, broken.send) as conn:
+            broken.text("x")
+            with pytest.raises(ConnectionClosed) as caught:
+                await conn.recv(timeout=T)
+            assert caught.value.code == 1006
+
+        failing = FakeClient()
+
+        async def send(event):
+            if event["type"] == "websocket.send":
+                raise OSError("gone")
+            await failing.send(event)
+
+        async with endpoint.accept(failing.scope, failing.receive, send) as conn:
+            with pytest.raises(ConnectionClosed):
+                await conn.send("x")
+            assert conn.close_code == 1006
+    run(main())
+
+
+def test_broadcast_close_and_the_refusals_a_filter_may_give():
+    async def main():
+        endpoint = Endpoint()
+        a, b = FakeClient(), FakeClient()
+        async with endpoint.accept(a.scope, a.receive, a.send) as conn_a, \
+                endpoint.accept(b.scope, b.receive, b.send) as conn_b:
+            await a.next()
+            await b.next()
+            endpoint.broadcast("all", exclude=conn_b)
+            assert (await a.next())["text"] == "all"
+            endpoint.broadcast(b"both")
+            assert (await a.next())["bytes"] == (await b.next())["bytes"] == b"both"
+            assert b.outgoing.empty() and "2 clients" in repr(endpoint)
+            closing = asyncio.ensure_future(conn_a.close(4001, "done"))
+            assert await a.next() == {"type": "websocket.close", "code": 4001, "reason": "done"}
+            a.disconnect(4001, "done")
+            await asyncio.wait_for(closing, T)
+            assert conn_a.close_code == 4001
+            b.disconnect()
+        assert conn_b.close_code == 1000 and not endpoint.clients
+
+        class Answer(Filter):
+            def __init__(self, reply):
+                self.reply = reply
+
+            def on_connect(self, request):
+                return self.reply
+
+        for reply, status, body in ((429, 429, b""), ((404, "no such room"), 404, b"no such room")):
+            client = FakeClient(extensions={"websocket.http.response": {}})
+            await Endpoint(filters=[Answer(reply)]).serve(client.scope, client.receive, client.send)
+            assert (await client.next())["status"] == status and (await client.next())["body"] == body
+        with pytest.raises(TypeError):
+            client = FakeClient()
+            await Endpoint(filters=[Answer(("not", "a", "reply", "!"))]).serve(client.scope, client.receive,
+                                                                            client.send)
+        with pytest.raises(ValueError):
+            await endpoint({"type": "lifespan"}, None, None)
+        with pytest.raises(ValueError):
+            async with endpoint.accept({"type": "http"}, a.receive, a.send):
+                pass
+    run(main())

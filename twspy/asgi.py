@@ -198,7 +198,7 @@ class Connection:
                     try:
                         await asyncio.wait_for(self._arrived.wait(), max(0.0, deadline - self._loop.time()))
                     except asyncio.TimeoutError:
-                        raise TimeoutError(f"no message within {timeout} seconds") from None
+                        raise TimeoutError("no message within %s seconds" % timeout) from None
             message = inbox.popleft()
             self._taken.set()
             filters = self.server.filters
@@ -594,7 +594,7 @@ def _event(message: MessageLike) -> tuple[dict[str, Any], int]:
     if isinstance(message, (bytes, bytearray, memoryview)):
         data = bytes(message)
         return {"type": "websocket.send", "bytes": data}, len(data)
-    raise TypeError(f"cannot send {type(message).__name__}")
+    raise TypeError("cannot send %s" % type(message).__name__)
 
 
 def _request(scope: Scope) -> Request:
@@ -631,5 +631,5 @@ def _reply_parts(reply: Reply) -> tuple[int, list[tuple[str, str]], bytes]:
     elif isinstance(reply, tuple) and len(reply) == 3:
         status, headers, body = reply
     else:
-        raise TypeError(f"a filter's on_connect returned {reply!r}")
+        raise TypeError("a filter's on_connect returned %r" % (reply,))
     return status, list(headers), body.encode("utf-8") if isinstance(body, str) else bytes(body)
