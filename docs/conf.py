@@ -48,6 +48,7 @@ API_PAGES = [
      ["twspy"]),
     ("asyncio", "twspy.asyncio", "The same connections on an asyncio event loop.",
      ["twspy.asyncio", "twspy.asyncio.connection", "twspy.asyncio.server"]),
+    ("asgi", "twspy.asgi", "FastAPI, Starlette and any ASGI app on the hub.", ["twspy.asgi"]),
     ("protocol", "The sans-I/O core", "Every rule of a live connection and of the opening handshake; no I/O.",
      ["twspy.protocol", "twspy.handshake_protocol", "twspy.handshake"]),
     ("client", "Clients: URLs, proxies, auth", "What :func:`twspy.connect` builds on.",
@@ -174,13 +175,15 @@ def check_api_complete(app, env) -> None:
 
 def drop_type_docstrings(app, what, name, obj, options, lines) -> None:
     """A constant without a ``#:`` comment of its own would show its type's docstring (an int's,
-    a dict's): show its value alone."""
+    a dict's, a type alias's origin's): show its value alone."""
     import inspect
 
     if what in ("data", "attribute") and not inspect.isclass(obj) and lines:
-        type_doc = inspect.getdoc(type(obj)) or ""
-        if type_doc and lines[0].strip() == type_doc.splitlines()[0].strip():
-            lines.clear()
+        for source in (type(obj), getattr(obj, "__origin__", None)):  # a type alias shows its origin's
+            type_doc = inspect.getdoc(source) or "" if source is not None else ""
+            if type_doc and lines[0].strip() == type_doc.splitlines()[0].strip():
+                lines.clear()
+                return
 
 
 def setup(app):

@@ -25,11 +25,12 @@ LAYERS = [
     ("shells", "move bytes, own sockets, threads, timers", [
         ("websocket", ["twspy/websocket.py"], "socket, TLS, buffers"),
         ("Connection", ["twspy/connection.py"], "threads, locks, handlers"),
-        ("Server / connect", ["twspy/server.py", "twspy/client.py", "twspy/proxies.py"], "accept loop, URLs, proxies"),
+        ("Server / connect", ["twspy/server.py", "twspy/client.py", "twspy/proxies.py"], "accept loop, URLs"),
         ("asyncio", ["twspy/asyncio/connection.py", "twspy/asyncio/server.py", "twspy/asyncio/client.py"],
          "one event loop"),
+        ("ASGI", ["twspy/asgi.py"], "FastAPI on the hub"),
         ("mux channels", ["twspy/mux_channel.py", "twspy/mux_session.py", "twspy/mux_client.py",
-                          "twspy/mux_server.py"], "channels on one socket"),
+                          "twspy/mux_server.py"], "channels"),
     ]),
     ("sans-I/O core", "every rule of a live connection; bytes in, events and bytes out", [
         ("Protocol", ["twspy/protocol.py"], "messages, control frames, close, limits"),
@@ -44,7 +45,7 @@ LAYERS = [
     ]),
 ]
 
-WIDTH = 960
+WIDTH = 1100
 LABEL_W = 150
 BAND_H = 92
 GAP = 22

@@ -178,14 +178,14 @@ def test_limits_page_lists_every_numeric_option():
 
     import twspy
     import twspy.asyncio
-    from twspy import filters, hub, protocol, proxy
+    from twspy import asgi, filters, hub, protocol, proxy
 
     with open(os.path.join(DOCS, "limits.md"), encoding="utf-8") as f:
         page = f.read()
     callables = [twspy.websocket, twspy.Connection, twspy.Server, twspy.connect, twspy.reconnect,
                  twspy.asyncio.connect, twspy.asyncio.serve, twspy.asyncio.Server, twspy.asyncio.Connection,
                  twspy.DeflateMessage, twspy.DeflateFrame, twspy.Multiplex, protocol.Protocol, hub.Hub,
-                 hub.TopicBroadcast, hub.MemoryBroker, proxy.ProxyServer, filters.BearerAuth]
+                 hub.TopicBroadcast, hub.MemoryBroker, proxy.ProxyServer, filters.BearerAuth, asgi.Endpoint]
     missing = []
     for obj in callables:
         for name, param in inspect.signature(obj).parameters.items():
