@@ -4,6 +4,7 @@ is reported failed when the hub closes."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 
@@ -11,7 +12,7 @@ from conftest import url
 
 import twspy
 from twspy.broker import MemoryBroker
-from twspy.hub import Hub
+from twspy.hub import Hub, TopicBroadcast
 
 TIMEOUT = 5
 
@@ -61,3 +62,33 @@ def test_close_fails_what_the_broker_never_accepted(caplog):
     assert any("closed with 1 entries the broker never accepted" in r.getMessage() for r in caplog.records)
     broker.down = False
     assert broker.read("0", 0) == []  # it never reached the log
+
+
+def test_topic_protocol_without_a_hub(serve):
+    # TopicBroadcast needs a hub: each request gets an error reply (with its id), and the
+    # connection stays usable.
+    server = serve(twspy.Server, filters=[TopicBroadcast()])
+    with twspy.connect(url(server), timeout=TIMEOUT) as conn:
+        hello = json.loads(conn.recv(TIMEOUT).payload)
+        assert hello["type"] == "set_conn_id"
+        conn.send(json.dumps({"type": "publish", "topic": "a", "data": 1, "id": 7}))
+        assert json.loads(conn.recv(TIMEOUT).payload) == {"type": "error", "id": 7,
+                                                          "error": "this server has no hub"}
+        conn.send(json.dumps({"type": "subscribe", "topic": "a"}))  # any request: the hub is checked first
+        assert json.loads(conn.recv(TIMEOUT).payload) == {"type": "error", "error": "this server has no hub"}
+    assert conn.close_code == 1000
+
+
+def test_unknown_types_with_a_hub(serve):
+    with Hub() as hub:
+        server = serve(twspy.Server, hub=hub, filters=[TopicBroadcast()])
+        with twspy.connect(url(server), timeout=TIMEOUT) as conn:
+            conn.recv(TIMEOUT)  # set_conn_id
+            conn.send(json.dumps({"type": "teleport", "id": "x"}))
+            assert json.loads(conn.recv(TIMEOUT).payload) == {"type": "error", "id": "x",
+                                                              "error": "unknown type 'teleport'"}
+            conn.send(json.dumps({"type": ["publish"], "id": 1}))  # not even a string
+            assert json.loads(conn.recv(TIMEOUT).payload) == {"type": "error", "id": 1,
+                                                              "error": "unknown type ['publish']"}
+            conn.send(json.dumps({"type": "subscribe", "topic": "t", "id": 2}))
+            assert json.loads(conn.recv(TIMEOUT).payload) == {"type": "ack", "id": 2}
