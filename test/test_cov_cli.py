@@ -134,3 +134,12 @@ def test_ctrl_c_while_connecting_exits_130(cli, monkeypatch):
     monkeypatch.setattr(twspy.cli, "connect", interrupted)
     status, out, err = cli("connect", "ws://127.0.0.1:9/")
     assert (status, out, err) == (130, "", "")
+
+
+def test_importing_main_module_runs_nothing(capsys):
+    # Only ``python -m twspy`` runs the command line; an import (a tool scanning modules) does not.
+    import importlib
+
+    module = importlib.import_module("twspy.__main__")
+    assert module.main is main
+    assert capsys.readouterr() == ("", "")
