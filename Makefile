@@ -1,7 +1,7 @@
 # twspy — every target is a one-liner; `make help` lists them.
 PYTHON ?= python3
 
-.PHONY: help build test test-all cov lint bench compliance compliance-full fuzz clean
+.PHONY: help build dev test test-all cov lint bench compliance compliance-full fuzz clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -10,7 +10,7 @@ build: ## build the optional C accelerator (twspy/_speedups.c) in place
 	$(PYTHON) setup.py -q build_ext --inplace
 
 test: ## run the test suite, with the C accelerator built when a compiler exists (installs the test extra)
-	@$(PYTHON) -c "import pytest, hypothesis, websockets, redis" 2>/dev/null || $(PYTHON) -m pip install -q pytest hypothesis websockets redis
+	@$(PYTHON) -c "import pytest, hypothesis, websockets, redis, mypy" 2>/dev/null || $(PYTHON) -m pip install -q pytest hypothesis websockets redis mypy
 	@if command -v "$$($(PYTHON) -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "cc").split()[0])')" >/dev/null; then \
 	  $(MAKE) -s build && export TWSPY_REQUIRE_SPEEDUPS=1; fi; $(PYTHON) -m pytest -q test
 
@@ -19,6 +19,9 @@ test-all: ## run the suite on every installed Python 3.9-3.13 (pyenv)
 	  py=$$(ls -d $$HOME/.pyenv/versions/$$v.*/bin/python 2>/dev/null | tail -1); \
 	  [ -n "$$py" ] || { echo "python $$v: not installed"; continue; }; \
 	  echo "== $$py"; $(MAKE) -s test PYTHON=$$py || exit 1; done
+
+dev: ## install twspy editable, in the mode type checkers can follow (mypy sees it)
+	$(PYTHON) -m pip install -e . --config-settings editable_mode=strict
 
 cov: ## branch coverage, subprocesses included: fails below 95 % for the package, below 100 % for the sans-I/O core
 	$(PYTHON) -m coverage erase

@@ -116,8 +116,10 @@ class Node:
         self.log = []
         self.port = None
         self._errs = []
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.log), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self._errs), daemon=True).start()
+        self._pumps = [threading.Thread(target=self._pump, args=(self.proc.stdout, self.log), daemon=True),
+                       threading.Thread(target=self._pump, args=(self.proc.stderr, self._errs), daemon=True)]
+        for pump in self._pumps:
+            pump.start()
 
     def _pump(self, stream, sink) -> None:
         for line in stream:
@@ -125,7 +127,9 @@ class Node:
             self.lines.put(line)
 
     def wait_port(self, marker: str) -> int:
-        deadline = time.monotonic() + 15
+        # Bounds a hang only: a node prints its port as soon as it listens, which takes seconds
+        # when other test suites load the machine (15 s was too short with two suites beside it).
+        deadline = time.monotonic() + 60
         while self.port is None:
             try:
                 line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
@@ -149,6 +153,8 @@ class Node:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        for pump in self._pumps:  # the process is gone: both pipes are at EOF
+            pump.join(10)
         for stream in (self.proc.stdout, self.proc.stderr):
             try:
                 stream.close()
@@ -166,8 +172,8 @@ def nodes(redis_server):
 
     def start(*extra):
         node = Node([sys.executable, os.path.join(ROOT, "tools", "hubnode.py"), "--redis", redis_server.url, *extra])
+        started.append(node)  # stopped at teardown even if it never says its port
         node.wait_port("port ")
-        started.append(node)
         return node
 
     yield start
