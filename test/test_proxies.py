@@ -723,3 +723,11 @@ class TestTLSInside:
         assert inner.recv(100) == b"last words"
         assert inner.recv(100) == b""  # then EOF, as from a server that closed
         inner.close()
+
+
+def test_http_connect_to_an_international_name(one_shot):
+    # The CONNECT line is ASCII: a Unicode host name goes in its IDNA form (as SOCKS5h sends it).
+    proxy = one_shot(http_answer(b"HTTP/1.1 200 OK\r\n\r\n", b"from the target"))
+    through(open_tunnel("bücher.example", 443, "http://127.0.0.1:%d" % proxy.port, timeout=5), proxy)
+    target = b"xn--bcher-kva.example:443"
+    assert proxy.received.startswith(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target))
