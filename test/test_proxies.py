@@ -4,6 +4,7 @@ user/password), an https:// proxy written here (TLS inside TLS), broken proxies,
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import socket
 import ssl
@@ -698,6 +699,9 @@ class TestTLSInside:
             far.settimeout(5)
             sender = threading.Thread(target=inner.sendall, args=(data,))
             sender.start()
+            # far reads nothing yet: the relay's writes to outer block, then it stops reading ours,
+            # and inner's buffer fills up (no longer writable). Only then does far start reading.
+            wait_for(lambda: not select.select([], [inner], [], 0)[1])
             got = b""
             while len(got) < len(data):
                 chunk = far.recv(1 << 16)
