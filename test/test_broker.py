@@ -239,3 +239,17 @@ class TestRedisPresenceValues:
             assert isinstance(info.value, ConnectionError)
         finally:
             broker.close()
+
+    def test_a_bug_is_not_an_outage_until_wake(self, redis_url):
+        # Before wake(), an exception that is not Redis's (here: filters JSON cannot encode) is
+        # raised as it is, not hidden as BrokerUnavailable; after wake() (the hub closing, its
+        # sockets closed under the calls) any failure is the wake-up.
+        broker = RedisBroker(redis_url, prefix="covtest")
+        try:
+            with pytest.raises(TypeError):
+                broker.set_presence("n1", {"c1": [object()]}, 60)
+            broker.wake()
+            with pytest.raises(BrokerUnavailable, match="HSET ended by wake"):
+                broker.set_presence("n1", {"c1": [object()]}, 60)
+        finally:
+            broker.close()
