@@ -143,3 +143,25 @@ def test_importing_main_module_runs_nothing(capsys):
     module = importlib.import_module("twspy.__main__")
     assert module.main is main
     assert capsys.readouterr() == ("", "")
+
+
+def test_proxy_upstream_proxy_options_exclude_each_other(cli):
+    status, _, err = cli("proxy", "--upstream", "ws://127.0.0.1:9/", "--port", "0",
+                         "--upstream-proxy", "http://127.0.0.1:9", "--no-upstream-proxy")
+    assert status == 2 and "give --upstream-proxy or --no-upstream-proxy, not both" in err
+
+
+class PingsThenSays(EchoServer):
+    def onopen(self, client):
+        client.send_ping(b"are you there")
+        client.send("hello")
+        client.close(1000, "")
+
+
+def test_connect_shows_no_pings_without_p(cli, serve):
+    # Pings are answered (by the connection) but printed only with -P.
+    server = serve(PingsThenSays)
+    status, out, err = cli("connect", url(server), "--wait", "inf")
+    assert (status, out) == (0, "hello\n")
+    status, out, err = cli("connect", url(server), "--wait", "inf", "-P")
+    assert (status, out) == (0, "< ping are you there\nhello\n")
