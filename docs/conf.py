@@ -23,6 +23,10 @@ myst_heading_anchors = 3
 templates_path: list = []
 exclude_patterns = ["_build"]
 root_doc = "index"
+# Every reference to a twspy name must resolve (a renamed or removed name fails the build); the
+# standard library's and typing's names have no inventory here.
+nitpicky = True
+nitpick_ignore_regex = [(r"py:.*", r"(?!twspy\b).*")]
 
 # Google-style docstrings (STYLE.md); signatures keep the source's type hints as written.
 napoleon_google_docstring = True
@@ -186,7 +190,51 @@ def drop_type_docstrings(app, what, name, obj, options, lines) -> None:
                 return
 
 
+def resolve_reexported(app, env, node, contnode):
+    """A reference to ``twspy.client.connect`` finds ``twspy.connect``: each object is documented once,
+    under the first public name that exports it (see :func:`api_members`)."""
+    import importlib
+
+    target = node.get("reftarget", "")
+    if node.get("refdomain") != "py" or not target.startswith("twspy."):
+        return None
+    parts = target.split(".")
+    for cut in range(len(parts) - 1, 0, -1):  # the longest importable module prefix
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        attrs = parts[cut:]
+        break
+    else:
+        return None
+    try:
+        obj = getattr(obj, attrs[0])
+    except AttributeError:
+        return None
+    for module_name, name in documented_names():
+        if getattr(importlib.import_module(module_name), name, None) is obj:
+            new_target = ".".join([module_name, name] + attrs[1:])
+            if new_target != target:
+                domain = env.get_domain("py")
+                return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], new_target, node,
+                                           contnode)
+    return None
+
+
+_DOCUMENTED: list = []
+
+
+def documented_names() -> list:
+    """(module, name) of every name the reference documents (computed once)."""
+    if not _DOCUMENTED:
+        _DOCUMENTED.extend((module_name, name) for _, _, _, sections in api_members()
+                           for module_name, names in sections for name in names)
+    return _DOCUMENTED
+
+
 def setup(app):
+    app.connect("missing-reference", resolve_reexported)
     app.connect("autodoc-process-docstring", drop_type_docstrings)
     app.connect("builder-inited", write_api_pages)
     app.connect("env-check-consistency", check_api_complete)
