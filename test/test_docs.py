@@ -158,6 +158,17 @@ def test_bench_chart_shows_the_committed_numbers():
     assert data["rows"] and all(row["twspy_vs_best"] > 0 for row in data["rows"])
 
 
+def test_hub_picture_is_current():
+    """docs/_static/hub.svg is what docs/hub_picture.py draws."""
+    sys.path.insert(0, DOCS)
+    try:
+        import hub_picture
+    finally:
+        sys.path.remove(DOCS)
+    with open(hub_picture.SVG, encoding="utf-8") as f:
+        assert f.read() == hub_picture.render()
+
+
 def test_layer_diagram_is_current():
     """docs/_static/layers.svg is what docs/layers.py draws (the picture's source is kept in the repo)."""
     sys.path.insert(0, DOCS)
