@@ -26,7 +26,7 @@ import os
 import time
 from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Union
 
-from ..errors import ConnectionClosed, InvalidState
+from ..errors import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, InvalidState, closed_error
 from ..frame import CLOSE_ABNORMAL, CLOSE_NORMAL
 from ..handshake import Request, Response
 from ..message import BinaryMessage, Message, TextMessage
@@ -147,7 +147,7 @@ class Connection(asyncio.Protocol):
                 handle.cancel()
         self._keepalive = self._ping_deadline = self._close_timer = None
         if not self.opened.done():
-            self.opened.set_exception(ConnectionClosed(CLOSE_ABNORMAL, "connection lost during the handshake"))
+            self.opened.set_exception(ConnectionClosedError(CLOSE_ABNORMAL, "connection lost during the handshake"))
             self.opened.exception()  # retrieved: nobody may be waiting
         for future, _ in self._pings.values():
             if not future.done():
@@ -272,7 +272,10 @@ class Connection(asyncio.Protocol):
         only by the call that returns it.
 
         Raises:
-            ConnectionClosed: the connection is closed and every message was taken.
+            ConnectionClosedOK: the connection closed normally (1000, 1001, or 1005: a close
+                frame without a code) and every message was taken.
+            ConnectionClosedError: ... with an error (1006 without a closing handshake, 1002,
+                1009, 1011, ...); ``cause`` is the error that made us fail it, if we did.
             TimeoutError: no message within ``timeout`` seconds.
         """
         while True:
@@ -323,14 +326,13 @@ class Connection(asyncio.Protocol):
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Message]:
-        """Messages until the connection closes: ends on 1000/1001, raises ConnectionClosed otherwise."""
+        """Messages until the connection closes: ends on ConnectionClosedOK (1000, 1001, 1005),
+        raises ConnectionClosedError otherwise."""
         while True:
             try:
                 message = await self.recv()
-            except ConnectionClosed as exc:
-                if exc.code in (1000, 1001):
-                    return
-                raise
+            except ConnectionClosedOK:
+                return
             yield message
 
     # -- sending ---------------------------------------------------------------------------
@@ -359,7 +361,8 @@ class Connection(asyncio.Protocol):
         ``fragment_size`` splits it into frames (§5.4); ``compress=False`` skips permessage-deflate.
 
         Raises:
-            ConnectionClosed: the connection is closing or closed.
+            ConnectionClosed: the connection is closing or closed (ConnectionClosedOK or
+                ConnectionClosedError, as :meth:`recv`).
         """
         kind = type(message)
         if (kind is bytes or kind is str) and len(message) >= _LARGE and self.core.state is OPEN:
@@ -553,14 +556,20 @@ class Connection(asyncio.Protocol):
         return self.core.state.name
 
     def _closed_error(self) -> ConnectionClosed:
+        """ConnectionClosedOK (1000, 1001, 1005) or ConnectionClosedError, with the protocol
+        error that made us fail the connection as its cause (as the threaded layer)."""
         core = self.core
         code = core.close_code
         if code is None:
             # Our close frame is out, the peer's has not come yet.
             sent = core.close_sent
-            return ConnectionClosed(sent.code if sent is not None else CLOSE_ABNORMAL,
-                                    sent.reason if sent is not None else "")
-        return ConnectionClosed(code, core.close_reason)
+            if sent is None:
+                return closed_error(CLOSE_ABNORMAL)
+            code, reason = sent.code, sent.reason
+        else:
+            reason = core.close_reason
+        error = core.error
+        return closed_error(code, reason, error if error is not None and error.code == code else None)
 
     async def __aenter__(self) -> "Connection":
         return self
