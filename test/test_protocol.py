@@ -8,6 +8,7 @@ compared exactly. Classes follow the RFC's sections.
 from __future__ import annotations
 
 import logging
+import random
 import tracemalloc
 import zlib
 from typing import List
@@ -430,6 +431,26 @@ class TestLimits:
         s = Protocol(SERVER, max_size=1000, extensions=[DeflateMessageCodec()])
         s.receive_data(masked(2, h("0300") * 300, rsv1=True, final=False))
         failed_with(s, 1007)
+
+    def test_compressed_frame_a_little_over_max_size(self):
+        """Incompressible data grows a little when deflated: a compressed frame of slightly more
+        than max_size bytes is buffered (up to max_size + 1/256 + 64 bytes, checked from its
+        header) and its message judged on its inflated size (Node ws interop, 16 MiB random)."""
+        data = random.Random(7).randbytes(4097)
+        deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+        wire = (deflater.compress(data) + deflater.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        assert 4096 < len(wire) <= 4096 + 16 + 64
+        s = Protocol(SERVER, max_size=4097, extensions=[DeflateMessageCodec()])
+        s.receive_data(masked(2, wire, rsv1=True))
+        assert s.events_received() == [BinaryMessage(data)]  # exactly max_size once inflated
+        s = Protocol(SERVER, max_size=4096, extensions=[DeflateMessageCodec()])
+        s.receive_data(masked(2, wire, rsv1=True))
+        failed_with(s, 1009)  # one byte over once inflated
+        assert "inflated" in s.error.message
+        s = Protocol(SERVER, max_size=4096, extensions=[DeflateMessageCodec()])
+        s.receive_data(masked(2, b"x" * (4096 + 16 + 65), rsv1=True)[:8])  # the header is enough
+        failed_with(s, 1009)
+        assert s.error.message.startswith("frame of 4177 bytes")
 
     def test_uncompressed_message_under_compression_over_max_size(self):
         s = Protocol(SERVER, max_size=10, extensions=[DeflateMessageCodec()])
