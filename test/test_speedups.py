@@ -35,12 +35,21 @@ except ImportError:
     _speedups = None
 
 
-def _c_or_skip():
+def _require_c():
     if _speedups is None:
         if os.environ.get("TWSPY_REQUIRE_SPEEDUPS", "") not in ("", "0"):
             pytest.fail("twspy._speedups is not built (TWSPY_REQUIRE_SPEEDUPS is set): run `make build`")
         pytest.skip("twspy._speedups is not built (no C compiler?): `make build`")
+
+
+def _c_or_skip():
+    _require_c()
     return _speedups.mask, _speedups.mask_into
+
+
+def _c_join_or_skip():
+    _require_c()
+    return _speedups.mask_join
 
 
 IMPLEMENTATIONS = {
@@ -144,6 +153,63 @@ class TestMask:
         mask, _ = impl
         for data in (b"", b"x", bytearray(300), memoryview(b"abcdef")):
             assert type(mask(b"abcd", data)) is bytes
+
+
+JOINS = {"python": lambda: frame_module._mask_join_python, "c": _c_join_or_skip}
+
+
+@pytest.fixture(params=sorted(JOINS))
+def mask_join(request):
+    """mask_join of one implementation."""
+    return JOINS[request.param]()
+
+
+class TestMaskJoin:
+    """mask_join(key, parts) == mask(key, b"".join(parts)), the key's phase carrying on across parts."""
+
+    def test_random_splits(self, mask_join):
+        rng = random.Random(3)
+        for _ in range(200):
+            data = os.urandom(rng.choice([rng.randrange(40), rng.randrange(3000)]))
+            cuts = sorted(rng.randrange(len(data) + 1) for _ in range(rng.randrange(6)))
+            bounds = [0] + cuts + [len(data)]
+            kinds = (bytes, bytearray, lambda b: memoryview(bytes(b)))
+            parts = [rng.choice(kinds)(data[a:b]) for a, b in zip(bounds, bounds[1:])]
+            key = os.urandom(4)
+            assert mask_join(key, parts) == reference(key, data)
+
+    @pytest.mark.parametrize("lengths", [[], [0], [0, 0, 5], [1, 1, 1, 1, 1], [3, 126, 65535, 2], [7, 1 << 20]])
+    def test_lengths_and_phases(self, mask_join, lengths):
+        key = b"\x9a\x01\xff\x42"
+        parts = [os.urandom(n) for n in lengths]
+        result = mask_join(key, parts)
+        assert type(result) is bytes
+        assert result == frame_module._mask_python(key, b"".join(parts))
+
+    def test_any_iterable_and_unaligned_views(self, mask_join):
+        data = os.urandom(1000)
+        view = memoryview(data)
+        parts = (view[1:8], view[8:333], view[333:999])  # a tuple; a generator too
+        assert mask_join(b"abcd", parts) == reference(b"abcd", data[1:999])
+        assert mask_join(b"abcd", (p for p in parts)) == reference(b"abcd", data[1:999])
+
+    def test_bad_arguments(self, mask_join):
+        with pytest.raises(ValueError, match="4 bytes"):
+            mask_join(b"abc", [b"x"])
+        with pytest.raises(TypeError):
+            mask_join("abcd", [b"x"])
+        with pytest.raises(TypeError):
+            mask_join(b"abcd", 5)
+        with pytest.raises(TypeError):
+            mask_join(b"abcd", [b"x", "text"])
+        with pytest.raises(TypeError, match="contiguous"):
+            mask_join(b"abcd", [memoryview(bytearray(10))[::2]])
+        with pytest.raises(TypeError):
+            mask_join(b"abcd")
+
+    def test_public_name(self):
+        assert twspy.frame.mask_join is (_speedups.mask_join if twspy.speedups_enabled()
+                                         else frame_module._mask_join_python)
 
 
 class TestBadArguments:
