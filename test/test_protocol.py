@@ -8,6 +8,7 @@ compared exactly. Classes follow the RFC's sections.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import tracemalloc
 import zlib
@@ -1231,6 +1232,38 @@ class TestLargeFrames:
                 buffer[:] = b"\xee" * 70000
             assert p.events_received() == [BinaryMessage(payload), TextMessage("after")]
 
+    @pytest.mark.parametrize("side", [SERVER, CLIENT])
+    @pytest.mark.parametrize("read", [1000, 65536, 262144])
+    def test_binary_frame_in_pieces_is_unmasked_once(self, side, read):
+        # The pieces of a large binary frame are kept as received and unmasked together at its
+        # end (mask_join), the key's phase following each piece's offset; text is checked as it comes.
+        payload = os.urandom(300001)
+        data = frame_for(side, 2, payload) + frame_for(side, 1, "é" * 40000) + frame_for(side, 2, b"tail")
+        p = Protocol(side, max_size=None)
+        for i in range(0, len(data), read):
+            p.receive_data(data[i:i + read])
+        assert p.events_received() == [BinaryMessage(payload), TextMessage("é" * 40000), BinaryMessage(b"tail")]
+        assert p._masked == [] and not p._buf
+
+    def test_failure_in_the_middle_of_a_frame_in_pieces_drops_them(self):
+        s = Protocol(SERVER, max_size=None)
+        s.receive_data(masked(2, b"x" * 100000)[:50000])
+        assert s._masked
+        s.fail(1002, "test")  # e.g. the shell's keepalive
+        assert s._masked == [] and s.state is CLOSING
+
+    def test_many_frames_buffered_are_compacted_once_per_read(self):
+        # A caller's bytearray is copied into the buffer; parsed bytes are dropped from its front
+        # once they are most of it, not per frame.
+        s = Protocol(SERVER, max_size=None)
+        frames = b"".join(masked(2, bytes([i]) * 5000) for i in range(30))
+        partial = masked(2, b"z" * 100000)
+        s.receive_data(bytearray(frames + partial[:5]))  # the last header incomplete: buffered
+        assert [m.payload[:1] for m in s.events_received()] == [bytes([i]) for i in range(30)]
+        assert bytes(s._buf) == partial[:5]
+        s.receive_data(bytearray(partial[5:]))
+        assert s.events_received() == [BinaryMessage(b"z" * 100000)]
+
 
 class TestEncodePieces:
     def test_large_fragments_are_not_copied(self):
@@ -1289,3 +1322,13 @@ def test_defer_failure_keeps_the_error_pending_until_fail_pending():
     assert p.data_to_send()[0][:1] == b"\x88"
     p.fail_pending()  # nothing pending: nothing happens
     assert p.data_to_send() == []
+
+
+def test_fail_pending_after_the_connection_ended_does_nothing():
+    p = Protocol(SERVER)
+    p.defer_failure = True
+    p.receive_data(masked(0x3, b"bad opcode"))
+    assert p.failure_pending
+    p.receive_eof()  # TCP ended before the shell failed it
+    p.fail_pending()
+    assert p.state is CLOSED and p.close_code == 1006 and not p.failure_pending
