@@ -362,3 +362,42 @@ def test_a_failed_connection_raises_closed_error_with_its_cause():
                 assert info.value.code == 1009
                 assert isinstance(info.value.cause, PayloadTooBig) and info.value.__cause__ is info.value.cause
     run(main())
+
+
+def test_large_sends_never_write_a_header_alone():
+    """A large payload is written with its header in front of its first 64 KiB, the rest uncopied."""
+    from twspy.asyncio import Connection
+    from twspy.protocol import SERVER, Protocol
+
+    class Transport:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, data):
+            self.writes.append(data)
+
+        def get_extra_info(self, name, default=None):
+            return default
+
+        def set_write_buffer_limits(self, high=None):
+            pass
+
+    async def main():
+        conn = Connection(Protocol(SERVER))
+        transport = Transport()
+        conn.connection_made(transport)
+        payload = bytes(range(256)) * 1200  # 300 KiB
+        await conn.send(payload)
+        head, rest = transport.writes
+        assert head[:2] == b"\x82\x7f" and len(head) == 10 + 65536 and type(rest) is memoryview
+        assert head[10:] + bytes(rest) == payload
+        transport.writes.clear()
+        await conn.send("é" * 50000 + "a" * 16000, fragment_size=65536)  # 116,000 bytes: frames of 64 KiB, 50,464 B
+        first, second = transport.writes  # the second frame (under 64 KiB) with nothing left to split
+        assert first[:4] == b"\x01\x7f\x00\x00" and len(first) == 10 + 65536
+        assert second[:4] == b"\x80\x7e\xc5\x20" and len(second) == 4 + 50464
+        assert (first[10:] + second[4:]).decode() == "é" * 50000 + "a" * 16000
+        transport.writes.clear()
+        await conn.send(b"x" * 65536)
+        assert transport.writes == [b"\x82\x7f" + (65536).to_bytes(8, "big") + b"x" * 65536]
+    run(main())

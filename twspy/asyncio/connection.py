@@ -48,6 +48,7 @@ DEFAULT_PING_TIMEOUT = 20.0      # ...and fail the connection (1011) if unanswer
 CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout")
 _WRITE_HIGH = 64 * 1024          # send() waits above this many buffered bytes (asyncio's default)
 _LARGE = 64 * 1024               # send() writes payloads from this size as pieces (Protocol.encode_frames)
+_HEAD = 64 * 1024                # ... the header goes out with this much of the payload, the rest uncopied
 
 MessageLike = Union[Message, str, bytes, bytearray, memoryview]
 
@@ -372,14 +373,33 @@ class Connection(asyncio.Protocol):
                 pieces = self.core.encode_frames(0x1, message.encode("utf-8"), fragment_size, compress)
             else:
                 pieces = self.core.encode_frames(0x2, message, fragment_size, compress)  # type: ignore[arg-type]
-            write = self.transport.write
-            for piece in pieces:
-                write(piece)
+            self._write_pieces(pieces)
         else:
             data = self._encode(message, fragment_size, compress)
             self.transport.write(data)
         if self._writing_paused:
             await self._drain()
+
+    def _write_pieces(self, pieces: List[bytes]) -> None:
+        """Write encoded pieces (small ones, and large payloads apart from their header).
+
+        A header is never written alone (with TCP_NODELAY, a 10-byte segment and a wake-up of
+        the peer per message): it goes out with the first 64 KiB of its payload (copied), the
+        rest as a memoryview, which asyncio sends as it is (it slices bytes with a copy, and
+        copies into its buffer only what the socket did not take).
+        """
+        write = self.transport.write
+        head = b""
+        for piece in pieces:
+            if len(piece) < _HEAD:
+                head += piece
+                continue
+            write(head + piece[:_HEAD])
+            head = b""
+            if len(piece) > _HEAD:
+                write(memoryview(piece)[_HEAD:])
+        if head:
+            write(head)
 
     async def _drain(self) -> None:
         while self._writing_paused:
