@@ -26,6 +26,7 @@ from twspy.frame import OPCODE_BINARY, OPCODE_TEXT, Frame, FrameParser
 
 from conftest import opened_websocket
 
+protocol_module = importlib.import_module("twspy.protocol")
 websocket_module = importlib.import_module("twspy.websocket")  # the module: twspy.websocket is the class
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,9 +69,11 @@ def impl(request):
 def framing_with(request, monkeypatch):
     """Make twspy's framing code use one masking implementation for this test."""
     mask, mask_into = IMPLEMENTATIONS[request.param]()
-    for module in (frame_module, websocket_module):
-        monkeypatch.setattr(module, "mask", mask)
-        monkeypatch.setattr(module, "mask_into", mask_into)
+    functions = {"mask": mask, "mask_into": mask_into, "mask_join": JOINS[request.param]()}
+    for module in (frame_module, websocket_module, protocol_module):
+        for name, function in functions.items():
+            if hasattr(module, name):  # the names each module imported
+                monkeypatch.setattr(module, name, function)
     return request.param
 
 
@@ -284,7 +287,7 @@ class TestFraming:
         monkeypatch.setattr(frame_module, "mask", mask_c)
         assert Frame(OPCODE_BINARY, payload, masking_key=key).pack() == python_wire
 
-    @pytest.mark.parametrize("n", [0, 125, 126, 65535, 65536, 300000])
+    @pytest.mark.parametrize("n", [0, 125, 126, 65535, 65536, 300000, (1 << 20) - 3])
     def test_socket_round_trip(self, framing_with, n):
         """A client websocket sends masked frames to a server one: both directions, the large
         payload path (recv_into + mask_into) included."""
@@ -313,6 +316,31 @@ class TestFraming:
         finally:
             server.close()
             client.close()
+
+
+    def test_large_frame_is_one_gathered_write(self):
+        """Header and large payload go out in one sendmsg (no lone header segment, no copy)."""
+        calls = []
+
+        class Recording(socket.socket):
+            def sendmsg(self, buffers, *args):
+                calls.append([bytes(b) for b in buffers])
+                return super().sendmsg(buffers, *args)
+
+        a, b = socket.socketpair()
+        server = opened_websocket(Recording(fileno=a.detach()), server_side=True)
+        b.settimeout(5)
+        try:
+            payload = os.urandom(20000)  # fits the socket buffer: sent whole
+            server.send_raw(OPCODE_BINARY, payload)
+            assert calls == [[b"\x82\x7e\x4e\x20", payload]]
+            got = b""
+            while len(got) < 20004:
+                got += b.recv(65536)
+            assert got == b"\x82\x7e\x4e\x20" + payload
+        finally:
+            server.close()
+            b.close()
 
 
 class TestSelection:
