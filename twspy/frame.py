@@ -582,7 +582,12 @@ class FrameParser:
             end = start + length
             if len(buf) < end:
                 return None
-            payload = mask(key, buf[start:end]) if key is not None else bytes(buf[start:end])
+            if length >= 4096:  # through a view: one copy of a large payload, not two
+                view = memoryview(buf)[start:end]
+                payload = mask(key, view) if key is not None else bytes(view)
+                view.release()  # before the buffer is resized below
+            else:
+                payload = mask(key, buf[start:end]) if key is not None else bytes(buf[start:end])
             self._header = None
         if end == len(buf):
             del buf[:]
