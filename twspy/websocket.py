@@ -414,7 +414,7 @@ class websocket:
         sock = self.sock
         if len(body) < _SMALL_SEND:
             sock.sendall(header + body)
-        elif _SENDMSG and not isinstance(sock, _ssl.SSLSocket):
+        elif _SENDMSG and isinstance(sock, socket.socket) and not isinstance(sock, _ssl.SSLSocket):
             # One gathered write, no copy of the payload into one buffer, and no lone header
             # segment (TCP_NODELAY) that wakes the peer for 10 bytes.
             sent = sock.sendmsg((header, body))
@@ -423,7 +423,7 @@ class websocket:
                 sent = len(header)
             if sent - len(header) < len(body):
                 sock.sendall(memoryview(body)[sent - len(header):])
-        else:  # TLS has no sendmsg: no copy of a large payload into one buffer
+        else:  # TLS (or a socket-like object) has no sendmsg: no copy of a large payload into one buffer
             sock.sendall(header)
             sock.sendall(body)
 
