@@ -1175,6 +1175,14 @@ class TestParseMessage:
         s.receive_data(masked(2, b"ab")[:-1])
         assert s.parse_message(masked(2, b"c")) is None  # a frame is half-read
 
+    def test_fused_path_after_an_opening_handshake(self):
+        # The handshake protocols open with no extension: their first message takes the fused
+        # path too (it was off until a fragmented message ended, so never for most connections).
+        s, c = handshake_pair({"extensions": []}, {"extensions": []})
+        assert s.state is OPEN and c.state is OPEN and s.extensions == [] and c.extensions == []
+        assert s.parse_message(masked(1, b"hi")) == TextMessage("hi")
+        assert c.parse_message(plain(2, b"yo")) == BinaryMessage(b"yo")
+
 
 class TestAnswerCloseLater:
     """answer_close=False: the shell answers the close once earlier messages are handled."""

@@ -923,5 +923,6 @@ class Protocol:
     def _opened(self, codecs: Sequence[ExtensionCodec]) -> None:
         self.use_extensions(codecs)
         self.state = OPEN
+        self._update_idle()  # use_extensions() saw CONNECTING: the fused paths apply from now on
         if self._buf:  # frames the peer sent right behind its handshake
             self._parse()
