@@ -279,6 +279,26 @@ class Connection(asyncio.Protocol):
                 1009, 1011, ...); ``cause`` is the error that made us fail it, if we did.
             TimeoutError: no message within ``timeout`` seconds.
         """
+        if not self._control_events:  # the inbox holds messages only: the common case, inlined
+            inbox = self._inbox
+            if not inbox:
+                core = self.core
+                if timeout is None and core.close_code is None and not core.failure_pending:
+                    # Wait once for the next message without the general loop of _wait().
+                    waiter: "asyncio.Future[None]" = self._loop.create_future()
+                    waiters = self._waiters
+                    waiters.append(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        if waiters and waiter in waiters:  # cancelled: woken waiters are cleared
+                            waiters.remove(waiter)
+                if not inbox:
+                    await self._wait(timeout)
+            item = inbox.popleft()
+            if self._reading_paused:
+                self._resume_reading()
+            return item  # type: ignore[no-any-return]
         while True:
             item = await self._next(timeout)
             kind = type(item)
@@ -287,6 +307,23 @@ class Connection(asyncio.Protocol):
 
     async def _next(self, timeout: Optional[float] = None) -> Any:
         """The next queued item (a message, or Ping/Pong with ``_control_events``)."""
+        inbox = self._inbox
+        if not inbox:
+            await self._wait(timeout)
+        item = inbox.popleft()
+        if self._reading_paused:
+            self._resume_reading()
+        return item
+
+    def _resume_reading(self) -> None:
+        """Resume reading once the application has taken half of ``max_queue`` messages."""
+        if self.max_queue is None or len(self._inbox) < max(1, self.max_queue // 2):
+            self._reading_paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    async def _wait(self, timeout: Optional[float] = None) -> None:
+        """Return once the inbox holds an item; raise ConnectionClosed once none can come."""
         inbox = self._inbox
         deadline = None if timeout is None else self._loop.time() + timeout
         while not inbox:
@@ -316,12 +353,6 @@ class Connection(asyncio.Protocol):
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
-        item = inbox.popleft()
-        if self._reading_paused and (self.max_queue is None or len(inbox) < max(1, self.max_queue // 2)):
-            self._reading_paused = False
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.resume_reading()
-        return item
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._iterate()
