@@ -37,7 +37,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple, cast
 from urllib.parse import urlsplit
 
-from .errors import WebSocketError
+from .errors import BrokerUnavailable, HubError
 
 __all__ = ["HubError", "BrokerUnavailable", "Broker", "MemoryBroker", "RedisBroker", "open_broker", "entry_size"]
 
@@ -49,14 +49,6 @@ DEFAULT_MEMORY_BYTES = 16 << 20  # ... and their bytes, in process (MemoryBroker
 DEFAULT_REDIS_BYTES = 64 << 20   # ... and about their bytes, in Redis (RedisBroker)
 _ENTRY_OVERHEAD = 64  # bytes counted per entry besides its fields' values
 _READ_BYTES = 4 << 20  # about the most one read of a RedisBroker returns
-
-
-class HubError(WebSocketError):
-    """A hub or broker cannot do what was asked (bad broker URL, missing ``redis`` package, ...)."""
-
-
-class BrokerUnavailable(HubError, ConnectionError):
-    """The broker cannot be reached right now; the hub retries with backoff."""
 
 
 class Broker:
@@ -276,9 +268,11 @@ class RedisBroker(Broker):
             return fn(*args, **kwargs)
         except self._redis_errors as exc:
             raise BrokerUnavailable("redis %s: %s failed: %s" % (self.url, what, exc)) from exc
-        except ValueError as exc:
-            # A call whose socket wake() closed under it may fail inside redis-py with
-            # "I/O operation on closed file": that is the wake-up, not a bug.
+        except Exception as exc:
+            # A call whose socket wake() closed under it fails inside redis-py in whatever way
+            # the moment gives: "I/O operation on closed file" (ValueError), a bad file
+            # descriptor (OSError), the connection's socket already None (AttributeError)...
+            # after wake() that is the wake-up, not a bug.
             if not self._woken:
                 raise
             raise BrokerUnavailable("redis %s: %s ended by wake()" % (self.url, what)) from exc
