@@ -14,12 +14,12 @@ import sys
 import threading
 
 import pytest
+from test_proxies import microsocks  # noqa: F401 (a fixture)
 
 import twspy
 from twspy.cli import EchoServer, _size, main
 
 from conftest import url
-from test_proxies import microsocks  # noqa: F401 (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
