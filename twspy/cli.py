@@ -141,7 +141,7 @@ class _Version(argparse.Action):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twspy", description="WebSocket servers (echo, serve, proxy) and a "
                                      "client (connect).")
-    parser.add_argument("--version", action=_Version, nargs=0,
+    parser.add_argument("--version", action=_Version, nargs=0, default=argparse.SUPPRESS,
                         help="print the version and whether the C accelerator is used, then exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{echo,serve,proxy,connect}")
 
