@@ -23,7 +23,7 @@ from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple, Union
 from .errors import ConnectionClosed, HandshakeError, InvalidState, NegotiationError
 from .extension import Extension, ExtensionCodec
 from .frame import (_H2, CLOSE_MISSING_EXTENSIONS, OPCODE_CLOSE, Frame, FrameParser, _header, _new_frame,
-                    encode_close, mask, mask_into, pack_frame, parse_data_frame)
+                    encode_close, mask, mask_join, pack_frame, parse_data_frame)
 from .handshake import (MAX_HEADER_SIZE, Headers, Reply, Request, build_request, check_response, error_response,
                         make_key, parse_request, parse_response, read_head, reply_response, server_handshake)
 
@@ -37,6 +37,7 @@ DEFAULT_WRITE_TIMEOUT = 30.0        # seconds a send may make no progress
 _RECV_SIZE = 64 * 1024              # one read can carry many small frames
 _LARGE = 256 * 1024                 # payloads from this size are read straight into their buffer
 _SMALL_SEND = 16 * 1024             # below this, header + payload go out in one sendall
+_SENDMSG = hasattr(socket.socket, "sendmsg")  # gathered writes (not on Windows)
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _poll = getattr(select, "poll", None)  # poll() has no FD_SETSIZE limit, unlike select()
 
@@ -410,11 +411,21 @@ class websocket:
             self.sock.sendall(_H2.pack((0x80 | rsv | opcode) if final else (rsv | opcode), n) + payload)
             return
         header, body = self._encode_frame(opcode, payload, final, rsv)
+        sock = self.sock
         if len(body) < _SMALL_SEND:
-            self.sock.sendall(header + body)
-        else:  # no copy of a large payload into one buffer
-            self.sock.sendall(header)
-            self.sock.sendall(body)
+            sock.sendall(header + body)
+        elif _SENDMSG and isinstance(sock, socket.socket) and not isinstance(sock, _ssl.SSLSocket):
+            # One gathered write, no copy of the payload into one buffer, and no lone header
+            # segment (TCP_NODELAY) that wakes the peer for 10 bytes.
+            sent = sock.sendmsg((header, body))
+            if sent < len(header):
+                sock.sendall(header[sent:])
+                sent = len(header)
+            if sent - len(header) < len(body):
+                sock.sendall(memoryview(body)[sent - len(header):])
+        else:  # TLS (or a socket-like object) has no sendmsg: no copy of a large payload into one buffer
+            sock.sendall(header)
+            sock.sendall(body)
 
     # -- the transport interface Connection uses (a mux channel implements the same) ----------
     @property
@@ -687,8 +698,7 @@ class websocket:
                 chunk += data
                 n = len(data)
             else:
-                if got - start == len(chunk):  # full: unmask it in place, start the next
-                    self._unmask_chunk(key, chunk, start)
+                if got - start == len(chunk):  # full: start the next
                     start, chunk = got, bytearray(min(length - got, got))
                     chunks.append(chunk)
                 with memoryview(chunk) as view:
@@ -705,14 +715,8 @@ class websocket:
                 with memoryview(chunk) as view:
                     self._give_partial(b0, key, view[self._partial_done - start:got - start])
         self._large = None
-        self._unmask_chunk(key, chunk, start)
-        return _new_frame(b0, b"".join(chunks), key)
-
-    @staticmethod
-    def _unmask_chunk(key: Optional[bytes], chunk: bytearray, offset: int) -> None:
-        if key is not None:
-            shift = offset % 4  # §5.3: byte i of the payload is XORed with key[i % 4]
-            mask_into(key[shift:] + key[:shift], chunk)  # in place: these buffers are ours
+        # Unmasked and joined in one pass (§5.3: the key's phase runs on across the chunks).
+        return _new_frame(b0, mask_join(key, chunks) if key is not None else b"".join(chunks), key)
 
     def close_poller(self) -> None:
         if self._poller is not None:
