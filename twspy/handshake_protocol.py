@@ -67,21 +67,21 @@ class ServerProtocol(Protocol):
             raise InvalidState("the opening handshake is over")
         if isinstance(body, str):
             body = body.encode("utf-8")
-        self._handshake_failed(HandshakeError("rejected with HTTP %d" % status, status),
+        self.handshake_failed(HandshakeError("rejected with HTTP %d" % status, status),
                                build_response(status, headers, body))
 
     def _receive_head(self, data: Union[bytes, bytearray]) -> None:
         try:
-            head = self._find_head(data, self.max_header_size)
+            head = self.find_head(data, self.max_header_size)
             if head is None:
                 return
             request = parse_request(head)
             request.address = self.address
             self.request = request
-            self._events.append(request)
+            self.queue_event(request)
             answer = self._process_request(request)
             if answer is not None:
-                self._handshake_failed(HandshakeError("answered by process_request", answer[0]), answer[1])
+                self.handshake_failed(HandshakeError("answered by process_request", answer[0]), answer[1])
                 return
             try:
                 response, self.subprotocol, codecs = server_handshake(
@@ -93,10 +93,10 @@ class ServerProtocol(Protocol):
                 self.logger.exception("opening handshake failed for %r", request)
                 raise HandshakeError("internal server error", 500) from exc
         except HandshakeError as exc:
-            self._handshake_failed(exc, error_response(exc))
+            self.handshake_failed(exc, error_response(exc))
             return
-        self._out.append(response)
-        self._opened(codecs)
+        self.queue_bytes(response)
+        self.handshake_succeeded(codecs)
 
     def _process_request(self, request: Request) -> Optional[Tuple[int, bytes]]:
         if self.process_request is None:
@@ -140,21 +140,21 @@ class ClientProtocol(Protocol):
         self.response: Optional[Response] = None
         self.subprotocol: Optional[str] = None
         self._body_wanted = -1  # the length of a non-101 response's body still being read
-        self._out.append(build_request(host, location, self.key, origin, self.protocols, self.extension_offers,
+        self.queue_bytes(build_request(host, location, self.key, origin, self.protocols, self.extension_offers,
                                        headers))
 
     def _receive_head(self, data: Union[bytes, bytearray]) -> None:
         if self._body_wanted >= 0:
-            self._buf += data
+            self.buffered().extend(data)
             self._read_body()
             return
         try:
-            head = self._find_head(data, self.max_header_size)
+            head = self.find_head(data, self.max_header_size)
             if head is None:
                 return
             response = parse_response(head)
         except HandshakeError as exc:
-            self._handshake_failed(exc)
+            self.handshake_failed(exc)
             return
         self.response = response
         if response.status != 101:
@@ -172,25 +172,25 @@ class ClientProtocol(Protocol):
             # RFC 7692 §5.1 / RFC 6455 §7.4.1: tell the server why before leaving (1010).
             key = core.new_masking_key()
             payload = encode_close(CLOSE_MISSING_EXTENSIONS, short_reason(exc.message))
-            self._out.append(frame_header(0x88, len(payload), 0x80) + key + mask(key, payload))
-            self._handshake_failed(exc)
+            self.queue_bytes(frame_header(0x88, len(payload), 0x80) + key + mask(key, payload))
+            self.handshake_failed(exc)
             return
         except HandshakeError as exc:
-            self._handshake_failed(exc)
+            self.handshake_failed(exc)
             return
-        self._events.append(response)
-        self._opened(codecs)
+        self.queue_event(response)
+        self.handshake_succeeded(codecs)
 
     def _read_body(self, eof: bool = False) -> None:
         """Finish a non-101 answer once its body is here (or the server closed TCP)."""
-        buf = self._buf
+        buf = self.buffered()
         if len(buf) < self._body_wanted and not eof:
             return
         response = self.response
         assert response is not None
         response.body = bytes(buf[:self._body_wanted])
-        self._events.append(response)
-        self._handshake_failed(HandshakeError("server answered %d %s" % (response.status, response.reason),
+        self.queue_event(response)
+        self.handshake_failed(HandshakeError("server answered %d %s" % (response.status, response.reason),
                                               response.status, response.headers, response.body))
 
     def _eof_in_handshake(self) -> bool:

@@ -96,7 +96,7 @@ class MuxClient(MuxSession):
         self.channel_class = channel_class
         self.channel_options = without_keepalive(options)
         super().__init__(sock, codecs[0], options)
-        self._slot_cond = threading.Condition(self._lock)
+        self._slot_cond = threading.Condition(self.lock)
         self._slot_grants: Deque[List[int]] = collections.deque()  # [slots, initial quota]
         self._slot_total = 0
         self._fallback = False
@@ -105,36 +105,36 @@ class MuxClient(MuxSession):
         self._conns: Dict[int, Connection] = {}
         self._host = sock.host or host_of(sock.address)
         # [twspy] §6: our receive quota for channel 1 goes out right after the 101.
-        lsock = self._new_channel(1, sock.path or "/", sock.headers, sock.protocol, 0)
+        lsock = self.new_channel(1, sock.path or "/", sock.headers, sock.protocol, 0)
         self.queue_blocks(FlowControl(1, self.window).encode())
         self.default_channel = self._conns[1] = channel_class(lsock, **self.channel_options)  # type: ignore[arg-type]
         self._reader = threading.Thread(target=self._run, name="twspy-mux-reader", daemon=True)
         try:
-            self._writer.start()
+            self.writer.start()
             self._reader.start()
         except RuntimeError:  # "can't start new thread": give the connection up, then say so
-            self._end()
+            self.end()
             self.default_channel.abort()
             self._join()
             raise
 
     def __repr__(self) -> str:
-        return "<MuxClient %s %d channels>" % ("closed" if self._ended else "open", len(self._channels))
+        return "<MuxClient %s %d channels>" % ("closed" if self.ended else "open", len(self.channel_sockets))
 
     @property
     def channels(self) -> List[Connection]:
         """The channels not closed yet."""
-        with self._lock:
+        with self.lock:
             return [c for c in self._conns.values() if c.state != CLOSED]
 
     def _run(self) -> None:
         try:
-            self._read_loop()
+            self.read_loop()
         except Exception:
             logger.exception("mux: reader failed")
         finally:
-            self._end()
-            with self._lock:
+            self.end()
+            with self.lock:
                 conns = list(self._conns.values())
                 self._slot_cond.notify_all()
             for conn in conns:  # each gets its onclose once (a reading thread may beat us to it)
@@ -169,7 +169,7 @@ class MuxClient(MuxSession):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._slot_cond:
             while True:
-                if self._ended:
+                if self.ended:
                     raise ConnectionClosed(self.physical.close_code or CLOSE_ABNORMAL,
                                            "the multiplexed connection closed")
                 if self._fallback:
@@ -192,11 +192,11 @@ class MuxClient(MuxSession):
             lsock = ChannelSocket(self, cid, path, None, None, grant[1], self.window,
                                   options.get("close_timeout", self.close_timeout))
             pending = lsock.pending = PendingOpen()
-            self._channels[cid] = lsock
+            self.channel_sockets[cid] = lsock
         self.queue_blocks(AddChannelRequest(cid, head).encode(), FlowControl(cid, self.window).encode())
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not pending.event.wait(left):
-            with self._lock:
+            with self.lock:
                 gave_up = not pending.event.is_set()
                 if gave_up:
                     self._abandoned.add(cid)
@@ -217,16 +217,16 @@ class MuxClient(MuxSession):
                 lsock.terminate()
                 self.remove(lsock)
             else:
-                self._fail_channel(lsock, DROP_CHANNEL_FAILED, exc.message, CLOSE_PROTOCOL_ERROR)
+                self.fail_channel(lsock, DROP_CHANNEL_FAILED, exc.message, CLOSE_PROTOCOL_ERROR)
             raise
         lsock.headers, lsock.protocol = response_headers, protocol
         cls = channel_class or self.channel_class
         conn = cls(lsock, **without_keepalive({**self.channel_options, **options}))  # type: ignore[arg-type]
-        with self._lock:
+        with self.lock:
             for done in [k for k, c in self._conns.items() if c.state == CLOSED]:
                 del self._conns[done]  # keep the table to the channels still alive
             self._conns[cid] = conn
-            ended = self._ended
+            ended = self.ended
         if ended:
             conn.abort()
         logger.info("mux channel %d open: %s", cid, path)
@@ -250,8 +250,8 @@ class MuxClient(MuxSession):
 
     def _on_response(self, block: AddChannelResponse) -> None:
         cid = block.channel_id
-        with self._lock:
-            lsock = self._channels.get(cid)
+        with self.lock:
+            lsock = self.channel_sockets.get(cid)
             pending = lsock.pending if lsock is not None else None
             if pending is None or pending.event.is_set():
                 if cid in self._abandoned:
@@ -283,8 +283,8 @@ class MuxClient(MuxSession):
         self._join()
 
     def _join(self) -> None:
-        if threading.current_thread() not in (self._reader, self._writer):
-            for thread in (self._reader, self._writer):
+        if threading.current_thread() not in (self._reader, self.writer):
+            for thread in (self._reader, self.writer):
                 if thread.ident is not None:  # started
                     thread.join(self.close_timeout)
 

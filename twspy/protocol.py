@@ -850,11 +850,24 @@ class Protocol:
                 self._send_eof()
             self._discard()
 
-    # -- hooks for the opening handshake (twspy.handshake_protocol's subclasses) --------------
+    # -- for the opening handshake (twspy.handshake_protocol's subclasses) ---------------------
+    def queue_bytes(self, data: bytes) -> None:
+        """Queue bytes for :meth:`data_to_send` as they are (the handshake's request or reply)."""
+        self._out.append(data)
+
+    def queue_event(self, event: Any) -> None:
+        """Queue an event for :meth:`events_received` (the handshake's Request or Response)."""
+        self._events.append(event)
+
+    def buffered(self) -> bytearray:
+        """The received bytes not parsed yet (during the handshake: what followed the head); the
+        caller may read and extend it."""
+        return self._buf
+
     def _receive_head(self, data: Union[bytes, bytearray]) -> None:
         raise InvalidState("this Protocol has no opening handshake; create it with state=OPEN")
 
-    def _find_head(self, data: Union[bytes, bytearray], max_header_size: int) -> Optional[bytes]:
+    def find_head(self, data: Union[bytes, bytearray], max_header_size: int) -> Optional[bytes]:
         """Buffer handshake bytes; the HTTP head once complete (the rest stays buffered).
 
         Raises HandshakeError 431 when no blank line comes within ``max_header_size`` bytes.
@@ -874,7 +887,8 @@ class Protocol:
         del buf[:end]
         return head
 
-    def _handshake_failed(self, exc: HandshakeError, reply: bytes = b"") -> None:
+    def handshake_failed(self, exc: HandshakeError, reply: bytes = b"") -> None:
+        """End the opening handshake with ``exc``: send ``reply`` (an HTTP error) then half-close."""
         self.handshake_exc = exc
         if reply:
             self._out.append(reply)
@@ -883,7 +897,8 @@ class Protocol:
         self.state = CLOSED
         self._discard()
 
-    def _opened(self, codecs: Sequence[ExtensionCodec]) -> None:
+    def handshake_succeeded(self, codecs: Sequence[ExtensionCodec]) -> None:
+        """Open the connection with the negotiated codecs; frames buffered behind the head are parsed."""
         self.use_extensions(codecs)
         self.state = OPEN
         if self._buf:  # frames the peer sent right behind its handshake
