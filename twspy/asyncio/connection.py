@@ -195,6 +195,8 @@ class Connection(asyncio.Protocol):
             # (and answer the peer's close frame if the application never took its messages).
             self._close_timer = self._loop.call_later(self.close_timeout, self._close_deadline)
 
+    flush = _flush  # public: the server answers a refused handshake through it
+
     def _close_deadline(self) -> None:
         self._close_timer = None
         core = self.core
@@ -318,6 +320,8 @@ class Connection(asyncio.Protocol):
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
         return item
+
+    next_event = _next  # public: the server's dispatch loop reads events through it
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._iterate()
