@@ -27,6 +27,7 @@ from twspy.frame import OPCODE_BINARY, OPCODE_TEXT, Frame, FrameParser
 from conftest import opened_websocket
 
 websocket_module = importlib.import_module("twspy.websocket")  # the module: twspy.websocket is the class
+protocol_module = importlib.import_module("twspy.protocol")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 try:
@@ -59,9 +60,10 @@ def impl(request):
 def framing_with(request, monkeypatch):
     """Make twspy's framing code use one masking implementation for this test."""
     mask, mask_into = IMPLEMENTATIONS[request.param]()
-    for module in (frame_module, websocket_module):
+    for module in (frame_module, protocol_module):
         monkeypatch.setattr(module, "mask", mask)
         monkeypatch.setattr(module, "mask_into", mask_into)
+    monkeypatch.setattr(websocket_module, "mask_into", mask_into)  # large frames read in place
     return request.param
 
 

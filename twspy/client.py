@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Opt
 from .connection import CONNECTION_OPTIONS, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
 from .errors import HandshakeError, InvalidURI, NegotiationError, ProxyError, RedirectError
 from .extension import Extension
-from .handshake import Headers
+from .handshake import Headers, basic_auth, digest_auth
 from .permessage_deflate import default_extensions
 from .proxies import open_tunnel, parse_proxy, proxy_for, wrap_tls_inside
 from .uri import WebSocketURI, parse_uri
@@ -39,47 +39,6 @@ FINAL_STATUSES = frozenset((400, 401, 403, 404, 407))
 #: Request headers dropped on a redirect to another scheme, host or port (compared lowercase).
 CREDENTIAL_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization"))
 _WEBSOCKET_OPTIONS = ("max_size", "max_header_size", "handshake_timeout", "write_timeout")
-
-
-def basic_auth(user: str, password: str) -> str:
-    """An ``Authorization`` value for HTTP Basic auth (RFC 7617)."""
-    return "Basic " + base64.b64encode(("%s:%s" % (user, password)).encode("utf-8")).decode("ascii")
-
-
-_DIGEST_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
-
-
-def digest_auth(challenge: str, user: str, password: str, method: str, uri: str) -> str:
-    """An ``Authorization`` value answering a Digest challenge (RFC 7616; MD5/SHA-256, qop=auth)."""
-    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-              for m in _DIGEST_PARAM.finditer(challenge.split(" ", 1)[1] if " " in challenge else "")}
-    realm, nonce = params.get("realm", ""), params.get("nonce", "")
-    algorithm = params.get("algorithm", "MD5")
-    hash_name = {"MD5": "md5", "SHA-256": "sha256"}.get(algorithm.upper().replace("-SESS", ""), None)
-    if hash_name is None:
-        raise HandshakeError("unsupported Digest algorithm %s" % algorithm, 401)
-
-    def h(text: str) -> str:
-        return hashlib.new(hash_name, text.encode("utf-8")).hexdigest()
-
-    cnonce = os.urandom(8).hex()
-    nc = "00000001"
-    ha1 = h("%s:%s:%s" % (user, realm, password))
-    if algorithm.upper().endswith("-SESS"):
-        ha1 = h("%s:%s:%s" % (ha1, nonce, cnonce))
-    ha2 = h("%s:%s" % (method, uri))
-    qops = [q.strip() for q in params.get("qop", "").split(",") if q.strip()]
-    fields = ['username="%s"' % user, 'realm="%s"' % realm, 'nonce="%s"' % nonce, 'uri="%s"' % uri,
-              "algorithm=%s" % algorithm]
-    if "auth" in qops:
-        response = h("%s:%s:%s:%s:auth:%s" % (ha1, nonce, nc, cnonce, ha2))
-        fields += ["qop=auth", "nc=%s" % nc, 'cnonce="%s"' % cnonce]
-    else:
-        response = h("%s:%s:%s" % (ha1, nonce, ha2))
-    fields.append('response="%s"' % response)
-    if "opaque" in params:
-        fields.append('opaque="%s"' % params["opaque"])
-    return "Digest " + ", ".join(fields)
 
 
 def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Optional[Sequence[Extension]] = None,

@@ -35,7 +35,7 @@ from typing import IO, Any, Iterable, List, Mapping, Optional, Sequence, Union
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from .errors import ConnectionClosed, ProtocolError, WebSocketError
-from .frame import CLOSE_POLICY, CLOSE_UNABLE, _short_reason, valid_close_code
+from .frame import CLOSE_POLICY, CLOSE_UNABLE, short_reason, valid_close_code
 from .handshake import Reply, Request
 from .message import BinaryMessage, Message, TextMessage
 
@@ -266,7 +266,7 @@ def _failed(client: Any, flt: Filter, exc: Exception) -> None:
     else:
         logger.info("%r: %r closes with %d: %s", client, flt, code, exc)
         reason = exc.reason if isinstance(exc, Reject) else exc.message if isinstance(exc, ProtocolError) else ""
-    client.start_close(code, _short_reason(reason))
+    client.start_close(code, short_reason(reason))
 
 
 def run_connect(filters: Sequence[Filter], request: Request) -> Reply:

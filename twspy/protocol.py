@@ -359,6 +359,24 @@ class Protocol:
     def _frame_bytes(self, opcode: int, payload: bytes, final: bool, rsv: int) -> bytes:
         return b"".join(self._frame_pieces(opcode, payload, final, rsv))
 
+    def encode_frame(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> List[bytes]:
+        """One frame as wire pieces to write in order, whatever the state: per-frame codecs
+        applied to a data frame, masked on a client (§5.3). For a raw-frame API
+        (:meth:`twspy.websocket.websocket.send`), which chooses its frames itself."""
+        return self._frame_pieces(opcode, payload, final, rsv)
+
+    def decode_frame(self, frame: Frame) -> Frame:
+        """A data frame parsed by a raw-frame API with the per-frame codecs' decoding applied
+        (deflate-frame); a control frame as it is."""
+        if self._frame_codecs and frame.opcode < 0x8:
+            for codec in reversed(self._frame_codecs):
+                frame = codec.decode_frame(frame, self.max_size)
+        return frame
+
+    def has_data_to_send(self) -> bool:
+        """Whether :meth:`data_to_send` has something (a threaded shell then takes its send lock)."""
+        return bool(self._out)
+
     def send_text(self, text: str, *, fragment_size: Optional[int] = None, compress: bool = True) -> None:
         """Queue a text message; ``fragment_size`` splits it into frames of at most that many
         bytes (§5.4), ``compress=False`` sends it uncompressed under permessage-deflate."""

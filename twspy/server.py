@@ -522,7 +522,7 @@ class Server:
             with self._lock:
                 received, deadline = self._received.pop(sock, (b"", None))
                 self._handshaking.add(sock)
-            ws = self.sock._child(sock)
+            ws = self.sock.child(sock)
             ws.address = address
             self._hook.by = None
             try:
@@ -697,7 +697,7 @@ def send_all(clients: Iterable[Connection], message: Any) -> None:
     prepared = None
     for client in clients:
         data = None
-        if not client._codecs:
+        if client.can_share_frames:
             if prepared is None:
                 prepared = client.prepare(message)
             data = prepared

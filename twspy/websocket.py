@@ -2,13 +2,15 @@
 
 A :class:`websocket` wraps a ``socket.socket`` (and forwards its methods). A server
 ``bind``s, ``listen``s and ``accept``s (the handshake runs inside ``accept``); a client
-``connect``s. Then ``send(*frames)`` and ``recv() -> Frame``. It owns the receive buffer,
-the per-frame extensions and the RSV bits they own; messages live in Connection.
+``connect``s. Then ``send(*frames)`` and ``recv() -> Frame`` (raw frames: encoded and
+decoded by a :class:`~twspy.protocol.Protocol`, which masks by side and runs per-frame
+extensions), or :meth:`websocket.read_bytes` for a shell that feeds a protocol core
+(:class:`~twspy.connection.Connection`). It owns the socket, TLS, the receive buffer and
+the waiting; no protocol rule lives here.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import select
@@ -18,14 +20,16 @@ import ssl as _ssl
 import struct
 import threading
 import time
-from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from .errors import ConnectionClosed, HandshakeError, InvalidState, NegotiationError
 from .extension import Extension, ExtensionCodec
-from .frame import (_H2, CLOSE_MISSING_EXTENSIONS, OPCODE_CLOSE, Frame, FrameParser, _header, _new_frame,
-                    encode_close, mask, mask_into, pack_frame, parse_data_frame)
-from .handshake import (MAX_HEADER_SIZE, Headers, Reply, Request, build_request, check_response, error_response,
-                        make_key, parse_request, parse_response, read_head, reply_response, server_handshake)
+from .frame import (CLOSE_MISSING_EXTENSIONS, OPCODE_CLOSE, Frame, FrameParser, encode_close, mask_into, new_frame,
+                    pack_frame)
+from .handshake import (MAX_HEADER_SIZE, Headers, Reply, Request, basic_auth, build_request, check_response,
+                        error_response, make_key, parse_request, parse_response, read_head, reply_response,
+                        server_handshake)
+from .protocol import CLIENT, SERVER, Protocol
 
 __all__ = ["websocket", "DEFAULT_MAX_SIZE", "DEFAULT_HANDSHAKE_TIMEOUT"]
 
@@ -36,7 +40,6 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0    # seconds for TLS + HTTP upgrade
 DEFAULT_WRITE_TIMEOUT = 30.0        # seconds a send may make no progress
 _RECV_SIZE = 64 * 1024              # one read can carry many small frames
 _LARGE = 256 * 1024                 # payloads from this size are read straight into their buffer
-_SMALL_SEND = 16 * 1024             # below this, header + payload go out in one sendall
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _poll = getattr(select, "poll", None)  # poll() has no FD_SETSIZE limit, unlike select()
 
@@ -109,16 +112,14 @@ class websocket:
         self.request: Optional[Request] = None    # server: the upgrade request
         self.address: Any = None                  # peer address
         self.send_lock = threading.Lock()         # one whole frame (or message) at a time
+        # The raw-frame API's core (set once the handshake is done): encodes frames (masking
+        # by side, per-frame extensions) for send() and decodes per-frame extensions for recv().
+        self.core: Optional[Protocol] = None
         self._parser = FrameParser(max_size)
         self._frame_codecs: List[ExtensionCodec] = []
         self._mask_out = False
         # a large frame being read: b0, key, its chunks (allocated as bytes arrive), bytes received, length
         self._large: Optional[Tuple[int, Optional[bytes], List[bytearray], int, int]] = None
-        self._keys: Deque[bytes] = collections.deque()
-        # Connection's fail-fast check of partly received frames: f(first header byte, payload bytes)
-        self.partial_hook: Optional[Callable[[int, bytes], None]] = None
-        self.text_in_progress = False  # set by Connection while a fragmented text message is open
-        self._partial_done = 0
         self._poller: Optional[selectors.BaseSelector] = None
         self._wait_lock = threading.Lock()  # abort() vs a reader in select() (see abort)
         self._waiting = False
@@ -177,7 +178,8 @@ class websocket:
         return "<twspy.websocket %s fd=%d path=%r>" % (role, fd, self.path)
 
     # -- server -------------------------------------------------------------------------------
-    def _child(self, sock: socket.socket) -> "websocket":
+    def child(self, sock: socket.socket) -> "websocket":
+        """A websocket for an accepted ``sock`` with this listening one's server options."""
         return websocket(sock, protocols=self.protocols, extensions=self.extension_offers,
                          trusted_origins=self.trusted_origins, locations=self.locations, ssl=self.ssl,
                          max_size=self.max_size, max_header_size=self.max_header_size,
@@ -192,7 +194,7 @@ class websocket:
         error, closes the socket and raises HandshakeError.
         """
         sock, address = self.sock.accept()
-        client = self._child(sock)
+        client = self.child(sock)
         client.address = address
         client.server_side = True
         if handshake:
@@ -291,7 +293,6 @@ class websocket:
         key = make_key()
         headers = list(self.request_headers_extra)
         if self.auth is not None:
-            from .client import basic_auth  # local: client imports websocket
             headers.append(("Authorization", basic_auth(*self.auth)))
         self._send_before(deadline, build_request(host, self.location, key, self.origin, self.protocols,
                                                   self.extension_offers, headers))
@@ -342,6 +343,8 @@ class websocket:
         for codec in self.extensions:
             rsv |= codec.rsv
         self._frame_codecs = [c for c in self.extensions if c.per_frame]
+        self.core = Protocol(SERVER if require_mask else CLIENT, max_size=self.max_size, max_fragments=None,
+                             extensions=self.extensions)
         self._parser = FrameParser(self.max_size, require_mask, rsv)
         if rest:
             self._parser.feed(rest)
@@ -366,55 +369,20 @@ class websocket:
     def send(self, *frames: Frame) -> None:
         """Send whole frames, in order, without interleaving with other threads.
 
-        A client masks every frame with a fresh key; a server never masks.
+        A client masks every frame with a fresh key; a server never masks (the core's rule).
         """
         if not self.handshake_done:
             raise InvalidState("send() before the opening handshake")
         with self.send_lock:
             for frame in frames:
-                if self._frame_codecs and not frame.is_control:
-                    for codec in self._frame_codecs:
-                        frame = codec.encode_frame(frame)
                 self.send_raw(frame.opcode, frame.payload, frame.final, frame.rsv)
 
-    def _encode_frame(self, opcode: int, payload: bytes, final: bool, rsv: int) -> Tuple[bytes, bytes]:
-        """``(header, body)`` of one outgoing frame: per-frame codecs applied, masked on a client."""
-        if self._frame_codecs and opcode < 0x8:
-            frame = Frame(opcode, payload, final=final, rsv1=bool(rsv & 0x40), rsv2=bool(rsv & 0x20),
-                          rsv3=bool(rsv & 0x10))
-            for codec in self._frame_codecs:
-                frame = codec.encode_frame(frame)
-            payload, rsv = frame.payload, frame.rsv
-        n = len(payload)
-        b0 = (0x80 | rsv | opcode) if final else (rsv | opcode)
-        if self._mask_out:
-            key = self._masking_key()
-            return _header(b0, n, 0x80) + key, mask(key, payload)
-        return (_H2.pack(b0, n) if n < 126 else _header(b0, n, 0)), payload
-
-    def _masking_key(self) -> bytes:
-        # §5.3: a fresh unpredictable key per frame. os.urandom(4) costs a syscall (0.8 us);
-        # drawing from a pool of urandom bytes costs 0.1 us. deque.popleft is atomic, so
-        # threads that send outside the send lock (start_close) still never share a key.
-        try:
-            return self._keys.popleft()
-        except IndexError:
-            pool = os.urandom(4096)
-            self._keys.extend([pool[i:i + 4] for i in range(4, 4096, 4)])
-            return pool[:4]
-
     def send_raw(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> None:
-        """Send one frame; the caller holds ``send_lock`` (Connection's fast path)."""
-        n = len(payload)
-        if n < 126 and not self._mask_out and not self._frame_codecs:  # a server's small frame
-            self.sock.sendall(_H2.pack((0x80 | rsv | opcode) if final else (rsv | opcode), n) + payload)
-            return
-        header, body = self._encode_frame(opcode, payload, final, rsv)
-        if len(body) < _SMALL_SEND:
-            self.sock.sendall(header + body)
-        else:  # no copy of a large payload into one buffer
-            self.sock.sendall(header)
-            self.sock.sendall(body)
+        """Send one frame (per-frame codecs applied, masked on a client); the caller holds ``send_lock``."""
+        assert self.core is not None, "send before the opening handshake"
+        sendall = self.sock.sendall
+        for piece in self.core.encode_frame(opcode, payload, final, rsv):  # a large payload apart, not copied
+            sendall(piece)
 
     # -- the transport interface Connection uses (a mux channel implements the same) ----------
     @property
@@ -424,8 +392,8 @@ class websocket:
 
     def frame_bytes(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> Optional[bytes]:
         """One frame as wire bytes (per-frame codecs applied, masked on a client)."""
-        header, body = self._encode_frame(opcode, payload, final, rsv)
-        return header + body
+        assert self.core is not None, "frame_bytes before the opening handshake"
+        return b"".join(self.core.encode_frame(opcode, payload, final, rsv))
 
     def send_nowait(self, data: bytes) -> int:
         """Send what the socket takes now without blocking; the caller holds ``send_lock``.
@@ -503,83 +471,36 @@ class websocket:
             if parsed is not None:
                 frame = parsed
                 break
-            if self.partial_hook is not None and parser._header is not None:
-                self._report_partial()
-            if parser._header is not None and parser.wanted() >= _LARGE:
+            header = parser.pending_header
+            if header is not None and parser.wanted() >= _LARGE:
                 # Only what has arrived is allocated: the announced length is a claim, and
                 # bytearray(length) for a 15-byte header cost 1 MiB per connection (issue 20).
-                b0, length, key, hlen = parser._header
+                b0, length, key, hlen = header
                 have = bytearray(parser.take_buffer()[hlen:])
                 self._large = (b0, key, [have], len(have), length)
                 continue
             if deadline is not None:
                 self._wait_readable(deadline)
             self._fill()
-        self._partial_done = 0
         if self._frame_codecs and not frame.is_control:
-            for codec in reversed(self._frame_codecs):
-                frame = codec.decode_frame(frame, self.max_size)
+            assert self.core is not None
+            frame = self.core.decode_frame(frame)
         return frame
 
-    def read_data_frame(self, deadline: Optional[float] = None) -> Optional[Tuple[int, bytes]]:
-        """The common case of :meth:`read_frame`, fused: ``(opcode, payload)`` of the next frame
-        when it is a whole unfragmented text or binary frame under 64 KiB, without RSV bits,
-        masked as the role requires (see :func:`~twspy.frame.parse_data_frame`), and no frame
-        codec applies; None otherwise, with what was read left buffered for :meth:`read_frame`.
+    def read_bytes(self, deadline: Optional[float] = None) -> bytes:
+        """The next bytes from the peer, for a protocol core to parse (Connection feeds
+        :class:`~twspy.protocol.Protocol` with them): what is buffered first (bytes that
+        followed the handshake, or what :meth:`recv` left), then what one ``recv()`` gives.
 
-        It skips the Frame object and the general parser, and the parser's buffer when one
-        read holds exactly one frame (request/response traffic): measured, a fifth of the
-        per-message receive cost. Reads at most once.
+        Raises ConnectionClosed(1006) at EOF or a reset, TimeoutError once ``deadline`` (an
+        absolute ``time.monotonic()``; None: no limit) passes; nothing is lost then.
         """
         parser = self._parser
-        buf = parser.buffer
-        pos = parser.pos
-        if pos == len(buf):
-            if self._large is not None or not self.handshake_done:
-                return None
-            if deadline is not None:
-                self._wait_readable(deadline)
-            data = self._recv_some()
-            found = parse_data_frame(data, 0, parser.require_mask, parser.max_size)
-            if found is not None and found[2] == len(data):
-                return found[0], found[1]
-            parser.feed(data)
-            buf, pos = parser.buffer, 0
-        elif parser._header is not None or self._large is not None:
-            return None
-        found = parse_data_frame(buf, pos, parser.require_mask, parser.max_size)
-        if found is None:
-            return None
-        end = found[2]
-        if end == len(buf):
-            del buf[:]
-            parser.pos = 0
-        else:
-            parser.pos = end
-        return found[0], found[1]
-
-    def _report_partial(self) -> None:
-        """Give ``partial_hook`` the unmasked payload bytes of the pending frame not given yet.
-
-        Lets Connection reject invalid UTF-8 while a long text frame is still arriving
-        (§8.1 fail fast) instead of after its last byte.
-        """
-        parser = self._parser
-        b0, length, key, hlen = parser._header  # type: ignore[misc]
-        if b0 & 0x70 or not (b0 & 0x0F == 0x1 or (b0 & 0x0F == 0x0 and self.text_in_progress)):
-            return  # only uncompressed text is checked
-        first = parser.pos + hlen
-        start = first + self._partial_done
-        end = min(len(parser.buffer), first + length)
-        if end > start:
-            self._give_partial(b0, key, parser.buffer[start:end])
-
-    def _give_partial(self, b0: int, key: Optional[bytes], chunk: Union[bytes, bytearray, memoryview]) -> None:
-        if key is not None:
-            shift = self._partial_done % 4
-            chunk = mask(key[shift:] + key[:shift], chunk)
-        self._partial_done += len(chunk)
-        self.partial_hook(b0, bytes(chunk))  # type: ignore[misc]
+        if parser.pos < len(parser.buffer):
+            return parser.take_buffer()
+        if deadline is not None:
+            self._wait_readable(deadline)
+        return self._recv_some()
 
     def pending(self) -> bool:
         """Whether bytes are already buffered (so a poll() on the socket could miss them)."""
@@ -592,7 +513,7 @@ class websocket:
         """Whether a read would make progress now: a frame may be buffered (ours, TLS's) or
         the kernel has bytes (or EOF). Connection's background reading asks it (never blocks)."""
         parser = self._parser
-        if len(parser.buffer) > parser.pos and self._large is None and (parser._header is None
+        if len(parser.buffer) > parser.pos and self._large is None and (parser.pending_header is None
                                                                          or not parser.wanted()):
             return True
         sock = self.sock
@@ -674,8 +595,6 @@ class websocket:
         b0, key, chunks, got, length = self._large  # type: ignore[misc]
         chunk = chunks[-1]
         start = sum(len(c) for c in chunks) - len(chunk)  # where the last chunk begins in the payload
-        partial = self.partial_hook is not None and not b0 & 0x70 and (
-            b0 & 0x0F == 0x1 or (b0 & 0x0F == 0x0 and self.text_in_progress))
         while got < length:
             if deadline is not None:
                 self._wait_readable(deadline)
@@ -701,12 +620,9 @@ class websocket:
                 raise ConnectionClosed(1006, "")
             got += n
             self._large = (b0, key, chunks, got, length)
-            if partial:
-                with memoryview(chunk) as view:
-                    self._give_partial(b0, key, view[self._partial_done - start:got - start])
         self._large = None
         self._unmask_chunk(key, chunk, start)
-        return _new_frame(b0, b"".join(chunks), key)
+        return new_frame(b0, b"".join(chunks), key)
 
     @staticmethod
     def _unmask_chunk(key: Optional[bytes], chunk: bytearray, offset: int) -> None:
