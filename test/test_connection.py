@@ -821,7 +821,7 @@ def test_no_more_flushers_once_the_outbox_overflowed(pair):
     ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     conn = twspy.Connection(ws, max_outbox=64 * 1024)
     chunk = b"x" * 8192
-    while not conn._overflowed:
+    while not conn.outbox.overflowed:
         conn.send_nowait(chunk)
     before = threading.active_count()
     for _ in range(50):
@@ -868,7 +868,7 @@ class TestOutOfThreads:
         conn = Recorder(ws, max_outbox=64 * 1024)
         conn.send_nowait(b"x" * (1 << 20))  # the flusher starts and blocks on the full socket
         refused.add(None)
-        while not conn._overflowed:
+        while not conn.outbox.overflowed:
             conn.send_nowait(b"y" * 8192)
         assert attempts and conn.closed and conn.close_code == 1013  # done in this thread instead
 
@@ -909,8 +909,8 @@ class TestOutOfThreads:
 
     def test_watchdog_that_cannot_start_is_retried(self, pair, no_threads):
         refused, attempts = no_threads
-        from twspy.connection import _Watchdog
-        watchdog = _Watchdog()
+        from twspy.watchdog import Watchdog
+        watchdog = Watchdog()
         ws, _raw = pair(server_side=True)
         conn = twspy.Connection(ws)
         refused.add("twspy-watchdog")

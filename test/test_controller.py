@@ -48,7 +48,7 @@ def start(target, *args):
 def start_reader(conn):
     """receive_forever in a thread, once it is running: pops take from the queue, not the socket."""
     thread = start(conn.receive_forever)
-    wait_for(lambda: conn._feeders)
+    wait_for(lambda: conn._in_queue.feeders)
     return thread
 
 
@@ -354,7 +354,7 @@ class TestDirectMode:
         popper = start(lambda: popped.append(server.pop_in_message(TIMEOUT)))
         wait_for(lambda: server._readers == 1)  # the pop is reading the socket
         reader = start(server.receive_forever)  # and waits for the read lock
-        wait_for(lambda: server._feeders)
+        wait_for(lambda: server._in_queue.feeders)
         client.send("first")
         join(popper)
         assert [m.payload for m in popped] == ["first"]

@@ -22,20 +22,21 @@ With ``queue_messages=True`` another thread can drive the connection through que
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Deque, Iterator, List, Optional, Union
+from typing import Any, Callable, Deque, Iterator, List, Optional, Union, cast
 
 from .errors import ConnectionClosed, InvalidState, ProtocolError, closed_error
-from .frame import (CLOSE_ABNORMAL, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE, OPCODE_BINARY, OPCODE_PING,
-                    OPCODE_PONG, OPCODE_TEXT,
-                    encode_close, valid_close_code)
+from .frame import (CLOSE_ABNORMAL, CLOSE_NORMAL, CLOSE_UNABLE, OPCODE_BINARY, OPCODE_PING,
+                    OPCODE_PONG, OPCODE_TEXT, encode_close, valid_close_code)
 from .message import BinaryMessage, Message, TextMessage
 from .protocol import CLIENT, SERVER, Close, Ping, Pong, Protocol, short_reason
 from .protocol import OPEN as CORE_OPEN
+from .inqueue import InQueue
+from .outbox import DEFAULT_MAX_OUTBOX, Outbox, as_message
+from .watchdog import RESCUE_AFTER, start_thread, watchdog
 from .websocket import websocket
 
 __all__ = ["Connection", "DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE", "DEFAULT_MAX_QUEUE_BYTES",
@@ -48,12 +49,10 @@ DEFAULT_CLOSE_TIMEOUT = 5.0   # seconds to wait for the peer's close frame / TCP
 DEFAULT_MAX_QUEUE = 16        # messages read ahead while a slow handler runs
 DEFAULT_MAX_QUEUE_BYTES = 2 << 20  # ... and at most this many payload bytes (issue 20: 16 x 1 MB each)
 DEFAULT_MAX_FRAGMENTS = 1 << 17  # frames in one fragmented message (Autobahn 9.3.1 sends 65,536)
-RESCUE_AFTER = 0.1            # a handler running this long gets a helper reader
 # Connection's keywords that Server and connect() take on its behalf.
 CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout", "queue_messages",
                       "max_fragments", "max_queue_bytes", "background")
 _SEPARATE = 16 * 1024  # from this size a message's frames are written in pieces (Protocol.encode_frames)
-DEFAULT_MAX_OUTBOX = 4 << 20  # bytes queued for a slow client by non-blocking sends
 DEFAULT_PING_INTERVAL = 20.0  # Server and connect() send keepalive pings this often...
 DEFAULT_PING_TIMEOUT = 20.0   # ...and drop a peer that leaves one unanswered this long
 
@@ -110,7 +109,6 @@ class Connection:
         # Background reading needs a transport that can tell it has bytes (a mux channel cannot).
         self._sock_readable: Optional[Callable[[], bool]] = getattr(sock, "readable", None) if background else None
         self.background = self._sock_readable is not None
-        self.max_outbox = max_outbox
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self._ping_sent: Optional[float] = None   # monotonic time of the unanswered keepalive ping
@@ -137,7 +135,7 @@ class Connection:
         self._read_bytes: Optional[Callable[[Optional[float]], bytes]] = getattr(sock, "read_bytes", None)
         self._proto = Protocol(SERVER if sock.server_side else CLIENT, max_size=self.max_size,
                                max_fragments=max_fragments, extensions=sock.extensions, answer_close=False,
-                               logger=_ConnectionLog(logger, self) if self._debug else logger)
+                               logger=cast(logging.Logger, _ConnectionLog(logger, {"conn": self})) if self._debug else logger)
         self._proto.defer_failure = True
         # Serialises the core between the reading thread and the control frames other threads
         # send; data messages are encoded under the send lock only (the core's state check is
@@ -154,22 +152,16 @@ class Connection:
         self.handler_since: Optional[float] = None
         self._rescuing = False
         # non-blocking sends (broadcast)
-        self._outbox: Optional[Deque[bytes]] = None
-        self._outbox_size = 0
-        self._overflowed = False  # set once the outbox overflowed: the 1013 close is on its way
-        self._out_lock = threading.Lock()
+        self.outbox = Outbox(self, sock.send_lock, self._frame_bytes, sock, self._send_bytes,
+                             self._lost, self._finish, max_outbox)
         # queue controller (queue_messages): messages from receive_forever for pop_in_message
         self.queue_messages = queue_messages
-        self._in_queue: Optional[Deque[Message]] = collections.deque() if queue_messages else None
-        self._in_bound = DEFAULT_MAX_QUEUE if max_queue is None else max(1, max_queue)
-        self._in_bytes = 0  # payload bytes on the in-queue (under _in_lock)
-        self._in_lock = threading.Lock()
-        self._in_not_empty = threading.Condition(self._in_lock)
-        self._in_not_full = threading.Condition(self._in_lock)
-        self._feeders: "set[int]" = set()  # threads in receive_forever feeding the in-queue
+        self._in_queue: Optional[InQueue] = InQueue(
+            DEFAULT_MAX_QUEUE if max_queue is None else max_queue, max_queue_bytes,
+            lambda: self.close_sent, self) if queue_messages else None
         self._send_lock = sock.send_lock
         if ping_interval is not None or self.background:
-            _watchdog.add(self)
+            watchdog.add(self)
         self._call_handler(self.onopen)
 
     # -- handlers --------------------------------------------------------------------------
@@ -200,6 +192,15 @@ class Connection:
     def protocol(self) -> Optional[str]:
         """The negotiated subprotocol."""
         return self.sock.protocol
+
+    @property
+    def max_outbox(self) -> int:
+        """Bytes queued by :meth:`send_nowait` at most before the peer is dropped (1013)."""
+        return self.outbox.max_outbox
+
+    @max_outbox.setter
+    def max_outbox(self, value: int) -> None:
+        self.outbox.max_outbox = value
 
     @property
     def can_share_frames(self) -> bool:
@@ -321,52 +322,9 @@ class Connection:
         if self.state != OPEN or self.close_sent:
             return
         if self._debug:
-            logger.debug("%r > %r (non-blocking)", self, _as_message(message) if prepared is None else
+            logger.debug("%r > %r (non-blocking)", self, as_message(message) if prepared is None else
                          "%d prepared bytes" % len(prepared))
-        self._nowait(message, prepared)
-
-    def _nowait(self, message: Optional[MessageLike], prepared: Optional[bytes]) -> None:
-        with self._out_lock:
-            fallback = self._nowait_locked(message, prepared)
-        if fallback is not None:  # a thread could not be started: do its work here, without the lock
-            fallback()
-
-    def _nowait_locked(self, message: Optional[MessageLike],
-                       prepared: Optional[bytes]) -> Optional[Callable[[], None]]:
-        """:meth:`_nowait` with ``_out_lock`` held; returns work to do once it is released."""
-        lock = self.sock.send_lock
-        if self._overflowed:  # being dropped (1013): nothing more for this peer
-            return None
-        if self._outbox is None and lock.acquire(blocking=False):
-            # Nothing queued and the socket is ours: encode now (compression state follows
-            # the wire order under the lock) and hand the kernel what it takes.
-            try:
-                data = prepared if prepared is not None else self._frame_bytes(message)  # type: ignore[arg-type]
-                sent = self.sock.send_nowait(data) if data else 0
-            except OSError as exc:
-                lock.release()
-                return None if _start_thread(self._lost, exc) else functools.partial(self._lost, exc)
-            if sent == len(data):
-                lock.release()
-                return None
-            if sent < 0:   # it cannot send without blocking (TLS): the flusher sends it all
-                return self._start_flusher(collections.deque([data]), locked=True)
-            # keep the lock: the rest of this frame goes out before any other
-            return self._start_flusher(collections.deque([data[sent:]]), locked=True)
-        item: Any = prepared if prepared is not None else _as_message(message)  # type: ignore[arg-type]
-        if self._outbox is None:
-            return self._start_flusher(collections.deque([item]), locked=False)
-        if self._outbox_size + len(item) > self.max_outbox:
-            # Its buffers are full, so a close frame could not get through either:
-            # drop the connection (1013, try again later) and free the flusher.
-            logger.info("%r: outbound queue over %d bytes; dropping the client", self, self.max_outbox)
-            self._outbox = None
-            self._overflowed = True
-            args = (CLOSE_TRY_AGAIN_LATER, "outbound queue overflow")
-            return None if _start_thread(self._finish, *args) else functools.partial(self._finish, *args)
-        self._outbox.append(item)
-        self._outbox_size += len(item)
-        return None
+        self.outbox.put(message, prepared)
 
     def _frame_bytes(self, message: MessageLike) -> bytes:
         """``message`` as wire bytes (b"" once the core no longer sends); the caller holds the send lock."""
@@ -375,51 +333,6 @@ class Connection:
             return self._encode_data(opcode, payload)
         except InvalidState:  # the closing handshake started: nothing more to send (§7.1.2)
             return b""
-
-    def _start_flusher(self, outbox: Deque[Any], locked: bool) -> Optional[Callable[[], None]]:
-        """With self._out_lock held. Items are bytes (encoded frames) or Messages (encoded later).
-
-        Without a thread to flush them (the process is out of threads), the peer is dropped
-        (1013, try again later): a frame may be half sent, and the caller must not block.
-        Returns that fallback for the caller to run once it has released the lock.
-        """
-        self._outbox = outbox
-        self._outbox_size = sum(len(item) for item in outbox)
-        if _start_thread(self._flush, locked):
-            return None
-        self._outbox = None
-        self._overflowed = True
-        if locked:
-            self.sock.send_lock.release()
-        return functools.partial(self._finish, CLOSE_TRY_AGAIN_LATER, "cannot start a thread")
-
-    def _flush(self, locked: bool) -> None:
-        lock = self.sock.send_lock
-        if not locked:
-            lock.acquire()
-        try:
-            while True:
-                with self._out_lock:
-                    if not self._outbox:
-                        self._outbox = None
-                        self._outbox_size = 0
-                        return
-                    item = self._outbox.popleft()
-                    self._outbox_size -= len(item)
-                if isinstance(item, bytes):
-                    if self._debug:
-                        logger.debug("%r > %d bytes of encoded frames (flushed)", self, len(item))
-                    data = item
-                else:
-                    data = self._frame_bytes(item)
-                if data:
-                    self._send_bytes(data)
-        except OSError as exc:
-            with self._out_lock:
-                self._outbox = None
-            self._lost(exc)
-        finally:
-            lock.release()
 
     # -- receiving -------------------------------------------------------------------------
     def recv(self, timeout: Optional[float] = None) -> Message:
@@ -471,11 +384,10 @@ class Connection:
         with 1011. Returns when the connection is closed. With ``queue_messages``, each
         message is then put on the in-queue for :meth:`pop_in_message`.
         """
-        _watchdog.add(self)
+        watchdog.add(self)
         queue = self._in_queue  # None unless queue_messages: one check per message on the hot path
         if queue is not None:
-            with self._in_lock:
-                self._feeders.add(threading.get_ident())
+            queue.add_feeder()
         try:
             while True:
                 try:
@@ -495,45 +407,18 @@ class Connection:
                 finally:
                     self.handler_since = None
                 if queue is not None:
-                    self._queue_in(message)
+                    queue.put(message)
         finally:
             if queue is not None:
-                with self._in_lock:
-                    self._feeders.discard(threading.get_ident())
-                    self._in_not_empty.notify_all()  # poppers now read the socket themselves
+                queue.remove_feeder()  # poppers now read the socket themselves
             if (self.ping_interval is None and not self.background) or self.state == CLOSED:
-                _watchdog.discard(self)
+                watchdog.discard(self)
 
     # -- queue controller: drive the connection from another thread ---------------------------
-    def _queue_in(self, message: Message) -> None:
-        """Put a message from receive_forever on the in-queue, waiting while it is full.
-
-        While the connection is open the reading thread waits for room: not reading is what
-        slows the peer down (TCP backpressure). Once the closing handshake has started it
-        must not wait for a consumer (it may have to read the peer's close frame), so every
-        change of close_sent/state notifies this condition (_wake_queue); the queue may then
-        hold twice its bound (its own plus the max_queue messages recv() may read ahead
-        during a close), and later messages are dropped, as §7.1.2 allows.
-        """
-        with self._in_lock:
-            queue = self._in_queue
-            assert queue is not None
-            bound, max_bytes = self._in_bound, self.max_queue_bytes
-            while (len(queue) >= bound or self._in_bytes >= max_bytes) and not self.close_sent:
-                self._in_not_full.wait()
-            if len(queue) >= 2 * bound or self._in_bytes >= 2 * max_bytes:
-                logger.debug("%r: in-queue full while closing; message dropped", self)
-                return
-            queue.append(message)
-            self._in_bytes += len(message)
-            self._in_not_empty.notify()
-
     def _wake_queue(self) -> None:
         """The closing handshake started or the connection closed: wake in-queue waiters."""
         if self._in_queue is not None:
-            with self._in_lock:
-                self._in_not_full.notify_all()
-                self._in_not_empty.notify_all()
+            self._in_queue.wake()
 
     def pop_in_message(self, timeout: Optional[float] = None) -> Optional[Message]:
         """The next message received, in arrival order; None once the connection is closed and drained.
@@ -554,39 +439,27 @@ class Connection:
         queue = self._in_queue
         if queue is None:
             raise InvalidState("pop_in_message needs a Connection made with queue_messages=True")
-        if threading.get_ident() in self._feeders:
+        if threading.get_ident() in queue.feeders:
             raise InvalidState("pop_in_message called from the thread that runs receive_forever")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self._in_lock:
-                while not queue:
-                    if not self._feeders:
-                        break
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise TimeoutError("timed out waiting for a message")
-                    self._in_not_empty.wait(left)
-                else:
-                    message = queue.popleft()
-                    self._in_bytes -= len(message)
-                    self._in_not_full.notify()
-                    return message
+            message = queue.take(deadline)
+            if message is not None:
+                return message
             # Nobody runs receive_forever: read the socket here, holding the read lock so that
             # a receive_forever starting now reads only after this message (order kept).
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._read_lock.acquire(timeout=-1 if left is None else left):
                 raise TimeoutError("timed out waiting for a message")
             try:
-                with self._in_lock:
-                    if queue or self._feeders:
-                        continue  # receive_forever started meanwhile: take from the queue
+                if queue.busy():
+                    continue  # receive_forever started meanwhile: take from the queue
                 try:
                     message = self.recv(None if deadline is None else max(0.0, deadline - time.monotonic()))
                 except ConnectionClosed:
                     return None
-                with self._in_lock:
-                    if not self._feeders:
-                        return message
+                if not queue.fed():
+                    return message
                 # receive_forever started while this thread was reading (it waits for the read
                 # lock): hand it the message, older than any it will read, so that it goes
                 # through onmessage and the queue like the rest.
@@ -608,7 +481,7 @@ class Connection:
             raise TypeError("cannot send %s" % type(message).__name__)
         if self.should_stop():
             raise self._closed_error()
-        self._nowait(message, None)
+        self.outbox.put(message, None)
 
     def should_stop(self) -> bool:
         """Whether the closing handshake has started (either side) or the connection is closed.
@@ -743,7 +616,7 @@ class Connection:
                 proto.send_close(code, reason)
             data = b"".join(proto.data_to_send())
         if data:
-            self._nowait(None, data)
+            self.outbox.put(None, data)
 
     def _wait_closed(self) -> None:
         deadline = None if self.close_timeout is None else time.monotonic() + self.close_timeout
@@ -840,7 +713,7 @@ class Connection:
             sock.wait_eof(time.monotonic() + (self.close_timeout or 0))
         sock.abort()
         self._closed.set()
-        _watchdog.discard(self)
+        watchdog.discard(self)
         self._call_handler(self.onclose, code, reason)
 
     def abort(self) -> None:
@@ -915,6 +788,22 @@ class Connection:
                 finally:
                     lock.release()
 
+    def watchdog_tick(self, now: float) -> None:
+        """Called by the watchdog (:mod:`twspy.watchdog`) about every ``RESCUE_AFTER / 2`` seconds:
+        keepalive, a helper reader for a handler that runs long, background reading."""
+        if self.ping_interval is not None:
+            self._keepalive(now)
+        since = self.handler_since
+        if since is not None and now - since >= RESCUE_AFTER and not self._rescuing and self.state == OPEN:
+            self._rescuing = True
+            if not start_thread(self._rescue, name="twspy-rescue"):
+                self._rescuing = False  # try again next round; the handler's thread reads after it
+        elif self.background and not self._readers and not self._rescuing and self.state != CLOSED \
+                and self._readable():
+            self._rescuing = True
+            if not start_thread(self._read_idle, name="twspy-rescue"):
+                self._rescuing = False
+
     # -- watchdog: keep reading while a slow handler runs -------------------------------------
     def _rescue(self) -> None:
         if not self._read_lock.acquire(blocking=False):
@@ -975,95 +864,4 @@ class _ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """The core's DEBUG lines (frames both ways), prefixed with the connection."""
 
     def process(self, msg: Any, kwargs: Any) -> Any:
-        return "%s %s" % (repr(self.extra).replace("%", "%%"), msg), kwargs
-
-
-def _as_message(message: MessageLike) -> Message:
-    """Queued items that are bytes are encoded frames, so queue payloads as Messages."""
-    if isinstance(message, Message):
-        return message
-    if isinstance(message, str):
-        return TextMessage(message)
-    return BinaryMessage(message)
-
-
-_last_thread_warning = [0.0]
-
-
-def _thread_failed(name: str, exc: BaseException) -> None:
-    """Log a failed thread start, at most once every 10 s (each new client could trigger one)."""
-    now = time.monotonic()
-    if now - _last_thread_warning[0] >= 10.0:
-        _last_thread_warning[0] = now
-        logger.warning("cannot start a thread (%s): %s; degrading", name, exc)
-
-
-def _start_thread(target: Callable[..., Any], *args: Any, name: Optional[str] = None) -> bool:
-    """Start a daemon thread; False when the process is out of threads (issue 20 item 2).
-
-    ``RuntimeError: can't start new thread`` comes from pid limits (containers, systemd
-    TasksMax, RLIMIT_NPROC); the callers degrade instead of letting it unwind.
-    """
-    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-    try:
-        thread.start()
-    except RuntimeError as exc:
-        _thread_failed(name or str(getattr(target, "__name__", "thread")), exc)
-        return False
-    return True
-
-
-class _Watchdog:
-    """One thread for the process: keepalive pings, and a helper reader for handlers that run long.
-
-    It wakes every RESCUE_AFTER / 2 seconds while any connection is registered and exits when
-    none is left, so an idle process has no extra thread.
-    """
-
-    def __init__(self) -> None:
-        self._conns: "set[Connection]" = set()
-        self._lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
-
-    def add(self, conn: Connection) -> None:
-        with self._lock:
-            self._conns.add(conn)
-            if self._thread is None:
-                thread = threading.Thread(target=self._run, name="twspy-watchdog", daemon=True)
-                try:
-                    thread.start()
-                except RuntimeError as exc:  # out of threads: no keepalive until the next add() starts it
-                    _thread_failed("twspy-watchdog", exc)
-                    return
-                self._thread = thread
-
-    def discard(self, conn: Connection) -> None:
-        with self._lock:
-            self._conns.discard(conn)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(RESCUE_AFTER / 2)
-            with self._lock:
-                if not self._conns:
-                    self._thread = None
-                    return
-                conns = list(self._conns)
-            now = time.monotonic()
-            for conn in conns:
-                if conn.ping_interval is not None:
-                    conn._keepalive(now)
-                since = conn.handler_since
-                if since is not None and now - since >= RESCUE_AFTER and not conn._rescuing \
-                        and conn.state == OPEN:
-                    conn._rescuing = True
-                    if not _start_thread(conn._rescue, name="twspy-rescue"):
-                        conn._rescuing = False  # try again next round; the handler's thread reads after it
-                elif conn.background and not conn._readers and not conn._rescuing \
-                        and conn.state != CLOSED and conn._readable():
-                    conn._rescuing = True
-                    if not _start_thread(conn._read_idle, name="twspy-rescue"):
-                        conn._rescuing = False
-
-
-_watchdog = _Watchdog()
+        return "%s %s" % (repr(self.extra["conn"]).replace("%", "%%"), msg), kwargs  # type: ignore[index]
