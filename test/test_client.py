@@ -6,10 +6,12 @@ import base64
 import socket
 import ssl
 import threading
+import warnings
 
 import pytest
 
 import twspy
+import twspy.client
 from twspy.cli import EchoServer
 from twspy.handshake import accept_key, parse_request, read_head
 
@@ -366,3 +368,30 @@ class TestUnixSocket:
     def test_missing_unix_socket(self, tmp_path):
         with pytest.raises(FileNotFoundError):
             twspy.connect("ws://x/", unix_path=str(tmp_path / "nothing"), timeout=5)
+
+
+class TestOptionVocabulary:
+    """Issue 11: one name per option; connect()'s old ``timeout=`` still works, with a DeprecationWarning."""
+
+    def test_timeout_is_a_deprecated_spelling_of_handshake_timeout(self, monkeypatch):
+        seen = []
+
+        def fake_open(uri, protocols, extensions, origin, headers, ssl, ws_options, route):
+            seen.append(ws_options["handshake_timeout"])
+            raise OSError("stop here")
+
+        monkeypatch.setattr(twspy.client, "_open", fake_open)
+        with pytest.warns(DeprecationWarning, match="handshake_timeout"):
+            with pytest.raises(OSError):
+                twspy.connect("ws://127.0.0.1:1/", timeout=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(OSError):
+                twspy.connect("ws://127.0.0.1:1/", handshake_timeout=4)
+            with pytest.raises(OSError):
+                twspy.connect("ws://127.0.0.1:1/")
+        assert seen == [3, 4, 10.0]
+
+    def test_unknown_options_are_a_type_error(self):
+        with pytest.raises(TypeError):
+            twspy.connect("ws://127.0.0.1:1/", open_timout=1)  # a typo is not ignored

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
-import os
 import random
 import re
 import socket
@@ -13,16 +10,18 @@ import ssl as _ssl
 import threading
 import time
 import urllib.parse
+import warnings
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
-from .connection import CONNECTION_OPTIONS, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
+from .connection import (DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_OUTBOX, DEFAULT_MAX_QUEUE,
+                         DEFAULT_MAX_QUEUE_BYTES, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection)
 from .errors import HandshakeError, InvalidURI, NegotiationError, ProxyError, RedirectError
 from .extension import Extension
-from .handshake import Headers, basic_auth, digest_auth
+from .handshake import MAX_HEADER_SIZE, Headers, basic_auth, digest_auth
 from .permessage_deflate import default_extensions
 from .proxies import open_tunnel, parse_proxy, proxy_for, wrap_tls_inside
 from .uri import WebSocketURI, parse_uri
-from .websocket import websocket
+from .websocket import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_SIZE, DEFAULT_WRITE_TIMEOUT, websocket
 
 __all__ = ["connect", "reconnect", "DEFAULT_FINAL_CODES", "FINAL_STATUSES", "basic_auth", "digest_auth",
            "default_extensions", "MAX_REDIRECTS", "MAX_AUTH_ATTEMPTS", "CREDENTIAL_HEADERS"]
@@ -38,15 +37,23 @@ DEFAULT_FINAL_CODES = frozenset((1000, 1002, 1003, 1007, 1008, 1009, 1010))
 FINAL_STATUSES = frozenset((400, 401, 403, 404, 407))
 #: Request headers dropped on a redirect to another scheme, host or port (compared lowercase).
 CREDENTIAL_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization"))
-_WEBSOCKET_OPTIONS = ("max_size", "max_header_size", "handshake_timeout", "write_timeout")
+_UNSET: Any = object()  # connect(timeout=) not given
 
 
 def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Optional[Sequence[Extension]] = None,
             origin: Optional[str] = None, headers: Union[None, Mapping[str, str], Iterable[Tuple[str, str]]] = None,
-            ssl: Optional[_ssl.SSLContext] = None, timeout: Optional[float] = 10,
+            ssl: Optional[_ssl.SSLContext] = None, timeout: Any = _UNSET,
             connection_class: Type[Connection] = Connection, *, proxy: Union[None, bool, str] = None,
             proxy_ssl: Optional[_ssl.SSLContext] = None, unix_path: Optional[str] = None,
-            **options: Any) -> Connection:
+            handshake_timeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT,
+            max_size: Optional[int] = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
+            write_timeout: Optional[float] = DEFAULT_WRITE_TIMEOUT,
+            close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT,
+            ping_interval: Optional[float] = DEFAULT_PING_INTERVAL,
+            ping_timeout: Optional[float] = DEFAULT_PING_TIMEOUT,
+            max_queue: int = DEFAULT_MAX_QUEUE, max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+            max_outbox: int = DEFAULT_MAX_OUTBOX, max_fragments: Optional[int] = DEFAULT_MAX_FRAGMENTS,
+            queue_messages: bool = False, background: bool = True) -> Connection:
     """Open a WebSocket connection to a ws:// or wss:// ``url`` and return it.
 
     Follows redirects (up to MAX_REDIRECTS) and answers a 401 with Basic or Digest auth
@@ -61,7 +68,7 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
         origin: the Origin header. headers: extra request headers.
         ssl: SSLContext for wss:// (default: ``ssl.create_default_context()``, which
             checks the certificate and the hostname, with SNI).
-        timeout: seconds for TCP connect + TLS + the HTTP upgrade (``handshake_timeout``).
+        timeout: deprecated spelling of ``handshake_timeout`` (DeprecationWarning).
         connection_class: the Connection subclass to build.
         proxy: ``None`` (default) or True: the environment's proxy, as urllib picks it (ws:// uses
             ``http_proxy``, wss:// ``https_proxy``, then ``all_proxy``; ``no_proxy`` honoured);
@@ -71,8 +78,12 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
         proxy_ssl: SSLContext for an https:// proxy (default: the system's, verifying it).
         unix_path: connect to this Unix domain socket instead of the URL's host and port
             (the URL still gives the Host header and the path); no proxy is used.
-        **options: ``max_size``, ``max_header_size``, ``close_timeout``, ``max_queue``, ...;
-            ``background=False`` turns off reading in the background (see Connection).
+        handshake_timeout: seconds for TCP connect + TLS + the HTTP upgrade (None: no limit).
+        max_size, max_header_size, write_timeout: see :class:`~twspy.websocket.websocket`.
+        close_timeout, ping_interval, ping_timeout, max_queue, max_queue_bytes, max_outbox,
+            max_fragments, queue_messages, background: see :class:`~twspy.connection.Connection`;
+            keepalive pings every 20 s by default, and ``background=False`` turns off reading in
+            the background. The README's option table lists them all with their defaults.
 
     Raises:
         InvalidURI, HandshakeError (``status``, ``headers``, ``body`` of the answer),
@@ -81,14 +92,16 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
     if extensions is None:
         extensions = default_extensions()
     header_list = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
-    conn_options = {k: options.pop(k) for k in CONNECTION_OPTIONS if k in options}
-    conn_options.setdefault("ping_interval", DEFAULT_PING_INTERVAL)
-    conn_options.setdefault("ping_timeout", DEFAULT_PING_TIMEOUT)
-    conn_options.setdefault("background", True)  # pings answered while the caller is not in recv()
-    ws_options = {k: options.pop(k) for k in _WEBSOCKET_OPTIONS if k in options}
-    ws_options.setdefault("handshake_timeout", timeout)
-    if options:
-        raise TypeError("unexpected options: %s" % ", ".join(sorted(options)))
+    if timeout is not _UNSET:
+        warnings.warn("connect(timeout=) is deprecated: use handshake_timeout=", DeprecationWarning, stacklevel=2)
+        handshake_timeout = timeout
+    # background: pings answered while the caller is not in recv()
+    conn_options: Dict[str, Any] = dict(
+        close_timeout=close_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout, max_queue=max_queue,
+        max_queue_bytes=max_queue_bytes, max_outbox=max_outbox, max_fragments=max_fragments,
+        queue_messages=queue_messages, background=background)
+    ws_options: Dict[str, Any] = dict(handshake_timeout=handshake_timeout, max_size=max_size,
+                                      max_header_size=max_header_size, write_timeout=write_timeout)
     if proxy is True:  # "a proxy, the usual one": the environment's
         proxy = None
     if unix_path is not None and proxy:

@@ -40,7 +40,7 @@ from .watchdog import RESCUE_AFTER, start_thread, watchdog
 from .websocket import websocket
 
 __all__ = ["Connection", "DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE", "DEFAULT_MAX_QUEUE_BYTES",
-           "DEFAULT_MAX_FRAGMENTS",
+           "DEFAULT_MAX_FRAGMENTS", "DEFAULT_MAX_OUTBOX",
            "DEFAULT_PING_INTERVAL", "DEFAULT_PING_TIMEOUT"]
 
 logger = logging.getLogger("twspy.connection")
