@@ -1,7 +1,7 @@
 # twspy — every target is a one-liner; `make help` lists them.
 PYTHON ?= python3
 
-.PHONY: help build test test-all cov lint bench compliance compliance-full fuzz clean
+.PHONY: help build dev test test-all cov lint bench compliance compliance-full fuzz clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -10,7 +10,7 @@ build: ## build the optional C accelerator (twspy/_speedups.c) in place
 	$(PYTHON) setup.py -q build_ext --inplace
 
 test: ## run the test suite, with the C accelerator built when a compiler exists (installs the test extra)
-	@$(PYTHON) -c "import pytest, hypothesis, websockets, redis" 2>/dev/null || $(PYTHON) -m pip install -q pytest hypothesis websockets redis
+	@$(PYTHON) -c "import pytest, hypothesis, websockets, redis, mypy" 2>/dev/null || $(PYTHON) -m pip install -q pytest hypothesis websockets redis mypy
 	@if command -v "$$($(PYTHON) -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "cc").split()[0])')" >/dev/null; then \
 	  $(MAKE) -s build && export TWSPY_REQUIRE_SPEEDUPS=1; fi; $(PYTHON) -m pytest -q test
 
@@ -20,12 +20,20 @@ test-all: ## run the suite on every installed Python 3.9-3.13 (pyenv)
 	  [ -n "$$py" ] || { echo "python $$v: not installed"; continue; }; \
 	  echo "== $$py"; $(MAKE) -s test PYTHON=$$py || exit 1; done
 
-cov: ## branch coverage of the protocol code
-	$(PYTHON) -m pytest -q --cov=twspy --cov-branch --cov-report=term-missing test
+dev: ## install twspy editable, in the mode type checkers can follow (mypy sees it)
+	$(PYTHON) -m pip install -e . --config-settings editable_mode=strict
 
-lint: ## ruff and mypy, when installed
-	-$(PYTHON) -m ruff check twspy test
-	-$(PYTHON) -m mypy twspy
+cov: ## branch coverage, subprocesses included: fails below 95 % for the package, below 100 % for the sans-I/O core
+	$(PYTHON) -m coverage erase
+	$(PYTHON) -m coverage run -m pytest -q test
+	$(PYTHON) -m coverage combine -q
+	$(PYTHON) -m coverage report
+	$(PYTHON) -m coverage report --fail-under=100 --include='twspy/protocol.py,twspy/handshake_protocol.py'
+
+lint: ## ruff, mypy --strict and the private-names check; fails on any finding
+	$(PYTHON) -m ruff check twspy test examples bench compliance tools setup.py
+	$(PYTHON) -m mypy
+	$(PYTHON) tools/check_private.py
 
 bench: ## benchmarks against peers and raw TCP (see bench/README.md)
 	$(PYTHON) bench/run.py
@@ -39,7 +47,7 @@ compliance-full: ## every Autobahn case, both roles, threaded and asyncio
 	$(PYTHON) compliance/run.py --asyncio --no-setup
 
 fuzz: ## a bounded fuzzing campaign against a live server
-	$(PYTHON) test/fuzz.py
+	$(PYTHON) tools/fuzz.py
 
 clean: ## remove caches and build output (the built accelerator too)
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis htmlcov .coverage twspy/_speedups.*.so twspy/_speedups.*.pyd

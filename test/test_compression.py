@@ -38,7 +38,8 @@ def names(conn):
 class TestPermessageDeflate:
     def test_negotiated_by_default(self, serve):
         server = serve(EchoServer)
-        with twspy.connect(url(server)) as conn:
+        # background=False: this test reads frames below the Connection, no reader thread may race it.
+        with twspy.connect(url(server), background=False) as conn:
             assert names(conn) == ["permessage-deflate"]
             conn.send("x" * 10000)
             frame = conn.sock.recv(5)  # below the Connection: the echo as it travelled
@@ -139,7 +140,9 @@ class TestDeflateFrame:
     @pytest.mark.parametrize("options", [{}, {"no_context_takeover": True}, {"max_window_bits": 10}])
     def test_round_trips(self, serve, options):
         server = serve(EchoServer, extensions=[DeflateFrame()], max_size=2 << 20)
-        with twspy.connect(url(server), extensions=[DeflateFrame(**options)], max_size=2 << 20) as conn:
+        # background=False: the end reads frames below the Connection, no reader thread may race it.
+        with twspy.connect(url(server), extensions=[DeflateFrame(**options)], max_size=2 << 20,
+                           background=False) as conn:
             for size in SIZES:
                 text = text_of(size, size)
                 conn.send(text, fragment_size=1000)

@@ -57,6 +57,7 @@ class Peer:
 class Recorder(twspy.Connection):
     def __init__(self, *args, **kwargs):
         self.events = []
+        self.onclose_called = threading.Event()  # onclose may run in the watchdog's thread
         super().__init__(*args, **kwargs)
 
     def onopen(self):
@@ -73,6 +74,7 @@ class Recorder(twspy.Connection):
 
     def onclose(self, code, reason):
         self.events.append(("close", code, reason))
+        self.onclose_called.set()
 
     def onerror(self, exc):
         self.events.append(("error", exc))
@@ -736,6 +738,8 @@ class TestKeepalive:
                     pass
         assert info.value.code == 1006
         assert c.closed and c.close_code == 1006
+        # The watchdog closed it and calls onclose after waking the reader.
+        assert c.onclose_called.wait(5)
         assert [e for e in c.events if e[0] == "close"] == [("close", 1006, "keepalive ping timeout")]
         c.close()  # nothing left to do, and no error
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import pickle
+import re
 
 import pytest
 
@@ -27,6 +29,12 @@ class TestTree:
         (InvalidURI, (WebSocketError, ValueError)),
         (RedirectError, (HandshakeError, WebSocketError)),
         (ProxyError, (WebSocketError, ConnectionError, OSError)),
+        (errors.MuxError, (ProtocolError, WebSocketError)),
+        (errors.Reject, (WebSocketError,)),
+        (errors.InvalidTopic, (WebSocketError, ValueError)),
+        (errors.SubscriptionLimit, (WebSocketError, ValueError)),
+        (errors.HubError, (WebSocketError,)),
+        (errors.BrokerUnavailable, (errors.HubError, WebSocketError, ConnectionError)),
     ])
     def test_parents(self, cls, parents):
         for parent in parents:
@@ -39,12 +47,39 @@ class TestTree:
         assert WebSocketError.__bases__ == (Exception,)
         assert not issubclass(ProtocolError, HandshakeError) and not issubclass(HandshakeError, ProtocolError)
 
+    def test_documented_tree_is_the_real_one(self):
+        # The module docstring draws the tree: every class in it sits under the parent drawn,
+        # and every exception class errors.py defines is drawn.
+        drawn = {}
+        stack = []
+        for line in errors.__doc__.splitlines():
+            m = re.match(r"^    ([ │├└─]*)(\w+)", line)
+            if not m or not m.group(2)[0].isupper():
+                continue
+            depth = len(m.group(1)) // 4
+            del stack[depth:]
+            drawn[m.group(2)] = stack[-1] if stack else None
+            stack.append(m.group(2))
+        assert drawn["WebSocketError"] is None
+        for name, parent in drawn.items():
+            cls = getattr(errors, name)
+            if parent is not None:
+                assert getattr(errors, parent) in cls.__bases__, (name, parent)
+        defined = {n for n, v in vars(errors).items()
+                   if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == errors.__name__}
+        assert defined - {"SocketClosed"} == set(drawn)  # an alias, named on its class's line
+        for module in ("filters", "topics", "broker", "mux_frames", "hub"):
+            mod = importlib.import_module("twspy." + module)
+            for name in drawn:
+                assert getattr(mod, name, getattr(errors, name)) is getattr(errors, name)
+
     def test_alias_and_exports(self):
         assert SocketClosed is ConnectionClosed
         assert sorted(errors.__all__) == sorted([
             "WebSocketError", "HandshakeError", "NegotiationError", "ProtocolError", "PayloadTooBig",
             "ConnectionClosed", "ConnectionClosedOK", "ConnectionClosedError", "SocketClosed", "InvalidState",
-            "InvalidURI", "RedirectError", "ProxyError"])
+            "InvalidURI", "RedirectError", "ProxyError", "MuxError", "Reject", "InvalidTopic", "SubscriptionLimit",
+            "HubError", "BrokerUnavailable"])
         for name in errors.__all__:
             assert getattr(twspy, name) is getattr(errors, name)
             assert name in twspy.__all__

@@ -1,5 +1,5 @@
 """The hub across processes through a real Redis: each test starts its own ``redis-server``
-(127.0.0.1, a free port, persistence off) and server processes (test/hubnode.py, or
+(127.0.0.1, a free port, persistence off) and server processes (tools/hubnode.py, or
 ``python -m twspy serve --redis``), kills and restarts them, and checks what clients see.
 
 Without redis-server these tests skip, except under ``TWSPY_REQUIRE_REDIS=1`` (CI), where
@@ -107,7 +107,7 @@ def redis_server(request, tmp_path):
 
 
 class Node:
-    """A server process with a Redis hub (test/hubnode.py or ``twspy serve``)."""
+    """A server process with a Redis hub (tools/hubnode.py or ``twspy serve``)."""
 
     def __init__(self, args, env=None) -> None:
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -116,8 +116,10 @@ class Node:
         self.log = []
         self.port = None
         self._errs = []
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.log), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self._errs), daemon=True).start()
+        self._pumps = [threading.Thread(target=self._pump, args=(self.proc.stdout, self.log), daemon=True),
+                       threading.Thread(target=self._pump, args=(self.proc.stderr, self._errs), daemon=True)]
+        for pump in self._pumps:
+            pump.start()
 
     def _pump(self, stream, sink) -> None:
         for line in stream:
@@ -125,7 +127,9 @@ class Node:
             self.lines.put(line)
 
     def wait_port(self, marker: str) -> int:
-        deadline = time.monotonic() + 15
+        # Bounds a hang only: a node prints its port as soon as it listens, which takes seconds
+        # when other test suites load the machine (15 s was too short with two suites beside it).
+        deadline = time.monotonic() + 60
         while self.port is None:
             try:
                 line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
@@ -149,6 +153,8 @@ class Node:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        for pump in self._pumps:  # the process is gone: both pipes are at EOF
+            pump.join(10)
         for stream in (self.proc.stdout, self.proc.stderr):
             try:
                 stream.close()
@@ -165,9 +171,9 @@ def nodes(redis_server):
     started = []
 
     def start(*extra):
-        node = Node([sys.executable, os.path.join(HERE, "hubnode.py"), "--redis", redis_server.url, *extra])
+        node = Node([sys.executable, os.path.join(ROOT, "tools", "hubnode.py"), "--redis", redis_server.url, *extra])
+        started.append(node)  # stopped at teardown even if it never says its port
         node.wait_port("port ")
-        started.append(node)
         return node
 
     yield start

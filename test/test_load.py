@@ -58,9 +58,9 @@ def fd_names():
 
 
 def load(mode, server, clients=N_CLIENTS, messages=N_MESSAGES, while_ready=None, timeout=240):
-    """Run test/loadclient.py against ``server``; returns its JSON summary."""
+    """Run tools/loadclient.py against ``server``; returns its JSON summary."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "loadclient.py"), mode, url(server),
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "loadclient.py"), mode, url(server),
                              str(clients), str(messages)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         if while_ready is not None:

@@ -22,6 +22,7 @@ from twspy.handshake import make_key
 from twspy.proxy import ProxyServer
 
 from conftest import CERT, KEY, http_exchange, url, wait_for
+from test_proxies import tinyproxy  # noqa: F401 - the fixture: a real tinyproxy with Basic auth
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,7 +69,7 @@ class Refusing(twspy.Server):
 
     status = 403
 
-    def process_request(self, path, headers):
+    def process_request(self, request):
         if self.status == 401:
             return 401, [("WWW-Authenticate", 'Basic realm="up"')], "who are you?\n"
         return self.status, "no\n"
@@ -305,8 +306,8 @@ class TestHandshake:
 
     def test_process_request_answers_before_upstream(self, serve, proxy):
         class Guarded(ProxyServer):
-            def process_request(self, path, headers):
-                return None if headers.get("Authorization") == "ok" else 401
+            def process_request(self, request):
+                return None if request.headers.get("Authorization") == "ok" else 401
 
         upstream = serve(Upstream)
         server = Guarded(url(upstream), ("127.0.0.1", 0))
@@ -476,6 +477,60 @@ def test_cli_proxy(serve):
             proc.kill()
         proc.wait(10)
         proc.stderr.close()
+
+
+class TestUpstreamProxy:
+    """Issue 14: the relay reaches its upstream through a proxy, as connect(proxy=...) does."""
+
+    def test_through_tinyproxy(self, serve, proxy, tinyproxy):  # noqa: F811
+        upstream = serve(Upstream)
+        relay = proxy(url(upstream), upstream_proxy="http://user:pa55@" + tinyproxy)
+        with twspy.connect(url(relay, "/via"), timeout=5, proxy=False) as conn:
+            conn.send("proxied")
+            assert conn.recv(5) == twspy.TextMessage("proxied")
+        assert expect(upstream.events, "open")[1] == "/via"
+
+    def test_refused_by_the_proxy_is_a_502(self, serve, proxy, tinyproxy):  # noqa: F811
+        upstream = serve(Upstream)
+        relay = proxy(url(upstream), upstream_proxy="http://user:wrong@" + tinyproxy)
+        with pytest.raises(twspy.HandshakeError) as info:
+            twspy.connect(url(relay), timeout=5, proxy=False)
+        assert info.value.status == 502 and b"401 Unauthorized" in info.value.body  # the proxy's answer, named
+        assert upstream.events.empty()
+
+    def test_environment_is_read_unless_told_not_to(self, serve, proxy, monkeypatch):
+        upstream = serve(Upstream)
+        with socket.socket() as dead:  # a port nobody listens on: a proxy that refuses
+            dead.bind(("127.0.0.1", 0))
+            monkeypatch.setenv("http_proxy", "http://127.0.0.1:%d" % dead.getsockname()[1])
+            monkeypatch.delenv("no_proxy", raising=False)
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            with pytest.raises(twspy.HandshakeError) as info:
+                twspy.connect(url(proxy(url(upstream))), timeout=5, proxy=False)
+            assert info.value.status == 502
+            with twspy.connect(url(proxy(url(upstream), upstream_proxy=False)), timeout=5, proxy=False) as conn:
+                conn.send("direct")
+                assert conn.recv(5) == twspy.TextMessage("direct")
+
+    def test_cli_upstream_proxy(self, serve, tinyproxy):  # noqa: F811
+        upstream = serve(Upstream)
+        env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen([sys.executable, "-m", "twspy", "proxy", "--upstream", url(upstream), "--port", "0",
+                                 "--upstream-proxy", "http://user:pa55@" + tinyproxy],
+                                cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            match = re.search(r"twspy proxy on ws://127\.0\.0\.1:(\d+)/", proc.stderr.readline())
+            assert match
+            with twspy.connect("ws://127.0.0.1:%s/" % match.group(1), timeout=5, proxy=False) as conn:
+                conn.send("cli via tinyproxy")
+                assert conn.recv(5) == twspy.TextMessage("cli via tinyproxy")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            proc.stderr.close()
 
 
 class TestConfinement:

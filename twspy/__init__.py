@@ -15,9 +15,9 @@ import logging
 
 from .client import connect, reconnect
 from .connection import Connection
-from .errors import (ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, HandshakeError, InvalidState,
-                     InvalidURI, NegotiationError, PayloadTooBig, ProtocolError, ProxyError, RedirectError, SocketClosed,
-                     WebSocketError)
+from .errors import (BrokerUnavailable, ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, HandshakeError,
+                     HubError, InvalidState, InvalidTopic, InvalidURI, MuxError, NegotiationError, PayloadTooBig,
+                     ProtocolError, ProxyError, RedirectError, Reject, SocketClosed, SubscriptionLimit, WebSocketError)
 from .extension import Extension, ExtensionCodec
 from .frame import (CLOSE_ABNORMAL, CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_MESSAGE_TOOBIG,
                     CLOSE_MISSING_EXTENSIONS, CLOSE_NOACCEPT_DTYPE, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_POLICY,
@@ -44,6 +44,7 @@ __all__ = [
     "Multiplex", "connect_multiplexed",
     "WebSocketError", "HandshakeError", "NegotiationError", "RedirectError", "ProxyError", "ProtocolError", "PayloadTooBig",
     "ConnectionClosed", "ConnectionClosedOK", "ConnectionClosedError", "SocketClosed", "InvalidState", "InvalidURI",
+    "MuxError", "Reject", "InvalidTopic", "SubscriptionLimit", "HubError", "BrokerUnavailable",
     "Opcode", "CloseCode",
     "OPCODE_CONTINUATION", "OPCODE_TEXT", "OPCODE_BINARY", "OPCODE_CLOSE", "OPCODE_PING", "OPCODE_PONG",
     "CLOSE_NORMAL", "CLOSE_GOING_AWAY", "CLOSE_PROTOCOL_ERROR", "CLOSE_NOACCEPT_DTYPE", "CLOSE_NO_STATUS",

@@ -37,7 +37,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple, cast
 from urllib.parse import urlsplit
 
-from .errors import WebSocketError
+from .errors import BrokerUnavailable, HubError
 
 __all__ = ["HubError", "BrokerUnavailable", "Broker", "MemoryBroker", "RedisBroker", "open_broker", "entry_size"]
 
@@ -49,14 +49,6 @@ DEFAULT_MEMORY_BYTES = 16 << 20  # ... and their bytes, in process (MemoryBroker
 DEFAULT_REDIS_BYTES = 64 << 20   # ... and about their bytes, in Redis (RedisBroker)
 _ENTRY_OVERHEAD = 64  # bytes counted per entry besides its fields' values
 _READ_BYTES = 4 << 20  # about the most one read of a RedisBroker returns
-
-
-class HubError(WebSocketError):
-    """A hub or broker cannot do what was asked (bad broker URL, missing ``redis`` package, ...)."""
-
-
-class BrokerUnavailable(HubError, ConnectionError):
-    """The broker cannot be reached right now; the hub retries with backoff."""
 
 
 class Broker:

@@ -5,8 +5,8 @@
     twspy echo    [--host H] [--port P] [--max-size N] [--certfile F --keyfile F] [--subprotocol P]
                   [--no-compression] [--max-connections N] [--asyncio] [--quiet]
     twspy serve   [-f SPEC]... [-c FILE] [--token T]... [--redis URL | --hub URL] + echo's options
-    twspy proxy   --upstream URL [--insecure] [--host H] [--port P] [--max-size N] [--certfile F --keyfile F]
-                  [--quiet]
+    twspy proxy   --upstream URL [--upstream-proxy URL | --no-upstream-proxy] [--insecure] [--host H] [--port P]
+                  [--max-size N] [--certfile F --keyfile F] [--quiet]
     twspy connect URL [-x MSG]... [-w SECS] [-b] [-P] [--slash] [--ping-interval SECS] [-H "K: V"]
                   [-s P] [-o O] [-k] [--no-compression] [--max-size N] [--open-timeout SECS]
                   [--proxy URL | --no-proxy | --unix PATH] [-q]
@@ -170,6 +170,10 @@ def _parser() -> argparse.ArgumentParser:
     _listen_options(proxy, defaults=True)
     proxy.add_argument("--insecure", "-k", action="store_true",
                        help="do not verify the upstream's TLS certificate")
+    proxy.add_argument("--upstream-proxy", metavar="URL",
+                       help="reach the upstream through this http://, https://, socks5://, socks5h:// or socks4:// "
+                            "proxy (default: http_proxy / https_proxy / all_proxy, no_proxy)")
+    proxy.add_argument("--no-upstream-proxy", action="store_true", help="ignore the proxy environment variables")
     proxy.add_argument("--quiet", "-q", action="store_true", help="log warnings only")
 
     client = sub.add_parser(
@@ -464,8 +468,11 @@ def _proxy(args: argparse.Namespace) -> int:
         parse_uri(args.upstream)
     except InvalidURI as exc:
         raise UsageError(str(exc)) from None
+    if args.upstream_proxy and args.no_upstream_proxy:
+        raise UsageError("give --upstream-proxy or --no-upstream-proxy, not both")
+    upstream_proxy: Union[None, bool, str] = False if args.no_upstream_proxy else args.upstream_proxy
     server = _listen("proxy", functools.partial(ProxyServer, args.upstream), (args.host, args.port), args.unix,
-                     ssl=context, upstream_ssl=upstream_ssl, max_size=args.max_size)
+                     ssl=context, upstream_ssl=upstream_ssl, upstream_proxy=upstream_proxy, max_size=args.max_size)
     if server is None:
         return 1
     print("twspy proxy on %s -> %s (Ctrl-C stops it)" % (_url(server, context), _redact_url(args.upstream)),

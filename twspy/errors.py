@@ -8,12 +8,18 @@ Every exception derives from :class:`WebSocketError`::
     │   └── RedirectError       a redirect the client refuses (wss:// to ws://, too many)
     ├── ProxyError              a proxy refused or broke the tunnel (also ConnectionError)
     ├── ProtocolError           the peer broke RFC 6455 (carries the close code to send)
-    │   └── PayloadTooBig       a frame or message exceeds ``max_size`` (1009)
+    │   ├── PayloadTooBig       a frame or message exceeds ``max_size`` (1009)
+    │   └── MuxError            the peer broke the multiplexing extension (a drop reason code)
     ├── ConnectionClosed        the connection is closed (code, reason); alias SocketClosed
     │   ├── ConnectionClosedOK      ... normally: 1000 or 1001 (also 1005, a close without a code)
     │   └── ConnectionClosedError   ... otherwise: 1006 (no closing handshake), 1002, 1009, 1011, ...
     ├── InvalidState            an operation that the state does not allow (also RuntimeError)
-    └── InvalidURI              a URL that is not ws:// or wss:// (also ValueError)
+    ├── InvalidURI              a URL that is not ws:// or wss:// (also ValueError)
+    ├── Reject                  raised by a server filter to close its client (code, reason)
+    ├── InvalidTopic            a hub topic name or filter that breaks MQTT §4.7 (also ValueError)
+    ├── SubscriptionLimit       a subscription past the hub's limits (also ValueError)
+    └── HubError                a hub or broker cannot do what was asked
+        └── BrokerUnavailable   the broker cannot be reached right now (also ConnectionError)
 
 Timeouts raise the builtin :class:`TimeoutError`.
 """
@@ -36,6 +42,12 @@ __all__ = [
     "SocketClosed",
     "InvalidState",
     "InvalidURI",
+    "MuxError",
+    "Reject",
+    "InvalidTopic",
+    "SubscriptionLimit",
+    "HubError",
+    "BrokerUnavailable",
 ]
 
 
@@ -184,3 +196,61 @@ class InvalidURI(WebSocketError, ValueError):
         # ``args`` holds the formatted message, not (uri, why): without this, copy.copy()
         # and pickle (e.g. across multiprocessing) fail with a TypeError.
         return type(self), (self.uri, self.why)
+
+
+class MuxError(ProtocolError):
+    """The peer broke the multiplexing protocol; ``code`` is the drop reason code (§7.1).
+
+    2000-2999 fail the physical connection, 3000-3999 one logical channel.
+    """
+
+
+class Reject(WebSocketError):
+    """Raised by a filter to close the client with ``code`` and ``reason``.
+
+    ``code`` must be one a close frame may carry (RFC 6455 §7.4: 1000-1003, 1007-1014,
+    3000-4999); ValueError otherwise. ``reason`` is cut to 123 bytes of UTF-8 on the wire.
+    """
+
+    def __init__(self, code: int = 1008, reason: str = "") -> None:
+        from .frame import valid_close_code  # the §7.4 table lives with the codec, which imports us
+
+        if not isinstance(code, int) or not valid_close_code(code):
+            raise ValueError("close code %r may not be sent (RFC 6455 §7.4)" % (code,))
+        super().__init__(reason or "rejected")
+        self.code = code
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return "rejected with %d %s" % (self.code, self.reason)
+
+    def __reduce__(self) -> Tuple[Any, Tuple[int, str]]:
+        # ``args`` holds the message, not (code, reason): copy and pickle need the real ones.
+        return type(self), (self.code, self.reason)
+
+
+class InvalidTopic(WebSocketError, ValueError):
+    """A topic name or topic filter that breaks MQTT §4.7."""
+
+    def __init__(self, topic: str, why: str) -> None:
+        shown = topic if len(topic) <= 80 else topic[:77] + "..."
+        super().__init__("%r isn't a valid topic: %s" % (shown, why))
+        self.topic = topic
+        self.why = why
+
+    def __reduce__(self) -> Tuple[Any, Tuple[str, str]]:
+        # ``args`` holds the formatted message, not (topic, why); see InvalidURI.
+        return type(self), (self.topic, self.why)
+
+
+class SubscriptionLimit(WebSocketError, ValueError):
+    """A subscription that a :class:`~twspy.topics.SubscriptionTree`'s limits refuse (too many
+    levels, too many filters for one key, or no node budget left)."""
+
+
+class HubError(WebSocketError):
+    """A hub or broker cannot do what was asked (bad broker URL, missing ``redis`` package, ...)."""
+
+
+class BrokerUnavailable(HubError, ConnectionError):
+    """The broker cannot be reached right now; the hub retries with backoff."""

@@ -34,7 +34,7 @@ import time
 from typing import IO, Any, Iterable, List, Mapping, Optional, Sequence, Union
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
-from .errors import ConnectionClosed, ProtocolError, WebSocketError
+from .errors import ConnectionClosed, ProtocolError, Reject
 from .frame import CLOSE_POLICY, CLOSE_UNABLE, short_reason, valid_close_code
 from .handshake import Reply, Request
 from .message import BinaryMessage, Message, TextMessage
@@ -49,28 +49,6 @@ MessageResult = Union[None, Message, str, bytes]
 binary message), or None to drop it."""
 
 _FAILED = "_twspy_filter_failed"  # set on a client once a filter closed it: the chain skips it
-
-
-class Reject(WebSocketError):
-    """Raised by a filter to close the client with ``code`` and ``reason``.
-
-    ``code`` must be one a close frame may carry (RFC 6455 §7.4: 1000-1003, 1007-1014,
-    3000-4999); ValueError otherwise. ``reason`` is cut to 123 bytes of UTF-8 on the wire.
-    """
-
-    def __init__(self, code: int = CLOSE_POLICY, reason: str = "") -> None:
-        if not isinstance(code, int) or not valid_close_code(code):
-            raise ValueError("close code %r may not be sent (RFC 6455 §7.4)" % (code,))
-        super().__init__(reason or "rejected")
-        self.code = code
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return "rejected with %d %s" % (self.code, self.reason)
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        # ``args`` holds the message, not (code, reason): copy and pickle need the real ones.
-        return type(self), (self.code, self.reason)
 
 
 class Filter:

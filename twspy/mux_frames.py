@@ -14,7 +14,7 @@ import http
 from dataclasses import dataclass
 from typing import ClassVar, List, Optional, Sequence, Tuple, Union
 
-from .errors import HandshakeError, NegotiationError, ProtocolError
+from .errors import HandshakeError, MuxError, NegotiationError
 from .frame import RSV1, RSV2, RSV3, Frame
 from .handshake import Headers, chosen_subprotocol, has_token, parse_response
 
@@ -61,13 +61,6 @@ DROP_ACKNOWLEDGED = 3008
 DROP_BAD_FRAGMENTATION = 3009
 
 KNOWN_OPCODES = frozenset((0x0, 0x1, 0x2, 0x8, 0x9, 0xA))
-
-
-class MuxError(ProtocolError):
-    """The peer broke the multiplexing protocol; ``code`` is the drop reason code (§7.1).
-
-    2000-2999 fail the physical connection, 3000-3999 one logical channel.
-    """
 
 
 # -- encodings (§3), no I/O ---------------------------------------------------------------------

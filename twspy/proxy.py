@@ -40,7 +40,7 @@ import ssl as _ssl
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, List, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union, cast
 
 from .client import connect
 from .connection import CLOSED, CONNECTION_OPTIONS, DEFAULT_CLOSE_TIMEOUT, Connection
@@ -106,6 +106,10 @@ class ProxyServer(Server):
         upstream_ssl: the ``ssl.SSLContext`` for a wss:// upstream (default: the system's
             CAs, hostname checked).
         upstream_timeout: seconds for the upstream's TCP connect, TLS and upgrade.
+        upstream_proxy: how to reach the upstream, as ``connect(proxy=...)`` takes it: None
+            (the default) reads ``http_proxy`` / ``https_proxy`` / ``all_proxy`` / ``no_proxy``
+            from the environment, False never uses a proxy, or an ``http://``, ``https://``,
+            ``socks5://``, ``socks5h://``, ``socks4://`` URL (credentials in it).
         forward_headers: request headers copied to the upstream request (every value).
             ``X-Forwarded-For`` is always sent: the client's own ``X-Forwarded-For`` (if any)
             is kept and the client's address appended, so only the last entry is known to be
@@ -118,13 +122,14 @@ class ProxyServer(Server):
     def __init__(self, upstream: str, address: Tuple[str, int] = ("127.0.0.1", 8000),
                  ssl: Optional[_ssl.SSLContext] = None, upstream_ssl: Optional[_ssl.SSLContext] = None,
                  upstream_timeout: float = 10.0, forward_headers: Sequence[str] = DEFAULT_FORWARD_HEADERS,
-                 **server_kwargs: Any) -> None:
+                 upstream_proxy: Union[None, bool, str] = None, **server_kwargs: Any) -> None:
         parse_uri(upstream)  # InvalidURI now rather than a 502 for every client
         if any(getattr(ext, "name", "") == "mux" for ext in server_kwargs.get("extensions") or ()):
             raise ValueError("ProxyServer does not relay the multiplexing extension")
         self.upstream = upstream
         self.upstream_ssl = upstream_ssl
         self.upstream_timeout = upstream_timeout
+        self.upstream_proxy = upstream_proxy
         self.forward_headers = tuple(forward_headers)
         self._base = urllib.parse.urlsplit(upstream)
         # Per client thread: the upstream connected during its handshake, the subprotocol the
@@ -194,6 +199,7 @@ class ProxyServer(Server):
         try:
             upstream = connect(url, protocols=offered or None, headers=self.forwarded_headers(request),
                                ssl=self.upstream_ssl, timeout=self.upstream_timeout, connection_class=_Upstream,
+                               proxy=self.upstream_proxy,
                                max_size=self.sock.max_size, write_timeout=self.sock.write_timeout, **options)
         except HandshakeError as exc:
             if exc.status in PASS_THROUGH_STATUSES:

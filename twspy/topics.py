@@ -15,7 +15,7 @@ import re
 import threading
 from typing import AbstractSet, Dict, FrozenSet, Hashable, List, Optional, Set, Tuple
 
-from .errors import WebSocketError
+from .errors import InvalidTopic, SubscriptionLimit
 
 __all__ = [
     "InvalidTopic",
@@ -32,25 +32,6 @@ MAX_TOPIC_LENGTH = 65535  # bytes of UTF-8: the 16-bit length prefix of an MQTT 
 # §1.5.4: U+0001..U+001F and U+007F..U+009F "SHOULD NOT" appear; refusing them keeps a topic
 # from forging a line in a log or in a newline-separated store.
 _CONTROL = re.compile("[\x01-\x1f\x7f-\x9f]")
-
-
-class InvalidTopic(WebSocketError, ValueError):
-    """A topic name or topic filter that breaks MQTT §4.7."""
-
-    def __init__(self, topic: str, why: str) -> None:
-        shown = topic if len(topic) <= 80 else topic[:77] + "..."
-        super().__init__("%r isn't a valid topic: %s" % (shown, why))
-        self.topic = topic
-        self.why = why
-
-    def __reduce__(self) -> Tuple[type, Tuple[str, str]]:
-        # ``args`` holds the formatted message, not (topic, why); see InvalidURI.
-        return type(self), (self.topic, self.why)
-
-
-class SubscriptionLimit(WebSocketError, ValueError):
-    """A subscription that a :class:`SubscriptionTree`'s limits refuse (too many levels, too
-    many filters for one key, or no node budget left)."""
 
 
 def _check_string(topic: str, kind: str) -> None:

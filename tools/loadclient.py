@@ -1,7 +1,7 @@
 """Load generator for test_load.py, run as its own process so it does not share the server's GIL.
 
-    python test/loadclient.py echo URL CLIENTS MESSAGES
-    python test/loadclient.py listen URL CLIENTS MESSAGES
+    python tools/loadclient.py echo URL CLIENTS MESSAGES
+    python tools/loadclient.py listen URL CLIENTS MESSAGES
 
 ``echo``: each client sends MESSAGES messages of random (seeded) size, text and binary, some
 fragmented, half the clients with permessage-deflate, and checks every echo in order.

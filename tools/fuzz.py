@@ -1,6 +1,6 @@
 """`make fuzz`: a bounded fuzzing campaign against a live twspy server (default 3 minutes).
 
-    python test/fuzz.py [--seconds 180] [--seed N]
+    python tools/fuzz.py [--seconds 180] [--seed N]
 
 Against one in-process echo Server (permessage-deflate on) it sends, over many connections:
 random bytes after a valid handshake, mutated valid frame streams, truncated and oversized
