@@ -16,7 +16,7 @@ import struct
 from types import ModuleType
 from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
-from .errors import PayloadTooBig, ProtocolError
+from .errors import PayloadTooBig, ProtocolError, valid_close_code
 
 __all__ = [
     "Opcode", "CloseCode",
@@ -88,7 +88,6 @@ _DATA_OPCODES = frozenset((0x0, 0x1, 0x2))
 _FAST_B0 = frozenset((0x81, 0x82, 0x89, 0x8A))  # FIN + text, binary, ping, pong; no RSV bits
 _KNOWN_OPCODES = frozenset((0x0, 0x1, 0x2, 0x8, 0x9, 0xA))
 # Codes a peer may put on the wire (§7.4): 1004-1006, 1015 and unassigned 1016-2999 may not.
-_WIRE_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
 
 FIN, RSV1, RSV2, RSV3 = 0x80, 0x40, 0x20, 0x10
 MASK_BIT = 0x80
@@ -277,11 +276,6 @@ def pack_frame(opcode: int, payload: bytes, final: bool = True, rsv: int = 0,
     if masking_key is None:
         return _header(b0, len(payload), 0), payload
     return _header(b0, len(payload), MASK_BIT) + masking_key, mask(masking_key, payload)
-
-
-def valid_close_code(code: int) -> bool:
-    """Whether ``code`` may appear in a close frame on the wire (§7.4)."""
-    return code in _WIRE_CLOSE_CODES or 3000 <= code <= 4999
 
 
 def short_reason(text: str) -> str:
