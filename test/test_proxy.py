@@ -238,8 +238,22 @@ class TestHandshake:
         with twspy.connect(url(server), timeout=5) as conn:
             assert conn.protocol is None
 
+    def test_one_name_for_the_handshake_deadline(self):
+        """Issue 11: handshake_timeout is both legs' deadline; upstream_timeout= still works, deprecated."""
+        server = ProxyServer("ws://127.0.0.1:1/", ("127.0.0.1", 0), handshake_timeout=3)
+        try:
+            assert server.upstream_timeout == 3 and server.sock.handshake_timeout == 3
+        finally:
+            server.shutdown()
+        with pytest.warns(DeprecationWarning, match="upstream_timeout"):
+            server = ProxyServer("ws://127.0.0.1:1/", ("127.0.0.1", 0), upstream_timeout=4)
+        try:
+            assert server.upstream_timeout == 4 and server.sock.handshake_timeout == 10.0
+        finally:
+            server.shutdown()
+
     def test_unreachable_upstream_is_502(self, proxy):
-        server = proxy("ws://127.0.0.1:%d/" % free_port(), upstream_timeout=5)
+        server = proxy("ws://127.0.0.1:%d/" % free_port(), handshake_timeout=5)
         with pytest.raises(twspy.HandshakeError) as info:
             twspy.connect(url(server), timeout=5)
         assert info.value.status == 502
@@ -590,7 +604,7 @@ class TestResources:
         # A bounded flood of every way a client may come and go, then threads and fds go back
         # to what they were (bounded by close_timeout: a leg that does not answer is cut).
         upstream = serve(Upstream, close_timeout=1)
-        server = proxy(url(upstream), close_timeout=1, upstream_timeout=5)
+        server = proxy(url(upstream), close_timeout=1, handshake_timeout=5)
         port = server.address[1]
         with twspy.connect(url(server), timeout=5) as conn:  # warm up (the keepalive watchdog)
             conn.send("x")

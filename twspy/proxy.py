@@ -40,6 +40,7 @@ import ssl as _ssl
 import threading
 import time
 import urllib.parse
+import warnings
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union, cast
 
 from .client import connect
@@ -52,10 +53,13 @@ from .handshake import Headers, Reply, Request, server_handshake
 from .message import Message
 from .server import Server, ServerConnection
 from .uri import parse_uri
+from .websocket import DEFAULT_HANDSHAKE_TIMEOUT
 
 __all__ = ["ProxyServer", "DEFAULT_FORWARD_HEADERS", "PASS_THROUGH_STATUSES"]
 
 logger = logging.getLogger("twspy.proxy")
+
+_UNSET: Any = object()  # ProxyServer(upstream_timeout=) not given
 
 DEFAULT_FORWARD_HEADERS = ("Authorization", "Cookie", "Origin", "User-Agent")
 PASS_THROUGH_STATUSES = (401, 403, 404, 429)
@@ -105,7 +109,8 @@ class ProxyServer(Server):
         ssl: an ``ssl.SSLContext`` to serve wss:// to clients.
         upstream_ssl: the ``ssl.SSLContext`` for a wss:// upstream (default: the system's
             CAs, hostname checked).
-        upstream_timeout: seconds for the upstream's TCP connect, TLS and upgrade.
+        upstream_timeout: deprecated (DeprecationWarning): ``handshake_timeout``, the server's
+            deadline for a client's handshake, is also the upstream's (TCP connect, TLS, upgrade).
         upstream_proxy: how to reach the upstream, as ``connect(proxy=...)`` takes it: None
             (the default) reads ``http_proxy`` / ``https_proxy`` / ``all_proxy`` / ``no_proxy``
             from the environment, False never uses a proxy, or an ``http://``, ``https://``,
@@ -121,14 +126,19 @@ class ProxyServer(Server):
 
     def __init__(self, upstream: str, address: Tuple[str, int] = ("127.0.0.1", 8000),
                  ssl: Optional[_ssl.SSLContext] = None, upstream_ssl: Optional[_ssl.SSLContext] = None,
-                 upstream_timeout: float = 10.0, forward_headers: Sequence[str] = DEFAULT_FORWARD_HEADERS,
+                 upstream_timeout: Any = _UNSET, forward_headers: Sequence[str] = DEFAULT_FORWARD_HEADERS,
                  upstream_proxy: Union[None, bool, str] = None, **server_kwargs: Any) -> None:
         parse_uri(upstream)  # InvalidURI now rather than a 502 for every client
         if any(getattr(ext, "name", "") == "mux" for ext in server_kwargs.get("extensions") or ()):
             raise ValueError("ProxyServer does not relay the multiplexing extension")
         self.upstream = upstream
         self.upstream_ssl = upstream_ssl
-        self.upstream_timeout = upstream_timeout
+        if upstream_timeout is not _UNSET:
+            warnings.warn("ProxyServer(upstream_timeout=) is deprecated: handshake_timeout= sets both legs' deadline",
+                          DeprecationWarning, stacklevel=2)
+        # The upstream leg's opening-handshake deadline: handshake_timeout, as the client's.
+        self.upstream_timeout: Optional[float] = server_kwargs.get("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT) \
+            if upstream_timeout is _UNSET else upstream_timeout
         self.upstream_proxy = upstream_proxy
         self.forward_headers = tuple(forward_headers)
         self._base = urllib.parse.urlsplit(upstream)
@@ -198,7 +208,7 @@ class ProxyServer(Server):
                    if k in CONNECTION_OPTIONS and k != "queue_messages"}
         try:
             upstream = connect(url, protocols=offered or None, headers=self.forwarded_headers(request),
-                               ssl=self.upstream_ssl, timeout=self.upstream_timeout, connection_class=_Upstream,
+                               ssl=self.upstream_ssl, handshake_timeout=self.upstream_timeout, connection_class=_Upstream,
                                proxy=self.upstream_proxy,
                                max_size=self.sock.max_size, write_timeout=self.sock.write_timeout, **options)
         except HandshakeError as exc:
