@@ -174,7 +174,7 @@ class TestConnect:
     def test_timeout(self, scripted):
         server = scripted(lambda request, n: None)
         with pytest.raises(TimeoutError):
-            twspy.connect("ws://127.0.0.1:%d/" % server.port, timeout=0.3, extensions=[])
+            twspy.connect("ws://127.0.0.1:%d/" % server.port, handshake_timeout=0.3, extensions=[])
 
     def test_connection_refused(self):
         sock = socket.socket()
@@ -331,7 +331,7 @@ class TestTLS:
 
     def test_plain_client_against_tls_server(self, tls_server):
         with pytest.raises((twspy.HandshakeError, OSError)):
-            twspy.connect("ws://127.0.0.1:%d/" % tls_server.address[1], extensions=[], timeout=2)
+            twspy.connect("ws://127.0.0.1:%d/" % tls_server.address[1], extensions=[], handshake_timeout=2)
 
 
 class TestUnixSocket:
@@ -355,7 +355,7 @@ class TestUnixSocket:
         thread = threading.Thread(target=serve_one)
         thread.start()
         try:
-            with twspy.connect("ws://app.local/chat?x=1", unix_path=path, timeout=5, extensions=[]) as conn:
+            with twspy.connect("ws://app.local/chat?x=1", unix_path=path, handshake_timeout=5, extensions=[]) as conn:
                 conn.send("over AF_UNIX")
                 assert conn.recv(5).payload == "over AF_UNIX"
                 assert conn.sock.address == path
@@ -367,7 +367,7 @@ class TestUnixSocket:
 
     def test_missing_unix_socket(self, tmp_path):
         with pytest.raises(FileNotFoundError):
-            twspy.connect("ws://x/", unix_path=str(tmp_path / "nothing"), timeout=5)
+            twspy.connect("ws://x/", unix_path=str(tmp_path / "nothing"), handshake_timeout=5)
 
 
 class TestOptionVocabulary:

@@ -17,14 +17,16 @@ import time
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .connection import CONNECTION_OPTIONS, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
+from .connection import (DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_OUTBOX, DEFAULT_MAX_QUEUE,
+                         DEFAULT_MAX_QUEUE_BYTES, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection)
+from .extension import Extension
 from .errors import HandshakeError
 from .filters import Filter, run_close, run_connect, run_message, run_open
 from .frame import CLOSE_GOING_AWAY
-from .handshake import Headers, Reply, Request, build_response, error_response, head_end
+from .handshake import MAX_HEADER_SIZE, Headers, Reply, Request, build_response, error_response, head_end
 from .message import Message
 from .permessage_deflate import default_extensions
-from .websocket import websocket
+from .websocket import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_SIZE, DEFAULT_WRITE_TIMEOUT, websocket
 
 __all__ = ["Server", "ServerConnection", "send_all"]
 
@@ -200,11 +202,13 @@ class Server:
             hundred bytes each, no thread.
         unix_path: listen on this Unix domain socket instead of ``address`` (POSIX; a stale
             socket file there is replaced, and removed at shutdown).
-        close_timeout, max_queue, max_outbox, ping_interval (default 20 s), ping_timeout
-            (default 20 s), queue_messages: passed to each client's Connection.
-        **websocket_kwargs: protocols, extensions (default: permessage-deflate; ``[]`` for
-            none), trusted_origins, locations, max_size,
-            max_header_size, handshake_timeout: see :class:`~twspy.websocket.websocket`.
+        protocols, extensions (default: permessage-deflate; ``[]`` for none), trusted_origins,
+            locations, max_size, max_header_size, handshake_timeout, write_timeout: see
+            :class:`~twspy.websocket.websocket`.
+        close_timeout, ping_interval (default 20 s), ping_timeout (default 20 s), max_queue,
+            max_queue_bytes, max_outbox, max_fragments, queue_messages, background: passed to
+            each client's :class:`~twspy.connection.Connection`. The README's option table
+            lists every option with its default.
     """
 
     connection_class = ServerConnection
@@ -222,12 +226,26 @@ class Server:
     def __init__(self, address: Tuple[str, int] = ("127.0.0.1", 8000), ssl: Optional[_ssl.SSLContext] = None,
                  backlog_size: int = 128, max_connections: int = 1024, filters: Sequence[Filter] = (),
                  hub: Any = None, *, max_pending: int = DEFAULT_MAX_PENDING, unix_path: Optional[str] = None,
-                 **websocket_kwargs: Any) -> None:
-        self.connection_options = {k: websocket_kwargs.pop(k) for k in CONNECTION_OPTIONS if k in websocket_kwargs}
-        self.connection_options.setdefault("ping_interval", DEFAULT_PING_INTERVAL)
-        self.connection_options.setdefault("ping_timeout", DEFAULT_PING_TIMEOUT)
-        if websocket_kwargs.get("extensions") is None:
-            websocket_kwargs["extensions"] = default_extensions()  # permessage-deflate; extensions=[] for none
+                 protocols: Sequence[str] = (), extensions: Optional[Sequence[Extension]] = None,
+                 trusted_origins: Sequence[str] = (), locations: Sequence[str] = (),
+                 max_size: Optional[int] = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
+                 handshake_timeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT,
+                 write_timeout: Optional[float] = DEFAULT_WRITE_TIMEOUT,
+                 close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT,
+                 ping_interval: Optional[float] = DEFAULT_PING_INTERVAL,
+                 ping_timeout: Optional[float] = DEFAULT_PING_TIMEOUT,
+                 max_queue: int = DEFAULT_MAX_QUEUE, max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+                 max_outbox: int = DEFAULT_MAX_OUTBOX, max_fragments: Optional[int] = DEFAULT_MAX_FRAGMENTS,
+                 queue_messages: bool = False, background: bool = False) -> None:
+        # What each client's Connection gets (also the proxy's upstream leg and the mux channels).
+        self.connection_options: Dict[str, Any] = dict(
+            close_timeout=close_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout,
+            max_queue=max_queue, max_queue_bytes=max_queue_bytes, max_outbox=max_outbox,
+            max_fragments=max_fragments, queue_messages=queue_messages)
+        if background:
+            self.connection_options["background"] = True
+        if extensions is None:
+            extensions = default_extensions()  # permessage-deflate; extensions=[] for none
         if unix_path is not None:
             if not hasattr(socket, "AF_UNIX"):  # pragma: no cover - Windows
                 raise ValueError("unix_path needs Unix domain sockets (POSIX)")
@@ -237,7 +255,10 @@ class Server:
             family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.unix_path = unix_path
         self.sock = websocket(ssl=ssl, family=family, select_subprotocol=self.select_subprotocol,
-                              process_request=self._answer_request, **websocket_kwargs)
+                              process_request=self._answer_request, protocols=protocols, extensions=extensions,
+                              trusted_origins=trusted_origins, locations=locations, max_size=max_size,
+                              max_header_size=max_header_size, handshake_timeout=handshake_timeout,
+                              write_timeout=write_timeout)
         try:
             self.sock.bind(unix_path if unix_path is not None else address)  # SO_REUSEADDR on POSIX
             self.sock.listen(backlog_size)
