@@ -964,3 +964,29 @@ def test_no_frame_logging_when_debug_is_off(pair, caplog):
         assert not c._debug and c._proto._plain  # the core's fused paths stay on
         c.send("out")
     assert not [r for r in caplog.records if r.levelno < logging.INFO]
+
+
+def test_compressed_messages_of_one_read_are_inflated_within_max_queue_bytes(pair):
+    """A 64 KiB read of compressed messages can hold dozens of 1 MiB messages (1 KiB of zeros
+    inflates to 1 MiB): the core is fed in slices, and what follows max_queue_bytes' worth of
+    messages waits (as bytes) until those were taken. Nothing is lost, order is kept."""
+    import zlib
+
+    from twspy.permessage_deflate import DeflateMessageCodec
+
+    ws, raw = pair(server_side=True, extensions=[DeflateMessageCodec()])
+    conn = twspy.Connection(ws, max_queue_bytes=2 << 20)
+    frames = []
+    for i in range(30):  # each 1 MiB - 1 of zeros then a marker byte, compressed alone (no takeover needed)
+        body = zlib.compressobj(9, zlib.DEFLATED, -15)
+        data = body.compress(bytes((1 << 20) - 1) + bytes((i,))) + body.flush(zlib.Z_SYNC_FLUSH)
+        frames.append(Frame(twspy.OPCODE_BINARY, data[:-4], rsv1=True, masking_key=KEY).pack())
+    wire = b"".join(frames)
+    assert len(wire) < 64 << 10  # one read can bring them all
+    raw.sendall(wire)
+    first = conn.recv(5)
+    assert first.payload[-1] == 0 and len(first.payload) == 1 << 20
+    assert len(conn._events) <= 3  # not 29 inflated MiB waiting
+    rest = [conn.recv(5).payload[-1] for _ in range(29)]
+    assert rest == list(range(1, 30))
+    conn.abort()

@@ -53,6 +53,7 @@ DEFAULT_MAX_FRAGMENTS = 1 << 17  # frames in one fragmented message (Autobahn 9.
 CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout", "queue_messages",
                       "max_fragments", "max_queue_bytes", "background")
 _SEPARATE = 16 * 1024  # from this size a message's frames are written in pieces (Protocol.encode_frames)
+_FEED_SLICE = 4096  # with an extension that inflates, reads are fed to the core in slices this large
 DEFAULT_PING_INTERVAL = 20.0  # Server and connect() send keepalive pings this often...
 DEFAULT_PING_TIMEOUT = 20.0   # ...and drop a peer that leaves one unanswered this long
 
@@ -148,6 +149,8 @@ class Connection:
         self._send_bytes: Callable[[bytes], Any] = (sock.sock.sendall if isinstance(sock, websocket)
                                                     else sock.send_frame_bytes)
         self._whole_frames = self._read_bytes is None  # a mux channel takes whole frames only
+        self._inflates = bool(sock.extensions)  # a codec may inflate: big reads are fed in slices
+        self._unfed = b""  # received bytes not fed to the core yet (see _feed_slices)
         # watchdog state
         self.handler_since: Optional[float] = None
         self._rescuing = False
@@ -493,7 +496,7 @@ class Connection:
 
     def _readable(self) -> bool:
         """Whether a read would make progress: events are pending, or the transport has bytes."""
-        return bool(self._events) or (self._sock_readable is not None and self._sock_readable())
+        return bool(self._events or self._unfed) or (self._sock_readable is not None and self._sock_readable())
 
     def _inbox_full(self) -> bool:
         """Whether read-ahead must stop: ``max_queue`` messages or ``max_queue_bytes`` queued."""
@@ -517,13 +520,20 @@ class Connection:
                     raise proto.error  # after the messages parsed before it (defer_failure)
                 read = self._read_bytes
                 if read is not None:
-                    data = read(deadline)
-                    message = self._parse_message(data)  # the fused path: one whole small frame
-                    if message is not None:
-                        return message
-                    with self._proto_lock:
-                        proto.receive_data(data)
-                        received = proto.events_received()
+                    data = self._unfed
+                    if data:
+                        self._unfed = b""
+                    else:
+                        data = read(deadline)
+                        message = self._parse_message(data)  # the fused path: one whole small frame
+                        if message is not None:
+                            return message
+                    if self._inflates and len(data) > _FEED_SLICE:
+                        received = self._feed_slices(data)
+                    else:
+                        with self._proto_lock:
+                            proto.receive_data(data)
+                            received = proto.events_received()
                 else:
                     frame = self.sock.read_frame(deadline)
                     with self._proto_lock:
@@ -557,6 +567,24 @@ class Connection:
         except OSError as exc:
             self._lost(exc)
         raise self._closed_error()
+
+    def _feed_slices(self, data: bytes) -> List[Any]:
+        """Feed a read to the core in slices, and keep the rest for later once its messages
+        hold ``max_queue_bytes``: compressed messages inflate (1 KiB of zeros is 1 MiB), so one
+        64 KiB read could otherwise hold dozens of ``max_size`` messages at once."""
+        proto = self._proto
+        received: List[Any] = []
+        size = 0
+        for start in range(0, len(data), _FEED_SLICE):
+            with self._proto_lock:
+                proto.receive_data(data[start:start + _FEED_SLICE])
+                events = proto.events_received()
+            received.extend(events)
+            size += sum(len(event) for event in events if isinstance(event, Message))
+            if size >= self.max_queue_bytes and start + _FEED_SLICE < len(data):
+                self._unfed = data[start + _FEED_SLICE:]  # fed on the next read, before the socket
+                break
+        return received
 
     # -- closing ---------------------------------------------------------------------------
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
