@@ -24,8 +24,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from .errors import ConnectionClosed, HandshakeError, InvalidState, NegotiationError
 from .extension import Extension, ExtensionCodec
-from .frame import (CLOSE_MISSING_EXTENSIONS, OPCODE_CLOSE, Frame, FrameParser, encode_close, mask_into, new_frame,
-                    pack_frame)
+from .frame import (CLOSE_MISSING_EXTENSIONS, Frame, FrameParser, mask_into, new_frame)
 from .handshake import (MAX_HEADER_SIZE, Headers, Reply, Request, basic_auth, build_request, check_response,
                         error_response, make_key, parse_request, parse_response, read_head, reply_response,
                         server_handshake)
@@ -307,11 +306,12 @@ class websocket:
                                                             self.extension_offers)
         except NegotiationError as exc:
             # RFC 7692 §5.1 / RFC 6455 §7.4.1: tell the server why before leaving (1010).
+            core = Protocol(CLIENT)  # the core words and masks it
+            core.fail(CLOSE_MISSING_EXTENSIONS, exc.message)
             try:
-                header, body = pack_frame(OPCODE_CLOSE, encode_close(CLOSE_MISSING_EXTENSIONS, exc.message[:120]),
-                                          True, 0, os.urandom(4))
-                self.sock.sendall(header + body)
-            except (OSError, ValueError):
+                for data in core.data_to_send():
+                    self.sock.sendall(data)
+            except OSError:
                 pass
             exc.status, exc.headers = response.status, response.headers
             raise
