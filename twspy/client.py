@@ -11,10 +11,19 @@ import threading
 import time
 import urllib.parse
 import warnings
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Type, Union
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
-from .connection import (DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_OUTBOX, DEFAULT_MAX_QUEUE,
-                         DEFAULT_MAX_QUEUE_BYTES, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection)
+from .connection import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_MAX_FRAGMENTS,
+    DEFAULT_MAX_OUTBOX,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    Connection,
+)
 from .errors import HandshakeError, InvalidURI, NegotiationError, ProxyError, RedirectError
 from .extension import Extension
 from .handshake import MAX_HEADER_SIZE, Headers, basic_auth, digest_auth
@@ -40,19 +49,19 @@ CREDENTIAL_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization"
 _UNSET: Any = object()  # connect(timeout=) not given
 
 
-def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Optional[Sequence[Extension]] = None,
-            origin: Optional[str] = None, headers: Union[None, Mapping[str, str], Iterable[Tuple[str, str]]] = None,
-            ssl: Optional[_ssl.SSLContext] = None, timeout: Any = _UNSET,
-            connection_class: Type[Connection] = Connection, *, proxy: Union[None, bool, str] = None,
-            proxy_ssl: Optional[_ssl.SSLContext] = None, unix_path: Optional[str] = None,
-            handshake_timeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT,
-            max_size: Optional[int] = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
-            write_timeout: Optional[float] = DEFAULT_WRITE_TIMEOUT,
-            close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT,
-            ping_interval: Optional[float] = DEFAULT_PING_INTERVAL,
-            ping_timeout: Optional[float] = DEFAULT_PING_TIMEOUT,
+def connect(url: str, protocols: Sequence[str] | None = None, extensions: Sequence[Extension] | None = None,
+            origin: str | None = None, headers: None | Mapping[str, str] | Iterable[tuple[str, str]] = None,
+            ssl: _ssl.SSLContext | None = None, timeout: Any = _UNSET,
+            connection_class: type[Connection] = Connection, *, proxy: None | bool | str = None,
+            proxy_ssl: _ssl.SSLContext | None = None, unix_path: str | None = None,
+            handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+            max_size: int | None = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
+            write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
+            close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+            ping_interval: float | None = DEFAULT_PING_INTERVAL,
+            ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
             max_queue: int = DEFAULT_MAX_QUEUE, max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
-            max_outbox: int = DEFAULT_MAX_OUTBOX, max_fragments: Optional[int] = DEFAULT_MAX_FRAGMENTS,
+            max_outbox: int = DEFAULT_MAX_OUTBOX, max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
             queue_messages: bool = False, background: bool = True) -> Connection:
     """Open a WebSocket connection to a ws:// or wss:// ``url`` and return it.
 
@@ -96,11 +105,11 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
         warnings.warn("connect(timeout=) is deprecated: use handshake_timeout=", DeprecationWarning, stacklevel=2)
         handshake_timeout = timeout
     # background: pings answered while the caller is not in recv()
-    conn_options: Dict[str, Any] = dict(
+    conn_options: dict[str, Any] = dict(
         close_timeout=close_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout, max_queue=max_queue,
         max_queue_bytes=max_queue_bytes, max_outbox=max_outbox, max_fragments=max_fragments,
         queue_messages=queue_messages, background=background)
-    ws_options: Dict[str, Any] = dict(handshake_timeout=handshake_timeout, max_size=max_size,
+    ws_options: dict[str, Any] = dict(handshake_timeout=handshake_timeout, max_size=max_size,
                                       max_header_size=max_header_size, write_timeout=write_timeout)
     if proxy is True:  # "a proxy, the usual one": the environment's
         proxy = None
@@ -110,7 +119,7 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
         parse_proxy(proxy)  # ValueError now for a bad proxy URL
     route = _Route(proxy, proxy_ssl, unix_path)
     uri = parse_uri(url)
-    auth_header: Optional[str] = None
+    auth_header: str | None = None
     auth_attempts = 0
     for _ in range(MAX_REDIRECTS + 1):
         extra = header_list + ([("Authorization", auth_header)] if auth_header else [])
@@ -153,7 +162,7 @@ def _redirect_target(uri: WebSocketURI, location: str, exc: HandshakeError) -> W
     return new
 
 
-def _answer_challenge(challenges: List[str], uri: WebSocketURI) -> Optional[str]:
+def _answer_challenge(challenges: list[str], uri: WebSocketURI) -> str | None:
     user, password = uri.user_info  # type: ignore[misc]
     for challenge in challenges:
         scheme = challenge.split(" ", 1)[0].lower()
@@ -172,12 +181,12 @@ def _http_url(uri: WebSocketURI) -> str:
 class _Route(NamedTuple):
     """How to reach the server: directly, through a proxy (None: the environment's), or a Unix socket."""
 
-    proxy: Union[None, bool, str]
-    proxy_ssl: Optional[_ssl.SSLContext]
-    unix_path: Optional[str]
+    proxy: None | bool | str
+    proxy_ssl: _ssl.SSLContext | None
+    unix_path: str | None
 
 
-def _connect_socket(uri: WebSocketURI, route: _Route, timeout: Optional[float]) -> Tuple[socket.socket, Any]:
+def _connect_socket(uri: WebSocketURI, route: _Route, timeout: float | None) -> tuple[socket.socket, Any]:
     """A connected socket to the server (or a tunnel to it) and the peer address to report."""
     if route.unix_path is not None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -200,8 +209,8 @@ def _connect_socket(uri: WebSocketURI, route: _Route, timeout: Optional[float]) 
     return sock, (uri.host, uri.port)
 
 
-def _open(uri: WebSocketURI, protocols: Sequence[str], extensions: Sequence[Extension], origin: Optional[str],
-          headers: List[Tuple[str, str]], ssl: Optional[_ssl.SSLContext], ws_options: Dict[str, Any],
+def _open(uri: WebSocketURI, protocols: Sequence[str], extensions: Sequence[Extension], origin: str | None,
+          headers: list[tuple[str, str]], ssl: _ssl.SSLContext | None, ws_options: dict[str, Any],
           route: _Route) -> websocket:
     timeout = ws_options.get("handshake_timeout")
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -227,8 +236,8 @@ def _open(uri: WebSocketURI, protocols: Sequence[str], extensions: Sequence[Exte
 
 
 def reconnect(url: str, *, first_delay: float = 1.0, max_delay: float = 60.0, factor: float = 2.0,
-              final_codes: Iterable[int] = DEFAULT_FINAL_CODES, max_tries: Optional[int] = None,
-              stop: Optional[threading.Event] = None, **connect_options: Any) -> Iterator[Connection]:
+              final_codes: Iterable[int] = DEFAULT_FINAL_CODES, max_tries: int | None = None,
+              stop: threading.Event | None = None, **connect_options: Any) -> Iterator[Connection]:
     """Yield an open connection to ``url``, and a new one each time the previous one is lost.
 
     ::
@@ -262,7 +271,7 @@ def reconnect(url: str, *, first_delay: float = 1.0, max_delay: float = 60.0, fa
     shown = _shown_url(url)
     delay = first_delay
     failures = 0
-    conn: Optional[Connection] = None
+    conn: Connection | None = None
     try:
         while stop is None or not stop.is_set():
             try:

@@ -26,16 +26,26 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Deque, Iterator, List, Optional, Union, cast
+from collections.abc import Iterator
+from typing import Any, Callable, Union, cast
 
 from .errors import ConnectionClosed, InvalidState, ProtocolError, closed_error
-from .frame import (CLOSE_ABNORMAL, CLOSE_NORMAL, CLOSE_UNABLE, OPCODE_BINARY, OPCODE_PING,
-                    OPCODE_PONG, OPCODE_TEXT, encode_close, valid_close_code)
+from .frame import (
+    CLOSE_ABNORMAL,
+    CLOSE_NORMAL,
+    CLOSE_UNABLE,
+    OPCODE_BINARY,
+    OPCODE_PING,
+    OPCODE_PONG,
+    OPCODE_TEXT,
+    encode_close,
+    valid_close_code,
+)
+from .inqueue import InQueue
 from .message import BinaryMessage, Message, TextMessage
+from .outbox import DEFAULT_MAX_OUTBOX, Outbox, as_message
 from .protocol import CLIENT, SERVER, Close, Ping, Pong, Protocol, short_reason
 from .protocol import OPEN as CORE_OPEN
-from .inqueue import InQueue
-from .outbox import DEFAULT_MAX_OUTBOX, Outbox, as_message
 from .watchdog import RESCUE_AFTER, start_thread, watchdog
 from .websocket import websocket
 
@@ -86,18 +96,19 @@ class Connection:
         queue_messages: also put every message that :meth:`receive_forever` delivers (after
             ``onmessage``) on an in-queue that another thread reads with :meth:`pop_in_message`.
             The queue holds at most ``max_queue`` messages (DEFAULT_MAX_QUEUE if None) and
-            ``max_queue_bytes`` (past which it takes no more); when it is full the reading thread waits, so the peer is slowed down by TCP, not dropped.
+            ``max_queue_bytes`` (past which it takes no more); when it is full the reading
+            thread waits, so the peer is slowed down by TCP, not dropped.
 
     Handlers (override them; they run in the reading thread): ``onopen()``,
     ``onmessage(message)``, ``onping(payload)``, ``onpong(payload)``,
     ``onclose(code, reason)`` (exactly once) and ``onerror(exc)``.
     """
 
-    def __init__(self, sock: websocket, close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT,
-                 max_size: Optional[int] = -1, max_queue: int = DEFAULT_MAX_QUEUE,
-                 max_outbox: int = DEFAULT_MAX_OUTBOX, ping_interval: Optional[float] = None,
-                 ping_timeout: Optional[float] = None, queue_messages: bool = False,
-                 max_fragments: Optional[int] = DEFAULT_MAX_FRAGMENTS,
+    def __init__(self, sock: websocket, close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+                 max_size: int | None = -1, max_queue: int = DEFAULT_MAX_QUEUE,
+                 max_outbox: int = DEFAULT_MAX_OUTBOX, ping_interval: float | None = None,
+                 ping_timeout: float | None = None, queue_messages: bool = False,
+                 max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
                  max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES, background: bool = False) -> None:
         if not sock.handshake_done:
             raise InvalidState("Connection needs a websocket whose handshake is done")
@@ -108,41 +119,42 @@ class Connection:
         self.max_fragments = max_fragments
         self.max_queue_bytes = max_queue_bytes
         # Background reading needs a transport that can tell it has bytes (a mux channel cannot).
-        self._sock_readable: Optional[Callable[[], bool]] = getattr(sock, "readable", None) if background else None
+        self._sock_readable: Callable[[], bool] | None = getattr(sock, "readable", None) if background else None
         self.background = self._sock_readable is not None
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
-        self._ping_sent: Optional[float] = None   # monotonic time of the unanswered keepalive ping
+        self._ping_sent: float | None = None   # monotonic time of the unanswered keepalive ping
         self._ping_payload = b""
         self._next_ping = None if ping_interval is None else time.monotonic() + ping_interval
         self._readers = 0                         # threads currently reading (keepalive judges only then)
         self._recv_wanted = False                 # a recv() waits for the helper reader's read lock
         self.state = OPEN
-        self.close_code: Optional[int] = None
+        self.close_code: int | None = None
         self.close_reason = ""
-        self._close_cause: Optional[BaseException] = None  # what made us close, for ConnectionClosedError
+        self._close_cause: BaseException | None = None  # what made us close, for ConnectionClosedError
         self.close_sent = False
         self.close_received = False
         self._closed = threading.Event()
         self._state_lock = threading.Lock()
         self._read_lock = threading.RLock()  # reentrant: a handler may close from the reading thread
         self._onclose_called = False
-        self._inbox: Deque[Message] = collections.deque()
+        self._inbox: collections.deque[Message] = collections.deque()
         self._debug = logger.isEnabledFor(logging.DEBUG)
         # The rules live in the sans-I/O core; this shell moves bytes (a websocket) or, for a
         # transport that parses frames itself (a mux channel), frames. The core answers a close
         # frame and fails the connection only once the messages before them were handed over
         # (answer_close=False, defer_failure), so that their replies go out first (§5.5.1).
-        self._read_bytes: Optional[Callable[[Optional[float]], bytes]] = getattr(sock, "read_bytes", None)
+        self._read_bytes: Callable[[float | None], bytes] | None = getattr(sock, "read_bytes", None)
         self._proto = Protocol(SERVER if sock.server_side else CLIENT, max_size=self.max_size,
                                max_fragments=max_fragments, extensions=sock.extensions, answer_close=False,
-                               logger=cast(logging.Logger, _ConnectionLog(logger, {"conn": self})) if self._debug else logger)
+                               logger=cast(logging.Logger, _ConnectionLog(logger, {"conn": self}))
+                               if self._debug else logger)
         self._proto.defer_failure = True
         # Serialises the core between the reading thread and the control frames other threads
         # send; data messages are encoded under the send lock only (the core's state check is
         # a read, and a compressor's history must follow the wire order, which that lock keeps).
         self._proto_lock = threading.Lock()
-        self._events: Deque[Any] = collections.deque()  # events of the last read not handled yet
+        self._events: collections.deque[Any] = collections.deque()  # events of the last read not handled yet
         self._parse_message = self._proto.parse_message
         self._encode_data = self._proto.encode_data
         # A websocket's frames go straight to its socket; a mux channel re-encapsulates them.
@@ -152,14 +164,14 @@ class Connection:
         self._inflates = bool(sock.extensions)  # a codec may inflate: big reads are fed in slices
         self._unfed = b""  # received bytes not fed to the core yet (see _feed_slices)
         # watchdog state
-        self.handler_since: Optional[float] = None
+        self.handler_since: float | None = None
         self._rescuing = False
         # non-blocking sends (broadcast)
         self.outbox = Outbox(self, sock.send_lock, self._frame_bytes, sock, self._send_bytes,
                              self._lost, self._finish, max_outbox)
         # queue controller (queue_messages): messages from receive_forever for pop_in_message
         self.queue_messages = queue_messages
-        self._in_queue: Optional[InQueue] = InQueue(
+        self._in_queue: InQueue | None = InQueue(
             DEFAULT_MAX_QUEUE if max_queue is None else max_queue, max_queue_bytes,
             lambda: self.close_sent, self) if queue_messages else None
         self._send_lock = sock.send_lock
@@ -192,7 +204,7 @@ class Connection:
         return self.state == CLOSED
 
     @property
-    def protocol(self) -> Optional[str]:
+    def protocol(self) -> str | None:
         """The negotiated subprotocol."""
         return self.sock.protocol
 
@@ -226,7 +238,7 @@ class Connection:
             raise TypeError("cannot send %s" % type(message).__name__)
         return opcode, payload
 
-    def send(self, message: MessageLike, fragment_size: Optional[int] = None, compress: bool = True) -> None:
+    def send(self, message: MessageLike, fragment_size: int | None = None, compress: bool = True) -> None:
         """Send a message: a Message, a ``str`` (text) or bytes (binary).
 
         ``fragment_size`` splits it into frames of at most that many bytes (§5.4);
@@ -260,11 +272,11 @@ class Connection:
             self._lost(exc)
             raise self._closed_error() from exc
 
-    def send_ping(self, payload: Union[bytes, str] = b"") -> None:
+    def send_ping(self, payload: bytes | str = b"") -> None:
         """Send a ping (at most 125 bytes); the peer answers with a pong (``onpong``)."""
         self._send_control(OPCODE_PING, payload.encode("utf-8") if isinstance(payload, str) else bytes(payload))
 
-    def send_pong(self, payload: Union[bytes, str] = b"") -> None:
+    def send_pong(self, payload: bytes | str = b"") -> None:
         """Send an unsolicited pong (a one-way heartbeat, §5.5.3)."""
         self._send_control(OPCODE_PONG, payload.encode("utf-8") if isinstance(payload, str) else bytes(payload))
 
@@ -288,7 +300,7 @@ class Connection:
             self._lost(exc)
             raise self._closed_error() from exc
 
-    def _write(self, out: List[bytes]) -> None:
+    def _write(self, out: list[bytes]) -> None:
         """Write what the core queued, in order; ``b""`` half-closes. The caller holds the send lock."""
         for data in out:
             if data:
@@ -302,7 +314,7 @@ class Connection:
         with self._send_lock:
             self._write(self._proto.data_to_send())
 
-    def prepare(self, message: MessageLike) -> Optional[bytes]:
+    def prepare(self, message: MessageLike) -> bytes | None:
         """Encode ``message`` once as frame bytes that several server connections can share.
 
         Returns None when this connection cannot share frames (it masks or compresses).
@@ -315,7 +327,7 @@ class Connection:
         except InvalidState:  # closing: send_nowait drops it
             return None
 
-    def send_nowait(self, message: MessageLike, prepared: Optional[bytes] = None) -> None:
+    def send_nowait(self, message: MessageLike, prepared: bytes | None = None) -> None:
         """Send without ever blocking the caller (used by Server.broadcast).
 
         ``prepared`` is the message already encoded by :meth:`prepare`. What the socket
@@ -338,7 +350,7 @@ class Connection:
             return b""
 
     # -- receiving -------------------------------------------------------------------------
-    def recv(self, timeout: Optional[float] = None) -> Message:
+    def recv(self, timeout: float | None = None) -> Message:
         """Receive the next message, answering pings and handling close on the way.
 
         Raises ConnectionClosed (code and reason) once the connection is closed and
@@ -423,7 +435,7 @@ class Connection:
         if self._in_queue is not None:
             self._in_queue.wake()
 
-    def pop_in_message(self, timeout: Optional[float] = None) -> Optional[Message]:
+    def pop_in_message(self, timeout: float | None = None) -> Message | None:
         """The next message received, in arrival order; None once the connection is closed and drained.
 
         Needs ``queue_messages=True``. While a thread runs :meth:`receive_forever`, this
@@ -507,7 +519,7 @@ class Connection:
         # max_queue items, and only when reading ahead.
         return sum(len(message) for message in list(inbox)) >= self.max_queue_bytes
 
-    def _read_one(self, deadline: Optional[float]) -> Optional[Message]:
+    def _read_one(self, deadline: float | None) -> Message | None:
         """Handle the next event of the core, reading once when none is pending (holding the
         read lock); a Message when one completes."""
         if self.state == CLOSED:
@@ -568,12 +580,12 @@ class Connection:
             self._lost(exc)
         raise self._closed_error()
 
-    def _feed_slices(self, data: bytes) -> List[Any]:
+    def _feed_slices(self, data: bytes) -> list[Any]:
         """Feed a read to the core in slices, and keep the rest for later once its messages
         hold ``max_queue_bytes``: compressed messages inflate (1 KiB of zeros is 1 MiB), so one
         64 KiB read could otherwise hold dozens of ``max_size`` messages at once."""
         proto = self._proto
-        received: List[Any] = []
+        received: list[Any] = []
         size = 0
         for start in range(0, len(data), _FEED_SLICE):
             with self._proto_lock:
@@ -605,7 +617,7 @@ class Connection:
         """Answer the peer's close frame (the core echoes its code), unless ours is out."""
         self._send_close(None, "", answer=True)
 
-    def _send_close(self, code: Optional[int], reason: str, answer: bool = False) -> None:
+    def _send_close(self, code: int | None, reason: str, answer: bool = False) -> None:
         """Send our close frame once: ``code`` and ``reason``, the code of the protocol error
         the core found (§7.1.7), or (``answer``) the echo of the peer's close frame (§5.5.1)."""
         with self._state_lock:
@@ -717,7 +729,7 @@ class Connection:
                 events.extend(proto.events_received())
         self._finish(CLOSE_ABNORMAL, "")
 
-    def _lost(self, exc: Optional[BaseException]) -> None:
+    def _lost(self, exc: BaseException | None) -> None:
         """The TCP connection broke (or the peer closed it) without a closing handshake."""
         if self.state == CLOSED:
             return
@@ -881,7 +893,7 @@ class Connection:
             self._rescuing = False
             self._read_lock.release()
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -26,7 +26,8 @@ __all__ = [
     "CLOSE_MESSAGE_TOOBIG", "CLOSE_MISSING_EXTENSIONS", "CLOSE_UNABLE", "CLOSE_SERVICE_RESTART",
     "CLOSE_TRY_AGAIN_LATER", "CLOSE_BAD_GATEWAY", "CLOSE_TLS_FAILURE",
     "Frame", "ControlFrame", "FrameParser", "read_frame", "pop_frame", "contains_frame",
-    "mask", "mask_into", "speedups_enabled", "pack_frame", "new_frame", "parse_data_frame", "encode_close", "decode_close", "valid_close_code",
+    "mask", "mask_into", "speedups_enabled", "pack_frame", "new_frame",
+    "parse_data_frame", "encode_close", "decode_close", "valid_close_code",
 ]
 
 

@@ -15,7 +15,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, Deque, Optional, Set
+from typing import Any, Callable
 
 from .message import Message
 
@@ -42,8 +42,8 @@ class InQueue:
         self.max_bytes = max_bytes
         self.closing = closing
         self.owner = owner
-        self.feeders: Set[int] = set()
-        self._messages: Deque[Message] = collections.deque()
+        self.feeders: set[int] = set()
+        self._messages: collections.deque[Message] = collections.deque()
         self._bytes = 0  # payload bytes queued (under _lock)
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
@@ -93,7 +93,7 @@ class InQueue:
             self._not_full.notify_all()
             self._not_empty.notify_all()
 
-    def take(self, deadline: Optional[float]) -> Optional[Message]:
+    def take(self, deadline: float | None) -> Message | None:
         """The oldest message, waiting while a thread feeds the queue; None when it is empty and
         nobody feeds it (the caller reads the connection itself). TimeoutError after ``deadline``
         (``time.monotonic()``; None: no limit)."""

@@ -15,16 +15,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Dict, Optional, Set
+from typing import Any
 
 from .connection import DEFAULT_CLOSE_TIMEOUT, Connection
 from .errors import HandshakeError
 from .frame import CLOSE_TRY_AGAIN_LATER
 from .handshake import Headers, Request, make_key, parse_request, server_handshake
 from .mux_channel import ChannelSocket
-from .mux_frames import (DROP_CHANNEL_EXISTS, DROP_PHYSICAL_FAILED, DROP_SLOT_VIOLATION, ENCODING_DELTA,
-                         ENCODING_IDENTITY, AddChannelRequest, AddChannelResponse, ControlBlock, FlowControl,
-                         MuxError, NewChannelSlot, accept_head, apply_delta, status_head)
+from .mux_frames import (
+    DROP_CHANNEL_EXISTS,
+    DROP_PHYSICAL_FAILED,
+    DROP_SLOT_VIOLATION,
+    ENCODING_DELTA,
+    ENCODING_IDENTITY,
+    AddChannelRequest,
+    AddChannelResponse,
+    ControlBlock,
+    FlowControl,
+    MuxError,
+    NewChannelSlot,
+    accept_head,
+    apply_delta,
+    status_head,
+)
 from .mux_session import MuxSession, RateLimitedLog, host_of, without_keepalive
 from .server import Server
 from .websocket import websocket
@@ -50,10 +63,10 @@ class ServerSession(MuxSession):
         super().__init__(ws, codec, server.connection_options)
         self.server = server
         self._slots = self.config.max_channels
-        self._threads: Set[threading.Thread] = set()
-        self._conns: Dict[int, Connection] = {}
+        self._threads: set[threading.Thread] = set()
+        self._conns: dict[int, Connection] = {}
         self._delta_base = ws.headers or Headers()
-        self._close_deadline: Optional[float] = None
+        self._close_deadline: float | None = None
         self._refusal_rate = float(getattr(self.config, "refusal_rate", 0) or 0)
         self._refusal_tokens = self._refusal_rate
         self._refusal_time = time.monotonic()
@@ -106,7 +119,7 @@ class ServerSession(MuxSession):
             return False
         return True
 
-    def _start(self, lsock: ChannelSocket, response: Optional[bytes]) -> bool:
+    def _start(self, lsock: ChannelSocket, response: bytes | None) -> bool:
         """Serve ``lsock`` in a thread of its own, which first queues ``response`` (the
         AddChannelResponse: before the channel's first frame); False if no thread could start."""
         thread = threading.Thread(target=self._serve_channel, args=(lsock, response), daemon=True,
@@ -120,7 +133,7 @@ class ServerSession(MuxSession):
         lsock.terminate()
         return False
 
-    def _serve_channel(self, lsock: ChannelSocket, response: Optional[bytes]) -> None:
+    def _serve_channel(self, lsock: ChannelSocket, response: bytes | None) -> None:
         server = self.server
         client: Any = None
         try:

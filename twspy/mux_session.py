@@ -12,15 +12,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from .connection import DEFAULT_CLOSE_TIMEOUT, Connection
 from .errors import ConnectionClosed, ProtocolError
 from .frame import CLOSE_UNABLE, OPCODE_BINARY, Frame, short_reason
 from .handshake import Headers
 from .mux_channel import ChannelSocket
-from .mux_frames import (DROP_ACKNOWLEDGED, DROP_INVALID_BLOCK, DROP_INVALID_ENCAPSULATION, DROP_QUOTA_OVERFLOW,
-                         ControlBlock, DropChannel, FlowControl, MuxError, decapsulate, encode_control_blocks)
+from .mux_frames import (
+    DROP_ACKNOWLEDGED,
+    DROP_INVALID_BLOCK,
+    DROP_INVALID_ENCAPSULATION,
+    DROP_QUOTA_OVERFLOW,
+    ControlBlock,
+    DropChannel,
+    FlowControl,
+    MuxError,
+    decapsulate,
+    encode_control_blocks,
+)
 from .websocket import websocket
 
 __all__ = ["MuxSession", "RateLimitedLog", "DEFAULT_MAX_CONTROL_QUEUE", "without_keepalive", "host_of"]
@@ -55,12 +66,12 @@ class MuxSession:
         self.config = codec.config
         self.window = codec.config.window
         self.physical = Connection(ws, **options)
-        self.close_timeout: Optional[float] = options.get("close_timeout", DEFAULT_CLOSE_TIMEOUT)
+        self.close_timeout: float | None = options.get("close_timeout", DEFAULT_CLOSE_TIMEOUT)
         self.lock = threading.Lock()
-        self.channel_sockets: Dict[int, ChannelSocket] = {}
+        self.channel_sockets: dict[int, ChannelSocket] = {}
         self.ended = False
         self._ctl_cond = threading.Condition()
-        self._ctl_blocks: List[bytes] = []
+        self._ctl_blocks: list[bytes] = []
         self._ctl_bytes = 0         # size of _ctl_blocks
         self._ctl_limit = int(getattr(self.config, "max_control_queue", 0) or DEFAULT_MAX_CONTROL_QUEUE)
         self._write_failed = False
@@ -83,8 +94,8 @@ class MuxSession:
         """Bytes of control blocks waiting for the writer (at most about ``max_control_queue``)."""
         return self._ctl_bytes
 
-    def new_channel(self, channel_id: int, path: Optional[str], headers: Optional[Headers],
-                     protocol: Optional[str], send_quota: int) -> ChannelSocket:
+    def new_channel(self, channel_id: int, path: str | None, headers: Headers | None,
+                     protocol: str | None, send_quota: int) -> ChannelSocket:
         lsock = ChannelSocket(self, channel_id, path, headers, protocol, send_quota, self.window, self.close_timeout)
         with self.lock:
             if self.ended:
@@ -104,7 +115,7 @@ class MuxSession:
             self._ctl_bytes += sum(map(len, blocks))
             self._ctl_cond.notify_all()
 
-    def _wait_for_room(self, poll: Optional[float]) -> None:
+    def _wait_for_room(self, poll: float | None) -> None:
         """The reader, before it takes more input: wait while the control queue is full."""
         paused = False
         while True:
@@ -129,7 +140,7 @@ class MuxSession:
             self._ctl_cond.notify_all()  # a reader waiting for room
         if self.physical.close_sent:
             return
-        batch: List[bytes] = [b"\x00"]
+        batch: list[bytes] = [b"\x00"]
         size = 1
         for block in blocks:
             if size + len(block) > _MAX_CONTROL_MESSAGE and size > 1:
@@ -168,7 +179,7 @@ class MuxSession:
             self.ws.send_raw(OPCODE_BINARY, data)
 
     # -- input ------------------------------------------------------------------------------
-    def read_loop(self, poll: Optional[float] = None) -> None:
+    def read_loop(self, poll: float | None = None) -> None:
         """Read physical messages and dispatch them until the physical connection closes."""
         physical = self.physical
         while True:
@@ -282,7 +293,7 @@ class MuxSession:
         self.physical.abort()
 
 
-def without_keepalive(options: Mapping[str, Any]) -> Dict[str, Any]:
+def without_keepalive(options: Mapping[str, Any]) -> dict[str, Any]:
     """Connection options for a channel: keepalive belongs to the physical connection (a ping
     waiting for send quota would hold up the process-wide watchdog thread)."""
     return {**options, "ping_interval": None, "ping_timeout": None}

@@ -17,7 +17,7 @@ import collections
 import functools
 import logging
 import threading
-from typing import Any, Callable, Deque, Optional
+from typing import Any, Callable
 
 from .frame import CLOSE_TRY_AGAIN_LATER
 from .message import BinaryMessage, Message, TextMessage
@@ -69,7 +69,7 @@ class Outbox:
         self.drop = drop
         self.max_outbox = max_outbox
         self.overflowed = False  # set once the outbox overflowed: the 1013 close is on its way
-        self._queue: Optional[Deque[Any]] = None  # None: no flusher runs
+        self._queue: collections.deque[Any] | None = None  # None: no flusher runs
         self._size = 0
         self._lock = threading.Lock()
         self._debug = logger.isEnabledFor(logging.DEBUG)
@@ -79,7 +79,7 @@ class Outbox:
         """Bytes waiting for the flusher."""
         return self._size
 
-    def put(self, message: Any, prepared: Optional[bytes]) -> None:
+    def put(self, message: Any, prepared: bytes | None) -> None:
         """Send ``prepared`` frame bytes, or ``message`` (a Message, str or bytes-like), without
         blocking (see the module docstring)."""
         with self._lock:
@@ -87,7 +87,7 @@ class Outbox:
         if fallback is not None:  # a thread could not be started: do its work here, without the lock
             fallback()
 
-    def _put_locked(self, message: Any, prepared: Optional[bytes]) -> Optional[Callable[[], None]]:
+    def _put_locked(self, message: Any, prepared: bytes | None) -> Callable[[], None] | None:
         """:meth:`put` with ``_lock`` held; returns work to do once it is released."""
         lock = self.send_lock
         if self.overflowed:  # being dropped (1013): nothing more for this peer
@@ -123,7 +123,7 @@ class Outbox:
         self._size += len(item)
         return None
 
-    def _start_flusher(self, queue: Deque[Any], locked: bool) -> Optional[Callable[[], None]]:
+    def _start_flusher(self, queue: collections.deque[Any], locked: bool) -> Callable[[], None] | None:
         """With ``_lock`` held. Without a thread to flush (the process is out of threads) the
         peer is dropped (1013): a frame may be half sent, and the caller must not block.
         Returns that fallback for the caller to run once it has released the lock."""

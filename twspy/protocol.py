@@ -39,8 +39,18 @@ from typing import Any, List, Optional, Sequence, Union
 
 from .errors import HandshakeError, InvalidState, PayloadTooBig, ProtocolError
 from .extension import ExtensionCodec
-from .frame import (CLOSE_NO_STATUS, CLOSE_NORMAL, ControlFrame, Frame, check_header, decode_close, encode_close, mask,
-                    mask_into, parse_data_frame)
+from .frame import (
+    CLOSE_NO_STATUS,
+    CLOSE_NORMAL,
+    ControlFrame,
+    Frame,
+    check_header,
+    decode_close,
+    encode_close,
+    mask,
+    mask_into,
+    parse_data_frame,
+)
 from .handshake import Request, Response
 from .message import BinaryMessage, Message, TextMessage
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, List, Optional, Protocol
+from typing import Any, Callable, Protocol
 
 __all__ = ["RESCUE_AFTER", "Watchdog", "watchdog", "start_thread"]
 
@@ -31,7 +31,7 @@ class Watched(Protocol):
     def watchdog_tick(self, now: float) -> None: ...
 
 
-_last_warning: List[float] = [0.0]
+_last_warning: list[float] = [0.0]
 
 
 def _thread_failed(name: str, exc: BaseException) -> None:
@@ -42,7 +42,7 @@ def _thread_failed(name: str, exc: BaseException) -> None:
         logger.warning("cannot start a thread (%s): %s; degrading", name, exc)
 
 
-def start_thread(target: Callable[..., Any], *args: Any, name: Optional[str] = None) -> bool:
+def start_thread(target: Callable[..., Any], *args: Any, name: str | None = None) -> bool:
     """Start a daemon thread running ``target(*args)``; False when the process is out of threads."""
     thread = threading.Thread(target=target, args=args, name=name, daemon=True)
     try:
@@ -57,9 +57,9 @@ class Watchdog:
     """One thread for the process, ticking the registered connections (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._conns: "set[Watched]" = set()
+        self._conns: set[Watched] = set()
         self._lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def add(self, conn: Watched) -> None:
         """Watch ``conn`` (again: no effect); starts the thread if it is not running."""

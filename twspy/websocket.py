@@ -20,14 +20,28 @@ import ssl as _ssl
 import struct
 import threading
 import time
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from .errors import ConnectionClosed, HandshakeError, InvalidState, NegotiationError
 from .extension import Extension, ExtensionCodec
-from .frame import (CLOSE_MISSING_EXTENSIONS, Frame, FrameParser, mask_into, new_frame)
-from .handshake import (MAX_HEADER_SIZE, Headers, Reply, Request, basic_auth, build_request, check_response,
-                        error_response, make_key, parse_request, parse_response, read_head, reply_response,
-                        server_handshake)
+from .frame import CLOSE_MISSING_EXTENSIONS, Frame, FrameParser, mask_into, new_frame
+from .handshake import (
+    MAX_HEADER_SIZE,
+    Headers,
+    Reply,
+    Request,
+    basic_auth,
+    build_request,
+    check_response,
+    error_response,
+    make_key,
+    parse_request,
+    parse_response,
+    read_head,
+    reply_response,
+    server_handshake,
+)
 from .protocol import CLIENT, SERVER, Protocol
 
 __all__ = ["websocket", "DEFAULT_MAX_SIZE", "DEFAULT_HANDSHAKE_TIMEOUT"]
@@ -72,17 +86,17 @@ class websocket:
             (a peer that never reads cannot pin a thread); None for no limit.
     """
 
-    def __init__(self, sock: Optional[socket.socket] = None, origin: Optional[str] = None,
+    def __init__(self, sock: socket.socket | None = None, origin: str | None = None,
                  protocols: Sequence[str] = (), extensions: Sequence[Extension] = (),
                  location: str = "/", trusted_origins: Sequence[str] = (), locations: Sequence[str] = (),
-                 auth: Optional[Tuple[str, str]] = None, ssl: Union[None, bool, _ssl.SSLContext] = None,
-                 host: Optional[str] = None, headers: Sequence[Tuple[str, str]] = (),
-                 max_size: Optional[int] = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
-                 handshake_timeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT,
-                 select_subprotocol: Optional[Callable[[List[str], Sequence[str]], Optional[str]]] = None,
-                 family: int = socket.AF_INET, server_hostname: Optional[str] = None,
-                 write_timeout: Optional[float] = DEFAULT_WRITE_TIMEOUT,
-                 process_request: Optional[Callable[[Request], Reply]] = None) -> None:
+                 auth: tuple[str, str] | None = None, ssl: None | bool | _ssl.SSLContext = None,
+                 host: str | None = None, headers: Sequence[tuple[str, str]] = (),
+                 max_size: int | None = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
+                 handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+                 select_subprotocol: Callable[[list[str], Sequence[str]], str | None] | None = None,
+                 family: int = socket.AF_INET, server_hostname: str | None = None,
+                 write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
+                 process_request: Callable[[Request], Reply] | None = None) -> None:
         self.sock = sock if sock is not None else socket.socket(family, socket.SOCK_STREAM)
         self.origin = origin
         self.protocols = list(protocols)
@@ -102,24 +116,24 @@ class websocket:
         self.write_timeout = write_timeout
         self.process_request = process_request
 
-        self.server_side: Optional[bool] = None   # None until accept()/connect()
+        self.server_side: bool | None = None   # None until accept()/connect()
         self.handshake_done = False
-        self.protocol: Optional[str] = None       # negotiated subprotocol
-        self.extensions: List[ExtensionCodec] = []  # negotiated codecs, order of application
-        self.path: Optional[str] = None           # server: request target; client: location
-        self.headers: Optional[Headers] = None    # server: request headers; client: response headers
-        self.request: Optional[Request] = None    # server: the upgrade request
+        self.protocol: str | None = None       # negotiated subprotocol
+        self.extensions: list[ExtensionCodec] = []  # negotiated codecs, order of application
+        self.path: str | None = None           # server: request target; client: location
+        self.headers: Headers | None = None    # server: request headers; client: response headers
+        self.request: Request | None = None    # server: the upgrade request
         self.address: Any = None                  # peer address
         self.send_lock = threading.Lock()         # one whole frame (or message) at a time
         # The raw-frame API's core (set once the handshake is done): encodes frames (masking
         # by side, per-frame extensions) for send() and decodes per-frame extensions for recv().
-        self.core: Optional[Protocol] = None
+        self.core: Protocol | None = None
         self._parser = FrameParser(max_size)
-        self._frame_codecs: List[ExtensionCodec] = []
+        self._frame_codecs: list[ExtensionCodec] = []
         self._mask_out = False
         # a large frame being read: b0, key, its chunks (allocated as bytes arrive), bytes received, length
-        self._large: Optional[Tuple[int, Optional[bytes], List[bytearray], int, int]] = None
-        self._poller: Optional[selectors.BaseSelector] = None
+        self._large: tuple[int, bytes | None, list[bytearray], int, int] | None = None
+        self._poller: selectors.BaseSelector | None = None
         self._wait_lock = threading.Lock()  # abort() vs a reader in select() (see abort)
         self._waiting = False
         self._close_on_wake = False
@@ -159,10 +173,10 @@ class websocket:
     def shutdown(self, how: int) -> None:
         self.sock.shutdown(how)
 
-    def settimeout(self, timeout: Optional[float]) -> None:
+    def settimeout(self, timeout: float | None) -> None:
         self.sock.settimeout(timeout)
 
-    def __enter__(self) -> "websocket":
+    def __enter__(self) -> websocket:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -177,7 +191,7 @@ class websocket:
         return "<twspy.websocket %s fd=%d path=%r>" % (role, fd, self.path)
 
     # -- server -------------------------------------------------------------------------------
-    def child(self, sock: socket.socket) -> "websocket":
+    def child(self, sock: socket.socket) -> websocket:
         """A websocket for an accepted ``sock`` with this listening one's server options."""
         return websocket(sock, protocols=self.protocols, extensions=self.extension_offers,
                          trusted_origins=self.trusted_origins, locations=self.locations, ssl=self.ssl,
@@ -185,7 +199,7 @@ class websocket:
                          handshake_timeout=self.handshake_timeout, select_subprotocol=self.select_subprotocol,
                          write_timeout=self.write_timeout, process_request=self.process_request)
 
-    def accept(self, handshake: bool = True) -> Tuple["websocket", Any]:
+    def accept(self, handshake: bool = True) -> tuple[websocket, Any]:
         """Accept a client and run the server handshake: ``(websocket, address)``.
 
         With ``handshake=False`` the caller runs :meth:`server_handshake` itself (the
@@ -200,7 +214,7 @@ class websocket:
             client.server_handshake()
         return client, address
 
-    def server_handshake(self, timeout: Optional[float] = -1.0, received: bytes = b"") -> None:
+    def server_handshake(self, timeout: float | None = -1.0, received: bytes = b"") -> None:
         """Run TLS (if configured) and the HTTP upgrade as a server, within ``timeout``.
 
         ``timeout=-1`` means ``handshake_timeout``. ``received``: bytes of the request the
@@ -240,7 +254,7 @@ class websocket:
         self._opened(rest, require_mask=True)
         self.sock.settimeout(old_timeout)
 
-    def answer_request(self, request: Request) -> Optional[Tuple[int, bytes]]:
+    def answer_request(self, request: Request) -> tuple[int, bytes] | None:
         """Run the ``process_request`` hook: None to go on, or ``(status, HTTP response bytes)``
         (HandshakeError 500 if the hook raised). Also used for each mux channel's request."""
         if self.process_request is None:
@@ -253,7 +267,7 @@ class websocket:
             logger.error("process_request failed for %r", request, exc_info=exc)
             raise HandshakeError("internal server error", 500) from exc
 
-    def _select_subprotocol(self, client_protocols: List[str], server_protocols: Sequence[str]) -> Optional[str]:
+    def _select_subprotocol(self, client_protocols: list[str], server_protocols: Sequence[str]) -> str | None:
         try:
             return self.select_subprotocol(client_protocols, server_protocols)  # type: ignore[misc]
         except (Exception, SystemExit) as exc:  # as for process_request: 500, not a silent close
@@ -286,7 +300,7 @@ class websocket:
             raise
         self.sock.settimeout(old_timeout)
 
-    def client_handshake(self, host: str, deadline: Optional[float] = None) -> None:
+    def client_handshake(self, host: str, deadline: float | None = None) -> None:
         """Send the upgrade request over the connected socket and check the answer."""
         self.server_side = False
         key = make_key()
@@ -317,7 +331,7 @@ class websocket:
             raise
         self._opened(rest, require_mask=False)
 
-    def _read_body(self, response: Any, rest: bytes, deadline: Optional[float]) -> bytes:
+    def _read_body(self, response: Any, rest: bytes, deadline: float | None) -> bytes:
         """Read a non-101 response body (bounded by max_header_size) for the error report."""
         try:
             length = int(response.headers.get("Content-Length") or 0)
@@ -362,7 +376,7 @@ class websocket:
                 pass
 
     @property
-    def message_codecs(self) -> List[ExtensionCodec]:
+    def message_codecs(self) -> list[ExtensionCodec]:
         """The negotiated per-message codecs (applied by Connection)."""
         return [c for c in self.extensions if not c.per_frame]
 
@@ -390,7 +404,7 @@ class websocket:
         """Whether frames encoded once can be sent as they are (no masking, no per-frame codec)."""
         return not self._mask_out and not self._frame_codecs
 
-    def frame_bytes(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> Optional[bytes]:
+    def frame_bytes(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> bytes | None:
         """One frame as wire bytes (per-frame codecs applied, masked on a client)."""
         assert self.core is not None, "frame_bytes before the opening handshake"
         return b"".join(self.core.encode_frame(opcode, payload, final, rsv))
@@ -414,7 +428,7 @@ class websocket:
         except OSError:
             pass
 
-    def wait_eof(self, deadline: Optional[float], discard: bool = False) -> None:
+    def wait_eof(self, deadline: float | None, discard: bool = False) -> None:
         """Read (and drop) until the peer closes TCP or ``deadline`` passes; never raises."""
         if discard:
             self._parser.take_buffer()
@@ -448,7 +462,7 @@ class websocket:
         """Send already encoded frames (see Connection.prepare); the caller holds ``send_lock``."""
         self.sock.sendall(data)
 
-    def recv(self, timeout: Optional[float] = None) -> Frame:
+    def recv(self, timeout: float | None = None) -> Frame:
         """Receive one frame (per-frame extensions decoded).
 
         Raises ProtocolError for a frame that breaks §5 (its ``code`` is the close code to
@@ -457,7 +471,7 @@ class websocket:
         """
         return self.read_frame(_deadline(timeout))
 
-    def read_frame(self, deadline: Optional[float] = None) -> Frame:
+    def read_frame(self, deadline: float | None = None) -> Frame:
         """:meth:`recv` with an absolute ``time.monotonic()`` deadline."""
         if not self.handshake_done:
             raise InvalidState("recv() before the opening handshake")
@@ -487,7 +501,7 @@ class websocket:
             frame = self.core.decode_frame(frame)
         return frame
 
-    def read_bytes(self, deadline: Optional[float] = None) -> bytes:
+    def read_bytes(self, deadline: float | None = None) -> bytes:
         """The next bytes from the peer, for a protocol core to parse (Connection feeds
         :class:`~twspy.protocol.Protocol` with them): what is buffered first (bytes that
         followed the handshake, or what :meth:`recv` left), then what one ``recv()`` gives.
@@ -582,7 +596,7 @@ class websocket:
             raise ConnectionClosed(1006, "")
         return data
 
-    def _recv_large(self, deadline: Optional[float]) -> Frame:
+    def _recv_large(self, deadline: float | None) -> Frame:
         """Read a large payload straight into buffers of its own; resumable after a timeout.
 
         Its first _RECV_SIZE bytes come from recv(), which sizes its result to what arrived;
@@ -625,7 +639,7 @@ class websocket:
         return new_frame(b0, b"".join(chunks), key)
 
     @staticmethod
-    def _unmask_chunk(key: Optional[bytes], chunk: bytearray, offset: int) -> None:
+    def _unmask_chunk(key: bytes | None, chunk: bytearray, offset: int) -> None:
         if key is not None:
             shift = offset % 4  # §5.3: byte i of the payload is XORed with key[i % 4]
             mask_into(key[shift:] + key[:shift], chunk)  # in place: these buffers are ours
@@ -636,14 +650,14 @@ class websocket:
             self._poller = None
 
     # -- handshake I/O with a deadline ------------------------------------------------------
-    def _recv_before(self, deadline: Optional[float], n: int) -> bytes:
+    def _recv_before(self, deadline: float | None, n: int) -> bytes:
         self.sock.settimeout(_remaining(deadline))
         try:
             return self.sock.recv(n)
         except socket.timeout:
             raise TimeoutError("opening handshake timed out") from None
 
-    def _send_before(self, deadline: Optional[float], data: bytes) -> None:
+    def _send_before(self, deadline: float | None, data: bytes) -> None:
         try:
             self.sock.settimeout(_remaining(deadline))
             self.sock.sendall(data)
@@ -655,11 +669,11 @@ class websocket:
                 raise
 
 
-def _deadline(timeout: Optional[float]) -> Optional[float]:
+def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
 
-def _remaining(deadline: Optional[float]) -> Optional[float]:
+def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     left = deadline - time.monotonic()
