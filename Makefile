@@ -10,7 +10,7 @@ build: ## build the optional C accelerator (twspy/_speedups.c) in place
 	$(PYTHON) setup.py -q build_ext --inplace
 
 test: ## run the test suite, with the C accelerator built when a compiler exists (installs the test extra)
-	@$(PYTHON) -c "import pytest, hypothesis, websockets, redis, mypy" 2>/dev/null || $(PYTHON) -m pip install -q pytest hypothesis websockets redis mypy
+	@$(PYTHON) -c "import pytest, hypothesis, websockets, redis, mypy, fastapi, uvicorn" 2>/dev/null || $(PYTHON) -m pip install -q pytest hypothesis websockets redis mypy fastapi uvicorn
 	@if command -v "$$($(PYTHON) -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "cc").split()[0])')" >/dev/null; then \
 	  $(MAKE) -s build && export TWSPY_REQUIRE_SPEEDUPS=1; fi; $(PYTHON) -m pytest -q test
 

@@ -75,14 +75,14 @@ def load(mode, server, clients=N_CLIENTS, messages=N_MESSAGES, while_ready=None,
 
 
 def test_many_clients_echo(baseline, serve):
-    server = serve(EchoServer, max_size=1 << 20)
+    server = serve(EchoServer, max_size=1 << 20, ping_interval=None)  # see NO_KEEPALIVE in tools/loadclient.py
     result = load("echo", server)
     assert result == {"messages": N_CLIENTS * N_MESSAGES, "errors": [], "alive": 0}
     wait_for(lambda: not server.clients, timeout=10)
 
 
 def test_many_clients_broadcast(baseline, serve):
-    server = serve(EchoServer, max_outbox=64 << 20)
+    server = serve(EchoServer, max_outbox=64 << 20, ping_interval=None)
 
     def broadcast():
         wait_for(lambda: len(server.clients) == N_CLIENTS, timeout=30)

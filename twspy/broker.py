@@ -268,9 +268,11 @@ class RedisBroker(Broker):
             return fn(*args, **kwargs)
         except self._redis_errors as exc:
             raise BrokerUnavailable("redis %s: %s failed: %s" % (self.url, what, exc)) from exc
-        except ValueError as exc:
-            # A call whose socket wake() closed under it may fail inside redis-py with
-            # "I/O operation on closed file": that is the wake-up, not a bug.
+        except Exception as exc:
+            # A call whose socket wake() closed under it fails inside redis-py in whatever way
+            # the moment gives: "I/O operation on closed file" (ValueError), a bad file
+            # descriptor (OSError), the connection's socket already None (AttributeError)...
+            # after wake() that is the wake-up, not a bug.
             if not self._woken:
                 raise
             raise BrokerUnavailable("redis %s: %s ended by wake()" % (self.url, what)) from exc
