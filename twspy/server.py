@@ -723,11 +723,11 @@ class Server:
 
 def send_all(clients: Iterable[Connection], message: Any) -> None:
     """Send ``message`` to each client without blocking (:meth:`Connection.send_nowait`),
-    encoding its frame once for every client that can share it."""
+    encoding its frame once for every client that can share it (``can_share_frames``)."""
     prepared = None
     for client in clients:
         data = None
-        if client.can_share_frames:
+        if getattr(client, "can_share_frames", False):  # a shell without it never shares (ASGI)
             if prepared is None:
                 prepared = client.prepare(message)
             data = prepared
