@@ -12,7 +12,7 @@ import pytest
 import twspy
 from twspy.errors import HandshakeError, ProtocolError
 from twspy.filters import (BearerAuth, Broadcast, Echo, Filter, Log, Reject, close_code_for, redact_query, run_close,
-                           run_message, run_open)
+                           run_connect, run_message, run_open)
 from twspy.handshake import Headers, Request
 from twspy.multiplex import Multiplex, connect_multiplexed
 
@@ -645,3 +645,65 @@ class TestBearerAuth:
                 mux.open_channel("/other", timeout=TIMEOUT)
         assert info.value.status == 401
         assert info.value.headers["WWW-Authenticate"] == 'Bearer realm="twspy"'
+
+
+class TestDuckTypedFilters:
+    """The hooks are all optional: any object with some of them is a filter (module docstring)."""
+
+    class OnlyMessage:  # not a Filter subclass, and no on_connect/on_open/on_close
+        def on_message(self, client, message):
+            return message.payload + "!"
+
+    class OnlyClose:
+        def __init__(self):
+            self.closed = []
+
+        def on_close(self, client, code, reason):
+            self.closed.append((code, reason))
+
+    def test_missing_hooks_are_skipped(self):
+        only_message, only_close = self.OnlyMessage(), self.OnlyClose()
+        chain = [only_close, only_message, Upper()]
+        request = Request("GET", "/", "HTTP/1.1", Headers())
+        assert run_connect(chain, request) is None
+        assert run_connect([only_message, BearerAuth("t")], request)[0] == 401  # the next filter still answers
+        assert run_open(chain, object()) is True
+        assert run_message(chain, object(), twspy.TextMessage("hi")) == twspy.TextMessage("HI!")
+        run_close([only_message, only_close], object(), 1001, "bye")
+        assert only_close.closed == [(1001, "bye")]
+
+    def test_from_options_default_builds_without_settings(self):
+        class Plain(Filter):
+            pass
+
+        built = Plain.from_options({"port": 8000, "token": ["ignored"]})
+        assert type(built) is Plain and repr(built) == "<filter Plain>"
+        assert type(Echo.from_options({})) is Echo
+
+
+def test_send_on_a_closing_client_is_not_the_filters_fault(caplog):
+    """A filter whose send meets a connection already closing: no second close, no ERROR log."""
+    closes = []
+
+    class ClosingClient:
+        close_sent = True
+
+        def start_close(self, code, reason):
+            closes.append((code, reason))
+
+        def send(self, message):
+            raise twspy.ConnectionClosedOK(1000)
+
+    with caplog.at_level("DEBUG", logger="twspy.filters"):
+        client = ClosingClient()
+        assert run_message([Echo()], client, twspy.TextMessage("x")) is None
+        assert run_message([Upper()], client, twspy.TextMessage("y")) is None  # skipped from now on
+    assert closes == []
+    assert [r.levelname for r in caplog.records if r.name == "twspy.filters"] == ["DEBUG"]
+
+    class OpenClient(ClosingClient):
+        close_sent = False  # the same error on an open connection is the filter's: 1011
+
+    with caplog.at_level("ERROR", logger="twspy.filters"):
+        assert run_message([Echo()], OpenClient(), twspy.TextMessage("x")) is None
+    assert closes == [(1011, "internal error")]

@@ -31,3 +31,26 @@ def test_messages():
         twspy.BinaryMessage("text")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         create_message(twspy.OPCODE_PING, b"")
+
+
+def test_repr_shows_the_class_and_at_most_48_units_of_payload():
+    assert repr(twspy.TextMessage("hi")) == "TextMessage('hi')"
+    assert repr(twspy.BinaryMessage(b"\x00")) == "BinaryMessage(b'\\x00')"
+    assert repr(twspy.TextMessage("x" * 48)) == "TextMessage(%r)" % ("x" * 48)
+    assert repr(twspy.TextMessage("y" * 49)) == "TextMessage(%r...)" % ("y" * 48)
+    assert repr(twspy.BinaryMessage(b"z" * 1000)) == "BinaryMessage(%r...)" % (b"z" * 48)
+
+
+def test_equality_with_other_types_and_unhashable():
+    text = twspy.TextMessage("a")
+    assert text != "a" and text.__eq__("a") is NotImplemented
+    assert twspy.BinaryMessage(b"a") != twspy.TextMessage("a")  # same payload units, other opcode
+    assert twspy.Message(twspy.OPCODE_TEXT, "a") == text  # equality is by opcode and payload, not class
+    with pytest.raises(TypeError):
+        hash(text)  # mutable payload attribute: messages are not dict keys
+
+
+def test_create_message_decodes_strictly():
+    with pytest.raises(UnicodeDecodeError):
+        create_message(twspy.OPCODE_TEXT, b"\xff")
+    assert create_message(twspy.OPCODE_BINARY, b"\xff").payload == b"\xff"

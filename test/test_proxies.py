@@ -4,6 +4,7 @@ user/password), an https:// proxy written here (TLS inside TLS), broken proxies,
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import socket
 import ssl
@@ -14,7 +15,7 @@ import pytest
 
 import twspy
 from twspy.cli import EchoServer
-from twspy.proxies import open_tunnel, parse_proxy, proxy_for
+from twspy.proxies import ProxyURL, open_tunnel, parse_proxy, proxy_for, wrap_tls_inside
 
 from conftest import CERT, KEY, url, wait_for
 
@@ -438,3 +439,299 @@ class TestParse:
             sock.settimeout(5)
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not an upgrade: the echo server answers 4xx
             assert sock.recv(12).startswith(b"HTTP/1.1 4")
+
+
+# -- scripted proxies: every answer a proxy may give, through open_tunnel -----------------------------
+
+class OneShot:
+    """A fake proxy on 127.0.0.1:0 for one connection: ``script(conn, self)`` plays its side, reading with
+    :meth:`read` (recorded in ``received``). ``rcvbuf`` shrinks its receive buffer (a proxy that stops
+    reading fills up fast)."""
+
+    def __init__(self, script, rcvbuf=None):
+        self.script = script
+        self.received = b""
+        self.sock = socket.socket()
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # inherited by the accepted socket
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.sock.settimeout(10)
+        self.port = self.sock.getsockname()[1]
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        try:
+            with conn:
+                conn.settimeout(10)
+                self.script(conn, self)
+        except OSError:
+            pass  # the client gave up first: what it did is what the test checks
+        finally:
+            self.done.set()
+
+    def read(self, conn, n):
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                break
+            data += chunk
+        self.received += data
+        return data
+
+    def read_until_eof(self, conn):
+        """What the client still sends before it closes: b"" if it sent nothing more."""
+        return self.read(conn, 1 << 20)
+
+    def close(self):
+        self.sock.close()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def one_shot():
+    made = []
+
+    def make(script, rcvbuf=None):
+        made.append(OneShot(script, rcvbuf))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.close()
+
+
+def reset(conn):
+    """Close with a TCP RST (SO_LINGER 0) rather than a FIN."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    conn.close()
+
+
+def through(sock, proxy):
+    """The tunnel carries bytes both ways, and nothing of the proxy's answer is left in it."""
+    with sock:
+        sock.settimeout(5)
+        sock.sendall(b"to the target")
+        assert sock.recv(100) == b"from the target"
+        sock.shutdown(socket.SHUT_WR)
+        assert proxy.done.wait(5)
+    assert proxy.received.endswith(b"to the target")
+
+
+def socks5_tunnel(greeting_answer, reply, then=b"from the target", request_size=None):
+    """A SOCKS5 proxy script: answer the greeting, read the CONNECT request, send ``reply`` + ``then``."""
+    def script(conn, proxy):
+        proxy.read(conn, 3)
+        conn.sendall(greeting_answer)
+        proxy.read(conn, request_size or 4)
+        if request_size is None:  # the rest of the request: its size depends on the address type
+            atyp = proxy.received[-1]
+            proxy.read(conn, {1: 4 + 2, 4: 16 + 2}.get(atyp, 0) or proxy.read(conn, 1)[0] + 2)
+        conn.sendall(reply + then)
+        proxy.read_until_eof(conn)
+    return script
+
+
+class TestScriptedSOCKS5:
+    @pytest.mark.parametrize("bound", [
+        b"\x01\x7f\x00\x00\x01\x04\x38",                   # IPv4 BND.ADDR, BND.PORT
+        b"\x04" + bytes(15) + b"\x01\x04\x38",            # IPv6
+        b"\x03\x0bexample.com\x04\x38",                    # a domain name, with its length byte
+    ])
+    def test_bound_address_is_skipped_exactly(self, one_shot, bound):
+        # RFC 1928 §6: the reply ends with BND.ADDR and BND.PORT, whose size depends on ATYP; what
+        # follows is the target's first bytes, which must reach the caller (sent in the same packet).
+        proxy = one_shot(socks5_tunnel(b"\x05\x00", b"\x05\x00\x00" + bound))
+        through(open_tunnel("example.com", 443, "socks5h://127.0.0.1:%d" % proxy.port, timeout=None), proxy)
+        assert proxy.received.startswith(b"\x05\x01\x00" + b"\x05\x01\x00\x03\x0bexample.com\x01\xbb")
+
+    def test_ipv6_target_is_sent_as_an_address(self, one_shot):
+        proxy = one_shot(socks5_tunnel(b"\x05\x00", b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00"))
+        through(open_tunnel("::1", 8080, "socks5h://127.0.0.1:%d" % proxy.port, timeout=5), proxy)
+        assert proxy.received.startswith(b"\x05\x01\x00\x05\x01\x00\x04" + bytes(15) + b"\x01\x1f\x90")
+
+    @pytest.mark.parametrize("greeting, reply, message, status", [
+        (b"\x05\x01", b"", r"chose a SOCKS5 auth method we did not offer \(1\)", None),
+        (b"\x05\x00", b"\x04\x00\x00\x01", r"malformed SOCKS5 reply \(version 4\)", None),
+        (b"\x05\x00", b"\x05\x02\x00\x01", r"SOCKS5 reply 2 \(connection not allowed by ruleset\)", 2),
+        (b"\x05\x00", b"\x05\x42\x00\x01", r"SOCKS5 reply 66 \(unassigned reply code\)", 0x42),
+    ])
+    def test_refusals_and_malformed_answers(self, one_shot, greeting, reply, message, status):
+        proxy = one_shot(socks5_tunnel(greeting, reply, then=b"", request_size=10))
+        with pytest.raises(twspy.ProxyError, match=message) as info:
+            open_tunnel("127.0.0.1", 80, "socks5://127.0.0.1:%d" % proxy.port, timeout=5)
+        assert info.value.status == status and info.value.proxy == "socks5://127.0.0.1:%d" % proxy.port
+
+    def test_credentials_too_long_are_never_sent(self, one_shot):
+        seen = []
+
+        def script(conn, proxy):
+            proxy.read(conn, 4)
+            conn.sendall(b"\x05\x02")  # user/password, please
+            seen.append(proxy.read_until_eof(conn))
+
+        proxy = one_shot(script)
+        with pytest.raises(twspy.ProxyError, match="limited to 255 bytes") as info:
+            open_tunnel("127.0.0.1", 80, "socks5://user:%s@127.0.0.1:%d" % ("p" * 256, proxy.port), timeout=5)
+        assert proxy.done.wait(5)
+        assert seen == [b""] and proxy.received == b"\x05\x02\x00\x02"  # offered none and user/password
+        assert "ppp" not in str(info.value)  # the password is not in the message
+
+    def test_host_name_too_long_for_socks5h(self, one_shot):
+        name = ".".join(["a" * 60] * 5)  # 304 bytes: valid labels, too long for the 1-byte length
+        proxy = one_shot(socks5_tunnel(b"\x05\x00", b"", then=b"", request_size=0))
+        with pytest.raises(twspy.ProxyError, match="host name longer than 255 bytes"):
+            open_tunnel(name, 80, "socks5h://127.0.0.1:%d" % proxy.port, timeout=5)
+        assert proxy.done.wait(5) and proxy.received == b"\x05\x01\x00"  # no CONNECT request went out
+
+
+def socks4_answer(reply, then=b""):
+    def script(conn, proxy):
+        request = b""
+        while request.count(b"\x00") < 2 or (request[4:8] == b"\x00\x00\x00\x01" and request.count(b"\x00") < 6):
+            chunk = proxy.read(conn, 1)  # byte by byte: the request ends with one or two NULs
+            if not chunk:
+                return
+            request = proxy.received
+        conn.sendall(reply + then)
+        proxy.read_until_eof(conn)
+    return script
+
+
+class TestScriptedSOCKS4:
+    @pytest.mark.parametrize("scheme, host, request_tail", [
+        ("socks4", "127.0.0.1", b"\x7f\x00\x00\x01\x00"),
+        ("socks4a", "10.1.2.3", b"\x0a\x01\x02\x03\x00"),  # SOCKS4a sends an address as an address
+    ])
+    def test_granted(self, one_shot, scheme, host, request_tail):
+        proxy = one_shot(socks4_answer(b"\x00\x5a" + bytes(6), b"from the target"))
+        through(open_tunnel(host, 80, "%s://127.0.0.1:%d" % (scheme, proxy.port), timeout=5), proxy)
+        assert proxy.received.startswith(b"\x04\x01\x00\x50" + request_tail)
+
+    @pytest.mark.parametrize("reply, message, status", [
+        (b"\x04\x5a" + bytes(6), r"malformed SOCKS4 reply \(version 4\)", None),
+        (b"\x00\x5c" + bytes(6), r"SOCKS4 reply 92 \(rejected: no identd on the client\)", 92),
+        (b"\x00\x20" + bytes(6), r"SOCKS4 reply 32 \(unknown reply code\)", 32),
+    ])
+    def test_refused_or_malformed(self, one_shot, reply, message, status):
+        proxy = one_shot(socks4_answer(reply))
+        with pytest.raises(twspy.ProxyError, match=message) as info:
+            open_tunnel("127.0.0.1", 80, "socks4://127.0.0.1:%d" % proxy.port, timeout=5)
+        assert info.value.status == status
+
+
+def http_answer(answer, then=b""):
+    """An HTTP proxy script: read the CONNECT head, send ``answer``; then, once the client spoke
+    (the server behind a tunnel says nothing first), send ``then``."""
+    def script(conn, proxy):
+        while b"\r\n\r\n" not in proxy.received:
+            if not proxy.read(conn, 1):
+                return
+        conn.sendall(answer)
+        if then:
+            proxy.read(conn, 13)
+            conn.sendall(then)
+        proxy.read_until_eof(conn)
+    return script
+
+
+class TestScriptedHTTPConnect:
+    def test_status_without_reason_and_ipv6_target(self, one_shot):
+        proxy = one_shot(http_answer(b"HTTP/1.0 200\r\n\r\n", b"from the target"))
+        sock = open_tunnel("::1", 8443, "http://127.0.0.1:%d" % proxy.port, timeout=5)
+        through(sock, proxy)
+        assert proxy.received.startswith(b"CONNECT [::1]:8443 HTTP/1.1\r\nHost: [::1]:8443\r\n\r\n")
+
+    def test_endless_answer_head_is_cut_off(self, one_shot):
+        head = b"HTTP/1.1 200 OK\r\n" + b"X-Padding: %s\r\n" % (b"x" * 100) * 300  # 30 KB, no blank line
+        proxy = one_shot(http_answer(head))
+        with pytest.raises(twspy.ProxyError, match="answer head larger than 16384 bytes"):
+            open_tunnel("example.com", 443, "http://127.0.0.1:%d" % proxy.port, timeout=5)
+
+    def test_reset_while_waiting_for_the_answer(self, one_shot):
+        def script(conn, proxy):
+            while b"\r\n\r\n" not in proxy.received:
+                if not proxy.read(conn, 1):
+                    return
+            reset(conn)
+
+        proxy = one_shot(script)
+        with pytest.raises(twspy.ProxyError, match="connection lost: ") as info:
+            open_tunnel("example.com", 443, "http://127.0.0.1:%d" % proxy.port, timeout=5)
+        assert isinstance(info.value, ConnectionError)
+
+    # A request larger than every buffer between us and a proxy that stops reading: the loopback's
+    # send buffer is at most 4 MB (tcp_wmem) and the proxy's receive buffer is made tiny.
+    HUGE = ProxyURL("http", "127.0.0.1", 0, ("user", "p" * (12 << 20)))
+
+    def test_proxy_that_stops_reading_times_out_the_send(self, one_shot):
+        release = threading.Event()
+        proxy = one_shot(lambda conn, proxy: (proxy.read(conn, 10), release.wait(10)), rcvbuf=4096)
+        try:
+            with pytest.raises(twspy.ProxyError, match="no answer in time"):
+                open_tunnel("example.com", 443, self.HUGE._replace(port=proxy.port), timeout=0.5)
+        finally:
+            release.set()
+
+    def test_reset_while_sending(self, one_shot):
+        proxy = one_shot(lambda conn, proxy: (proxy.read(conn, 10), reset(conn)), rcvbuf=4096)
+        with pytest.raises(twspy.ProxyError, match="connection lost while sending: "):
+            open_tunnel("example.com", 443, self.HUGE._replace(port=proxy.port), timeout=5)
+
+
+class TestTLSInside:
+    """wrap_tls_inside's relay, over a plain socket pair standing in for the TLS socket to the proxy."""
+
+    def test_relays_both_ways_with_backpressure_and_closes_outer(self):
+        outer, far = socket.socketpair()  # far: the proxy's side of the outer connection
+        inner = wrap_tls_inside(outer)
+        data = os.urandom(4 << 20)  # more than the socket buffers hold: the relay must wait for far to read
+        received = []
+        try:
+            inner.settimeout(5)
+            far.settimeout(5)
+            sender = threading.Thread(target=inner.sendall, args=(data,))
+            sender.start()
+            # far reads nothing yet: the relay's writes to outer block, then it stops reading ours,
+            # and inner's buffer fills up (no longer writable). Only then does far start reading.
+            wait_for(lambda: not select.select([], [inner], [], 0)[1])
+            got = b""
+            while len(got) < len(data):
+                chunk = far.recv(1 << 16)
+                assert chunk, "the relay closed before passing everything on"
+                got += chunk
+            sender.join(5)
+            assert got == data
+            far.sendall(b"answer")
+            while len(b"".join(received)) < 6:
+                received.append(inner.recv(100))
+            assert b"".join(received) == b"answer"
+        finally:
+            inner.close()  # our end closes: the relay ends and closes outer, which far sees
+        assert far.recv(100) == b""
+        far.close()
+
+    def test_far_side_closing_ends_the_tunnel(self):
+        outer, far = socket.socketpair()
+        inner = wrap_tls_inside(outer, name="tunnel-under-test")
+        inner.settimeout(5)
+        far.sendall(b"last words")
+        far.close()
+        assert inner.recv(100) == b"last words"
+        assert inner.recv(100) == b""  # then EOF, as from a server that closed
+        inner.close()
+
+
+def test_http_connect_to_an_international_name(one_shot):
+    # The CONNECT line is ASCII: a Unicode host name goes in its IDNA form (as SOCKS5h sends it).
+    proxy = one_shot(http_answer(b"HTTP/1.1 200 OK\r\n\r\n", b"from the target"))
+    through(open_tunnel("bücher.example", 443, "http://127.0.0.1:%d" % proxy.port, timeout=5), proxy)
+    target = b"xn--bcher-kva.example:443"
+    assert proxy.received.startswith(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target))

@@ -54,8 +54,8 @@ from .connection import Connection
 from .errors import ConnectionClosed, InvalidURI, WebSocketError
 from .extension import Extension
 from .filters import BearerAuth, Broadcast
-from .message import Message, TextMessage
 from .frame import CloseCode
+from .message import Message, TextMessage
 from .server import Server, ServerConnection
 from .uri import parse_uri
 from .websocket import DEFAULT_MAX_SIZE

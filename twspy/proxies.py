@@ -199,6 +199,8 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})(?: ([^\r\n]*))?")
 
 
 def _http_connect(io: _Exchange, host: str, port: int) -> None:
+    if not host.isascii():  # the request line is ASCII: an international name in its IDNA form
+        host = host.encode("idna").decode("ascii")
     authority = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
     request = "CONNECT %s HTTP/1.1\r\nHost: %s\r\n" % (authority, authority)
     if io.proxy.user_info is not None:

@@ -58,7 +58,8 @@ def validate_topic(topic: str) -> str:
     """Check a topic name used for publishing and return it.
 
     Raises:
-        InvalidTopic: if it is empty, contains ``+``, ``#``, U+0000 or a control character, or exceeds 65535 bytes of UTF-8.
+        InvalidTopic: if it is empty, contains ``+``, ``#``, U+0000 or a control character, or
+            exceeds 65535 bytes of UTF-8.
     """
     _check_string(topic, "topic name")
     if "+" in topic or "#" in topic:
