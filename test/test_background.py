@@ -7,12 +7,12 @@ import socket
 import threading
 
 import pytest
+from test_connection import Peer, Recorder
 
 import twspy
 from twspy import Frame
 
 from conftest import url, wait_for
-from test_connection import Peer, Recorder
 
 
 class PongCounter(twspy.Server):

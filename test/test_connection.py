@@ -950,9 +950,11 @@ def test_debug_logs_frames_both_ways(pair, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "twspy.connection"]
     sent = [line.split(" > ", 1)[1] for line in lines if " > " in line and "(flushed)" not in line]
     heads = [s.split()[:2] for s in sent]
-    assert heads[:4] == [["<Frame", "TEXT"], ["<Frame", "BINARY"], ["<Frame", "CONTINUATION"], ["<ControlFrame", "PING"]]
+    assert heads[:4] == [["<Frame", "TEXT"], ["<Frame", "BINARY"], ["<Frame", "CONTINUATION"],
+                         ["<ControlFrame", "PING"]]
     # The pong goes out when the ping is parsed: in the read that had "in", or the next one.
-    assert sorted(heads[4:-1]) == [["<ControlFrame", "PONG"], ["<Frame", "TEXT"], ["TextMessage('quick')", "(non-blocking)"]]
+    assert sorted(heads[4:-1]) == [["<ControlFrame", "PONG"], ["<Frame", "TEXT"],
+                                   ["TextMessage('quick')", "(non-blocking)"]]
     assert heads[-1] == ["<ControlFrame", "CLOSE"]
     assert any(" < <Frame TEXT" in line for line in lines) and any(" < <ControlFrame CLOSE" in line for line in lines)
 

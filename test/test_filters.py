@@ -11,8 +11,20 @@ import pytest
 
 import twspy
 from twspy.errors import HandshakeError, ProtocolError
-from twspy.filters import (BearerAuth, Broadcast, Echo, Filter, Log, Reject, close_code_for, redact_query, run_close,
-                           run_connect, run_message, run_open)
+from twspy.filters import (
+    BearerAuth,
+    Broadcast,
+    Echo,
+    Filter,
+    Log,
+    Reject,
+    close_code_for,
+    redact_query,
+    run_close,
+    run_connect,
+    run_message,
+    run_open,
+)
 from twspy.handshake import Headers, Request
 from twspy.multiplex import Multiplex, connect_multiplexed
 
@@ -573,7 +585,8 @@ class TestBearerAuth:
     def test_header_accepted(self, serve):
         server = serve(TokenServer, filters=[BearerAuth(["t1", "t2"])])
         for token in ("t1", "t2"):
-            with twspy.connect(url(server), headers={"Authorization": "Bearer " + token}, handshake_timeout=TIMEOUT) as conn:
+            with twspy.connect(url(server), headers={"Authorization": "Bearer " + token},
+                               handshake_timeout=TIMEOUT) as conn:
                 conn.send("in")
                 assert conn.recv(TIMEOUT).payload == "in"
         assert server.calls.named("token") == [("token", "t1"), ("token", "t2")]
@@ -619,7 +632,7 @@ class TestBearerAuth:
     def test_non_ascii_token_in_a_header(self):
         auth = BearerAuth("κλειδί")
         # A header arrives decoded as latin-1: the filter compares the bytes that were sent.
-        sent = "Bearer " + "κλειδί".encode("utf-8").decode("latin-1")
+        sent = "Bearer " + "κλειδί".encode().decode("latin-1")
         request = Request("GET", "/", "HTTP/1.1", Headers([("Authorization", sent)]))
         assert auth.on_connect(request) is None and request.state["token"] == "κλειδί"
         request = Request("GET", "/?token=%CE%BA%CE%BB%CE%B5%CE%B9%CE%B4%CE%AF", "HTTP/1.1", Headers())

@@ -238,7 +238,8 @@ class TestHTTPConnect:
 
     def test_request_and_auth_header(self, fake_proxy, echo):
         proxy = fake_proxy()
-        roundtrip(twspy.connect(url(echo), proxy="http://al%%20ice:p%%40ss@127.0.0.1:%d" % proxy.port, handshake_timeout=5))
+        roundtrip(twspy.connect(url(echo), proxy="http://al%%20ice:p%%40ss@127.0.0.1:%d" % proxy.port,
+                                handshake_timeout=5))
         head = proxy.requests[0].decode()
         target = "127.0.0.1:%d" % echo.address[1]
         assert head.startswith("CONNECT %s HTTP/1.1\r\nHost: %s\r\n" % (target, target))

@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+from test_proxies import tinyproxy  # noqa: F401 - the fixture: a real tinyproxy with Basic auth
 
 import twspy
 from twspy.filters import Filter, Reject
@@ -22,7 +23,6 @@ from twspy.handshake import make_key
 from twspy.proxy import ProxyServer
 
 from conftest import CERT, KEY, http_exchange, url, wait_for
-from test_proxies import tinyproxy  # noqa: F401 - the fixture: a real tinyproxy with Basic auth
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -522,7 +522,8 @@ class TestUpstreamProxy:
             with pytest.raises(twspy.HandshakeError) as info:
                 twspy.connect(url(proxy(url(upstream))), handshake_timeout=5, proxy=False)
             assert info.value.status == 502
-            with twspy.connect(url(proxy(url(upstream), upstream_proxy=False)), handshake_timeout=5, proxy=False) as conn:
+            with twspy.connect(url(proxy(url(upstream), upstream_proxy=False)), handshake_timeout=5,
+                               proxy=False) as conn:
                 conn.send("direct")
                 assert conn.recv(5) == twspy.TextMessage("direct")
 

@@ -173,7 +173,8 @@ def test_stop_event_ends_the_wait(retry_log):
     results = []
 
     def run():
-        results.extend(twspy.reconnect("ws://127.0.0.1:%d/" % port, first_delay=30, stop=stop_event, handshake_timeout=5))
+        results.extend(twspy.reconnect("ws://127.0.0.1:%d/" % port, first_delay=30, stop=stop_event,
+                                       handshake_timeout=5))
 
     thread = threading.Thread(target=run)
     thread.start()
