@@ -103,6 +103,17 @@ def _size(text: str) -> int:
 _SERVE_TYPES: Dict[str, Callable[[str], Any]] = {"port": int, "max_size": _size, "max_connections": int}
 
 
+class _Renamed(argparse.Action):
+    """A flag's former spelling: still accepted, with a note on stderr (issue 11, one option vocabulary)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if option_string in ("--open-timeout",):
+            print("twspy: %s is deprecated; use --%s" % (option_string, self.dest.replace("_", "-")),
+                  file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def _listen_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     """The options of every server command: where to listen, the message size, TLS."""
     def default(value: object) -> object:
@@ -206,7 +217,7 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--max-size", type=_size, default=DEFAULT_MAX_SIZE, metavar="SIZE",
                         help="largest message accepted (default 1M)")
     client.add_argument("--handshake-timeout", "--open-timeout", dest="handshake_timeout", type=float, default=10.0,
-                        metavar="SECS", help="seconds for TCP, proxy, TLS and the upgrade (default 10; "
+                        action=_Renamed, metavar="SECS", help="seconds for TCP, proxy, TLS and the upgrade (default 10; "
                                              "--open-timeout is the former spelling)")
     client.add_argument("--proxy", metavar="URL",
                         help="http://, https://, socks5://, socks5h://, socks4:// or socks4a:// proxy, with "
