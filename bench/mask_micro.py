@@ -1,12 +1,15 @@
 """CPU cost of masking and of one message through twspy's socket layer, C accelerator on and off.
 
-Usage: python bench/mask_micro.py [--repeat 7]
+Usage: python bench/mask_micro.py [--repeat 7] [--root DIR]
 
 No network: a fake socket hands ``websocket.recv`` pre-masked frames from memory (the server
 side) and swallows what ``send_raw`` writes (the client side), so the numbers are Python
 and C per message, free of the kernel and of the load generator, and stable on a busy
 machine (each is the minimum of ``--repeat`` timed runs, in CPU time). Runs itself twice,
-once with ``TWSPY_NO_SPEEDUPS=1``, and prints both side by side.
+once with ``TWSPY_NO_SPEEDUPS=1``, and prints both side by side. The sans-I/O core
+(``twspy.protocol``, under the asyncio layer) is measured the same way: a server
+``Protocol`` fed masked frames in 256 KiB reads, as asyncio hands them over. ``--root DIR``
+measures another checkout (a baseline: before and after a change).
 """
 
 from __future__ import annotations
@@ -91,12 +94,23 @@ def _receive(twspy: Any, wire: bytes, n: int) -> None:
         ws.recv()
 
 
-def measure(repeat: int) -> Dict[str, Any]:
-    sys.path.insert(0, ROOT)
+def _core_receive(protocol_class: Any, side: Any, reads: List[bytes], n: int) -> None:
+    """A server Protocol (the sans-I/O core) fed ``n`` masked frames in 256 KiB reads."""
+    p = protocol_class(side, max_size=None)
+    for _ in range(n):
+        for data in reads:
+            p.receive_data(data)
+        p.events_received()
+
+
+def measure(repeat: int, root: str) -> Dict[str, Any]:
+    sys.path.insert(0, root)
     import twspy
     from twspy.frame import OPCODE_BINARY, Frame, mask, mask_into  # C or Python, as imported
+    from twspy.protocol import SERVER, Protocol
 
-    out: Dict[str, Any] = {"speedups": twspy.speedups_enabled(), "mask_us": {}, "recv_us": {}, "send_us": {}}
+    out: Dict[str, Any] = {"speedups": twspy.speedups_enabled(), "mask_us": {}, "recv_us": {}, "send_us": {},
+                           "core_us": {}}
     key = b"\x12\x34\x56\x78"
     for size in SIZES:
         data = os.urandom(size)
@@ -110,29 +124,36 @@ def measure(repeat: int) -> Dict[str, Any]:
         out["recv_us"][size] = 1e6 * _best(functools.partial(_receive, twspy, wire, n), repeat) / n
         out["send_us"][size] = 1e6 * _best(functools.partial(_repeat, n, client.send_raw, OPCODE_BINARY, data),
                                            repeat) / n
+        one = wire[:len(wire) // n]
+        reads = [one[i:i + (256 << 10)] for i in range(0, len(one), 256 << 10)]
+        out["core_us"][size] = 1e6 * _best(functools.partial(_core_receive, Protocol, SERVER, reads, n), repeat) / n
     return out
 
 
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--root", default=ROOT, help="the twspy checkout to measure (default: this one)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(measure(args.repeat)))
+        print(json.dumps(measure(args.repeat, os.path.abspath(args.root))))
         return 0
     runs = {}
     for label, value in (("C", ""), ("Python", "1")):
         env = dict(os.environ, TWSPY_NO_SPEEDUPS=value)
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--repeat", str(args.repeat)],
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--repeat", str(args.repeat),
+                              "--root", args.root],
                              env=env, capture_output=True, text=True, timeout=1800, check=True)
         runs[label] = json.loads(out.stdout)
     if not runs["C"]["speedups"]:
         print("note: twspy._speedups is not built (`make build`): both columns are pure Python")
-    print("CPU microseconds per call or message (min of %d runs); speed-up = Python / C" % args.repeat)
+    print("%s: CPU microseconds per call or message (min of %d runs); speed-up = Python / C" % (
+        args.root, args.repeat))
     print("%-34s %12s %12s %9s" % ("", "C", "Python", "speed-up"))
     for section, title in (("mask_us", "mask() %s"), ("recv_us", "server websocket.recv(), %s frame"),
-                           ("send_us", "client websocket.send_raw(), %s")):
+                           ("send_us", "client websocket.send_raw(), %s"),
+                           ("core_us", "server Protocol, %s frame")):
         for key in runs["C"][section]:
             c, py = runs["C"][section][key], runs["Python"][section][key]
             size, _, how = key.partition("-")

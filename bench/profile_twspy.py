@@ -1,6 +1,7 @@
 """Where the twspy server spends its time under the small-message echo load.
 
 Usage: python bench/profile_twspy.py [--case echo-16B-c32-d1] [--duration 5] [--tool cprofile,perf,py-spy]
+                                    [--server twspy|twspy-asyncio]
 
 - ``cprofile``: the twspy echo server runs with a cProfile per thread (merged at the end),
   timed with each thread's CPU clock: exact call counts, but the profiler's own overhead
@@ -118,10 +119,10 @@ def profile_py_spy(args: argparse.Namespace) -> None:
     exe = _ensure_py_spy()
     out = os.path.join(RESULTS, "profile-%s.pyspy.txt" % args.case)
     bench = _bench(args)
-    server = ServerProcess("twspy", bench.pinning, False, bench.log_dir)
+    server = ServerProcess(args.server, bench.pinning, False, bench.log_dir)
     if not server.start():
         raise SystemExit("server did not start: %s" % server.error)
-    bench.servers[("twspy", False)] = server
+    bench.servers[(args.server, False)] = server
     spy = None
     try:
         case = _case(args.case, args.duration + 1.0)
@@ -130,7 +131,7 @@ def profile_py_spy(args: argparse.Namespace) -> None:
                                 "--rate", str(args.rate), "--format", "raw", "--output", out, "--nonblocking"]
                                + (["--gil"] if args.gil else []) + (["--idle"] if args.idle else []),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        run = bench.run_echo(case, "twspy")
+        run = bench.run_echo(case, args.server)
         _print_run("py-spy", run)
         output = spy.communicate(timeout=args.duration + 30)[0].decode(errors="replace")
         if spy.returncode != 0:
@@ -165,17 +166,17 @@ def profile_perf(args: argparse.Namespace) -> None:
         return
     out = os.path.join(RESULTS, "profile-%s.perf.data" % args.case)
     bench = _bench(args)
-    server = ServerProcess("twspy", bench.pinning, False, bench.log_dir)
+    server = ServerProcess(args.server, bench.pinning, False, bench.log_dir)
     if not server.start():
         raise SystemExit("server did not start: %s" % server.error)
-    bench.servers[("twspy", False)] = server
+    bench.servers[(args.server, False)] = server
     recorder = None
     try:
         case = _case(args.case, args.duration + 1.0)
         recorder = subprocess.Popen([perf, "record", "-e", "cpu-clock", "-F", str(args.rate), "-g", "-p",
                                      str(server.pid), "-o", out, "--", "sleep", str(args.duration)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        run = bench.run_echo(case, "twspy")
+        run = bench.run_echo(case, args.server)
         _print_run("perf", run)
         err = recorder.communicate(timeout=args.duration + 30)[1].decode(errors="replace")
         if recorder.returncode != 0:
@@ -206,6 +207,8 @@ def main(argv: List[str]) -> int:
     bootstrap.ensure_venv([os.path.abspath(__file__)] + argv)
     parser = argparse.ArgumentParser(prog="bench/profile_twspy.py", description=__doc__.split("\n")[0])
     parser.add_argument("--case", default="echo-16B-c32-d1", help="an echo case of bench/run.py")
+    parser.add_argument("--server", default="twspy", choices=["twspy", "twspy-asyncio"],
+                        help="the threaded server (default) or the asyncio one (perf and py-spy only)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of load (default 5)")
     parser.add_argument("--tool", default="cprofile,perf",
                         help="comma-separated: cprofile, perf, py-spy (default cprofile,perf)")
@@ -224,6 +227,8 @@ def main(argv: List[str]) -> int:
     for tool in tools:
         if tool not in ("cprofile", "perf", "py-spy"):
             parser.error("unknown tool %r" % tool)
+        if tool == "cprofile" and args.server != "twspy":
+            parser.error("cprofile profiles the threaded server's threads only: --tool perf or py-spy")
     if not 1 <= args.rate <= 10000:
         parser.error("--rate must be between 1 and 10000")
     for tool in tools:

@@ -6,11 +6,12 @@ import statistics
 from typing import Any, Dict, List, Optional, Sequence
 
 from cases import CLIENTS, SCENARIOS, TARGETS, Case
-from servers import KINDS, PEERS
+from servers import BASE_KINDS, KINDS, PEERS
 
 __all__ = ["summarize", "tables", "generator_check", "fmt"]
 
-SHORT = {"twspy": "twspy", "twspy-asyncio": "twspy-aio", "websockets-sync": "ws-sync",
+SHORT = {"twspy": "twspy", "twspy-base": "twspy-base", "twspy-asyncio": "twspy-aio",
+         "twspy-asyncio-base": "aio-base", "websockets-sync": "ws-sync",
          "websockets-asyncio": "ws-async", "aiohttp": "aiohttp",
          "raw-tcp": "raw-tcp", "websocket-client": "ws-client", "raw": "raw"}
 CLIENT_PEERS = ("websockets-sync", "websocket-client")
@@ -66,6 +67,9 @@ def summarize(case: Case, runs: Dict[str, List[Dict[str, Any]]], metric: str = "
         "twspy_vs_raw": _ratio(me, medians.get(limit), better),
         # the asyncio layer against its natural peer, websockets' asyncio server
         "asyncio_vs_ws_async": _ratio(medians.get("twspy-asyncio"), medians.get("websockets-asyncio"), better),
+        # before/after (run.py --base): this tree against the baseline checkout, same run
+        "twspy_vs_base": _ratio(me, medians.get("twspy-base"), better),
+        "asyncio_vs_base": _ratio(medians.get("twspy-asyncio"), medians.get("twspy-asyncio-base"), better),
         "targets": [],
     }
     if metric == "value":
@@ -111,8 +115,12 @@ def tables(cases: List[Case], summaries: Dict[str, Dict[str, Any]]) -> str:
     out = []
     server_cases = [c for c in cases if c.kind != "client"]
     if server_cases:
-        header = ["case", "unit"] + [SHORT[k] for k in KINDS] + ["twspy/best", "twspy/raw", "aio/ws-async",
-                                                                 "target"]
+        # The baseline's columns (run.py --base) only when it ran.
+        ran = {k for row in summaries.values() for k, v in row["medians"].items() if v is not None}
+        kinds = [k for k in KINDS if k not in BASE_KINDS or k in ran]
+        base = [k for k in BASE_KINDS if k in ran]
+        header = ["case", "unit"] + [SHORT[k] for k in kinds] + ["twspy/best", "twspy/raw", "aio/ws-async"] + \
+            (["twspy/base", "aio/base"] if base else []) + ["target"]
         rows: List[Any] = []
         for scenario in sorted(SCENARIOS):
             if scenario == "f":
@@ -133,9 +141,11 @@ def tables(cases: List[Case], summaries: Dict[str, Dict[str, Any]]) -> str:
                         titled = True
                     best = row["best_peer"]
                     rows.append([label, unit] + [fmt(row["medians"].get(k)) + ("*" if k == best else "")
-                                                 if k in case.servers else "" for k in KINDS] +
+                                                 if k in case.servers else "" for k in kinds] +
                                 [_ratio_text(row["twspy_vs_best"]), _ratio_text(row["twspy_vs_raw"]),
-                                 _ratio_text(row.get("asyncio_vs_ws_async")), _target_text(row)])
+                                 _ratio_text(row.get("asyncio_vs_ws_async"))] +
+                                ([_ratio_text(row.get("twspy_vs_base")), _ratio_text(row.get("asyncio_vs_base"))]
+                                 if base else []) + [_target_text(row)])
         out.append(_table(header, rows))
         out.append("* best peer. Ratios read 'times as good as': > 1 means twspy is better, also for the "
                    "lower-is-better rows (memory, latency), where the ratio is peer / twspy.")

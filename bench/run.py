@@ -34,13 +34,17 @@ RUN_TIMEOUT = 120.0  # one measurement, including connecting and closing
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
     from cases import ALIASES, SCENARIOS
-    from servers import KINDS
+    from servers import BASE_KINDS, KINDS
     parser = argparse.ArgumentParser(prog="bench/run.py", description="twspy benchmarks against peers and raw TCP.")
     parser.add_argument("--quick", action="store_true", help="fewer cases, one repetition, shorter runs (<1 min)")
     parser.add_argument("--scenario", "-s", action="append", default=[],
                         help="only these scenarios: letters a-g or names (%s); repeatable or comma-separated" %
                         ", ".join(sorted(ALIASES)))
     parser.add_argument("--servers", default="", help="only these servers, comma-separated (%s)" % ", ".join(KINDS))
+    parser.add_argument("--base", metavar="DIR", default="",
+                        help="also run twspy and twspy.asyncio from DIR, another checkout (e.g. `git worktree add "
+                        "/tmp/base HEAD~1`, `make -C /tmp/base build`), as twspy-base and twspy-asyncio-base, "
+                        "interleaved with the others: before and after a change in one run")
     parser.add_argument("--reps", type=int, default=None, help="repetitions of each run (default 3, quick 1)")
     parser.add_argument("--duration", type=float, default=None, help="seconds measured per run (default 1.0)")
     parser.add_argument("--idle-conns", type=int, default=None, help="connections for (d) (default 1000)")
@@ -65,10 +69,20 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                 parser.error("unknown scenario %r" % name)
             wanted.add(letter)
     args.scenarios = wanted
-    args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()] or list(KINDS)
+    args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()] or \
+        [k for k in KINDS if k not in BASE_KINDS]
+    if args.base:
+        if not os.path.isfile(os.path.join(args.base, "twspy", "__init__.py")):
+            parser.error("--base %s: not a twspy checkout" % args.base)
+        os.environ["TWSPY_BENCH_BASE"] = os.path.abspath(args.base)  # the server processes inherit it
+        for kind, base in (("twspy", "twspy-base"), ("twspy-asyncio", "twspy-asyncio-base")):
+            if kind in args.server_list and base not in args.server_list:
+                args.server_list.append(base)
     for s in args.server_list:
         if s not in KINDS:
             parser.error("unknown server %r" % s)
+        if s in BASE_KINDS and not args.base:
+            parser.error("%s needs --base DIR" % s)
     if args.reps is None:
         args.reps = 1 if args.quick else 3
     if not 1 <= args.reps <= 20:

@@ -11,6 +11,9 @@ KIND is one of :data:`KINDS`:
 - ``websockets-sync``: websockets' threaded ``websockets.sync.server`` (a thread per client).
 - ``websockets-asyncio``: websockets' asyncio server (one thread, an event loop).
 - ``aiohttp``: aiohttp's ``web.WebSocketResponse`` (one thread, an event loop).
+- ``twspy-base``, ``twspy-asyncio-base``: ``twspy`` and ``twspy-asyncio`` imported from the
+  checkout named by ``TWSPY_BENCH_BASE`` (``run.py --base DIR``): before and after a change,
+  interleaved in one run.
 - ``raw-tcp``: the limit: the same thread-per-connection model without WebSocket. Messages
   are a 4-byte big-endian length and the payload; each is echoed with one ``sendall``, as a
   WebSocket server must (it cannot batch replies to messages it has not read yet).
@@ -29,10 +32,12 @@ import threading
 
 from procs import raise_nofile  # bench/ is this script's directory, hence on sys.path
 
-__all__ = ["KINDS", "PEERS", "MAX_SIZE", "main", "profile_to"]
+__all__ = ["KINDS", "BASE_KINDS", "PEERS", "MAX_SIZE", "main", "profile_to"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KINDS = ("twspy", "twspy-asyncio", "websockets-sync", "websockets-asyncio", "aiohttp", "raw-tcp")
+KINDS = ("twspy", "twspy-base", "twspy-asyncio", "twspy-asyncio-base", "websockets-sync", "websockets-asyncio",
+         "aiohttp", "raw-tcp")
+BASE_KINDS = ("twspy-base", "twspy-asyncio-base")
 PEERS = ("websockets-sync", "websockets-asyncio", "aiohttp")
 MAX_SIZE = 32 << 20  # the 16 MiB scenario, with room
 HOST = "127.0.0.1"
@@ -43,8 +48,19 @@ def _ready(port: int) -> None:
     print("PORT %d" % port, flush=True)
 
 
-def serve_twspy(compression: bool) -> None:
-    sys.path.insert(0, ROOT)  # the working tree's twspy, never an installed one
+def _root(base: bool) -> str:
+    """Where twspy is imported from: this working tree, or the baseline checkout."""
+    if not base:
+        return ROOT
+    root = os.environ.get("TWSPY_BENCH_BASE", "")
+    if not os.path.isfile(os.path.join(root, "twspy", "__init__.py")):
+        print("TWSPY_BENCH_BASE=%r is not a twspy checkout" % root, file=sys.stderr, flush=True)
+        sys.exit(3)
+    return os.path.abspath(root)
+
+
+def serve_twspy(compression: bool, base: bool = False) -> None:
+    sys.path.insert(0, _root(base))  # the working tree's twspy (or the baseline's), never an installed one
     import twspy
 
     class EchoServer(twspy.Server):
@@ -63,9 +79,9 @@ def serve_twspy(compression: bool) -> None:
     server.run()
 
 
-def serve_twspy_asyncio(compression: bool) -> None:
+def serve_twspy_asyncio(compression: bool, base: bool = False) -> None:
     """twspy.asyncio's echo, written as websockets' asyncio server is below (one event loop)."""
-    sys.path.insert(0, ROOT)
+    sys.path.insert(0, _root(base))
     import asyncio
 
     from twspy.asyncio import serve
@@ -197,7 +213,9 @@ def serve_raw_tcp(compression: bool) -> None:
 
 SERVE = {
     "twspy": serve_twspy,
+    "twspy-base": lambda compression: serve_twspy(compression, base=True),
     "twspy-asyncio": serve_twspy_asyncio,
+    "twspy-asyncio-base": lambda compression: serve_twspy_asyncio(compression, base=True),
     "websockets-sync": serve_websockets_sync,
     "websockets-asyncio": serve_websockets_asyncio,
     "aiohttp": serve_aiohttp,

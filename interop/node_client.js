@@ -165,13 +165,26 @@ for (const size of SIZES) {
 }
 
 if (deflateName !== 'off') {
-  test('binary max-size B random, compressed frame > max-size -> 1009 (documented)', async () => {
+  // The message is max-size B, its compressed frame a little more. twspy's sans-I/O core
+  // (twspy.protocol: the asyncio layer, and the threaded one once it runs on it) buffers a
+  // compressed frame up to max-size + 1/256 + 64 B and judges the message on its inflated
+  // size: echoed. The threaded layer before it refused the frame itself (1009 "frame of ...").
+  test('binary max-size B random, compressed frame > max-size: echoed (or 1009 "frame of")', async () => {
     const peer = await open();
-    peer.ws.send(crypto.randomBytes(MAX), { binary: true });
-    const info = await withTimeout(peer.closed, 30000, 'no close');
-    check(info.code === 1009 && info.reason.startsWith('frame of '), 'expected 1009 "frame of ...", got ' +
-      info.code + ' ' + JSON.stringify(info.reason));
-    return 'closed ' + info.code + ' ' + JSON.stringify(info.reason);
+    const data = crypto.randomBytes(MAX);
+    peer.ws.send(data, { binary: true });
+    let m;
+    try {
+      m = await peer.next(60000);
+    } catch (err) {
+      const info = await withTimeout(peer.closed, 30000, 'no close');
+      check(info.code === 1009 && info.reason.startsWith('frame of '), 'expected the echo or 1009 "frame of ...", got ' +
+        info.code + ' ' + JSON.stringify(info.reason));
+      return 'closed ' + info.code + ' ' + JSON.stringify(info.reason);
+    }
+    check(m.isBinary && Buffer.compare(m.data, data) === 0, 'echo differs: got ' + m.data.length + ' B');
+    await closeNormally(peer);
+    return 'echoed';
   });
 }
 

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from twspy.asyncio import connect, serve
-from twspy.errors import ConnectionClosed, InvalidState
+from twspy.errors import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, InvalidState, PayloadTooBig
 from twspy.message import BinaryMessage, TextMessage
 
 T = 5.0  # seconds: the bound of every await
@@ -312,4 +312,92 @@ def test_messages_before_a_protocol_error_are_answered_before_the_close():
             assert rest[:4] == b"\x81\x02hi"
             assert rest[4:5] == b"\x88" and rest[6:8] == b"\x03\xea"
             writer.close()
+    run(main())
+
+
+def test_recv_and_send_raise_closed_ok_or_closed_error_by_code():
+    """ConnectionClosedOK for 1000/1001/1005, ConnectionClosedError otherwise (as the threaded layer);
+    ``async for`` ends on the first and raises the second."""
+    async def closer(client):
+        text = (await client.recv()).payload
+        await client.close(None if text == "none" else int(text), "" if text == "none" else "bye")
+
+    async def main():
+        async with serve(closer, "127.0.0.1", 0) as server:
+            for text, kind in (("1000", ConnectionClosedOK), ("1001", ConnectionClosedOK),
+                               ("none", ConnectionClosedOK), ("4000", ConnectionClosedError),
+                               ("1011", ConnectionClosedError)):
+                async with connect("ws://127.0.0.1:%d" % server.port) as conn:
+                    await conn.send(text)
+                    if kind is ConnectionClosedOK:
+                        assert [m async for m in conn] == []
+                    else:
+                        with pytest.raises(kind):
+                            async for _ in conn:
+                                pass
+                    with pytest.raises(kind) as info:
+                        await asyncio.wait_for(conn.recv(), T)
+                    assert info.value.code == (1005 if text == "none" else int(text))
+                    await asyncio.wait_for(conn.wait_closed(), T)
+                    with pytest.raises(kind):
+                        await conn.send("late")
+                    with pytest.raises(kind):
+                        await conn.ping()
+    run(main())
+
+
+def test_a_failed_connection_raises_closed_error_with_its_cause():
+    async def main():
+        async with serve(echo, "127.0.0.1", 0, max_size=1000) as server:
+            async with connect("ws://127.0.0.1:%d" % server.port, max_size=1000) as conn:
+                await conn.send(b"x" * 1001)  # the server fails it with 1009
+                with pytest.raises(ConnectionClosedError) as info:
+                    await asyncio.wait_for(conn.recv(), T)
+                assert info.value.code == 1009 and info.value.cause is None  # the peer chose the code
+        async with serve(echo, "127.0.0.1", 0, extensions=[]) as server:
+            async with connect("ws://127.0.0.1:%d" % server.port, max_size=10, extensions=[]) as conn:
+                await conn.send(b"x" * 11)  # echoed: now we fail it with 1009
+                with pytest.raises(ConnectionClosedError) as info:
+                    await asyncio.wait_for(conn.recv(), T)
+                assert info.value.code == 1009
+                assert isinstance(info.value.cause, PayloadTooBig) and info.value.__cause__ is info.value.cause
+    run(main())
+
+
+def test_large_sends_never_write_a_header_alone():
+    """A large payload is written with its header in front of its first 64 KiB, the rest uncopied."""
+    from twspy.asyncio import Connection
+    from twspy.protocol import SERVER, Protocol
+
+    class Transport:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, data):
+            self.writes.append(data)
+
+        def get_extra_info(self, name, default=None):
+            return default
+
+        def set_write_buffer_limits(self, high=None):
+            pass
+
+    async def main():
+        conn = Connection(Protocol(SERVER))
+        transport = Transport()
+        conn.connection_made(transport)
+        payload = bytes(range(256)) * 1200  # 300 KiB
+        await conn.send(payload)
+        head, rest = transport.writes
+        assert head[:2] == b"\x82\x7f" and len(head) == 10 + 65536 and type(rest) is memoryview
+        assert head[10:] + bytes(rest) == payload
+        transport.writes.clear()
+        await conn.send("é" * 50000 + "a" * 16000, fragment_size=65536)  # 116,000 bytes: frames of 64 KiB, 50,464 B
+        first, second = transport.writes  # the second frame (under 64 KiB) with nothing left to split
+        assert first[:4] == b"\x01\x7f\x00\x00" and len(first) == 10 + 65536
+        assert second[:4] == b"\x80\x7e\xc5\x20" and len(second) == 4 + 50464
+        assert (first[10:] + second[4:]).decode() == "é" * 50000 + "a" * 16000
+        transport.writes.clear()
+        await conn.send(b"x" * 65536)
+        assert transport.writes == [b"\x82\x7f" + (65536).to_bytes(8, "big") + b"x" * 65536]
     run(main())

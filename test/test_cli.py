@@ -3,6 +3,7 @@ with a few subprocess runs for what only a real process shows (signals, stdin th
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import re
@@ -13,12 +14,12 @@ import sys
 import threading
 
 import pytest
+from test_proxies import microsocks  # noqa: F401 (a fixture)
 
 import twspy
 from twspy.cli import EchoServer, _size, main
 
 from conftest import url
-from test_proxies import microsocks  # noqa: F401 (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -132,7 +133,20 @@ def test_busy_port_is_one_line(cli, command):
 
 def test_version(cli):
     status, out, _ = cli("--version")
-    assert status == 0 and out == "twspy %s\n" % twspy.__version__
+    state = "on" if twspy.speedups_enabled() else "off"
+    assert status == 0 and out == "twspy %s\nspeedups: %s\n" % (twspy.__version__, state)
+
+
+@pytest.mark.parametrize("no_speedups", ["1", ""])
+def test_version_says_whether_the_c_accelerator_is_used(no_speedups):
+    # Issue 13: `python3 -m twspy --version` tells the speedups' state; TWSPY_NO_SPEEDUPS=1 turns them off.
+    built = importlib.util.find_spec("twspy._speedups") is not None
+    env = dict(os.environ, TWSPY_NO_SPEEDUPS=no_speedups)
+    out = subprocess.run([sys.executable, "-m", "twspy", "--version"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    state = "on" if built and not no_speedups else "off"
+    assert out.stdout == "twspy %s\nspeedups: %s\n" % (twspy.__version__, state)
 
 
 def test_usage_errors(cli):

@@ -8,6 +8,8 @@ compared exactly. Classes follow the RFC's sections.
 from __future__ import annotations
 
 import logging
+import os
+import random
 import tracemalloc
 import zlib
 from typing import List
@@ -430,6 +432,26 @@ class TestLimits:
         s = Protocol(SERVER, max_size=1000, extensions=[DeflateMessageCodec()])
         s.receive_data(masked(2, h("0300") * 300, rsv1=True, final=False))
         failed_with(s, 1007)
+
+    def test_compressed_frame_a_little_over_max_size(self):
+        """Incompressible data grows a little when deflated: a compressed frame of slightly more
+        than max_size bytes is buffered (up to max_size + 1/256 + 64 bytes, checked from its
+        header) and its message judged on its inflated size (Node ws interop, 16 MiB random)."""
+        data = random.Random(7).randbytes(4097)
+        deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+        wire = (deflater.compress(data) + deflater.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        assert 4096 < len(wire) <= 4096 + 16 + 64
+        s = Protocol(SERVER, max_size=4097, extensions=[DeflateMessageCodec()])
+        s.receive_data(masked(2, wire, rsv1=True))
+        assert s.events_received() == [BinaryMessage(data)]  # exactly max_size once inflated
+        s = Protocol(SERVER, max_size=4096, extensions=[DeflateMessageCodec()])
+        s.receive_data(masked(2, wire, rsv1=True))
+        failed_with(s, 1009)  # one byte over once inflated
+        assert "inflated" in s.error.message
+        s = Protocol(SERVER, max_size=4096, extensions=[DeflateMessageCodec()])
+        s.receive_data(masked(2, b"x" * (4096 + 16 + 65), rsv1=True)[:8])  # the header is enough
+        failed_with(s, 1009)
+        assert s.error.message.startswith("frame of 4177 bytes")
 
     def test_uncompressed_message_under_compression_over_max_size(self):
         s = Protocol(SERVER, max_size=10, extensions=[DeflateMessageCodec()])
@@ -1153,6 +1175,14 @@ class TestParseMessage:
         s.receive_data(masked(2, b"ab")[:-1])
         assert s.parse_message(masked(2, b"c")) is None  # a frame is half-read
 
+    def test_fused_path_after_an_opening_handshake(self):
+        # The handshake protocols open with no extension: their first message takes the fused
+        # path too (it was off until a fragmented message ended, so never for most connections).
+        s, c = handshake_pair({"extensions": []}, {"extensions": []})
+        assert s.state is OPEN and c.state is OPEN and s.extensions == [] and c.extensions == []
+        assert s.parse_message(masked(1, b"hi")) == TextMessage("hi")
+        assert c.parse_message(plain(2, b"yo")) == BinaryMessage(b"yo")
+
 
 class TestAnswerCloseLater:
     """answer_close=False: the shell answers the close once earlier messages are handled."""
@@ -1209,6 +1239,38 @@ class TestLargeFrames:
                 p.receive_data(buffer[:n] if n < 70000 else buffer)
                 buffer[:] = b"\xee" * 70000
             assert p.events_received() == [BinaryMessage(payload), TextMessage("after")]
+
+    @pytest.mark.parametrize("side", [SERVER, CLIENT])
+    @pytest.mark.parametrize("read", [1000, 65536, 262144])
+    def test_binary_frame_in_pieces_is_unmasked_once(self, side, read):
+        # The pieces of a large binary frame are kept as received and unmasked together at its
+        # end (mask_join), the key's phase following each piece's offset; text is checked as it comes.
+        payload = os.urandom(300001)
+        data = frame_for(side, 2, payload) + frame_for(side, 1, "é" * 40000) + frame_for(side, 2, b"tail")
+        p = Protocol(side, max_size=None)
+        for i in range(0, len(data), read):
+            p.receive_data(data[i:i + read])
+        assert p.events_received() == [BinaryMessage(payload), TextMessage("é" * 40000), BinaryMessage(b"tail")]
+        assert p._masked == [] and not p._buf
+
+    def test_failure_in_the_middle_of_a_frame_in_pieces_drops_them(self):
+        s = Protocol(SERVER, max_size=None)
+        s.receive_data(masked(2, b"x" * 100000)[:50000])
+        assert s._masked
+        s.fail(1002, "test")  # e.g. the shell's keepalive
+        assert s._masked == [] and s.state is CLOSING
+
+    def test_many_frames_buffered_are_compacted_once_per_read(self):
+        # A caller's bytearray is copied into the buffer; parsed bytes are dropped from its front
+        # once they are most of it, not per frame.
+        s = Protocol(SERVER, max_size=None)
+        frames = b"".join(masked(2, bytes([i]) * 5000) for i in range(30))
+        partial = masked(2, b"z" * 100000)
+        s.receive_data(bytearray(frames + partial[:5]))  # the last header incomplete: buffered
+        assert [m.payload[:1] for m in s.events_received()] == [bytes([i]) for i in range(30)]
+        assert bytes(s._buf) == partial[:5]
+        s.receive_data(bytearray(partial[5:]))
+        assert s.events_received() == [BinaryMessage(b"z" * 100000)]
 
 
 class TestEncodePieces:
@@ -1310,3 +1372,13 @@ class TestFailPendingAfterClosing:
         s.fail_pending()
         assert not s.failure_pending and s.close_sent == Close(1001, "")
         assert s.data_to_send() == [h("880203e9")]
+
+
+def test_fail_pending_after_the_connection_ended_does_nothing():
+    p = Protocol(SERVER)
+    p.defer_failure = True
+    p.receive_data(masked(0x3, b"bad opcode"))
+    assert p.failure_pending
+    p.receive_eof()  # TCP ended before the shell failed it
+    p.fail_pending()
+    assert p.state is CLOSED and p.close_code == 1006 and not p.failure_pending

@@ -26,8 +26,8 @@ from twspy.frame import OPCODE_BINARY, OPCODE_TEXT, Frame, FrameParser
 
 from conftest import opened_websocket
 
-websocket_module = importlib.import_module("twspy.websocket")  # the module: twspy.websocket is the class
 protocol_module = importlib.import_module("twspy.protocol")
+websocket_module = importlib.import_module("twspy.websocket")  # the module: twspy.websocket is the class
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 try:
@@ -36,12 +36,21 @@ except ImportError:
     _speedups = None
 
 
-def _c_or_skip():
+def _require_c():
     if _speedups is None:
         if os.environ.get("TWSPY_REQUIRE_SPEEDUPS", "") not in ("", "0"):
             pytest.fail("twspy._speedups is not built (TWSPY_REQUIRE_SPEEDUPS is set): run `make build`")
         pytest.skip("twspy._speedups is not built (no C compiler?): `make build`")
+
+
+def _c_or_skip():
+    _require_c()
     return _speedups.mask, _speedups.mask_into
+
+
+def _c_join_or_skip():
+    _require_c()
+    return _speedups.mask_join
 
 
 IMPLEMENTATIONS = {
@@ -60,10 +69,11 @@ def impl(request):
 def framing_with(request, monkeypatch):
     """Make twspy's framing code use one masking implementation for this test."""
     mask, mask_into = IMPLEMENTATIONS[request.param]()
-    for module in (frame_module, protocol_module):
-        monkeypatch.setattr(module, "mask", mask)
-        monkeypatch.setattr(module, "mask_into", mask_into)
-    monkeypatch.setattr(websocket_module, "mask_into", mask_into)  # large frames read in place
+    functions = {"mask": mask, "mask_into": mask_into, "mask_join": JOINS[request.param]()}
+    for module in (frame_module, websocket_module, protocol_module):
+        for name, function in functions.items():
+            if hasattr(module, name):  # the names each module imported
+                monkeypatch.setattr(module, name, function)
     return request.param
 
 
@@ -148,6 +158,63 @@ class TestMask:
             assert type(mask(b"abcd", data)) is bytes
 
 
+JOINS = {"python": lambda: frame_module._mask_join_python, "c": _c_join_or_skip}
+
+
+@pytest.fixture(params=sorted(JOINS))
+def mask_join(request):
+    """mask_join of one implementation."""
+    return JOINS[request.param]()
+
+
+class TestMaskJoin:
+    """mask_join(key, parts) == mask(key, b"".join(parts)), the key's phase carrying on across parts."""
+
+    def test_random_splits(self, mask_join):
+        rng = random.Random(3)
+        for _ in range(200):
+            data = os.urandom(rng.choice([rng.randrange(40), rng.randrange(3000)]))
+            cuts = sorted(rng.randrange(len(data) + 1) for _ in range(rng.randrange(6)))
+            bounds = [0] + cuts + [len(data)]
+            kinds = (bytes, bytearray, lambda b: memoryview(bytes(b)))
+            parts = [rng.choice(kinds)(data[a:b]) for a, b in zip(bounds, bounds[1:])]
+            key = os.urandom(4)
+            assert mask_join(key, parts) == reference(key, data)
+
+    @pytest.mark.parametrize("lengths", [[], [0], [0, 0, 5], [1, 1, 1, 1, 1], [3, 126, 65535, 2], [7, 1 << 20]])
+    def test_lengths_and_phases(self, mask_join, lengths):
+        key = b"\x9a\x01\xff\x42"
+        parts = [os.urandom(n) for n in lengths]
+        result = mask_join(key, parts)
+        assert type(result) is bytes
+        assert result == frame_module._mask_python(key, b"".join(parts))
+
+    def test_any_iterable_and_unaligned_views(self, mask_join):
+        data = os.urandom(1000)
+        view = memoryview(data)
+        parts = (view[1:8], view[8:333], view[333:999])  # a tuple; a generator too
+        assert mask_join(b"abcd", parts) == reference(b"abcd", data[1:999])
+        assert mask_join(b"abcd", (p for p in parts)) == reference(b"abcd", data[1:999])
+
+    def test_bad_arguments(self, mask_join):
+        with pytest.raises(ValueError, match="4 bytes"):
+            mask_join(b"abc", [b"x"])
+        with pytest.raises(TypeError):
+            mask_join("abcd", [b"x"])
+        with pytest.raises(TypeError):
+            mask_join(b"abcd", 5)
+        with pytest.raises(TypeError):
+            mask_join(b"abcd", [b"x", "text"])
+        with pytest.raises(TypeError, match="contiguous"):
+            mask_join(b"abcd", [memoryview(bytearray(10))[::2]])
+        with pytest.raises(TypeError):
+            mask_join(b"abcd")
+
+    def test_public_name(self):
+        assert twspy.frame.mask_join is (_speedups.mask_join if twspy.speedups_enabled()
+                                         else frame_module._mask_join_python)
+
+
 class TestBadArguments:
     @pytest.mark.parametrize("key", [b"", b"abc", b"abcde", bytearray(8)])
     def test_key_length(self, impl, key):
@@ -220,7 +287,7 @@ class TestFraming:
         monkeypatch.setattr(frame_module, "mask", mask_c)
         assert Frame(OPCODE_BINARY, payload, masking_key=key).pack() == python_wire
 
-    @pytest.mark.parametrize("n", [0, 125, 126, 65535, 65536, 300000])
+    @pytest.mark.parametrize("n", [0, 125, 126, 65535, 65536, 300000, (1 << 20) - 3])
     def test_socket_round_trip(self, framing_with, n):
         """A client websocket sends masked frames to a server one: both directions, the large
         payload path (recv_into + mask_into) included."""
@@ -249,6 +316,31 @@ class TestFraming:
         finally:
             server.close()
             client.close()
+
+
+    def test_large_frame_is_one_gathered_write(self):
+        """Header and large payload go out in one sendmsg (no lone header segment, no copy)."""
+        calls = []
+
+        class Recording(socket.socket):
+            def sendmsg(self, buffers, *args):
+                calls.append([bytes(b) for b in buffers])
+                return super().sendmsg(buffers, *args)
+
+        a, b = socket.socketpair()
+        server = opened_websocket(Recording(fileno=a.detach()), server_side=True)
+        b.settimeout(5)
+        try:
+            payload = os.urandom(20000)  # fits the socket buffer: sent whole
+            server.send_raw(OPCODE_BINARY, payload)
+            assert calls == [[b"\x82\x7e\x4e\x20", payload]]
+            got = b""
+            while len(got) < 20004:
+                got += b.recv(65536)
+            assert got == b"\x82\x7e\x4e\x20" + payload
+        finally:
+            server.close()
+            b.close()
 
 
 class TestSelection:

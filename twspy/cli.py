@@ -54,7 +54,7 @@ from .connection import Connection
 from .errors import ConnectionClosed, InvalidURI, WebSocketError
 from .extension import Extension
 from .filters import BearerAuth, Broadcast
-from .frame import CloseCode
+from .frame import CloseCode, speedups_enabled
 from .message import Message, TextMessage
 from .server import Server, ServerConnection
 from .uri import parse_uri
@@ -139,10 +139,21 @@ def _server_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
                         help="serve on one asyncio event loop (twspy.asyncio) instead of a thread per client")
 
 
+class _Version(argparse.Action):
+    """``--version``: the version, then ``speedups: on`` or ``off`` (the optional C accelerator,
+    twspy/_speedups.c: off when it was not built or TWSPY_NO_SPEEDUPS is set)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        sys.stdout.write("twspy %s\nspeedups: %s\n" % (__version__, "on" if speedups_enabled() else "off"))
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twspy", description="WebSocket servers (echo, serve, proxy) and a "
                                      "client (connect).")
-    parser.add_argument("--version", action="version", version="twspy %s" % __version__)
+    parser.add_argument("--version", action=_Version, nargs=0, default=argparse.SUPPRESS,
+                        help="print the version and whether the C accelerator is used, then exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{echo,serve,proxy,connect}")
 
     echo = sub.add_parser("echo", help="run an echo server")

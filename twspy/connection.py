@@ -161,6 +161,7 @@ class Connection:
         self._send_bytes: Callable[[bytes], Any] = (sock.sock.sendall if isinstance(sock, websocket)
                                                     else sock.send_frame_bytes)
         self._whole_frames = self._read_bytes is None  # a mux channel takes whole frames only
+        self._send_pieces: Callable[[list[bytes]], Any] = getattr(sock, "send_pieces", self._write)
         self._inflates = bool(sock.extensions)  # a codec may inflate: big reads are fed in slices
         self._unfed = b""  # received bytes not fed to the core yet (see _feed_slices)
         # watchdog state
@@ -264,8 +265,7 @@ class Connection:
                 if (fragment_size is None and len(payload) < _SEPARATE) or self._whole_frames:
                     self._send_bytes(self._encode_data(opcode, payload, fragment_size, compress))
                 else:  # a large payload is written apart from its header, never copied
-                    for piece in self._proto.encode_frames(opcode, payload, fragment_size, compress):
-                        self._send_bytes(piece)
+                    self._send_pieces(self._proto.encode_frames(opcode, payload, fragment_size, compress))
         except InvalidState:  # the core's closing handshake started first
             raise self._closed_error() from None
         except OSError as exc:

@@ -48,7 +48,7 @@ from .frame import (
     decode_close,
     encode_close,
     mask,
-    mask_into,
+    mask_join,
     parse_data_frame,
 )
 from .handshake import Request, Response
@@ -224,6 +224,10 @@ class Protocol:
         self._msg_opcode = 0              # 0: none; else the first frame's opcode
         self._msg_rsv = 0
         self._msg_parts: List[Union[bytes, bytearray, memoryview]] = []
+        # The masked pieces of the binary frame being received, unmasked in one pass (mask_join)
+        # once it is whole, with the key rotated to the first piece's offset.
+        self._masked: List[Union[bytes, bytearray, memoryview]] = []
+        self._masked_key = b""
         self._msg_size = 0                # bytes delivered so far (after inflating)
         self._msg_wire = 0                # payload bytes on the wire so far (before inflating)
         self._msg_frames = 0
@@ -465,6 +469,7 @@ class Protocol:
         self._pos = 0
         self._frame = None
         self._msg_parts = []
+        self._masked = []
         self._decoder = None
 
     # -- receiving ---------------------------------------------------------------------------
@@ -504,6 +509,7 @@ class Protocol:
             self._receive_head(data)
             return
         buf = self._buf
+        owned = type(data) is bytes  # immutable: pieces of it may be kept without a copy
         if self._idle and not buf:
             # Fast path: the read starts with a whole small data frame (request/response
             # traffic: it is all there is): no buffer, no Frame object.
@@ -527,6 +533,12 @@ class Protocol:
                 return
             if not data:
                 return
+        if owned and not buf and not self._discarding:
+            # Nothing buffered and the bytes are ours to keep (immutable): parse them where
+            # they are; only an unparsed rest is copied into the buffer (a large frame's first
+            # read was copied twice, into the buffer and out of it).
+            self._parse(data)  # type: ignore[arg-type]  # bytes, or a memoryview of them
+            return
         buf += data
         self._parse()
 
@@ -633,11 +645,19 @@ class Protocol:
             if self.state is OPEN:
                 self.fail(self.error.code, self.error.message)
 
-    def _parse(self) -> None:
+    def _parse(self, data: Union[bytes, memoryview, None] = None) -> None:
         """Parse what the buffer holds: whole frames, and the part of a data frame that has
-        arrived when nothing transforms it (so that UTF-8 and limits are checked as it arrives)."""
-        buf = self._buf
-        pos = self._pos
+        arrived when nothing transforms it (so that UTF-8 and limits are checked as it arrives).
+
+        ``data``: received bytes (immutable) to parse in place of the empty buffer; pieces of
+        them may be kept as memoryviews, and what is left unparsed is buffered.
+        """
+        if data is None:
+            buf: Any = self._buf
+            pos = self._pos
+        else:
+            buf = data
+            pos = 0
         try:
             while True:
                 frame = self._frame
@@ -677,11 +697,13 @@ class Protocol:
                     start = pos + hlen
                     if opcode < 0x8:
                         if self._plain and b0 & 0x80 and opcode and n - start >= length:
-                            # A whole unfragmented frame that nothing transforms: the message at once.
+                            # A whole unfragmented frame that nothing transforms: the message at once
+                            # (through a memoryview: one copy, not two, for a large one).
                             pos = start + length
-                            payload = buf[start:pos]
+                            payload = memoryview(buf)[start:pos] if length >= 4096 else buf[start:pos]
                             self._events.append(self._single(
                                 opcode, mask(key, payload) if key is not None else bytes(payload)))
+                            del payload  # the view, before the buffer is resized
                             continue
                         self._start_data(b0, opcode, length)
                     elif n - start >= length:  # a whole control frame (at most 125 bytes)
@@ -709,7 +731,7 @@ class Protocol:
                         self._data(b0, key, done, chunk, True)
                     self._update_idle()
                 elif avail and self._plain and b0 & 0x0F < 0x8:
-                    chunk = buf[pos:n]
+                    chunk = buf[pos:n] if data is None else memoryview(data)[pos:n]  # received bytes: kept as they are
                     pos = n
                     frame[3] = done + avail
                     self._data(b0, key, done, chunk, False)
@@ -718,6 +740,10 @@ class Protocol:
                     break
         except ProtocolError as exc:
             self._failed(exc)
+            return
+        if data is not None:
+            if pos < len(data):
+                self._buf += data[pos:]
             return
         # Compact once per read, never per frame (a memmove per frame would be quadratic).
         if pos == len(buf):
@@ -778,13 +804,24 @@ class Protocol:
         ``chunk`` may be kept as it is: a fresh slice of our buffer, or received bytes (a
         memoryview of them), never a buffer the caller may reuse.
         """
+        payload: Union[bytes, bytearray, memoryview]
         if key is not None:
             shift = done & 3
             if shift:
                 key = key[shift:] + key[:shift]
-            if len(chunk) > 256:  # in place, in a buffer of our own: one copy less
-                payload: Union[bytes, bytearray, memoryview] = chunk if type(chunk) is bytearray else bytearray(chunk)
-                mask_into(key, payload)  # type: ignore[arg-type]
+            masked = self._masked
+            if not whole and self._decoder is None:
+                # A binary frame arriving in pieces (only when nothing transforms it): keep them
+                # as received and unmask them once, straight into the message's bytes. Its
+                # length was checked against max_size from the header.
+                if not masked:
+                    self._masked_key = key
+                masked.append(chunk)
+                return
+            if masked:
+                masked.append(chunk)
+                payload = mask_join(self._masked_key, masked)  # one pass: measured 2x less than copy, XOR, join
+                self._masked = []
             else:
                 payload = mask(key, chunk)
         else:
@@ -929,5 +966,6 @@ class Protocol:
         """Open the connection with the negotiated codecs; frames buffered behind the head are parsed."""
         self.use_extensions(codecs)
         self.state = OPEN
+        self._update_idle()  # use_extensions() saw CONNECTING: the fused paths apply from now on
         if self._buf:  # frames the peer sent right behind its handshake
             self._parse()

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from .errors import ConnectionClosed, HandshakeError, InvalidState, NegotiationError
 from .extension import Extension, ExtensionCodec
-from .frame import CLOSE_MISSING_EXTENSIONS, Frame, FrameParser, mask_into, new_frame
+from .frame import CLOSE_MISSING_EXTENSIONS, Frame, FrameParser, mask_join, new_frame
 from .handshake import (
     MAX_HEADER_SIZE,
     Headers,
@@ -53,6 +53,7 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0    # seconds for TLS + HTTP upgrade
 DEFAULT_WRITE_TIMEOUT = 30.0        # seconds a send may make no progress
 _RECV_SIZE = 64 * 1024              # one read can carry many small frames
 _LARGE = 256 * 1024                 # payloads from this size are read straight into their buffer
+_SENDMSG = hasattr(socket.socket, "sendmsg")  # gathered writes (not on Windows)
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _poll = getattr(select, "poll", None)  # poll() has no FD_SETSIZE limit, unlike select()
 
@@ -394,9 +395,28 @@ class websocket:
     def send_raw(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> None:
         """Send one frame (per-frame codecs applied, masked on a client); the caller holds ``send_lock``."""
         assert self.core is not None, "send before the opening handshake"
-        sendall = self.sock.sendall
-        for piece in self.core.encode_frame(opcode, payload, final, rsv):  # a large payload apart, not copied
-            sendall(piece)
+        self.send_pieces(self.core.encode_frame(opcode, payload, final, rsv))
+
+    def send_pieces(self, pieces: list[bytes]) -> None:
+        """Write one frame's or message's encoded pieces in order (the core keeps a large payload
+        apart from its header, never copied); the caller holds ``send_lock``.
+
+        A header and a large payload go out in one gathered write: no copy of the payload into
+        one buffer, and no lone header segment (TCP_NODELAY) that wakes the peer for 10 bytes.
+        """
+        sock = self.sock
+        if len(pieces) == 2 and _SENDMSG and isinstance(sock, socket.socket) \
+                and not isinstance(sock, _ssl.SSLSocket):
+            header, body = pieces
+            sent = sock.sendmsg(pieces)
+            if sent < len(header):
+                sock.sendall(header[sent:])
+                sent = len(header)
+            if sent - len(header) < len(body):
+                sock.sendall(memoryview(body)[sent - len(header):])
+            return
+        for piece in pieces:  # TLS (or a socket-like object) has no sendmsg
+            sock.sendall(piece)
 
     # -- the transport interface Connection uses (a mux channel implements the same) ----------
     @property
@@ -620,8 +640,7 @@ class websocket:
                 chunk += data
                 n = len(data)
             else:
-                if got - start == len(chunk):  # full: unmask it in place, start the next
-                    self._unmask_chunk(key, chunk, start)
+                if got - start == len(chunk):  # full: start the next
                     start, chunk = got, bytearray(min(length - got, got))
                     chunks.append(chunk)
                 with memoryview(chunk) as view:
@@ -635,14 +654,8 @@ class websocket:
             got += n
             self._large = (b0, key, chunks, got, length)
         self._large = None
-        self._unmask_chunk(key, chunk, start)
-        return new_frame(b0, b"".join(chunks), key)
-
-    @staticmethod
-    def _unmask_chunk(key: bytes | None, chunk: bytearray, offset: int) -> None:
-        if key is not None:
-            shift = offset % 4  # §5.3: byte i of the payload is XORed with key[i % 4]
-            mask_into(key[shift:] + key[:shift], chunk)  # in place: these buffers are ours
+        # Unmasked and joined in one pass (§5.3: the key's phase runs on across the chunks).
+        return new_frame(b0, mask_join(key, chunks) if key is not None else b"".join(chunks), key)
 
     def close_poller(self) -> None:
         if self._poller is not None:

@@ -26,7 +26,7 @@ import os
 import time
 from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Union
 
-from ..errors import ConnectionClosed, InvalidState
+from ..errors import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, InvalidState, closed_error
 from ..frame import CLOSE_ABNORMAL, CLOSE_NORMAL
 from ..handshake import Request, Response
 from ..message import BinaryMessage, Message, TextMessage
@@ -48,6 +48,7 @@ DEFAULT_PING_TIMEOUT = 20.0      # ...and fail the connection (1011) if unanswer
 CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout")
 _WRITE_HIGH = 64 * 1024          # send() waits above this many buffered bytes (asyncio's default)
 _LARGE = 64 * 1024               # send() writes payloads from this size as pieces (Protocol.encode_frames)
+_HEAD = 64 * 1024                # ... the header goes out with this much of the payload, the rest uncopied
 
 MessageLike = Union[Message, str, bytes, bytearray, memoryview]
 
@@ -147,7 +148,7 @@ class Connection(asyncio.Protocol):
                 handle.cancel()
         self._keepalive = self._ping_deadline = self._close_timer = None
         if not self.opened.done():
-            self.opened.set_exception(ConnectionClosed(CLOSE_ABNORMAL, "connection lost during the handshake"))
+            self.opened.set_exception(ConnectionClosedError(CLOSE_ABNORMAL, "connection lost during the handshake"))
             self.opened.exception()  # retrieved: nobody may be waiting
         for future, _ in self._pings.values():
             if not future.done():
@@ -274,9 +275,32 @@ class Connection(asyncio.Protocol):
         only by the call that returns it.
 
         Raises:
-            ConnectionClosed: the connection is closed and every message was taken.
+            ConnectionClosedOK: the connection closed normally (1000, 1001, or 1005: a close
+                frame without a code) and every message was taken.
+            ConnectionClosedError: ... with an error (1006 without a closing handshake, 1002,
+                1009, 1011, ...); ``cause`` is the error that made us fail it, if we did.
             TimeoutError: no message within ``timeout`` seconds.
         """
+        if not self._control_events:  # the inbox holds messages only: the common case, inlined
+            inbox = self._inbox
+            if not inbox:
+                core = self.core
+                if timeout is None and core.close_code is None and not core.failure_pending:
+                    # Wait once for the next message without the general loop of _wait().
+                    waiter: "asyncio.Future[None]" = self._loop.create_future()
+                    waiters = self._waiters
+                    waiters.append(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        if waiters and waiter in waiters:  # cancelled: woken waiters are cleared
+                            waiters.remove(waiter)
+                if not inbox:
+                    await self._wait(timeout)
+            item = inbox.popleft()
+            if self._reading_paused:
+                self._resume_reading()
+            return item  # type: ignore[no-any-return]
         while True:
             item = await self._next(timeout)
             kind = type(item)
@@ -285,6 +309,23 @@ class Connection(asyncio.Protocol):
 
     async def _next(self, timeout: Optional[float] = None) -> Any:
         """The next queued item (a message, or Ping/Pong with ``_control_events``)."""
+        inbox = self._inbox
+        if not inbox:
+            await self._wait(timeout)
+        item = inbox.popleft()
+        if self._reading_paused:
+            self._resume_reading()
+        return item
+
+    def _resume_reading(self) -> None:
+        """Resume reading once the application has taken half of ``max_queue`` messages."""
+        if self.max_queue is None or len(self._inbox) < max(1, self.max_queue // 2):
+            self._reading_paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    async def _wait(self, timeout: Optional[float] = None) -> None:
+        """Return once the inbox holds an item; raise ConnectionClosed once none can come."""
         inbox = self._inbox
         deadline = None if timeout is None else self._loop.time() + timeout
         while not inbox:
@@ -314,12 +355,6 @@ class Connection(asyncio.Protocol):
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
-        item = inbox.popleft()
-        if self._reading_paused and (self.max_queue is None or len(inbox) < max(1, self.max_queue // 2)):
-            self._reading_paused = False
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.resume_reading()
-        return item
 
     next_event = _next  # public: the server's dispatch loop reads events through it
 
@@ -327,14 +362,13 @@ class Connection(asyncio.Protocol):
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Message]:
-        """Messages until the connection closes: ends on 1000/1001, raises ConnectionClosed otherwise."""
+        """Messages until the connection closes: ends on ConnectionClosedOK (1000, 1001, 1005),
+        raises ConnectionClosedError otherwise."""
         while True:
             try:
                 message = await self.recv()
-            except ConnectionClosed as exc:
-                if exc.code in (1000, 1001):
-                    return
-                raise
+            except ConnectionClosedOK:
+                return
             yield message
 
     # -- sending ---------------------------------------------------------------------------
@@ -363,7 +397,8 @@ class Connection(asyncio.Protocol):
         ``fragment_size`` splits it into frames (§5.4); ``compress=False`` skips permessage-deflate.
 
         Raises:
-            ConnectionClosed: the connection is closing or closed.
+            ConnectionClosed: the connection is closing or closed (ConnectionClosedOK or
+                ConnectionClosedError, as :meth:`recv`).
         """
         kind = type(message)
         if (kind is bytes or kind is str) and len(message) >= _LARGE and self.core.state is OPEN:
@@ -373,14 +408,33 @@ class Connection(asyncio.Protocol):
                 pieces = self.core.encode_frames(0x1, message.encode("utf-8"), fragment_size, compress)
             else:
                 pieces = self.core.encode_frames(0x2, message, fragment_size, compress)  # type: ignore[arg-type]
-            write = self.transport.write
-            for piece in pieces:
-                write(piece)
+            self._write_pieces(pieces)
         else:
             data = self._encode(message, fragment_size, compress)
             self.transport.write(data)
         if self._writing_paused:
             await self._drain()
+
+    def _write_pieces(self, pieces: List[bytes]) -> None:
+        """Write encoded pieces (small ones, and large payloads apart from their header).
+
+        A header is never written alone (with TCP_NODELAY, a 10-byte segment and a wake-up of
+        the peer per message): it goes out with the first 64 KiB of its payload (copied), the
+        rest as a memoryview, which asyncio sends as it is (it slices bytes with a copy, and
+        copies into its buffer only what the socket did not take).
+        """
+        write = self.transport.write
+        head = b""
+        for piece in pieces:
+            if len(piece) < _HEAD:
+                head += piece
+                continue
+            write(head + piece[:_HEAD])
+            head = b""
+            if len(piece) > _HEAD:
+                write(memoryview(piece)[_HEAD:])
+        if head:
+            write(head)
 
     async def _drain(self) -> None:
         while self._writing_paused:
@@ -557,14 +611,20 @@ class Connection(asyncio.Protocol):
         return self.core.state.name
 
     def _closed_error(self) -> ConnectionClosed:
+        """ConnectionClosedOK (1000, 1001, 1005) or ConnectionClosedError, with the protocol
+        error that made us fail the connection as its cause (as the threaded layer)."""
         core = self.core
         code = core.close_code
         if code is None:
             # Our close frame is out, the peer's has not come yet.
             sent = core.close_sent
-            return ConnectionClosed(sent.code if sent is not None else CLOSE_ABNORMAL,
-                                    sent.reason if sent is not None else "")
-        return ConnectionClosed(code, core.close_reason)
+            if sent is None:
+                return closed_error(CLOSE_ABNORMAL)
+            code, reason = sent.code, sent.reason
+        else:
+            reason = core.close_reason
+        error = core.error
+        return closed_error(code, reason, error if error is not None and error.code == code else None)
 
     async def __aenter__(self) -> "Connection":
         return self

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import threading
 import ssl as _ssl
+import threading
 from typing import Any, Awaitable, Callable, List, Optional, Sequence, Set, Tuple
 
 from ..errors import ConnectionClosed, HandshakeError, InvalidState
@@ -22,8 +22,14 @@ from ..handshake_protocol import ServerProtocol
 from ..message import Message
 from ..permessage_deflate import default_extensions
 from ..protocol import DEFAULT_MAX_SIZE, Ping, Pong
-from .connection import (CONNECTION_OPTIONS, DEFAULT_CLOSE_TIMEOUT, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT,
-                         Connection, MessageLike)
+from .connection import (
+    CONNECTION_OPTIONS,
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    Connection,
+    MessageLike,
+)
 
 __all__ = ["Server", "ServerConnection", "SyncView", "serve", "DEFAULT_HANDSHAKE_TIMEOUT", "DEFAULT_MAX_CONNECTIONS"]
 
