@@ -7,12 +7,12 @@ import socket
 import threading
 
 import pytest
+from test_connection import Peer, Recorder
 
 import twspy
 from twspy import Frame
 
 from conftest import url, wait_for
-from test_connection import Peer, Recorder
 
 
 class PongCounter(twspy.Server):
@@ -76,8 +76,9 @@ def test_background_reading_stops_at_the_bounds(pair):
     conn = Recorder(ws, close_timeout=2, max_queue=3, background=True)
     peer = Peer(raw, client=False)
     peer.parser.require_mask = True
-    peer.send(*[Frame(twspy.OPCODE_TEXT, str(i)) for i in range(6)], Frame(twspy.OPCODE_PING, b"late"))
+    peer.send(*[Frame(twspy.OPCODE_TEXT, str(i)) for i in range(6)])
     wait_for(lambda: len(conn._inbox) == 3)
+    peer.send(Frame(twspy.OPCODE_PING, b"late"))
     with pytest.raises(TimeoutError):  # the ping behind the full queue waits; nothing was answered
         peer.frame(timeout=0.2)
     assert [conn.recv(1).payload for _ in range(6)] == [str(i) for i in range(6)]

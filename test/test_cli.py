@@ -452,3 +452,14 @@ def test_connect_process_failure_exit_code():
                                         ("1.5m", 3 << 19)])
 def test_size(text, value):
     assert _size(text) == value
+
+
+def test_open_timeout_is_the_former_spelling_of_handshake_timeout(cli, serve):
+    """Issue 11: one name per option; --open-timeout still works, with a note on stderr."""
+    server = serve(closing_after(1))
+    status, out, err = cli("connect", url(server, "/cli"), "--open-timeout", "5", "-w", "inf", stdin="hi\n")
+    assert status == 0, err
+    assert out == "hi\n"
+    assert "--open-timeout is deprecated; use --handshake-timeout" in err
+    status, out, err = cli("connect", url(server, "/cli"), "--handshake-timeout", "5", "-w", "inf", stdin="hi\n")
+    assert status == 0 and "deprecated" not in err

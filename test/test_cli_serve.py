@@ -153,7 +153,7 @@ def run_to_exit(*args, pythonpath=()):
 
 
 def ws(port, path="/", **kwargs):
-    return twspy.connect("ws://127.0.0.1:%d%s" % (port, path), timeout=TIMEOUT, **kwargs)
+    return twspy.connect("ws://127.0.0.1:%d%s" % (port, path), handshake_timeout=TIMEOUT, **kwargs)
 
 
 def upgrade_status(port, path="/", headers=()):
@@ -479,7 +479,7 @@ def test_echo_in_process_with_tls(running, capsys):
     from conftest import CERT, KEY
     server = running("echo", "--port", "0", "--certfile", CERT, "--keyfile", KEY, "--quiet")
     context = ssl.create_default_context(cafile=CERT)
-    with twspy.connect("wss://localhost:%d/" % server.address[1], ssl=context, timeout=TIMEOUT) as conn:
+    with twspy.connect("wss://localhost:%d/" % server.address[1], ssl=context, handshake_timeout=TIMEOUT) as conn:
         conn.send(b"\x00secure")
         assert conn.recv(TIMEOUT).payload == b"\x00secure"
     server.shutdown()
@@ -510,7 +510,7 @@ def test_servers_on_a_unix_socket(running, cli, tmp_path, command):
         assert status == 2 and err.count("\n") == 1 and "--unix" in err
         return
     server = running(*command, "--unix", path, "--quiet")
-    with twspy.connect("ws://localhost/sock", unix_path=path, timeout=TIMEOUT) as conn:
+    with twspy.connect("ws://localhost/sock", unix_path=path, handshake_timeout=TIMEOUT) as conn:
         conn.send("over a Unix socket")
         assert conn.recv(TIMEOUT).payload == "over a Unix socket"
     server.shutdown()

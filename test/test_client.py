@@ -6,10 +6,12 @@ import base64
 import socket
 import ssl
 import threading
+import warnings
 
 import pytest
 
 import twspy
+import twspy.client
 from twspy.cli import EchoServer
 from twspy.handshake import accept_key, parse_request, read_head
 
@@ -172,7 +174,7 @@ class TestConnect:
     def test_timeout(self, scripted):
         server = scripted(lambda request, n: None)
         with pytest.raises(TimeoutError):
-            twspy.connect("ws://127.0.0.1:%d/" % server.port, timeout=0.3, extensions=[])
+            twspy.connect("ws://127.0.0.1:%d/" % server.port, handshake_timeout=0.3, extensions=[])
 
     def test_connection_refused(self):
         sock = socket.socket()
@@ -329,7 +331,7 @@ class TestTLS:
 
     def test_plain_client_against_tls_server(self, tls_server):
         with pytest.raises((twspy.HandshakeError, OSError)):
-            twspy.connect("ws://127.0.0.1:%d/" % tls_server.address[1], extensions=[], timeout=2)
+            twspy.connect("ws://127.0.0.1:%d/" % tls_server.address[1], extensions=[], handshake_timeout=2)
 
 
 class TestUnixSocket:
@@ -353,7 +355,7 @@ class TestUnixSocket:
         thread = threading.Thread(target=serve_one)
         thread.start()
         try:
-            with twspy.connect("ws://app.local/chat?x=1", unix_path=path, timeout=5, extensions=[]) as conn:
+            with twspy.connect("ws://app.local/chat?x=1", unix_path=path, handshake_timeout=5, extensions=[]) as conn:
                 conn.send("over AF_UNIX")
                 assert conn.recv(5).payload == "over AF_UNIX"
                 assert conn.sock.address == path
@@ -365,4 +367,31 @@ class TestUnixSocket:
 
     def test_missing_unix_socket(self, tmp_path):
         with pytest.raises(FileNotFoundError):
-            twspy.connect("ws://x/", unix_path=str(tmp_path / "nothing"), timeout=5)
+            twspy.connect("ws://x/", unix_path=str(tmp_path / "nothing"), handshake_timeout=5)
+
+
+class TestOptionVocabulary:
+    """Issue 11: one name per option; connect()'s old ``timeout=`` still works, with a DeprecationWarning."""
+
+    def test_timeout_is_a_deprecated_spelling_of_handshake_timeout(self, monkeypatch):
+        seen = []
+
+        def fake_open(uri, protocols, extensions, origin, headers, ssl, ws_options, route):
+            seen.append(ws_options["handshake_timeout"])
+            raise OSError("stop here")
+
+        monkeypatch.setattr(twspy.client, "_open", fake_open)
+        with pytest.warns(DeprecationWarning, match="handshake_timeout"):
+            with pytest.raises(OSError):
+                twspy.connect("ws://127.0.0.1:1/", timeout=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(OSError):
+                twspy.connect("ws://127.0.0.1:1/", handshake_timeout=4)
+            with pytest.raises(OSError):
+                twspy.connect("ws://127.0.0.1:1/")
+        assert seen == [3, 4, 10.0]
+
+    def test_unknown_options_are_a_type_error(self):
+        with pytest.raises(TypeError):
+            twspy.connect("ws://127.0.0.1:1/", open_timout=1)  # a typo is not ignored

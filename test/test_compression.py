@@ -190,7 +190,7 @@ def test_sizes_up_to_16_mib(serve, extensions):
     server = serve(EchoServer, extensions=extensions, max_size=17 << 20)
     sizes = [0, 1, 125, 126, 65535, 65536, 1 << 20, 16 << 20]
     if isinstance(extensions[0], twspy.Multiplex):
-        mux = twspy.connect_multiplexed(url(server), timeout=10, max_size=17 << 20)
+        mux = twspy.connect_multiplexed(url(server), handshake_timeout=10, max_size=17 << 20)
         conn = mux.open_channel("/big", max_size=17 << 20)
     else:
         mux = None

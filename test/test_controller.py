@@ -48,7 +48,7 @@ def start(target, *args):
 def start_reader(conn):
     """receive_forever in a thread, once it is running: pops take from the queue, not the socket."""
     thread = start(conn.receive_forever)
-    wait_for(lambda: conn._feeders)
+    wait_for(lambda: conn._in_queue.feeders)
     return thread
 
 
@@ -354,7 +354,7 @@ class TestDirectMode:
         popper = start(lambda: popped.append(server.pop_in_message(TIMEOUT)))
         wait_for(lambda: server._readers == 1)  # the pop is reading the socket
         reader = start(server.receive_forever)  # and waits for the read lock
-        wait_for(lambda: server._feeders)
+        wait_for(lambda: server._in_queue.feeders)
         client.send("first")
         join(popper)
         assert [m.payload for m in popped] == ["first"]
@@ -380,7 +380,7 @@ class TestDirectMode:
                 client.send(message)
 
         server = serve(Echo)
-        conn = twspy.connect("ws://127.0.0.1:%d/" % server.address[1], queue_messages=True, timeout=TIMEOUT)
+        conn = twspy.connect("ws://127.0.0.1:%d/" % server.address[1], queue_messages=True, handshake_timeout=TIMEOUT)
         try:
             for i in range(5):
                 conn.push_out_message("m%d" % i)
@@ -415,7 +415,7 @@ def test_server_connection_option(serve):
             ready.set()
 
     server = serve(Controlled)
-    conn = twspy.connect("ws://127.0.0.1:%d/" % server.address[1], timeout=TIMEOUT)
+    conn = twspy.connect("ws://127.0.0.1:%d/" % server.address[1], handshake_timeout=TIMEOUT)
     try:
         assert ready.wait(TIMEOUT)
         controller = start(echo_controller, clients[0])
@@ -440,7 +440,7 @@ def test_server_option_queue_messages(serve):
             thread.start()
 
     server = serve(Controlled, queue_messages=True)
-    with twspy.connect("ws://127.0.0.1:%d/" % server.address[1], timeout=TIMEOUT) as conn:
+    with twspy.connect("ws://127.0.0.1:%d/" % server.address[1], handshake_timeout=TIMEOUT) as conn:
         for i in range(3):
             conn.send("m%d" % i)
         assert [conn.recv(TIMEOUT).payload for _ in range(3)] == ["got m0", "got m1", "got m2"]

@@ -231,7 +231,8 @@ class TestReconnect:
 
 
 def test_unexpected_options_are_refused_before_connecting():
-    with pytest.raises(TypeError, match="unexpected options: bogus, colour"):
+    # connect()'s options are explicit keyword-only parameters (issue 11): Python refuses the rest.
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
         twspy.connect("ws://127.0.0.1:9/", bogus=1, colour="red", max_size=10)
 
 

@@ -11,8 +11,20 @@ import pytest
 
 import twspy
 from twspy.errors import HandshakeError, ProtocolError
-from twspy.filters import (BearerAuth, Broadcast, Echo, Filter, Log, Reject, close_code_for, redact_query, run_close,
-                           run_connect, run_message, run_open)
+from twspy.filters import (
+    BearerAuth,
+    Broadcast,
+    Echo,
+    Filter,
+    Log,
+    Reject,
+    close_code_for,
+    redact_query,
+    run_close,
+    run_connect,
+    run_message,
+    run_open,
+)
 from twspy.handshake import Headers, Request
 from twspy.multiplex import Multiplex, connect_multiplexed
 
@@ -31,7 +43,7 @@ def get(port, path, headers=()):
 def refused(target, **kwargs) -> HandshakeError:
     """The HandshakeError that ``twspy.connect(target)`` raises."""
     with pytest.raises(HandshakeError) as info:
-        twspy.connect(target, timeout=TIMEOUT, **kwargs)
+        twspy.connect(target, handshake_timeout=TIMEOUT, **kwargs)
     return info.value
 
 
@@ -138,7 +150,7 @@ class TestProcessRequest:
 
     def test_none_goes_on_to_the_upgrade(self, serve):
         server = serve(Hooked)
-        with twspy.connect(url(server, "/chat?x=1"), timeout=TIMEOUT) as conn:
+        with twspy.connect(url(server, "/chat?x=1"), handshake_timeout=TIMEOUT) as conn:
             conn.send("hello")
             assert conn.recv(TIMEOUT).payload == "hello"
         assert ("process_request", "/chat?x=1", None) in server.calls.items
@@ -164,7 +176,7 @@ class TestProcessRequest:
         server = serve(Hooked)
         for path in ("/boom", "/invalid", "/private"):
             refused(url(server, path))
-        with twspy.connect(url(server), timeout=TIMEOUT) as conn:
+        with twspy.connect(url(server), handshake_timeout=TIMEOUT) as conn:
             conn.send("still here")
             assert conn.recv(TIMEOUT).payload == "still here"
 
@@ -177,7 +189,7 @@ class TestProcessRequest:
 
         server = serve(Hooked, filters=[Recorder()])
         refused(url(server, "/private"))  # answered by process_request: the filters never see it
-        with twspy.connect(url(server, "/ok"), timeout=TIMEOUT):
+        with twspy.connect(url(server, "/ok"), handshake_timeout=TIMEOUT):
             pass
         assert calls.items == [("filter.on_connect", "/ok")]
 
@@ -227,7 +239,7 @@ class TestChain:
         calls = Calls()
         server = serve(EchoAfterFilters, filters=[Recorder("a", calls), Recorder("b", calls)])
         server.calls = calls
-        with twspy.connect(url(server, "/order"), timeout=TIMEOUT) as conn:
+        with twspy.connect(url(server, "/order"), handshake_timeout=TIMEOUT) as conn:
             conn.send("m")
             assert conn.recv(TIMEOUT).payload == "m"
         items = calls.wait(lambda items: any(i[0] == "server.onclose" for i in items))
@@ -242,7 +254,7 @@ class TestChain:
 
     def test_transform_drop_and_answer(self, serve):
         server = serve(EchoAfterFilters, filters=[Drop(), Answer(), Upper()])
-        with twspy.connect(url(server), timeout=TIMEOUT) as conn:
+        with twspy.connect(url(server), handshake_timeout=TIMEOUT) as conn:
             conn.send("drop me")
             conn.send("ping?")
             assert conn.recv(TIMEOUT) == twspy.TextMessage("pong!")
@@ -273,7 +285,7 @@ class TestChain:
         server = serve(EchoAfterFilters, filters=[Deny(), Recorder("later", calls)])
         exc = refused(url(server, "/no"))
         assert (exc.status, exc.body) == (401, b"no\n")
-        with twspy.connect(url(server, "/yes"), timeout=TIMEOUT) as conn:
+        with twspy.connect(url(server, "/yes"), handshake_timeout=TIMEOUT) as conn:
             conn.send("x")
             conn.recv(TIMEOUT)
         assert calls.named("later.on_connect") == [("later.on_connect", "/yes")]
@@ -290,7 +302,7 @@ class TestChain:
 
     def test_echo(self, serve):
         server = serve(filters=[Echo()])
-        with twspy.connect(url(server), timeout=TIMEOUT) as conn:
+        with twspy.connect(url(server), handshake_timeout=TIMEOUT) as conn:
             for message in ("text", b"\xff\x00binary", "κόσμε" * 1000):
                 conn.send(message)
                 assert conn.recv(TIMEOUT).payload == message
@@ -305,7 +317,7 @@ class Welcome(Filter):
 
 class TestBroadcast:
     def open_clients(self, server, n=3):
-        conns = [twspy.connect(url(server, "/%d" % i), timeout=TIMEOUT) for i in range(n)]
+        conns = [twspy.connect(url(server, "/%d" % i), handshake_timeout=TIMEOUT) for i in range(n)]
         for conn in conns:
             assert conn.recv(TIMEOUT).payload == "welcome"
         return conns
@@ -362,7 +374,7 @@ class TestLog:
     def test_lines(self, serve):
         stream = io.StringIO()
         server = serve(EchoAfterFilters, filters=[Log(stream, max_payload=5)])
-        with twspy.connect(url(server, "/log?token=s3cret&room=1"), timeout=TIMEOUT) as conn:
+        with twspy.connect(url(server, "/log?token=s3cret&room=1"), handshake_timeout=TIMEOUT) as conn:
             conn.send("hello world")
             conn.recv(TIMEOUT)
             conn.send(b"\x00\x01\x02")
@@ -382,7 +394,7 @@ class TestLog:
         """``?%74oken=s3cret`` is a token to BearerAuth (it decodes names) and was printed as is."""
         stream = io.StringIO()
         server = serve(EchoAfterFilters, filters=[Log(stream), BearerAuth("s3cret")])
-        with twspy.connect(url(server, "/log?room=1&%74oken=s3cret&x=%2574oken"), timeout=TIMEOUT) as conn:
+        with twspy.connect(url(server, "/log?room=1&%74oken=s3cret&x=%2574oken"), handshake_timeout=TIMEOUT) as conn:
             conn.send("hi")
             conn.recv(TIMEOUT)
         server.calls.wait(lambda items: any(i[0] == "server.onclose" for i in items))
@@ -440,7 +452,7 @@ class TestExceptions:
         calls = Calls()
         server = serve(EchoAfterFilters, filters=[Strict(), Recorder("after", calls)])
         with caplog.at_level("INFO", logger="twspy"):
-            with twspy.connect(url(server), timeout=TIMEOUT) as conn:
+            with twspy.connect(url(server), handshake_timeout=TIMEOUT) as conn:
                 conn.send(text)
                 with pytest.raises(twspy.ConnectionClosed) as info:
                     conn.recv(TIMEOUT)
@@ -450,7 +462,7 @@ class TestExceptions:
         assert calls.named("after.on_close")[0][2] == code
         errors = [r for r in caplog.records if r.levelname == "ERROR" and r.name == "twspy.filters"]
         assert len(errors) == (1 if code == 1011 else 0)  # only a bug is logged with its traceback
-        with twspy.connect(url(server), timeout=TIMEOUT) as other:
+        with twspy.connect(url(server), handshake_timeout=TIMEOUT) as other:
             other.send("fine")
             assert other.recv(TIMEOUT).payload == "fine"
 
@@ -463,7 +475,7 @@ class TestExceptions:
                     raise Reject(4001, "not today")
 
         server = serve(EchoAfterFilters, filters=[Recorder("first", calls), Gate(), Recorder("last", calls)])
-        with twspy.connect(url(server, "/deny"), timeout=TIMEOUT) as conn:
+        with twspy.connect(url(server, "/deny"), handshake_timeout=TIMEOUT) as conn:
             conn.send("sent before the close arrived")
             with pytest.raises(twspy.ConnectionClosed) as info:
                 conn.recv(TIMEOUT)
@@ -480,7 +492,7 @@ class TestExceptions:
     def test_on_close_exactly_once_per_client(self, serve):
         calls = Calls()
         server = serve(filters=[Welcome(), Recorder("r", calls), Strict()])
-        conns = [twspy.connect(url(server, "/%d" % i), timeout=TIMEOUT) for i in range(3)]
+        conns = [twspy.connect(url(server, "/%d" % i), handshake_timeout=TIMEOUT) for i in range(3)]
         for conn in conns:
             assert conn.recv(TIMEOUT).payload == "welcome"
         conns[0].close(1000)
@@ -573,14 +585,15 @@ class TestBearerAuth:
     def test_header_accepted(self, serve):
         server = serve(TokenServer, filters=[BearerAuth(["t1", "t2"])])
         for token in ("t1", "t2"):
-            with twspy.connect(url(server), headers={"Authorization": "Bearer " + token}, timeout=TIMEOUT) as conn:
+            with twspy.connect(url(server), headers={"Authorization": "Bearer " + token},
+                               handshake_timeout=TIMEOUT) as conn:
                 conn.send("in")
                 assert conn.recv(TIMEOUT).payload == "in"
         assert server.calls.named("token") == [("token", "t1"), ("token", "t2")]
 
     def test_query_accepted(self, serve):
         server = serve(TokenServer, filters=[BearerAuth("t1")])
-        with twspy.connect(url(server, "/room?a=1&token=t1"), timeout=TIMEOUT) as conn:
+        with twspy.connect(url(server, "/room?a=1&token=t1"), handshake_timeout=TIMEOUT) as conn:
             conn.send("in")
             assert conn.recv(TIMEOUT).payload == "in"
         assert server.calls.named("token") == [("token", "t1")]
@@ -619,7 +632,7 @@ class TestBearerAuth:
     def test_non_ascii_token_in_a_header(self):
         auth = BearerAuth("κλειδί")
         # A header arrives decoded as latin-1: the filter compares the bytes that were sent.
-        sent = "Bearer " + "κλειδί".encode("utf-8").decode("latin-1")
+        sent = "Bearer " + "κλειδί".encode().decode("latin-1")
         request = Request("GET", "/", "HTTP/1.1", Headers([("Authorization", sent)]))
         assert auth.on_connect(request) is None and request.state["token"] == "κλειδί"
         request = Request("GET", "/?token=%CE%BA%CE%BB%CE%B5%CE%B9%CE%B4%CE%AF", "HTTP/1.1", Headers())
@@ -628,7 +641,7 @@ class TestBearerAuth:
     def test_applies_to_mux_channels(self, serve):
         server = serve(TokenServer, filters=[BearerAuth("t1")], extensions=[Multiplex()])
         assert refused(url(server)).status == 401  # the physical connection too
-        with connect_multiplexed(url(server, "/main?token=t1"), timeout=TIMEOUT) as mux:
+        with connect_multiplexed(url(server, "/main?token=t1"), handshake_timeout=TIMEOUT) as mux:
             with pytest.raises(HandshakeError):
                 mux.open_channel("/other", timeout=TIMEOUT)  # no token: refused
             chan = mux.open_channel("/other?token=t1", timeout=TIMEOUT)
@@ -640,7 +653,7 @@ class TestBearerAuth:
 
     def test_mux_channel_refusal_status(self, serve):
         server = serve(filters=[BearerAuth("t1")], extensions=[Multiplex()])
-        with connect_multiplexed(url(server, "/main?token=t1"), timeout=TIMEOUT) as mux:
+        with connect_multiplexed(url(server, "/main?token=t1"), handshake_timeout=TIMEOUT) as mux:
             with pytest.raises(HandshakeError) as info:
                 mux.open_channel("/other", timeout=TIMEOUT)
         assert info.value.status == 401

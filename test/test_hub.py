@@ -69,7 +69,7 @@ class Client:
 
     def __init__(self, server: twspy.Server, subs: Tuple[str, ...] = (), hello: bool = True, **options: Any):
         path = "/?" + urlencode([("sub", s) for s in subs]) if subs else "/"
-        self.conn = twspy.connect(url(server, path), timeout=TIMEOUT, **options)
+        self.conn = twspy.connect(url(server, path), handshake_timeout=TIMEOUT, **options)
         self.id = None
         if hello:
             first = self.recv_json()

@@ -263,7 +263,7 @@ class TestNegotiation:
     def test_client_needs_mux(self, serve):
         server = serve(Recording, extensions=[])
         with pytest.raises(twspy.NegotiationError):
-            connect_multiplexed(url(server), timeout=5)
+            connect_multiplexed(url(server), handshake_timeout=5)
         wait_for(lambda: server.closes())
         assert server.closes()[0][2] == 1010
 
@@ -276,7 +276,7 @@ class TestNegotiation:
             assert [c.name for c in both.sock.extensions] == ["permessage-deflate"]
             both.send("deflated")
             assert both.recv(5).payload == "deflated"
-        with connect_multiplexed(url(server), timeout=5) as mux:
+        with connect_multiplexed(url(server), handshake_timeout=5) as mux:
             mux.default_channel.send("muxed")
             assert mux.default_channel.recv(5).payload == "muxed"
             assert mux.default_channel.mux is mux
@@ -629,7 +629,7 @@ class Recorder(Channel):
 class TestRoundTrips:
     def test_channels_reach_server_handlers(self, serve):
         server = serve(Recording, extensions=[Multiplex()], protocols=["chat"])
-        with connect_multiplexed(url(server, "/main"), headers={"X-Test": "yes"}, timeout=5) as mux:
+        with connect_multiplexed(url(server, "/main"), headers={"X-Test": "yes"}, handshake_timeout=5) as mux:
             main = mux.default_channel
             assert main.channel_id == 1 and main.path == "/main"
             chat = mux.open_channel("/room?x=1", protocols=["chat"], headers={"X-Test": "chan"})
@@ -646,7 +646,7 @@ class TestRoundTrips:
 
     def test_refused_channel(self, serve):
         server = serve(Recording, extensions=[Multiplex()], locations=["/ok"])
-        with connect_multiplexed(url(server, "/ok"), timeout=5) as mux:
+        with connect_multiplexed(url(server, "/ok"), handshake_timeout=5) as mux:
             with pytest.raises(twspy.HandshakeError) as info:
                 mux.open_channel("/nope")
             assert info.value.status == 403
@@ -657,7 +657,7 @@ class TestRoundTrips:
     def test_ten_channels_hundred_messages_interleaved(self, serve):
         server = serve(EchoServer, extensions=[Multiplex()])
         errors = []
-        with connect_multiplexed(url(server), timeout=5) as mux:
+        with connect_multiplexed(url(server), handshake_timeout=5) as mux:
             channels = [mux.default_channel] + [mux.open_channel("/c%d" % i) for i in range(9)]
 
             def expected(i, j):
@@ -689,7 +689,7 @@ class TestRoundTrips:
 
     def test_large_messages_split_by_quota(self, serve):
         server = serve(EchoServer, extensions=[Multiplex(window=4096)])
-        with connect_multiplexed(url(server), multiplex=Multiplex(window=4096), timeout=5) as mux:
+        with connect_multiplexed(url(server), multiplex=Multiplex(window=4096), handshake_timeout=5) as mux:
             other = mux.open_channel("/other")
             big_text, big_binary = "é" * 150_000, bytes(range(256)) * 1200
             mux.default_channel.send(big_text)
@@ -703,7 +703,7 @@ class TestRoundTrips:
         messages = ["news", "more"]
         server = serve(Recording, extensions=[Multiplex()], close_timeout=1)
         with twspy.connect(url(server), extensions=[]) as plain, \
-                connect_multiplexed(url(server), timeout=5, close_timeout=1) as mux:
+                connect_multiplexed(url(server), handshake_timeout=5, close_timeout=1) as mux:
             other = mux.open_channel("/b")
             wait_for(lambda: len(server.clients) == 3)
             for message in messages:
@@ -713,7 +713,7 @@ class TestRoundTrips:
 
     def test_pings(self, serve):
         server = serve(Recording, extensions=[Multiplex()])
-        with connect_multiplexed(url(server), channel_class=Recorder, timeout=5) as mux:
+        with connect_multiplexed(url(server), channel_class=Recorder, handshake_timeout=5) as mux:
             chan = mux.open_channel("/p")
             chan.send_ping(b"abc")
             chan.send("after")
@@ -723,7 +723,7 @@ class TestRoundTrips:
 
     def test_dropping_one_channel_leaves_the_others(self, serve):
         server = serve(Recording, extensions=[Multiplex()])
-        with connect_multiplexed(url(server), timeout=5) as mux:
+        with connect_multiplexed(url(server), handshake_timeout=5) as mux:
             a, b = mux.open_channel("/a"), mux.open_channel("/b")
             a.abort()
             wait_for(lambda: server.closes())
@@ -738,7 +738,7 @@ class TestRoundTrips:
 
     def test_close_codes_propagate_per_channel(self, serve):
         server = serve(Recording, extensions=[Multiplex()])
-        with connect_multiplexed(url(server), timeout=5) as mux:
+        with connect_multiplexed(url(server), handshake_timeout=5) as mux:
             b, c = mux.open_channel("/b"), mux.open_channel("/c")
             b.close(4001, "bye")
             c.send("please close")
@@ -754,7 +754,7 @@ class TestRoundTrips:
     def test_slow_channel_is_held_back_without_starving_others(self, serve):
         window = 16384
         server = serve(Recording, extensions=[Multiplex(window=window)])
-        with connect_multiplexed(url(server), timeout=5) as mux:
+        with connect_multiplexed(url(server), handshake_timeout=5) as mux:
             slow, fast = mux.open_channel("/slow"), mux.open_channel("/fast")
             count, echoes, errors = [0], [], []
             payloads = [bytes([i]) * 4096 for i in range(100)]
@@ -796,7 +796,7 @@ class TestRoundTrips:
 
     def test_server_shutdown_closes_every_channel(self, serve, pool):
         server = serve(Recording, extensions=[Multiplex()])
-        mux = connect_multiplexed(url(server), timeout=5)
+        mux = connect_multiplexed(url(server), handshake_timeout=5)
         channels = [mux.default_channel] + [mux.open_channel("/s%d" % i) for i in range(3)]
         wait_for(lambda: len(server.clients) == 4)
         stopping = pool.submit(server.shutdown)
@@ -812,7 +812,7 @@ class TestRoundTrips:
 
     def test_server_shutdown_with_no_channel_left(self, serve):
         server = serve(Recording, extensions=[Multiplex()])
-        with connect_multiplexed(url(server), timeout=5) as mux:
+        with connect_multiplexed(url(server), handshake_timeout=5) as mux:
             mux.default_channel.close()
             wait_for(lambda: not server.clients)
             server.shutdown()  # the session notices within its idle check and closes the physical connection
@@ -821,7 +821,7 @@ class TestRoundTrips:
 
     def test_keepalive_runs_on_the_physical_connection(self, serve):
         server = serve(EchoServer, extensions=[Multiplex()], ping_interval=0.05, ping_timeout=2)
-        with connect_multiplexed(url(server), timeout=5, ping_interval=0.05, ping_timeout=2) as mux:
+        with connect_multiplexed(url(server), handshake_timeout=5, ping_interval=0.05, ping_timeout=2) as mux:
             chan = mux.open_channel("/k")
             assert mux.physical.ping_interval == 0.05
             assert chan.ping_interval is None and mux.default_channel.ping_interval is None
@@ -833,7 +833,7 @@ class TestRoundTrips:
 
     def test_physical_close_ends_every_channel_once(self, serve):
         server = serve(Recording, extensions=[Multiplex()])
-        mux = connect_multiplexed(url(server), channel_class=Recorder, timeout=5)
+        mux = connect_multiplexed(url(server), channel_class=Recorder, handshake_timeout=5)
         channels = [mux.default_channel] + [mux.open_channel("/p%d" % i) for i in range(3)]
         wait_for(lambda: len(server.clients) == 4)
         mux.abort()
@@ -847,7 +847,7 @@ class TestRoundTrips:
 
     def test_slots_limit_channels(self, serve):
         server = serve(Recording, extensions=[Multiplex(max_channels=2)])
-        with connect_multiplexed(url(server), timeout=5) as mux:
+        with connect_multiplexed(url(server), handshake_timeout=5) as mux:
             a, _ = mux.open_channel("/a"), mux.open_channel("/b")
             with pytest.raises(TimeoutError):
                 mux.open_channel("/c", timeout=0.2)
@@ -1006,7 +1006,7 @@ class TestLimits:
         # Issue 20 item 5: 5 TCP connections made 337 server threads. A channel is a client:
         # the physical connection and channel 1 take two of max_connections, each channel one.
         server = serve(Recording, max_connections=4, extensions=[Multiplex()])
-        with connect_multiplexed(url(server), timeout=5) as mux:
+        with connect_multiplexed(url(server), handshake_timeout=5) as mux:
             a = mux.open_channel("/a")
             mux.open_channel("/b")
             with pytest.raises(twspy.HandshakeError) as info:
@@ -1018,7 +1018,7 @@ class TestLimits:
             c.send("c")
             assert c.recv(5).payload == "c"
             with pytest.raises(twspy.HandshakeError):  # a plain client too: the server is full
-                twspy.connect(url(server), timeout=5)
+                twspy.connect(url(server), handshake_timeout=5)
         wait_for(lambda: free_places(server) == 4)  # every place comes back when the connection ends
 
 
@@ -1050,7 +1050,7 @@ class TestThreadStartFailures:
 
     def test_channel_thread_refused_with_503(self, serve, monkeypatch):
         server = serve(Recording, extensions=[Multiplex()])
-        with connect_multiplexed(url(server), timeout=5) as mux:
+        with connect_multiplexed(url(server), handshake_timeout=5) as mux:
             wait_for(lambda: server.events)  # channel 1's thread runs
             failing_start(monkeypatch, lambda t: "-ch" in t.name)
             with pytest.raises(twspy.HandshakeError) as info:
@@ -1067,19 +1067,19 @@ class TestThreadStartFailures:
         server = serve(Recording, extensions=[Multiplex()])
         failing_start(monkeypatch, lambda t: t.name == "twspy-mux-writer"
                       and threading.current_thread().name.startswith("twspy-client-"))
-        with connect_multiplexed(url(server), timeout=5) as mux:
+        with connect_multiplexed(url(server), handshake_timeout=5) as mux:
             with pytest.raises(twspy.ConnectionClosed):
                 mux.default_channel.recv(5)
             assert mux.physical.close_code == 1013
         monkeypatch.undo()
-        with connect_multiplexed(url(server), timeout=5) as mux:  # the server serves on
+        with connect_multiplexed(url(server), handshake_timeout=5) as mux:  # the server serves on
             mux.default_channel.send("ok")
             assert mux.default_channel.recv(5).payload == "ok"
 
     def test_channel_one_refused_with_1013(self, serve, monkeypatch):
         server = serve(Recording, extensions=[Multiplex()])
         failing_start(monkeypatch, lambda t: t.name.endswith("-ch1"))
-        with connect_multiplexed(url(server), timeout=5) as mux:
+        with connect_multiplexed(url(server), handshake_timeout=5) as mux:
             with pytest.raises(twspy.ConnectionClosed):
                 mux.default_channel.recv(5)
             assert mux.physical.close_code == 1013
@@ -1090,7 +1090,7 @@ class TestThreadStartFailures:
         server = serve(Recording, extensions=[Multiplex()])
         failing_start(monkeypatch, lambda t: t.name == "twspy-mux-reader")
         with pytest.raises(RuntimeError):
-            connect_multiplexed(url(server), timeout=5)
+            connect_multiplexed(url(server), handshake_timeout=5)
         monkeypatch.undo()
         wait_for(lambda: server.closes())
         assert server.closes() == [("close", "/", 1006, "")]

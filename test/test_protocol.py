@@ -1332,6 +1332,48 @@ def test_defer_failure_keeps_the_error_pending_until_fail_pending():
     assert p.data_to_send() == []
 
 
+class TestRawFrames:
+    """encode_frame / decode_frame: the core's rules for a raw-frame API (websocket.send/recv)."""
+
+    def test_encode_frame_masks_by_side_whatever_the_state(self):
+        c = Protocol(CLIENT)
+        c.send_close()
+        assert c.encode_frame(0x1, b"Hello") == [h("818537fa213d7f9f4d5158")]  # §5.7, masked
+        assert Protocol(SERVER).encode_frame(0x9, b"Hello", True, 0) == [h("890548656c6c6f")]
+        assert Protocol(SERVER).encode_frame(0x1, b"Hel", final=False) == [h("010348656c")]
+
+    def test_per_frame_codecs_both_ways(self):
+        s = Protocol(SERVER, extensions=[DeflateFrameCodec(threshold=0)])
+        c = Protocol(CLIENT, extensions=[DeflateFrameCodec(threshold=0)])
+        wire = b"".join(s.encode_frame(0x1, b"abc" * 50))
+        assert wire[0] == 0xC1 and len(wire) < 150  # RSV1: compressed
+        frame = Frame(0x1, wire[2:], rsv1=True)
+        assert c.decode_frame(frame).payload == b"abc" * 50
+        ping = Frame(0x9, b"p")
+        assert c.decode_frame(ping) is ping  # control frames are never compressed
+        assert Protocol(CLIENT).decode_frame(frame) is frame  # no per-frame codec
+
+    def test_has_data_to_send(self):
+        s = Protocol(SERVER)
+        assert not s.has_data_to_send()
+        s.receive_data(masked(0x9, b"p"))
+        assert s.has_data_to_send()
+        assert s.data_to_send() == [h("8a0170")]
+        assert not s.has_data_to_send()
+
+
+class TestFailPendingAfterClosing:
+    def test_a_pending_failure_is_dropped_once_our_close_is_out(self):
+        s = Protocol(SERVER)
+        s.defer_failure = True
+        s.receive_data(masked(0x1, b"ok") + masked(0x1, b"\xff"))
+        assert s.events_received() == [TextMessage("ok")] and s.failure_pending
+        s.send_close(1001)
+        s.fail_pending()
+        assert not s.failure_pending and s.close_sent == Close(1001, "")
+        assert s.data_to_send() == [h("880203e9")]
+
+
 def test_fail_pending_after_the_connection_ended_does_nothing():
     p = Protocol(SERVER)
     p.defer_failure = True

@@ -213,13 +213,13 @@ def roundtrip(conn, text="through"):
 
 class TestHTTPConnect:
     def test_tinyproxy_with_basic_auth(self, tinyproxy, echo):
-        roundtrip(twspy.connect(url(echo), proxy="http://user:pa55@" + tinyproxy, timeout=5))
+        roundtrip(twspy.connect(url(echo), proxy="http://user:pa55@" + tinyproxy, handshake_timeout=5))
 
     @pytest.mark.parametrize("creds", ["", "user:wrong@"])
     def test_tinyproxy_wrong_credentials(self, tinyproxy, echo, creds):
         before = open_fds()
         with pytest.raises(twspy.ProxyError) as info:
-            twspy.connect(url(echo), proxy="http://%s%s" % (creds, tinyproxy), timeout=5)
+            twspy.connect(url(echo), proxy="http://%s%s" % (creds, tinyproxy), handshake_timeout=5)
         # tinyproxy answers 407 without credentials and 401 with wrong ones
         status = info.value.status
         assert status == (401 if creds else 407) and "%d %s" % (status, info.value.reason) in str(info.value)
@@ -231,14 +231,15 @@ class TestHTTPConnect:
     def test_refusal_names_status_and_reason(self, fake_proxy, echo, status):
         proxy = fake_proxy(lambda request: b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n\r\n")
         with pytest.raises(twspy.ProxyError) as info:
-            twspy.connect(url(echo), proxy="http://127.0.0.1:%d" % proxy.port, timeout=5)
+            twspy.connect(url(echo), proxy="http://127.0.0.1:%d" % proxy.port, handshake_timeout=5)
         code, reason = status.decode().split(" ", 1)
         assert info.value.status == int(code) and info.value.reason == reason
         assert status.decode() in str(info.value)
 
     def test_request_and_auth_header(self, fake_proxy, echo):
         proxy = fake_proxy()
-        roundtrip(twspy.connect(url(echo), proxy="http://al%%20ice:p%%40ss@127.0.0.1:%d" % proxy.port, timeout=5))
+        roundtrip(twspy.connect(url(echo), proxy="http://al%%20ice:p%%40ss@127.0.0.1:%d" % proxy.port,
+                                handshake_timeout=5))
         head = proxy.requests[0].decode()
         target = "127.0.0.1:%d" % echo.address[1]
         assert head.startswith("CONNECT %s HTTP/1.1\r\nHost: %s\r\n" % (target, target))
@@ -254,7 +255,7 @@ class TestHTTPConnect:
         proxy = fake_proxy(lambda request: answer)
         before = open_fds()
         with pytest.raises(twspy.ProxyError, match=message):
-            twspy.connect(url(echo), proxy="http://127.0.0.1:%d" % proxy.port, timeout=5)
+            twspy.connect(url(echo), proxy="http://127.0.0.1:%d" % proxy.port, handshake_timeout=5)
         proxy.wait_idle()
         assert open_fds() == before
 
@@ -263,13 +264,13 @@ class TestHTTPConnect:
         proxy = fake_proxy(lambda request: release.wait(10) and b"")
         try:
             with pytest.raises(twspy.ProxyError, match="no answer in time"):
-                twspy.connect(url(echo), proxy="http://127.0.0.1:%d" % proxy.port, timeout=0.3)
+                twspy.connect(url(echo), proxy="http://127.0.0.1:%d" % proxy.port, handshake_timeout=0.3)
         finally:
             release.set()
 
     def test_unreachable_proxy(self, echo):
         with pytest.raises(ConnectionRefusedError):
-            twspy.connect(url(echo), proxy="http://127.0.0.1:%d" % free_port(), timeout=5)
+            twspy.connect(url(echo), proxy="http://127.0.0.1:%d" % free_port(), handshake_timeout=5)
 
 
 class TestHTTPSProxy:
@@ -305,7 +306,7 @@ class TestHTTPSProxy:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(CERT, KEY)
         proxy = fake_proxy(context=context)
-        roundtrip(twspy.connect(url(echo), proxy="https://localhost:%d" % proxy.port, timeout=5,
+        roundtrip(twspy.connect(url(echo), proxy="https://localhost:%d" % proxy.port, handshake_timeout=5,
                                 proxy_ssl=ssl.create_default_context(cafile=CERT)))
 
     def test_untrusted_proxy_certificate(self, fake_proxy, echo):
@@ -313,20 +314,20 @@ class TestHTTPSProxy:
         context.load_cert_chain(CERT, KEY)
         proxy = fake_proxy(context=context)
         with pytest.raises(ssl.SSLCertVerificationError):
-            twspy.connect(url(echo), proxy="https://localhost:%d" % proxy.port, timeout=5)
+            twspy.connect(url(echo), proxy="https://localhost:%d" % proxy.port, handshake_timeout=5)
 
 
 class TestSOCKS:
     @pytest.mark.parametrize("scheme", ["socks5", "socks5h"])
     def test_microsocks_with_user_and_password(self, microsocks, echo, scheme):
         target = "ws://localhost:%d/" % echo.address[1] if scheme == "socks5h" else url(echo)
-        roundtrip(twspy.connect(target, proxy="%s://user:s3cret@%s" % (scheme, microsocks), timeout=5))
+        roundtrip(twspy.connect(target, proxy="%s://user:s3cret@%s" % (scheme, microsocks), handshake_timeout=5))
 
     @pytest.mark.parametrize("creds", ["", "user:wrong@"])
     def test_microsocks_wrong_credentials(self, microsocks, echo, creds):
         before = open_fds()
         with pytest.raises(twspy.ProxyError) as info:
-            twspy.connect(url(echo), proxy="socks5://%s%s" % (creds, microsocks), timeout=5)
+            twspy.connect(url(echo), proxy="socks5://%s%s" % (creds, microsocks), handshake_timeout=5)
         assert ("refused the user and password" if creds else "accepts none of our SOCKS5 auth") in str(info.value)
         assert open_fds() == before
 
@@ -360,7 +361,7 @@ class TestSOCKS:
         thread.start()
         try:
             with pytest.raises(twspy.ProxyError, match=message):
-                twspy.connect(url(echo), proxy="socks5://127.0.0.1:%d" % server.getsockname()[1], timeout=5)
+                twspy.connect(url(echo), proxy="socks5://127.0.0.1:%d" % server.getsockname()[1], handshake_timeout=5)
         finally:
             thread.join(5)
             server.close()
@@ -384,7 +385,7 @@ class TestSOCKS:
         thread.start()
         try:
             with pytest.raises(twspy.ProxyError, match="SOCKS4 reply 91"):
-                twspy.connect("ws://localhost:%d/" % echo.address[1], timeout=5,
+                twspy.connect("ws://localhost:%d/" % echo.address[1], handshake_timeout=5,
                               proxy="%s://me@127.0.0.1:%d" % (scheme, server.getsockname()[1]))
         finally:
             thread.join(5)
@@ -398,11 +399,11 @@ class TestEnvironment:
         for name in ("https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv("http_proxy", "http://127.0.0.1:%d" % proxy.port)
-        roundtrip(twspy.connect(url(echo), timeout=5))
+        roundtrip(twspy.connect(url(echo), handshake_timeout=5))
         assert len(proxy.requests) == 1
-        roundtrip(twspy.connect(url(echo), timeout=5, proxy=False))  # never
+        roundtrip(twspy.connect(url(echo), handshake_timeout=5, proxy=False))  # never
         monkeypatch.setenv("no_proxy", "127.0.0.1")
-        roundtrip(twspy.connect(url(echo), timeout=5))
+        roundtrip(twspy.connect(url(echo), handshake_timeout=5))
         assert len(proxy.requests) == 1
 
     def test_scheme_mapping(self, monkeypatch):

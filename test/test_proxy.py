@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+from test_proxies import tinyproxy  # noqa: F401 - the fixture: a real tinyproxy with Basic auth
 
 import twspy
 from twspy.filters import Filter, Reject
@@ -22,7 +23,6 @@ from twspy.handshake import make_key
 from twspy.proxy import ProxyServer
 
 from conftest import CERT, KEY, http_exchange, url, wait_for
-from test_proxies import tinyproxy  # noqa: F401 - the fixture: a real tinyproxy with Basic auth
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,7 +144,7 @@ def raw_request(server, path="/", extra=None, timeout=5) -> bytes:
 class TestMessages:
     def test_text_and_binary(self, relay):
         upstream, server = relay
-        with twspy.connect(url(server), timeout=5) as conn:
+        with twspy.connect(url(server), handshake_timeout=5) as conn:
             conn.send("hello")
             assert conn.recv(5) == twspy.TextMessage("hello")
             conn.send(b"\x00\xff")
@@ -158,14 +158,14 @@ class TestMessages:
         # 1 MiB, the default max_size. Repeated within deflate's 32 KiB window: a random MiB would
         # deflate to a frame larger than max_size, which each leg refuses (1009) before inflating.
         data = os.urandom(1 << 10) * (1 << 10)
-        with twspy.connect(url(server), extensions=extensions, timeout=5) as conn:
+        with twspy.connect(url(server), extensions=extensions, handshake_timeout=5) as conn:
             conn.send(data)
             assert conn.recv(10) == twspy.BinaryMessage(data)
 
     def test_fragmented_message(self, relay):
         upstream, server = relay
         text = "fragmenté " * 10000
-        with twspy.connect(url(server), extensions=[], timeout=5) as conn:
+        with twspy.connect(url(server), extensions=[], handshake_timeout=5) as conn:
             conn.send(text, fragment_size=1000)
             assert conn.recv(5) == twspy.TextMessage(text)
             data = os.urandom(3000)
@@ -174,7 +174,7 @@ class TestMessages:
 
     def test_concurrent_clients_get_their_own_upstream(self, relay):
         upstream, server = relay
-        conns = [twspy.connect(url(server, "/c%d" % i), timeout=5) for i in range(6)]
+        conns = [twspy.connect(url(server, "/c%d" % i), handshake_timeout=5) for i in range(6)]
         try:
             wait_for(lambda: len(upstream.clients) == 6 and len(server.clients) == 6)
             for i, conn in enumerate(conns):
@@ -225,23 +225,37 @@ class TestHandshake:
         assert headers["X-Forwarded-For"] == "127.0.0.1"
         assert headers["Host"] == "127.0.0.1:%d" % upstream.address[1]  # the upstream's, not the proxy's
         assert "X-Private" not in headers
-        with twspy.connect(url(server, "/"), timeout=5):
+        with twspy.connect(url(server, "/"), handshake_timeout=5):
             assert expect(upstream.events, "open")[1] == "/base"
 
     def test_subprotocol_chosen_by_upstream(self, relay):
         upstream, server = relay
-        with twspy.connect(url(server), protocols=["chat.v1", "chat.v2"], timeout=5) as conn:
+        with twspy.connect(url(server), protocols=["chat.v1", "chat.v2"], handshake_timeout=5) as conn:
             assert conn.protocol == "chat.v2"  # the upstream prefers v2; a local choice would be v1
             assert expect(upstream.events, "open")[3] == "chat.v2"
-        with twspy.connect(url(server), protocols=["other"], timeout=5) as conn:
+        with twspy.connect(url(server), protocols=["other"], handshake_timeout=5) as conn:
             assert conn.protocol is None
-        with twspy.connect(url(server), timeout=5) as conn:
+        with twspy.connect(url(server), handshake_timeout=5) as conn:
             assert conn.protocol is None
 
+    def test_one_name_for_the_handshake_deadline(self):
+        """Issue 11: handshake_timeout is both legs' deadline; upstream_timeout= still works, deprecated."""
+        server = ProxyServer("ws://127.0.0.1:1/", ("127.0.0.1", 0), handshake_timeout=3)
+        try:
+            assert server.upstream_timeout == 3 and server.sock.handshake_timeout == 3
+        finally:
+            server.shutdown()
+        with pytest.warns(DeprecationWarning, match="upstream_timeout"):
+            server = ProxyServer("ws://127.0.0.1:1/", ("127.0.0.1", 0), upstream_timeout=4)
+        try:
+            assert server.upstream_timeout == 4 and server.sock.handshake_timeout == 10.0
+        finally:
+            server.shutdown()
+
     def test_unreachable_upstream_is_502(self, proxy):
-        server = proxy("ws://127.0.0.1:%d/" % free_port(), upstream_timeout=5)
+        server = proxy("ws://127.0.0.1:%d/" % free_port(), handshake_timeout=5)
         with pytest.raises(twspy.HandshakeError) as info:
-            twspy.connect(url(server), timeout=5)
+            twspy.connect(url(server), handshake_timeout=5)
         assert info.value.status == 502
         assert b"upstream unavailable" in info.value.body
         answer = raw_request(server)
@@ -253,7 +267,7 @@ class TestHandshake:
         upstream = serve(type("Refuse%d" % status, (Refusing,), {"status": status}))
         server = proxy(url(upstream))
         with pytest.raises(twspy.HandshakeError) as info:
-            twspy.connect(url(server), timeout=5)
+            twspy.connect(url(server), handshake_timeout=5)
         assert info.value.status == relayed
         if status == 401:
             assert info.value.headers["WWW-Authenticate"] == 'Basic realm="up"'
@@ -264,7 +278,7 @@ class TestHandshake:
         with socket.create_connection(("127.0.0.1", server.address[1]), timeout=5) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert sock.recv(4096).startswith(b"HTTP/1.1 426 ")
-        with twspy.connect(url(server, "/after"), timeout=5):
+        with twspy.connect(url(server, "/after"), handshake_timeout=5):
             assert expect(upstream.events, "open")[1] == "/after"  # the first upstream client
 
     @pytest.mark.parametrize("header", ["Sec-WebSocket-Extensions: ;;;", "Sec-WebSocket-Protocol: a b"])
@@ -272,7 +286,7 @@ class TestHandshake:
         upstream, server = relay
         answer = raw_request(server, extra=header)
         assert answer.startswith(b"HTTP/1.1 400 ")
-        with twspy.connect(url(server, "/after"), timeout=5):
+        with twspy.connect(url(server, "/after"), handshake_timeout=5):
             assert expect(upstream.events, "open")[1] == "/after"
 
     def test_client_leaving_during_handshake(self, relay):
@@ -294,7 +308,7 @@ class TestHandshake:
 
         upstream = serve(Upstream)
         server = proxy(url(upstream), filters=[Refuse()])
-        with twspy.connect(url(server), timeout=5) as conn:
+        with twspy.connect(url(server), handshake_timeout=5) as conn:
             with pytest.raises(twspy.ConnectionClosed) as info:
                 conn.recv(5)
         assert (info.value.code, info.value.reason) == (4003, "nope")
@@ -314,9 +328,9 @@ class TestHandshake:
         thread = server.serve_in_thread()
         try:
             with pytest.raises(twspy.HandshakeError) as info:
-                twspy.connect(url(server), timeout=5)
+                twspy.connect(url(server), handshake_timeout=5)
             assert info.value.status == 401
-            with twspy.connect(url(server, "/in"), headers={"Authorization": "ok"}, timeout=5):
+            with twspy.connect(url(server, "/in"), headers={"Authorization": "ok"}, handshake_timeout=5):
                 assert expect(upstream.events, "open")[1] == "/in"  # the refused one never got there
         finally:
             server.shutdown()
@@ -328,7 +342,7 @@ class TestHandshake:
         upstream = serve(Upstream, ssl=context)
         base = "wss://localhost:%d/secure" % upstream.address[1]
         server = proxy(base, upstream_ssl=ssl.create_default_context(cafile=CERT))
-        with twspy.connect(url(server, "/x"), timeout=5) as conn:
+        with twspy.connect(url(server, "/x"), handshake_timeout=5) as conn:
             conn.send("over tls")
             assert conn.recv(5) == twspy.TextMessage("over tls")
             conn.send(b"z" * 300000)
@@ -341,14 +355,14 @@ class TestHandshake:
         upstream = serve(Upstream, ssl=context)
         server = proxy("wss://localhost:%d/" % upstream.address[1])  # the system CAs do not know it
         with pytest.raises(twspy.HandshakeError) as info:
-            twspy.connect(url(server), timeout=5)
+            twspy.connect(url(server), handshake_timeout=5)
         assert info.value.status == 502
 
 
 class TestControlFrames:
     def test_ping_from_client_reaches_upstream(self, relay):
         upstream, server = relay
-        with twspy.connect(url(server), timeout=5) as conn:
+        with twspy.connect(url(server), handshake_timeout=5) as conn:
             conn.send_ping(b"abc")
             conn.send("sync")
             assert conn.recv(5) == twspy.TextMessage("sync")
@@ -358,7 +372,7 @@ class TestControlFrames:
 
     def test_ping_from_upstream_reaches_client(self, relay):
         upstream, server = relay
-        with twspy.connect(url(server), connection_class=Recording, timeout=5) as conn:
+        with twspy.connect(url(server), connection_class=Recording, handshake_timeout=5) as conn:
             conn.send("ping")
             assert conn.recv(5) == twspy.TextMessage("pinged")  # sent after the ping, on the same leg
             assert conn.pings == [b"up"]
@@ -368,7 +382,7 @@ class TestControlFrames:
     def test_keepalive_pongs_stay_on_their_leg(self, serve, proxy):
         upstream = serve(Upstream)
         server = proxy(url(upstream), ping_interval=0.05)  # keepalive pings on both legs
-        with twspy.connect(url(server), connection_class=Recording, timeout=5) as conn:
+        with twspy.connect(url(server), connection_class=Recording, handshake_timeout=5) as conn:
             assert len(expect(upstream.events, "ping")[1]) == 4  # the upstream leg's keepalive
             deadline = time.monotonic() + 5
             while not conn.pings:  # the client leg's keepalive, answered inside recv()
@@ -388,7 +402,7 @@ class TestControlFrames:
 class TestClosing:
     def test_client_close_code_reaches_upstream(self, relay):
         upstream, server = relay
-        conn = twspy.connect(url(server), timeout=5)
+        conn = twspy.connect(url(server), handshake_timeout=5)
         conn.close(4001, "bye")
         assert conn.close_code == 4001
         assert expect(upstream.events, "close") == ("close", 4001, "bye")
@@ -396,7 +410,7 @@ class TestClosing:
 
     def test_client_close_without_status(self, relay):
         upstream, server = relay
-        conn = twspy.connect(url(server), extensions=[], timeout=5)
+        conn = twspy.connect(url(server), extensions=[], handshake_timeout=5)
         conn.sock.send(twspy.Frame(twspy.OPCODE_CLOSE, b""))  # a close frame without a code (1005)
         with pytest.raises(twspy.ConnectionClosed):
             conn.recv(5)
@@ -404,7 +418,7 @@ class TestClosing:
 
     def test_upstream_close_code_reaches_client(self, relay):
         upstream, server = relay
-        with twspy.connect(url(server), timeout=5) as conn:
+        with twspy.connect(url(server), handshake_timeout=5) as conn:
             conn.send("close")
             with pytest.raises(twspy.ConnectionClosed) as info:
                 conn.recv(5)
@@ -415,7 +429,7 @@ class TestClosing:
 
     def test_upstream_vanishing_is_1014(self, relay):
         upstream, server = relay
-        with twspy.connect(url(server), timeout=5) as conn:
+        with twspy.connect(url(server), handshake_timeout=5) as conn:
             conn.send("abort")
             with pytest.raises(twspy.ConnectionClosed) as info:
                 conn.recv(5)
@@ -425,7 +439,7 @@ class TestClosing:
 
     def test_client_vanishing_is_1001_upstream(self, relay):
         upstream, server = relay
-        conn = twspy.connect(url(server), timeout=5)
+        conn = twspy.connect(url(server), handshake_timeout=5)
         expect(upstream.events, "open")
         conn.abort()
         assert expect(upstream.events, "close")[1:] == (1001, "client connection lost")
@@ -437,7 +451,7 @@ class TestClosing:
         thread = server.serve_in_thread()
         stopper = threading.Thread(target=server.shutdown)
         try:
-            conn = twspy.connect(url(server), timeout=5)
+            conn = twspy.connect(url(server), handshake_timeout=5)
             expect(upstream.events, "open")
             wait_for(lambda: server.clients)  # the proxy's client leg is open, not just handshaken
             stopper.start()
@@ -465,7 +479,7 @@ def test_cli_proxy(serve):
         match = re.search(r"twspy proxy on ws://127\.0\.0\.1:(\d+)/ -> (\S+)", line)
         assert match, line
         assert match.group(2) == url(upstream, "/up")
-        with twspy.connect("ws://127.0.0.1:%s/down?q=1" % match.group(1), timeout=5) as conn:
+        with twspy.connect("ws://127.0.0.1:%s/down?q=1" % match.group(1), handshake_timeout=5) as conn:
             conn.send("via cli")
             assert conn.recv(5) == twspy.TextMessage("via cli")
         assert expect(upstream.events, "open")[1] == "/up/down?q=1"
@@ -485,7 +499,7 @@ class TestUpstreamProxy:
     def test_through_tinyproxy(self, serve, proxy, tinyproxy):  # noqa: F811
         upstream = serve(Upstream)
         relay = proxy(url(upstream), upstream_proxy="http://user:pa55@" + tinyproxy)
-        with twspy.connect(url(relay, "/via"), timeout=5, proxy=False) as conn:
+        with twspy.connect(url(relay, "/via"), handshake_timeout=5, proxy=False) as conn:
             conn.send("proxied")
             assert conn.recv(5) == twspy.TextMessage("proxied")
         assert expect(upstream.events, "open")[1] == "/via"
@@ -494,7 +508,7 @@ class TestUpstreamProxy:
         upstream = serve(Upstream)
         relay = proxy(url(upstream), upstream_proxy="http://user:wrong@" + tinyproxy)
         with pytest.raises(twspy.HandshakeError) as info:
-            twspy.connect(url(relay), timeout=5, proxy=False)
+            twspy.connect(url(relay), handshake_timeout=5, proxy=False)
         assert info.value.status == 502 and b"401 Unauthorized" in info.value.body  # the proxy's answer, named
         assert upstream.events.empty()
 
@@ -506,9 +520,10 @@ class TestUpstreamProxy:
             monkeypatch.delenv("no_proxy", raising=False)
             monkeypatch.delenv("NO_PROXY", raising=False)
             with pytest.raises(twspy.HandshakeError) as info:
-                twspy.connect(url(proxy(url(upstream))), timeout=5, proxy=False)
+                twspy.connect(url(proxy(url(upstream))), handshake_timeout=5, proxy=False)
             assert info.value.status == 502
-            with twspy.connect(url(proxy(url(upstream), upstream_proxy=False)), timeout=5, proxy=False) as conn:
+            with twspy.connect(url(proxy(url(upstream), upstream_proxy=False)), handshake_timeout=5,
+                               proxy=False) as conn:
                 conn.send("direct")
                 assert conn.recv(5) == twspy.TextMessage("direct")
 
@@ -521,7 +536,7 @@ class TestUpstreamProxy:
         try:
             match = re.search(r"twspy proxy on ws://127\.0\.0\.1:(\d+)/", proc.stderr.readline())
             assert match
-            with twspy.connect("ws://127.0.0.1:%s/" % match.group(1), timeout=5, proxy=False) as conn:
+            with twspy.connect("ws://127.0.0.1:%s/" % match.group(1), handshake_timeout=5, proxy=False) as conn:
                 conn.send("cli via tinyproxy")
                 assert conn.recv(5) == twspy.TextMessage("cli via tinyproxy")
             proc.send_signal(signal.SIGINT)
@@ -565,13 +580,13 @@ class TestConfinement:
         server = proxy(url(upstream, "/base"))
         answer = raw_request(server, "/..//x")
         assert answer.startswith(b"HTTP/1.1 400 ")
-        with twspy.connect(url(server, "/after"), timeout=5):
+        with twspy.connect(url(server, "/after"), handshake_timeout=5):
             assert expect(upstream.events, "open")[1] == "/base/after"  # the first to reach it
 
     def test_client_forwarded_for_is_kept_and_appended_to(self, serve, proxy):
         upstream = serve(Upstream)
         server = proxy(url(upstream))
-        with twspy.connect(url(server), headers={"X-Forwarded-For": "203.0.113.7"}, timeout=5):
+        with twspy.connect(url(server), headers={"X-Forwarded-For": "203.0.113.7"}, handshake_timeout=5):
             headers = expect(upstream.events, "open")[2]
         assert headers["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"
 
@@ -590,9 +605,9 @@ class TestResources:
         # A bounded flood of every way a client may come and go, then threads and fds go back
         # to what they were (bounded by close_timeout: a leg that does not answer is cut).
         upstream = serve(Upstream, close_timeout=1)
-        server = proxy(url(upstream), close_timeout=1, upstream_timeout=5)
+        server = proxy(url(upstream), close_timeout=1, handshake_timeout=5)
         port = server.address[1]
-        with twspy.connect(url(server), timeout=5) as conn:  # warm up (the keepalive watchdog)
+        with twspy.connect(url(server), handshake_timeout=5) as conn:  # warm up (the keepalive watchdog)
             conn.send("x")
             conn.recv(5)
         wait_for(lambda: not server.clients and not upstream.clients and not proxy_threads())
@@ -601,26 +616,26 @@ class TestResources:
         def client(i):
             kind = i % 7
             if kind == 0:  # a polite client
-                with twspy.connect(url(server, "/x"), timeout=5) as conn:
+                with twspy.connect(url(server, "/x"), handshake_timeout=5) as conn:
                     conn.send("hi")
                     conn.recv(5)
             elif kind == 1:  # vanishes after a message
-                conn = twspy.connect(url(server, "/x"), timeout=5)
+                conn = twspy.connect(url(server, "/x"), handshake_timeout=5)
                 conn.send("hi")
                 conn.abort()
             elif kind in (2, 3):  # an upgrade request, then gone before the answer (or half of one)
                 with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
                     sock.sendall(upgrade_request("/x") if kind == 2 else b"GET / HTTP/1.1\r\n")
             elif kind == 4:  # half-closes after the upgrade
-                conn = twspy.connect(url(server, "/x"), timeout=5)
+                conn = twspy.connect(url(server, "/x"), handshake_timeout=5)
                 conn.sock.sock.shutdown(socket.SHUT_WR)
                 conn.abort()
             elif kind == 5:  # a frame cut short
-                conn = twspy.connect(url(server, "/x"), timeout=5)
+                conn = twspy.connect(url(server, "/x"), handshake_timeout=5)
                 conn.sock.sock.sendall(b"\x81\xfe\x10\x00abcd" + b"x" * 100)
                 conn.abort()
             else:  # a close frame, then gone without waiting for the answer
-                conn = twspy.connect(url(server, "/x"), timeout=5)
+                conn = twspy.connect(url(server, "/x"), handshake_timeout=5)
                 conn.start_close(1000)
                 conn.abort()
 
@@ -642,13 +657,13 @@ class TestResources:
             start(thread)
 
         monkeypatch.setattr(threading.Thread, "start", failing)
-        with twspy.connect(url(server), timeout=5) as conn:
+        with twspy.connect(url(server), handshake_timeout=5) as conn:
             with pytest.raises(twspy.ConnectionClosed) as info:
                 conn.recv(5)
         assert info.value.code == 1013
         assert expect(upstream.events, "close")[1] in (1001, 1013)  # the upstream leg is closed too
         monkeypatch.undo()
-        with twspy.connect(url(server), timeout=5) as conn:
+        with twspy.connect(url(server), handshake_timeout=5) as conn:
             conn.send("again")
             assert conn.recv(5) == twspy.TextMessage("again")
         wait_for(lambda: not server.clients and not upstream.clients)

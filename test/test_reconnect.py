@@ -100,7 +100,7 @@ class Closer(EchoServer):
 def test_final_close_codes(serve, code, again):
     server = serve(type("C%d" % code, (Closer,), {"code": code}))
     opened = 0
-    for conn in twspy.reconnect(url(server), first_delay=0.001, timeout=5):
+    for conn in twspy.reconnect(url(server), first_delay=0.001, handshake_timeout=5):
         opened += 1
         conn.send("x")
         with pytest.raises(twspy.ConnectionClosed):
@@ -114,7 +114,7 @@ def test_final_close_codes(serve, code, again):
 def test_final_codes_configurable(serve):
     server = serve(type("C", (Closer,), {"code": 1008}))
     opened = 0
-    for conn in twspy.reconnect(url(server), first_delay=0.001, final_codes=(), timeout=5):
+    for conn in twspy.reconnect(url(server), first_delay=0.001, final_codes=(), handshake_timeout=5):
         opened += 1
         conn.send("x")
         list(conn)
@@ -158,7 +158,7 @@ def test_handshake_answers(status, retried):
 
 def test_break_closes_the_connection(serve):
     server = serve(EchoServer)
-    gen = twspy.reconnect(url(server), timeout=5)
+    gen = twspy.reconnect(url(server), handshake_timeout=5)
     conn = next(gen)
     gen.close()  # what leaving the for loop does once nothing refers to it
     assert conn.closed and conn.close_code == 1000
@@ -173,7 +173,8 @@ def test_stop_event_ends_the_wait(retry_log):
     results = []
 
     def run():
-        results.extend(twspy.reconnect("ws://127.0.0.1:%d/" % port, first_delay=30, stop=stop_event, timeout=5))
+        results.extend(twspy.reconnect("ws://127.0.0.1:%d/" % port, first_delay=30, stop=stop_event,
+                                       handshake_timeout=5))
 
     thread = threading.Thread(target=run)
     thread.start()

@@ -34,7 +34,7 @@ def upgrade(path="/", **headers) -> bytes:
 
 
 def echo_once(server, text="through"):
-    with twspy.connect(url(server), extensions=[], timeout=TIMEOUT) as conn:
+    with twspy.connect(url(server), extensions=[], handshake_timeout=TIMEOUT) as conn:
         conn.send(text)
         assert conn.recv(TIMEOUT).payload == text
 
@@ -76,10 +76,10 @@ class TestIdleSockets:
     def test_max_connections_counts_upgraded_clients(self, serve):
         server = serve(EchoServer, max_connections=2, extensions=[])
         idle = connect_idle(server, 5)
-        a = twspy.connect(url(server), extensions=[], timeout=TIMEOUT)
-        b = twspy.connect(url(server), extensions=[], timeout=TIMEOUT)
+        a = twspy.connect(url(server), extensions=[], handshake_timeout=TIMEOUT)
+        b = twspy.connect(url(server), extensions=[], handshake_timeout=TIMEOUT)
         with pytest.raises(twspy.HandshakeError) as info:
-            twspy.connect(url(server), extensions=[], timeout=TIMEOUT)
+            twspy.connect(url(server), extensions=[], handshake_timeout=TIMEOUT)
         assert info.value.status == 503
         a.close()
         wait_for(lambda: len(server._threads) < 2)
@@ -183,7 +183,7 @@ class TestThreadStartFails:
         with caplog.at_level(logging.WARNING, logger="twspy.server"):
             for _ in range(3):
                 with pytest.raises(twspy.HandshakeError) as info:
-                    twspy.connect(url(server), extensions=[], timeout=TIMEOUT)
+                    twspy.connect(url(server), extensions=[], handshake_timeout=TIMEOUT)
                 assert info.value.status == 503
         assert len([r for r in caplog.records if "cannot start a thread" in r.getMessage()]) == 1
         failing.clear()
@@ -265,7 +265,7 @@ class TestAnyException:
                 closed.append(code)
 
         server = serve(Exiting, extensions=[])
-        conn = twspy.connect(url(server), extensions=[], timeout=TIMEOUT)
+        conn = twspy.connect(url(server), extensions=[], handshake_timeout=TIMEOUT)
         conn.send("bye")
         with pytest.raises(twspy.ConnectionClosed) as info:  # used to wait for ever: the socket was left open
             conn.recv(TIMEOUT)
@@ -290,7 +290,7 @@ class TestAnyException:
                     sys.exit(3)
 
         server = serve(Exiting, extensions=[], filters=[ExitFilter()] if where == "filter" else [])
-        conn = twspy.connect(url(server), extensions=[], timeout=TIMEOUT)
+        conn = twspy.connect(url(server), extensions=[], handshake_timeout=TIMEOUT)
         conn.send("bye")
         with pytest.raises(twspy.ConnectionClosed) as info:
             conn.recv(TIMEOUT)
@@ -306,7 +306,7 @@ class TestAnyException:
 
         server = serve(Broken, protocols=["a"], extensions=[])
         with pytest.raises(twspy.HandshakeError) as info:  # used to be a close with no HTTP answer
-            twspy.connect(url(server), protocols=["a"], extensions=[], timeout=TIMEOUT)
+            twspy.connect(url(server), protocols=["a"], extensions=[], handshake_timeout=TIMEOUT)
         assert info.value.status == 500
         assert any(r.exc_info and r.exc_info[1] is exc for r in caplog.records)
         echo_once(server)
@@ -318,7 +318,7 @@ class TestAnyException:
 
         server = serve(Broken)
         with pytest.raises(twspy.HandshakeError) as info:
-            twspy.connect(url(server), extensions=[], timeout=TIMEOUT)
+            twspy.connect(url(server), extensions=[], handshake_timeout=TIMEOUT)
         assert info.value.status == 500
 
 
@@ -432,7 +432,7 @@ class TestReuseAddress:
     def test_server_port_rebinds_after_shutdown_with_clients(self, serve):
         server = serve(EchoServer, extensions=[])
         port = server.address[1]
-        conn = twspy.connect(url(server), extensions=[], timeout=TIMEOUT)
+        conn = twspy.connect(url(server), extensions=[], handshake_timeout=TIMEOUT)
         server.shutdown()
         with pytest.raises(twspy.ConnectionClosed):
             conn.recv(TIMEOUT)

@@ -88,3 +88,41 @@ class TestLargeFrames:
         with pytest.raises(twspy.ConnectionClosed) as info:
             ws.recv(timeout=5)
         assert info.value.code == 1006
+
+
+def test_a_refused_handshake_answer_is_closed_with_1010_by_the_core():
+    """RFC 7692 §5.1 / RFC 6455 §7.4.1: a 101 with an extension we did not offer: the client
+    says why (1010, masked) before leaving; the close frame comes from the sans-I/O core."""
+    from twspy.frame import FrameParser, decode_close
+    from twspy.handshake import accept_key, parse_request
+
+    a, b = socket.socketpair()
+    a.settimeout(5)
+    b.settimeout(5)
+    ws = twspy.websocket(a)
+    received = []
+
+    def server():
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += b.recv(4096)
+        key = parse_request(head).headers["Sec-WebSocket-Key"]
+        b.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n"
+                  b"Sec-WebSocket-Extensions: x-unknown\r\n\r\n")
+        parser = FrameParser(require_mask=True)
+        while not received:
+            parser.feed(b.recv(4096))
+            received.extend(parser)
+
+    thread = threading.Thread(target=server)
+    thread.start()
+    try:
+        with pytest.raises(twspy.NegotiationError):
+            ws.client_handshake("127.0.0.1")
+    finally:
+        thread.join(5)
+        ws.close()
+        b.close()
+    assert received[0].opcode == twspy.OPCODE_CLOSE and received[0].masking_key is not None
+    assert decode_close(received[0].payload)[0] == 1010

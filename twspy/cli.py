@@ -8,7 +8,7 @@
     twspy proxy   --upstream URL [--upstream-proxy URL | --no-upstream-proxy] [--insecure] [--host H] [--port P]
                   [--max-size N] [--certfile F --keyfile F] [--quiet]
     twspy connect URL [-x MSG]... [-w SECS] [-b] [-P] [--slash] [--ping-interval SECS] [-H "K: V"]
-                  [-s P] [-o O] [-k] [--no-compression] [--max-size N] [--open-timeout SECS]
+                  [-s P] [-o O] [-k] [--no-compression] [--max-size N] [--handshake-timeout SECS]
                   [--proxy URL | --no-proxy | --unix PATH] [-q]
     twspy --version
 
@@ -101,6 +101,17 @@ def _size(text: str) -> int:
 
 # the others are strings
 _SERVE_TYPES: Dict[str, Callable[[str], Any]] = {"port": int, "max_size": _size, "max_connections": int}
+
+
+class _Renamed(argparse.Action):
+    """A flag's former spelling: still accepted, with a note on stderr (issue 11, one option vocabulary)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if option_string in ("--open-timeout",):
+            print("twspy: %s is deprecated; use --%s" % (option_string, self.dest.replace("_", "-")),
+                  file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def _listen_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -216,8 +227,9 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--no-compression", action="store_true", help="do not offer permessage-deflate")
     client.add_argument("--max-size", type=_size, default=DEFAULT_MAX_SIZE, metavar="SIZE",
                         help="largest message accepted (default 1M)")
-    client.add_argument("--open-timeout", type=float, default=10.0, metavar="SECS",
-                        help="seconds for TCP, proxy, TLS and the upgrade (default 10)")
+    client.add_argument("--handshake-timeout", "--open-timeout", dest="handshake_timeout", type=float, default=10.0,
+                        action=_Renamed, metavar="SECS", help="seconds for TCP, proxy, TLS and the upgrade (default 10; "
+                                             "--open-timeout is the former spelling)")
     client.add_argument("--proxy", metavar="URL",
                         help="http://, https://, socks5://, socks5h://, socks4:// or socks4a:// proxy, with "
                              "optional user:password@ (default: http_proxy / https_proxy / all_proxy, no_proxy)")
@@ -722,7 +734,7 @@ def _connect(args: argparse.Namespace) -> int:
     try:
         conn = connect(args.url, protocols=args.subprotocol or None, origin=args.origin, headers=headers,
                        ssl=_client_context(args.url, args.insecure), extensions=[] if args.no_compression else None,
-                       max_size=args.max_size, timeout=args.open_timeout, connection_class=connection_class,
+                       max_size=args.max_size, handshake_timeout=args.handshake_timeout, connection_class=connection_class,
                        ping_interval=args.ping_interval or None, proxy=proxy, unix_path=args.unix)
     except (WebSocketError, OSError, ValueError) as exc:  # TimeoutError, ssl.SSLError, a bad proxy URL
         out.error("twspy connect: could not connect to %s: %s" % (_redact_url(args.url),

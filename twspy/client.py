@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
-import os
 import random
 import re
 import socket
@@ -13,16 +10,27 @@ import ssl as _ssl
 import threading
 import time
 import urllib.parse
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Type, Union
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
-from .connection import CONNECTION_OPTIONS, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
+from .connection import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_MAX_FRAGMENTS,
+    DEFAULT_MAX_OUTBOX,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    Connection,
+)
 from .errors import HandshakeError, InvalidURI, NegotiationError, ProxyError, RedirectError
 from .extension import Extension
-from .handshake import Headers
+from .handshake import MAX_HEADER_SIZE, Headers, basic_auth, digest_auth
 from .permessage_deflate import default_extensions
 from .proxies import open_tunnel, parse_proxy, proxy_for, wrap_tls_inside
 from .uri import WebSocketURI, parse_uri
-from .websocket import websocket
+from .websocket import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_SIZE, DEFAULT_WRITE_TIMEOUT, websocket
 
 __all__ = ["connect", "reconnect", "DEFAULT_FINAL_CODES", "FINAL_STATUSES", "basic_auth", "digest_auth",
            "default_extensions", "MAX_REDIRECTS", "MAX_AUTH_ATTEMPTS", "CREDENTIAL_HEADERS"]
@@ -38,56 +46,23 @@ DEFAULT_FINAL_CODES = frozenset((1000, 1002, 1003, 1007, 1008, 1009, 1010))
 FINAL_STATUSES = frozenset((400, 401, 403, 404, 407))
 #: Request headers dropped on a redirect to another scheme, host or port (compared lowercase).
 CREDENTIAL_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization"))
-_WEBSOCKET_OPTIONS = ("max_size", "max_header_size", "handshake_timeout", "write_timeout")
+_UNSET: Any = object()  # connect(timeout=) not given
 
 
-def basic_auth(user: str, password: str) -> str:
-    """An ``Authorization`` value for HTTP Basic auth (RFC 7617)."""
-    return "Basic " + base64.b64encode(("%s:%s" % (user, password)).encode("utf-8")).decode("ascii")
-
-
-_DIGEST_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
-
-
-def digest_auth(challenge: str, user: str, password: str, method: str, uri: str) -> str:
-    """An ``Authorization`` value answering a Digest challenge (RFC 7616; MD5/SHA-256, qop=auth)."""
-    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-              for m in _DIGEST_PARAM.finditer(challenge.split(" ", 1)[1] if " " in challenge else "")}
-    realm, nonce = params.get("realm", ""), params.get("nonce", "")
-    algorithm = params.get("algorithm", "MD5")
-    hash_name = {"MD5": "md5", "SHA-256": "sha256"}.get(algorithm.upper().replace("-SESS", ""), None)
-    if hash_name is None:
-        raise HandshakeError("unsupported Digest algorithm %s" % algorithm, 401)
-
-    def h(text: str) -> str:
-        return hashlib.new(hash_name, text.encode("utf-8")).hexdigest()
-
-    cnonce = os.urandom(8).hex()
-    nc = "00000001"
-    ha1 = h("%s:%s:%s" % (user, realm, password))
-    if algorithm.upper().endswith("-SESS"):
-        ha1 = h("%s:%s:%s" % (ha1, nonce, cnonce))
-    ha2 = h("%s:%s" % (method, uri))
-    qops = [q.strip() for q in params.get("qop", "").split(",") if q.strip()]
-    fields = ['username="%s"' % user, 'realm="%s"' % realm, 'nonce="%s"' % nonce, 'uri="%s"' % uri,
-              "algorithm=%s" % algorithm]
-    if "auth" in qops:
-        response = h("%s:%s:%s:%s:auth:%s" % (ha1, nonce, nc, cnonce, ha2))
-        fields += ["qop=auth", "nc=%s" % nc, 'cnonce="%s"' % cnonce]
-    else:
-        response = h("%s:%s:%s" % (ha1, nonce, ha2))
-    fields.append('response="%s"' % response)
-    if "opaque" in params:
-        fields.append('opaque="%s"' % params["opaque"])
-    return "Digest " + ", ".join(fields)
-
-
-def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Optional[Sequence[Extension]] = None,
-            origin: Optional[str] = None, headers: Union[None, Mapping[str, str], Iterable[Tuple[str, str]]] = None,
-            ssl: Optional[_ssl.SSLContext] = None, timeout: Optional[float] = 10,
-            connection_class: Type[Connection] = Connection, *, proxy: Union[None, bool, str] = None,
-            proxy_ssl: Optional[_ssl.SSLContext] = None, unix_path: Optional[str] = None,
-            **options: Any) -> Connection:
+def connect(url: str, protocols: Sequence[str] | None = None, extensions: Sequence[Extension] | None = None,
+            origin: str | None = None, headers: None | Mapping[str, str] | Iterable[tuple[str, str]] = None,
+            ssl: _ssl.SSLContext | None = None, timeout: Any = _UNSET,
+            connection_class: type[Connection] = Connection, *, proxy: None | bool | str = None,
+            proxy_ssl: _ssl.SSLContext | None = None, unix_path: str | None = None,
+            handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+            max_size: int | None = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
+            write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
+            close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+            ping_interval: float | None = DEFAULT_PING_INTERVAL,
+            ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
+            max_queue: int = DEFAULT_MAX_QUEUE, max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+            max_outbox: int = DEFAULT_MAX_OUTBOX, max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
+            queue_messages: bool = False, background: bool = True) -> Connection:
     """Open a WebSocket connection to a ws:// or wss:// ``url`` and return it.
 
     Follows redirects (up to MAX_REDIRECTS) and answers a 401 with Basic or Digest auth
@@ -102,7 +77,7 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
         origin: the Origin header. headers: extra request headers.
         ssl: SSLContext for wss:// (default: ``ssl.create_default_context()``, which
             checks the certificate and the hostname, with SNI).
-        timeout: seconds for TCP connect + TLS + the HTTP upgrade (``handshake_timeout``).
+        timeout: deprecated spelling of ``handshake_timeout`` (DeprecationWarning).
         connection_class: the Connection subclass to build.
         proxy: ``None`` (default) or True: the environment's proxy, as urllib picks it (ws:// uses
             ``http_proxy``, wss:// ``https_proxy``, then ``all_proxy``; ``no_proxy`` honoured);
@@ -112,8 +87,12 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
         proxy_ssl: SSLContext for an https:// proxy (default: the system's, verifying it).
         unix_path: connect to this Unix domain socket instead of the URL's host and port
             (the URL still gives the Host header and the path); no proxy is used.
-        **options: ``max_size``, ``max_header_size``, ``close_timeout``, ``max_queue``, ...;
-            ``background=False`` turns off reading in the background (see Connection).
+        handshake_timeout: seconds for TCP connect + TLS + the HTTP upgrade (None: no limit).
+        max_size, max_header_size, write_timeout: see :class:`~twspy.websocket.websocket`.
+        close_timeout, ping_interval, ping_timeout, max_queue, max_queue_bytes, max_outbox,
+            max_fragments, queue_messages, background: see :class:`~twspy.connection.Connection`;
+            keepalive pings every 20 s by default, and ``background=False`` turns off reading in
+            the background. The README's option table lists them all with their defaults.
 
     Raises:
         InvalidURI, HandshakeError (``status``, ``headers``, ``body`` of the answer),
@@ -122,14 +101,16 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
     if extensions is None:
         extensions = default_extensions()
     header_list = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
-    conn_options = {k: options.pop(k) for k in CONNECTION_OPTIONS if k in options}
-    conn_options.setdefault("ping_interval", DEFAULT_PING_INTERVAL)
-    conn_options.setdefault("ping_timeout", DEFAULT_PING_TIMEOUT)
-    conn_options.setdefault("background", True)  # pings answered while the caller is not in recv()
-    ws_options = {k: options.pop(k) for k in _WEBSOCKET_OPTIONS if k in options}
-    ws_options.setdefault("handshake_timeout", timeout)
-    if options:
-        raise TypeError("unexpected options: %s" % ", ".join(sorted(options)))
+    if timeout is not _UNSET:
+        warnings.warn("connect(timeout=) is deprecated: use handshake_timeout=", DeprecationWarning, stacklevel=2)
+        handshake_timeout = timeout
+    # background: pings answered while the caller is not in recv()
+    conn_options: dict[str, Any] = dict(
+        close_timeout=close_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout, max_queue=max_queue,
+        max_queue_bytes=max_queue_bytes, max_outbox=max_outbox, max_fragments=max_fragments,
+        queue_messages=queue_messages, background=background)
+    ws_options: dict[str, Any] = dict(handshake_timeout=handshake_timeout, max_size=max_size,
+                                      max_header_size=max_header_size, write_timeout=write_timeout)
     if proxy is True:  # "a proxy, the usual one": the environment's
         proxy = None
     if unix_path is not None and proxy:
@@ -138,7 +119,7 @@ def connect(url: str, protocols: Optional[Sequence[str]] = None, extensions: Opt
         parse_proxy(proxy)  # ValueError now for a bad proxy URL
     route = _Route(proxy, proxy_ssl, unix_path)
     uri = parse_uri(url)
-    auth_header: Optional[str] = None
+    auth_header: str | None = None
     auth_attempts = 0
     for _ in range(MAX_REDIRECTS + 1):
         extra = header_list + ([("Authorization", auth_header)] if auth_header else [])
@@ -181,7 +162,7 @@ def _redirect_target(uri: WebSocketURI, location: str, exc: HandshakeError) -> W
     return new
 
 
-def _answer_challenge(challenges: List[str], uri: WebSocketURI) -> Optional[str]:
+def _answer_challenge(challenges: list[str], uri: WebSocketURI) -> str | None:
     user, password = uri.user_info  # type: ignore[misc]
     for challenge in challenges:
         scheme = challenge.split(" ", 1)[0].lower()
@@ -200,12 +181,12 @@ def _http_url(uri: WebSocketURI) -> str:
 class _Route(NamedTuple):
     """How to reach the server: directly, through a proxy (None: the environment's), or a Unix socket."""
 
-    proxy: Union[None, bool, str]
-    proxy_ssl: Optional[_ssl.SSLContext]
-    unix_path: Optional[str]
+    proxy: None | bool | str
+    proxy_ssl: _ssl.SSLContext | None
+    unix_path: str | None
 
 
-def _connect_socket(uri: WebSocketURI, route: _Route, timeout: Optional[float]) -> Tuple[socket.socket, Any]:
+def _connect_socket(uri: WebSocketURI, route: _Route, timeout: float | None) -> tuple[socket.socket, Any]:
     """A connected socket to the server (or a tunnel to it) and the peer address to report."""
     if route.unix_path is not None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -228,8 +209,8 @@ def _connect_socket(uri: WebSocketURI, route: _Route, timeout: Optional[float]) 
     return sock, (uri.host, uri.port)
 
 
-def _open(uri: WebSocketURI, protocols: Sequence[str], extensions: Sequence[Extension], origin: Optional[str],
-          headers: List[Tuple[str, str]], ssl: Optional[_ssl.SSLContext], ws_options: Dict[str, Any],
+def _open(uri: WebSocketURI, protocols: Sequence[str], extensions: Sequence[Extension], origin: str | None,
+          headers: list[tuple[str, str]], ssl: _ssl.SSLContext | None, ws_options: dict[str, Any],
           route: _Route) -> websocket:
     timeout = ws_options.get("handshake_timeout")
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -255,8 +236,8 @@ def _open(uri: WebSocketURI, protocols: Sequence[str], extensions: Sequence[Exte
 
 
 def reconnect(url: str, *, first_delay: float = 1.0, max_delay: float = 60.0, factor: float = 2.0,
-              final_codes: Iterable[int] = DEFAULT_FINAL_CODES, max_tries: Optional[int] = None,
-              stop: Optional[threading.Event] = None, **connect_options: Any) -> Iterator[Connection]:
+              final_codes: Iterable[int] = DEFAULT_FINAL_CODES, max_tries: int | None = None,
+              stop: threading.Event | None = None, **connect_options: Any) -> Iterator[Connection]:
     """Yield an open connection to ``url``, and a new one each time the previous one is lost.
 
     ::
@@ -290,7 +271,7 @@ def reconnect(url: str, *, first_delay: float = 1.0, max_delay: float = 60.0, fa
     shown = _shown_url(url)
     delay = first_delay
     failures = 0
-    conn: Optional[Connection] = None
+    conn: Connection | None = None
     try:
         while stop is None or not stop.is_set():
             try:

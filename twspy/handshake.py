@@ -12,8 +12,9 @@ import binascii
 import hashlib
 import os
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from http import HTTPStatus
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Union
 
 from .errors import HandshakeError, NegotiationError
 from .extension import Extension, ExtensionCodec, negotiate_client, negotiate_server, offer_header, parse_tokens
@@ -22,7 +23,7 @@ __all__ = [
     "GUID", "Headers", "Request", "Response", "accept_key", "make_key", "read_head",
     "parse_request", "parse_response", "build_request", "build_response", "error_response",
     "server_handshake", "check_response", "chosen_subprotocol", "has_token", "MAX_HEADER_SIZE",
-    "Reply", "reply_response", "head_end",
+    "Reply", "reply_response", "head_end", "basic_auth", "digest_auth",
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -49,17 +50,17 @@ class Headers:
 
     __slots__ = ("_items",)
 
-    def __init__(self, items: Iterable[Tuple[str, str]] = ()) -> None:
-        self._items: List[Tuple[str, str]] = list(items)
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: list[tuple[str, str]] = list(items)
 
     def add(self, name: str, value: str) -> None:
         self._items.append((name, value))
 
-    def get_all(self, name: str) -> List[str]:
+    def get_all(self, name: str) -> list[str]:
         lname = name.lower()
         return [v for k, v in self._items if k.lower() == lname]
 
-    def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
+    def get(self, name: str, default: str | None = None) -> str | None:
         """The value of ``name``; several lines are joined with ``", "`` (RFC 7230 §3.2.2)."""
         values = self.get_all(name)
         return ", ".join(values) if values else default
@@ -79,7 +80,7 @@ class Headers:
     def __len__(self) -> int:
         return len(self._items)
 
-    def items(self) -> List[Tuple[str, str]]:
+    def items(self) -> list[tuple[str, str]]:
         return list(self._items)
 
     def __repr__(self) -> str:
@@ -99,7 +100,7 @@ class Request:
     def __init__(self, method: str, path: str, version: str, headers: Headers, address: Any = None) -> None:
         self.method, self.path, self.version, self.headers = method, path, version, headers
         self.address = address
-        self.state: Dict[str, Any] = {}
+        self.state: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return "<Request %s %s>" % (self.method, self.path.partition("?")[0])  # no query: it may hold a token
@@ -124,7 +125,7 @@ def make_key() -> str:
     return base64.b64encode(os.urandom(16)).decode("ascii")
 
 
-def head_end(buf: Union[bytes, bytearray], start: int = 0, max_size: int = MAX_HEADER_SIZE) -> int:
+def head_end(buf: bytes | bytearray, start: int = 0, max_size: int = MAX_HEADER_SIZE) -> int:
     """Where the HTTP head at the start of ``buf`` ends (just past its blank line), or -1.
 
     For incremental readers: ``start`` is how much of ``buf`` an earlier call already
@@ -148,7 +149,7 @@ def head_end(buf: Union[bytes, bytearray], start: int = 0, max_size: int = MAX_H
 
 
 def read_head(recv: Callable[[int], bytes], max_size: int = MAX_HEADER_SIZE,
-              received: bytes = b"") -> Tuple[bytes, bytes]:
+              received: bytes = b"") -> tuple[bytes, bytes]:
     """Read an HTTP head with ``recv`` until the blank line: ``(head, bytes after it)``.
 
     ``received``: bytes already read (by a caller's own loop), parsed before any ``recv``.
@@ -169,7 +170,7 @@ def read_head(recv: Callable[[int], bytes], max_size: int = MAX_HEADER_SIZE,
         buf += chunk
 
 
-def _parse_head(head: bytes) -> Tuple[str, Headers]:
+def _parse_head(head: bytes) -> tuple[str, Headers]:
     try:
         text = head.decode("iso-8859-1")
     except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
@@ -218,9 +219,9 @@ def parse_response(head: bytes) -> Response:
     return Response(int(parts[1]), parts[2] if len(parts) > 2 else "", headers)
 
 
-def build_request(host: str, path: str, key: str, origin: Optional[str] = None,
+def build_request(host: str, path: str, key: str, origin: str | None = None,
                   protocols: Sequence[str] = (), extensions: Sequence[Extension] = (),
-                  headers: Iterable[Tuple[str, str]] = ()) -> bytes:
+                  headers: Iterable[tuple[str, str]] = ()) -> bytes:
     """The client's upgrade request (§4.1).
 
     Raises ValueError for a value with a line break (header injection) or a subprotocol
@@ -249,7 +250,7 @@ def build_request(host: str, path: str, key: str, origin: Optional[str] = None,
     return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1")
 
 
-def build_response(status: int, headers: Iterable[Tuple[str, str]] = (), body: bytes = b"") -> bytes:
+def build_response(status: int, headers: Iterable[tuple[str, str]] = (), body: bytes = b"") -> bytes:
     """An HTTP/1.1 response head (plus ``body`` with its Content-Length when not 101).
 
     A ``Content-Type`` in ``headers`` replaces the default ``text/plain; charset=utf-8``;
@@ -272,13 +273,13 @@ def build_response(status: int, headers: Iterable[Tuple[str, str]] = (), body: b
     return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + (body if status != 101 else b"")
 
 
-Reply = Union[None, int, Tuple[int, Union[str, bytes]],
-              Tuple[int, Iterable[Tuple[str, str]], Union[str, bytes]], Response]
+Reply = Union[None, int, tuple[int, Union[str, bytes]],
+              tuple[int, Iterable[tuple[str, str]], Union[str, bytes]], Response]
 """What a request hook returns: None to go on with the upgrade, or an HTTP answer given as a
 status, ``(status, body)``, ``(status, headers, body)`` or a :class:`Response`."""
 
 
-def reply_response(reply: Reply) -> Optional[Tuple[int, bytes]]:
+def reply_response(reply: Reply) -> tuple[int, bytes] | None:
     """``(status, response bytes)`` for a request hook's :data:`Reply` (None for None).
 
     Raises TypeError for anything else, ValueError for a status that is not a final
@@ -286,8 +287,8 @@ def reply_response(reply: Reply) -> Optional[Tuple[int, bytes]]:
     """
     if reply is None:
         return None
-    headers: Iterable[Tuple[str, str]] = ()
-    body: Union[str, bytes] = b""
+    headers: Iterable[tuple[str, str]] = ()
+    body: str | bytes = b""
     if isinstance(reply, Response):
         status, headers, body = reply.status, reply.headers.items(), reply.body
     elif isinstance(reply, int):
@@ -322,12 +323,12 @@ def error_response(exc: HandshakeError) -> bytes:
     return build_response(status, exc.extra_headers, (exc.message + "\n").encode("utf-8"))
 
 
-def has_token(value: Optional[str], token: str) -> bool:
+def has_token(value: str | None, token: str) -> bool:
     """Whether a comma-separated header value such as ``Connection`` lists ``token`` (any case)."""
     return value is not None and token in (t.strip(" \t").lower() for t in value.split(","))
 
 
-def default_select_subprotocol(client_protocols: Sequence[str], server_protocols: Sequence[str]) -> Optional[str]:
+def default_select_subprotocol(client_protocols: Sequence[str], server_protocols: Sequence[str]) -> str | None:
     """The first of the client's subprotocols (its preference order) that the server supports."""
     for protocol in client_protocols:
         if protocol in server_protocols:
@@ -338,8 +339,8 @@ def default_select_subprotocol(client_protocols: Sequence[str], server_protocols
 def server_handshake(request: Request, protocols: Sequence[str] = (),
                      extensions: Sequence[Extension] = (), trusted_origins: Sequence[str] = (),
                      locations: Sequence[str] = (),
-                     select_subprotocol: Optional[Callable[[List[str], Sequence[str]], Optional[str]]] = None,
-                     ) -> Tuple[bytes, Optional[str], List[ExtensionCodec]]:
+                     select_subprotocol: Callable[[list[str], Sequence[str]], str | None] | None = None,
+                     ) -> tuple[bytes, str | None, list[ExtensionCodec]]:
     """Validate an upgrade request (§4.2.1) and build the 101 response (§4.2.2).
 
     Returns ``(response bytes, subprotocol, extension codecs)``. Raises HandshakeError with
@@ -410,7 +411,7 @@ def server_handshake(request: Request, protocols: Sequence[str] = (),
 
 
 def check_response(response: Response, key: str, protocols: Sequence[str] = (),
-                   extensions: Sequence[Extension] = ()) -> Tuple[Optional[str], List[ExtensionCodec]]:
+                   extensions: Sequence[Extension] = ()) -> tuple[str | None, list[ExtensionCodec]]:
     """Validate the server's answer (§4.1): ``(subprotocol, extension codecs)``.
 
     Raises HandshakeError (status set) for a non-101 status, HandshakeError for a bad
@@ -433,7 +434,7 @@ def check_response(response: Response, key: str, protocols: Sequence[str] = (),
     return protocol, codecs
 
 
-def chosen_subprotocol(headers: Headers, protocols: Sequence[str]) -> Optional[str]:
+def chosen_subprotocol(headers: Headers, protocols: Sequence[str]) -> str | None:
     """The server's ``Sec-WebSocket-Protocol`` answer, checked against the client's offers (§4.1)."""
     answered = headers.get_all("Sec-WebSocket-Protocol")
     if not answered:
@@ -441,3 +442,45 @@ def chosen_subprotocol(headers: Headers, protocols: Sequence[str]) -> Optional[s
     if len(answered) != 1 or answered[0].strip() not in protocols:
         raise NegotiationError("server chose subprotocol %r, which was not offered" % ", ".join(answered))
     return answered[0].strip()
+
+
+# -- HTTP authentication (here, below client and websocket, which both use it) -------------
+def basic_auth(user: str, password: str) -> str:
+    """An ``Authorization`` value for HTTP Basic auth (RFC 7617)."""
+    return "Basic " + base64.b64encode(("%s:%s" % (user, password)).encode("utf-8")).decode("ascii")
+
+
+_DIGEST_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+
+
+def digest_auth(challenge: str, user: str, password: str, method: str, uri: str) -> str:
+    """An ``Authorization`` value answering a Digest challenge (RFC 7616; MD5/SHA-256, qop=auth)."""
+    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+              for m in _DIGEST_PARAM.finditer(challenge.split(" ", 1)[1] if " " in challenge else "")}
+    realm, nonce = params.get("realm", ""), params.get("nonce", "")
+    algorithm = params.get("algorithm", "MD5")
+    hash_name = {"MD5": "md5", "SHA-256": "sha256"}.get(algorithm.upper().replace("-SESS", ""), None)
+    if hash_name is None:
+        raise HandshakeError("unsupported Digest algorithm %s" % algorithm, 401)
+
+    def h(text: str) -> str:
+        return hashlib.new(hash_name, text.encode("utf-8")).hexdigest()
+
+    cnonce = os.urandom(8).hex()
+    nc = "00000001"
+    ha1 = h("%s:%s:%s" % (user, realm, password))
+    if algorithm.upper().endswith("-SESS"):
+        ha1 = h("%s:%s:%s" % (ha1, nonce, cnonce))
+    ha2 = h("%s:%s" % (method, uri))
+    qops = [q.strip() for q in params.get("qop", "").split(",") if q.strip()]
+    fields = ['username="%s"' % user, 'realm="%s"' % realm, 'nonce="%s"' % nonce, 'uri="%s"' % uri,
+              "algorithm=%s" % algorithm]
+    if "auth" in qops:
+        response = h("%s:%s:%s:%s:auth:%s" % (ha1, nonce, nc, cnonce, ha2))
+        fields += ["qop=auth", "nc=%s" % nc, 'cnonce="%s"' % cnonce]
+    else:
+        response = h("%s:%s:%s" % (ha1, nonce, ha2))
+    fields.append('response="%s"' % response)
+    if "opaque" in params:
+        fields.append('opaque="%s"' % params["opaque"])
+    return "Digest " + ", ".join(fields)

@@ -9,16 +9,38 @@ are :mod:`twspy.handshake`'s; this module only runs them in order over received 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any, Callable
 
+from . import protocol as core
 from .errors import HandshakeError, InvalidState, NegotiationError
 from .extension import Extension
 from .frame import CLOSE_MISSING_EXTENSIONS, encode_close, mask
-from .handshake import (MAX_HEADER_SIZE, Reply, Request, Response, build_request, build_response, check_response,
-                        error_response, make_key, parse_request, parse_response, reply_response, server_handshake)
-from . import protocol as core
-from .protocol import (CLIENT, CONNECTING, DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, SERVER, Protocol, frame_header,
-                       short_reason)
+from .handshake import (
+    MAX_HEADER_SIZE,
+    Reply,
+    Request,
+    Response,
+    build_request,
+    build_response,
+    check_response,
+    error_response,
+    make_key,
+    parse_request,
+    parse_response,
+    reply_response,
+    server_handshake,
+)
+from .protocol import (
+    CLIENT,
+    CONNECTING,
+    DEFAULT_MAX_FRAGMENTS,
+    DEFAULT_MAX_SIZE,
+    SERVER,
+    Protocol,
+    frame_header,
+    short_reason,
+)
 
 __all__ = ["ServerProtocol", "ClientProtocol"]
 
@@ -44,11 +66,11 @@ class ServerProtocol(Protocol):
 
     def __init__(self, *, protocols: Sequence[str] = (), extensions: Sequence[Extension] = (),
                  trusted_origins: Sequence[str] = (), locations: Sequence[str] = (),
-                 select_subprotocol: Optional[Callable[[List[str], Sequence[str]], Optional[str]]] = None,
-                 process_request: Optional[Callable[[Request], Reply]] = None,
+                 select_subprotocol: Callable[[list[str], Sequence[str]], str | None] | None = None,
+                 process_request: Callable[[Request], Reply] | None = None,
                  max_header_size: int = MAX_HEADER_SIZE, address: Any = None,
-                 max_size: Optional[int] = DEFAULT_MAX_SIZE, max_fragments: Optional[int] = DEFAULT_MAX_FRAGMENTS,
-                 logger: Optional[logging.Logger] = None) -> None:
+                 max_size: int | None = DEFAULT_MAX_SIZE, max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
+                 logger: logging.Logger | None = None) -> None:
         super().__init__(SERVER, state=CONNECTING, max_size=max_size, max_fragments=max_fragments, logger=logger)
         self.protocols = list(protocols)
         self.extension_offers = list(extensions)
@@ -58,30 +80,30 @@ class ServerProtocol(Protocol):
         self.process_request = process_request
         self.max_header_size = max_header_size
         self.address = address
-        self.request: Optional[Request] = None
-        self.subprotocol: Optional[str] = None
+        self.request: Request | None = None
+        self.subprotocol: str | None = None
 
-    def reject(self, status: int, body: Union[str, bytes] = b"", headers: Sequence[Tuple[str, str]] = ()) -> None:
+    def reject(self, status: int, body: str | bytes = b"", headers: Sequence[tuple[str, str]] = ()) -> None:
         """Answer the handshake with an HTTP error (e.g. 503 when full) and end the connection."""
         if self.state is not CONNECTING:
             raise InvalidState("the opening handshake is over")
         if isinstance(body, str):
             body = body.encode("utf-8")
-        self._handshake_failed(HandshakeError("rejected with HTTP %d" % status, status),
+        self.handshake_failed(HandshakeError("rejected with HTTP %d" % status, status),
                                build_response(status, headers, body))
 
-    def _receive_head(self, data: Union[bytes, bytearray]) -> None:
+    def _receive_head(self, data: bytes | bytearray) -> None:
         try:
-            head = self._find_head(data, self.max_header_size)
+            head = self.find_head(data, self.max_header_size)
             if head is None:
                 return
             request = parse_request(head)
             request.address = self.address
             self.request = request
-            self._events.append(request)
+            self.queue_event(request)
             answer = self._process_request(request)
             if answer is not None:
-                self._handshake_failed(HandshakeError("answered by process_request", answer[0]), answer[1])
+                self.handshake_failed(HandshakeError("answered by process_request", answer[0]), answer[1])
                 return
             try:
                 response, self.subprotocol, codecs = server_handshake(
@@ -93,12 +115,12 @@ class ServerProtocol(Protocol):
                 self.logger.exception("opening handshake failed for %r", request)
                 raise HandshakeError("internal server error", 500) from exc
         except HandshakeError as exc:
-            self._handshake_failed(exc, error_response(exc))
+            self.handshake_failed(exc, error_response(exc))
             return
-        self._out.append(response)
-        self._opened(codecs)
+        self.queue_bytes(response)
+        self.handshake_succeeded(codecs)
 
-    def _process_request(self, request: Request) -> Optional[Tuple[int, bytes]]:
+    def _process_request(self, request: Request) -> tuple[int, bytes] | None:
         if self.process_request is None:
             return None
         try:
@@ -129,34 +151,34 @@ class ClientProtocol(Protocol):
         max_size, max_fragments, logger: as :class:`Protocol`.
     """
 
-    def __init__(self, *, host: str, location: str = "/", origin: Optional[str] = None,
+    def __init__(self, *, host: str, location: str = "/", origin: str | None = None,
                  protocols: Sequence[str] = (), extensions: Sequence[Extension] = (),
-                 headers: Sequence[Tuple[str, str]] = (), key: Optional[str] = None,
-                 max_header_size: int = MAX_HEADER_SIZE, max_size: Optional[int] = DEFAULT_MAX_SIZE,
-                 max_fragments: Optional[int] = DEFAULT_MAX_FRAGMENTS, logger: Optional[logging.Logger] = None) -> None:
+                 headers: Sequence[tuple[str, str]] = (), key: str | None = None,
+                 max_header_size: int = MAX_HEADER_SIZE, max_size: int | None = DEFAULT_MAX_SIZE,
+                 max_fragments: int | None = DEFAULT_MAX_FRAGMENTS, logger: logging.Logger | None = None) -> None:
         super().__init__(CLIENT, state=CONNECTING, max_size=max_size, max_fragments=max_fragments, logger=logger)
         self.protocols = list(protocols)
         self.extension_offers = list(extensions)
         self.max_header_size = max_header_size
         self.key = key if key is not None else make_key()
-        self.response: Optional[Response] = None
-        self.subprotocol: Optional[str] = None
+        self.response: Response | None = None
+        self.subprotocol: str | None = None
         self._body_wanted = -1  # the length of a non-101 response's body still being read
-        self._out.append(build_request(host, location, self.key, origin, self.protocols, self.extension_offers,
+        self.queue_bytes(build_request(host, location, self.key, origin, self.protocols, self.extension_offers,
                                        headers))
 
-    def _receive_head(self, data: Union[bytes, bytearray]) -> None:
+    def _receive_head(self, data: bytes | bytearray) -> None:
         if self._body_wanted >= 0:
-            self._buf += data
+            self.buffered().extend(data)
             self._read_body()
             return
         try:
-            head = self._find_head(data, self.max_header_size)
+            head = self.find_head(data, self.max_header_size)
             if head is None:
                 return
             response = parse_response(head)
         except HandshakeError as exc:
-            self._handshake_failed(exc)
+            self.handshake_failed(exc)
             return
         self.response = response
         if response.status != 101:
@@ -174,25 +196,25 @@ class ClientProtocol(Protocol):
             # RFC 7692 §5.1 / RFC 6455 §7.4.1: tell the server why before leaving (1010).
             key = core.new_masking_key()
             payload = encode_close(CLOSE_MISSING_EXTENSIONS, short_reason(exc.message))
-            self._out.append(frame_header(0x88, len(payload), 0x80) + key + mask(key, payload))
-            self._handshake_failed(exc)
+            self.queue_bytes(frame_header(0x88, len(payload), 0x80) + key + mask(key, payload))
+            self.handshake_failed(exc)
             return
         except HandshakeError as exc:
-            self._handshake_failed(exc)
+            self.handshake_failed(exc)
             return
-        self._events.append(response)
-        self._opened(codecs)
+        self.queue_event(response)
+        self.handshake_succeeded(codecs)
 
     def _read_body(self, eof: bool = False) -> None:
         """Finish a non-101 answer once its body is here (or the server closed TCP)."""
-        buf = self._buf
+        buf = self.buffered()
         if len(buf) < self._body_wanted and not eof:
             return
         response = self.response
         assert response is not None
         response.body = bytes(buf[:self._body_wanted])
-        self._events.append(response)
-        self._handshake_failed(HandshakeError("server answered %d %s" % (response.status, response.reason),
+        self.queue_event(response)
+        self.handshake_failed(HandshakeError("server answered %d %s" % (response.status, response.reason),
                                               response.status, response.headers, response.body))
 
     def _eof_in_handshake(self) -> bool:

@@ -11,15 +11,25 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any, Deque, List, Optional, Protocol, Tuple
+from typing import Any, Protocol
 
 from .connection import DEFAULT_CLOSE_TIMEOUT
 from .errors import ConnectionClosed, ProtocolError
 from .extension import ExtensionCodec
 from .frame import CLOSE_ABNORMAL, CLOSE_PROTOCOL_ERROR, OPCODE_CLOSE, OPCODE_CONTINUATION, Frame, read_frame
 from .handshake import Headers, Request
-from .mux_frames import (DROP_BAD_FRAGMENTATION, DROP_CHANNEL_FAILED, DROP_NORMAL, DROP_QUOTA_VIOLATION,
-                         KNOWN_OPCODES, MAX_NUMBER, AddChannelResponse, DropChannel, FlowControl, encode_channel_id)
+from .mux_frames import (
+    DROP_BAD_FRAGMENTATION,
+    DROP_CHANNEL_FAILED,
+    DROP_NORMAL,
+    DROP_QUOTA_VIOLATION,
+    KNOWN_OPCODES,
+    MAX_NUMBER,
+    AddChannelResponse,
+    DropChannel,
+    FlowControl,
+    encode_channel_id,
+)
 
 __all__ = ["ChannelSocket", "ChannelOwner", "PendingOpen", "MAX_FRAGMENT"]
 
@@ -34,13 +44,13 @@ class ChannelOwner(Protocol):
     config: Any    # the Multiplex extension: send_timeout
     window: int    # the receive quota granted per channel
 
-    def send_frame(self, lsock: "ChannelSocket", header: bytes, payload: bytes) -> None:
+    def send_frame(self, lsock: ChannelSocket, header: bytes, payload: bytes) -> None:
         """Send one encapsulated logical frame."""
 
     def queue_blocks(self, *blocks: bytes) -> None:
         """Hand control blocks to the writer."""
 
-    def remove(self, lsock: "ChannelSocket") -> bool:
+    def remove(self, lsock: ChannelSocket) -> bool:
         """Take an ended channel out of the table."""
 
 
@@ -58,40 +68,40 @@ class ChannelSocket:
     handshake_done = True
     can_share_frames = False
 
-    def __init__(self, session: ChannelOwner, channel_id: int, path: Optional[str], headers: Optional[Headers],
-                 protocol: Optional[str], send_quota: int, recv_credit: int,
-                 close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT) -> None:
+    def __init__(self, session: ChannelOwner, channel_id: int, path: str | None, headers: Headers | None,
+                 protocol: str | None, send_quota: int, recv_credit: int,
+                 close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT) -> None:
         self.session = session
         self.channel_id = channel_id
         self.server_side = session.server_side
         self.path = path
         self.headers = headers
-        self.request: Optional[Request] = None  # server: the channel's upgrade request
+        self.request: Request | None = None  # server: the channel's upgrade request
         self.protocol = protocol
         self.address = session.ws.address
         self.max_size = session.ws.max_size
-        self.message_codecs: List[ExtensionCodec] = []
-        self.extensions: List[ExtensionCodec] = []
+        self.message_codecs: list[ExtensionCodec] = []
+        self.extensions: list[ExtensionCodec] = []
         self.send_lock = threading.Lock()
         self.close_timeout = close_timeout
         self.send_timeout = session.config.send_timeout
         self.close_sent = False
         self.close_received = False
-        self.drop_code: Optional[int] = None
+        self.drop_code: int | None = None
         self.drop_reason = ""
         self._lock = threading.Lock()
         self._readable = threading.Condition(self._lock)
         self._writable = threading.Condition(self._lock)
-        self._queue: Deque[Tuple[Frame, int]] = collections.deque()
+        self._queue: collections.deque[tuple[Frame, int]] = collections.deque()
         self._queued = 0            # cost of the frames in the queue
         self._send_quota = send_quota
         self._recv_credit = recv_credit  # granted to the peer and not used yet
         self._to_grant = 0
         self._in_message = False    # receiving a fragmented message
         self._ended = False
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
         self.prefix = encode_channel_id(channel_id)
-        self.pending: Optional[PendingOpen] = None
+        self.pending: PendingOpen | None = None
 
     def __repr__(self) -> str:
         return "<twspy.multiplex.ChannelSocket %d %s path=%r>" % (
@@ -138,7 +148,7 @@ class ChannelSocket:
                 return
             opcode, rsv = OPCODE_CONTINUATION, 0
 
-    def _take_quota(self, maximum: int, minimum: int, timeout: Optional[float]) -> int:
+    def _take_quota(self, maximum: int, minimum: int, timeout: float | None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while True:
@@ -166,7 +176,7 @@ class ChannelSocket:
         """A channel never sends without blocking: -1 (Connection then uses its flusher)."""
         return -1
 
-    def frame_bytes(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> Optional[bytes]:
+    def frame_bytes(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> bytes | None:
         """None: a channel's frames only exist once encapsulated (Connection then queues the message)."""
         return None
 
@@ -188,7 +198,7 @@ class ChannelSocket:
             view = view[used:]
 
     # -- receiving --------------------------------------------------------------------------
-    def read_frame(self, deadline: Optional[float] = None) -> Frame:
+    def read_frame(self, deadline: float | None = None) -> Frame:
         """The next logical frame. Raises the ProtocolError that failed the channel, then
         ConnectionClosed(1006) once it has ended, TimeoutError after ``deadline``."""
         with self._lock:
@@ -207,7 +217,7 @@ class ChannelSocket:
                     self._readable.wait(left)
             return self._pop()
 
-    def recv(self, timeout: Optional[float] = None) -> Frame:
+    def recv(self, timeout: float | None = None) -> Frame:
         """:meth:`read_frame` with a relative timeout (the websocket API)."""
         return self.read_frame(None if timeout is None else time.monotonic() + timeout)
 
@@ -225,7 +235,7 @@ class ChannelSocket:
                 self.session.queue_blocks(FlowControl(self.channel_id, grant).encode())
         return frame
 
-    def deliver(self, frame: Frame) -> Optional[Tuple[int, str, int]]:
+    def deliver(self, frame: Frame) -> tuple[int, str, int] | None:
         """Queue a frame from the reader; ``(drop code, why, local close code)`` if it breaks the rules."""
         opcode = frame.opcode
         size = len(frame.payload)
@@ -271,8 +281,8 @@ class ChannelSocket:
         return True
 
     # -- ending -----------------------------------------------------------------------------
-    def terminate(self, discard: bool = True, error: Optional[BaseException] = None,
-                   drop_code: Optional[int] = None, drop_reason: str = "") -> bool:
+    def terminate(self, discard: bool = True, error: BaseException | None = None,
+                   drop_code: int | None = None, drop_reason: str = "") -> bool:
         """End the channel here: wake readers and senders. False if it had ended already."""
         with self._lock:
             if self._ended:
@@ -295,7 +305,7 @@ class ChannelSocket:
     def half_close(self) -> None:
         """Nothing to do: our close frame already told the peer we send no more."""
 
-    def wait_eof(self, deadline: Optional[float], discard: bool = False) -> None:
+    def wait_eof(self, deadline: float | None, discard: bool = False) -> None:
         """Wait (bounded) until the peer's close frame arrived or the channel ended, dropping
         the frames read meanwhile (their quota goes back, so the close frame can come); never raises."""
         with self._lock:
@@ -325,5 +335,5 @@ class PendingOpen:
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.response: Optional[AddChannelResponse] = None
-        self.error: Optional[BaseException] = None
+        self.response: AddChannelResponse | None = None
+        self.error: BaseException | None = None

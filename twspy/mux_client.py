@@ -12,18 +12,40 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union, cast
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
 
 from .connection import CLOSED, DEFAULT_CLOSE_TIMEOUT, Connection
 from .errors import ConnectionClosed, HandshakeError, InvalidState, NegotiationError
-from .frame import (CLOSE_ABNORMAL, CLOSE_MISSING_EXTENSIONS, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, encode_close,
-                    valid_close_code)
+from .frame import (
+    CLOSE_ABNORMAL,
+    CLOSE_MISSING_EXTENSIONS,
+    CLOSE_NORMAL,
+    CLOSE_PROTOCOL_ERROR,
+    encode_close,
+    valid_close_code,
+)
 from .handshake import Headers
 from .mux_channel import ChannelSocket, PendingOpen
-from .mux_frames import (DROP_BAD_RESPONSE, DROP_CHANNEL_FAILED, DROP_NORMAL, DROP_SLOT_OVERFLOW,
-                         DROP_UNKNOWN_RESPONSE_ENCODING, ENCODING_IDENTITY, MAX_CHANNEL_ID, MAX_NUMBER,
-                         AddChannelRequest, AddChannelResponse, ControlBlock, DropChannel, FlowControl, MuxError,
-                         NewChannelSlot, check_response, request_head)
+from .mux_frames import (
+    DROP_BAD_RESPONSE,
+    DROP_CHANNEL_FAILED,
+    DROP_NORMAL,
+    DROP_SLOT_OVERFLOW,
+    DROP_UNKNOWN_RESPONSE_ENCODING,
+    ENCODING_IDENTITY,
+    MAX_CHANNEL_ID,
+    MAX_NUMBER,
+    AddChannelRequest,
+    AddChannelResponse,
+    ControlBlock,
+    DropChannel,
+    FlowControl,
+    MuxError,
+    NewChannelSlot,
+    check_response,
+    request_head,
+)
 from .mux_session import MuxSession, host_of, without_keepalive
 from .websocket import websocket
 
@@ -47,21 +69,21 @@ class Channel(Connection):
         return self.sock.channel_id
 
     @property
-    def mux(self) -> "MuxClient":
+    def mux(self) -> MuxClient:
         """The :class:`MuxClient` this channel belongs to."""
         return cast(MuxClient, self.sock.session)
 
     @property
-    def path(self) -> Optional[str]:
+    def path(self) -> str | None:
         return self.sock.path
 
     @property
-    def headers(self) -> Optional[Headers]:
+    def headers(self) -> Headers | None:
         """The headers of the channel's handshake response."""
         return self.sock.headers
 
     @property
-    def drop_code(self) -> Optional[int]:
+    def drop_code(self) -> int | None:
         """The reason code of the DropChannel that ended the channel, if one did."""
         return self.sock.drop_code
 
@@ -86,7 +108,7 @@ class MuxClient(MuxSession):
         physical: the physical :class:`~twspy.connection.Connection` (don't send on it).
     """
 
-    def __init__(self, sock: websocket, channel_class: Type[Connection] = Channel, **options: Any) -> None:
+    def __init__(self, sock: websocket, channel_class: type[Connection] = Channel, **options: Any) -> None:
         codecs = list(sock.extensions)
         if len(codecs) != 1 or codecs[0].name != "mux" or not hasattr(codecs[0], "config"):
             Connection(sock, close_timeout=options.get("close_timeout", DEFAULT_CLOSE_TIMEOUT)).close(
@@ -96,54 +118,54 @@ class MuxClient(MuxSession):
         self.channel_class = channel_class
         self.channel_options = without_keepalive(options)
         super().__init__(sock, codecs[0], options)
-        self._slot_cond = threading.Condition(self._lock)
-        self._slot_grants: Deque[List[int]] = collections.deque()  # [slots, initial quota]
+        self._slot_cond = threading.Condition(self.lock)
+        self._slot_grants: collections.deque[list[int]] = collections.deque()  # [slots, initial quota]
         self._slot_total = 0
         self._fallback = False
         self._next_id = 2
-        self._abandoned: Set[int] = set()
-        self._conns: Dict[int, Connection] = {}
+        self._abandoned: set[int] = set()
+        self._conns: dict[int, Connection] = {}
         self._host = sock.host or host_of(sock.address)
         # [twspy] §6: our receive quota for channel 1 goes out right after the 101.
-        lsock = self._new_channel(1, sock.path or "/", sock.headers, sock.protocol, 0)
+        lsock = self.new_channel(1, sock.path or "/", sock.headers, sock.protocol, 0)
         self.queue_blocks(FlowControl(1, self.window).encode())
         self.default_channel = self._conns[1] = channel_class(lsock, **self.channel_options)  # type: ignore[arg-type]
         self._reader = threading.Thread(target=self._run, name="twspy-mux-reader", daemon=True)
         try:
-            self._writer.start()
+            self.writer.start()
             self._reader.start()
         except RuntimeError:  # "can't start new thread": give the connection up, then say so
-            self._end()
+            self.end()
             self.default_channel.abort()
             self._join()
             raise
 
     def __repr__(self) -> str:
-        return "<MuxClient %s %d channels>" % ("closed" if self._ended else "open", len(self._channels))
+        return "<MuxClient %s %d channels>" % ("closed" if self.ended else "open", len(self.channel_sockets))
 
     @property
-    def channels(self) -> List[Connection]:
+    def channels(self) -> list[Connection]:
         """The channels not closed yet."""
-        with self._lock:
+        with self.lock:
             return [c for c in self._conns.values() if c.state != CLOSED]
 
     def _run(self) -> None:
         try:
-            self._read_loop()
+            self.read_loop()
         except Exception:
             logger.exception("mux: reader failed")
         finally:
-            self._end()
-            with self._lock:
+            self.end()
+            with self.lock:
                 conns = list(self._conns.values())
                 self._slot_cond.notify_all()
             for conn in conns:  # each gets its onclose once (a reading thread may beat us to it)
                 conn.abort()
 
-    def open_channel(self, path: str = "/", protocols: Sequence[str] = (), origin: Optional[str] = None,
-                     headers: Union[None, Mapping[str, str], Iterable[Tuple[str, str]]] = None,
-                     timeout: Optional[float] = DEFAULT_OPEN_TIMEOUT,
-                     channel_class: Optional[Type[Connection]] = None, **options: Any) -> Connection:
+    def open_channel(self, path: str = "/", protocols: Sequence[str] = (), origin: str | None = None,
+                     headers: None | Mapping[str, str] | Iterable[tuple[str, str]] = None,
+                     timeout: float | None = DEFAULT_OPEN_TIMEOUT,
+                     channel_class: type[Connection] | None = None, **options: Any) -> Connection:
         """Open a logical channel to ``path`` (AddChannelRequest) and return it once accepted.
 
         Args:
@@ -169,7 +191,7 @@ class MuxClient(MuxSession):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._slot_cond:
             while True:
-                if self._ended:
+                if self.ended:
                     raise ConnectionClosed(self.physical.close_code or CLOSE_ABNORMAL,
                                            "the multiplexed connection closed")
                 if self._fallback:
@@ -192,11 +214,11 @@ class MuxClient(MuxSession):
             lsock = ChannelSocket(self, cid, path, None, None, grant[1], self.window,
                                   options.get("close_timeout", self.close_timeout))
             pending = lsock.pending = PendingOpen()
-            self._channels[cid] = lsock
+            self.channel_sockets[cid] = lsock
         self.queue_blocks(AddChannelRequest(cid, head).encode(), FlowControl(cid, self.window).encode())
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not pending.event.wait(left):
-            with self._lock:
+            with self.lock:
                 gave_up = not pending.event.is_set()
                 if gave_up:
                     self._abandoned.add(cid)
@@ -217,16 +239,16 @@ class MuxClient(MuxSession):
                 lsock.terminate()
                 self.remove(lsock)
             else:
-                self._fail_channel(lsock, DROP_CHANNEL_FAILED, exc.message, CLOSE_PROTOCOL_ERROR)
+                self.fail_channel(lsock, DROP_CHANNEL_FAILED, exc.message, CLOSE_PROTOCOL_ERROR)
             raise
         lsock.headers, lsock.protocol = response_headers, protocol
         cls = channel_class or self.channel_class
         conn = cls(lsock, **without_keepalive({**self.channel_options, **options}))  # type: ignore[arg-type]
-        with self._lock:
+        with self.lock:
             for done in [k for k, c in self._conns.items() if c.state == CLOSED]:
                 del self._conns[done]  # keep the table to the channels still alive
             self._conns[cid] = conn
-            ended = self._ended
+            ended = self.ended
         if ended:
             conn.abort()
         logger.info("mux channel %d open: %s", cid, path)
@@ -250,8 +272,8 @@ class MuxClient(MuxSession):
 
     def _on_response(self, block: AddChannelResponse) -> None:
         cid = block.channel_id
-        with self._lock:
-            lsock = self._channels.get(cid)
+        with self.lock:
+            lsock = self.channel_sockets.get(cid)
             pending = lsock.pending if lsock is not None else None
             if pending is None or pending.event.is_set():
                 if cid in self._abandoned:
@@ -283,12 +305,12 @@ class MuxClient(MuxSession):
         self._join()
 
     def _join(self) -> None:
-        if threading.current_thread() not in (self._reader, self._writer):
-            for thread in (self._reader, self._writer):
+        if threading.current_thread() not in (self._reader, self.writer):
+            for thread in (self._reader, self.writer):
                 if thread.ident is not None:  # started
                     thread.join(self.close_timeout)
 
-    def __enter__(self) -> "MuxClient":
+    def __enter__(self) -> MuxClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:

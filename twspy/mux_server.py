@@ -15,16 +15,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Dict, Optional, Set
+from typing import Any
 
 from .connection import DEFAULT_CLOSE_TIMEOUT, Connection
 from .errors import HandshakeError
 from .frame import CLOSE_TRY_AGAIN_LATER
 from .handshake import Headers, Request, make_key, parse_request, server_handshake
 from .mux_channel import ChannelSocket
-from .mux_frames import (DROP_CHANNEL_EXISTS, DROP_PHYSICAL_FAILED, DROP_SLOT_VIOLATION, ENCODING_DELTA,
-                         ENCODING_IDENTITY, AddChannelRequest, AddChannelResponse, ControlBlock, FlowControl,
-                         MuxError, NewChannelSlot, accept_head, apply_delta, status_head)
+from .mux_frames import (
+    DROP_CHANNEL_EXISTS,
+    DROP_PHYSICAL_FAILED,
+    DROP_SLOT_VIOLATION,
+    ENCODING_DELTA,
+    ENCODING_IDENTITY,
+    AddChannelRequest,
+    AddChannelResponse,
+    ControlBlock,
+    FlowControl,
+    MuxError,
+    NewChannelSlot,
+    accept_head,
+    apply_delta,
+    status_head,
+)
 from .mux_session import MuxSession, RateLimitedLog, host_of, without_keepalive
 from .server import Server
 from .websocket import websocket
@@ -50,10 +63,10 @@ class ServerSession(MuxSession):
         super().__init__(ws, codec, server.connection_options)
         self.server = server
         self._slots = self.config.max_channels
-        self._threads: Set[threading.Thread] = set()
-        self._conns: Dict[int, Connection] = {}
+        self._threads: set[threading.Thread] = set()
+        self._conns: dict[int, Connection] = {}
         self._delta_base = ws.headers or Headers()
-        self._close_deadline: Optional[float] = None
+        self._close_deadline: float | None = None
         self._refusal_rate = float(getattr(self.config, "refusal_rate", 0) or 0)
         self._refusal_tokens = self._refusal_rate
         self._refusal_time = time.monotonic()
@@ -65,11 +78,11 @@ class ServerSession(MuxSession):
         ws = self.ws
         logger.info("%s: multiplexed connection open", host_of(ws.address))
         try:
-            if not self._start_thread(self._writer):
+            if not self._start_thread(self.writer):
                 self.physical.close(CLOSE_TRY_AGAIN_LATER, "server overloaded")
                 return
             if len(ws.extensions) != 1:
-                self._fail_physical(DROP_PHYSICAL_FAILED, "mux must be the only extension")
+                self.fail_physical(DROP_PHYSICAL_FAILED, "mux must be the only extension")
                 return
             if not self.server.reserve_connection():  # channel 1 counts like any client
                 self.physical.close(*(self.server.stopping or (CLOSE_TRY_AGAIN_LATER, "too many connections")))
@@ -77,24 +90,24 @@ class ServerSession(MuxSession):
             # [twspy] §6: slots and our receive quota for channel 1 right after the 101.
             slots = (NewChannelSlot(self._slots, self.window) if self._slots else NewChannelSlot(0, 0, True))
             self.queue_blocks(slots.encode(), FlowControl(1, self.window).encode())
-            lsock = self._new_channel(1, ws.path or "/", ws.headers, ws.protocol, self.codec.quota or 0)
+            lsock = self.new_channel(1, ws.path or "/", ws.headers, ws.protocol, self.codec.quota or 0)
             lsock.request = ws.request
             if not self._start(lsock, None):
                 self.server.release_connection()
                 self.physical.close(CLOSE_TRY_AGAIN_LATER, "server overloaded")
                 return
-            self._read_loop(_STOP_CHECK)
+            self.read_loop(_STOP_CHECK)
         finally:
-            self._end()
+            self.end()
             while True:
-                with self._lock:
+                with self.lock:
                     threads = list(self._threads)
                 if not threads:
                     break
                 for thread in threads:
                     thread.join()
-            if self._writer.ident is not None:
-                self._writer.join()
+            if self.writer.ident is not None:
+                self.writer.join()
             logger.info("%s: multiplexed connection closed", host_of(ws.address))
 
     def _start_thread(self, thread: threading.Thread) -> bool:
@@ -106,21 +119,21 @@ class ServerSession(MuxSession):
             return False
         return True
 
-    def _start(self, lsock: ChannelSocket, response: Optional[bytes]) -> bool:
+    def _start(self, lsock: ChannelSocket, response: bytes | None) -> bool:
         """Serve ``lsock`` in a thread of its own, which first queues ``response`` (the
         AddChannelResponse: before the channel's first frame); False if no thread could start."""
         thread = threading.Thread(target=self._serve_channel, args=(lsock, response), daemon=True,
                                   name="twspy-mux-%s-ch%d" % (host_of(self.ws.address), lsock.channel_id))
-        with self._lock:
+        with self.lock:
             self._threads.add(thread)
         if self._start_thread(thread):
             return True
-        with self._lock:
+        with self.lock:
             self._threads.discard(thread)
         lsock.terminate()
         return False
 
-    def _serve_channel(self, lsock: ChannelSocket, response: Optional[bytes]) -> None:
+    def _serve_channel(self, lsock: ChannelSocket, response: bytes | None) -> None:
         server = self.server
         client: Any = None
         try:
@@ -128,7 +141,7 @@ class ServerSession(MuxSession):
                 self.queue_blocks(response)
             client = server.connection_class(server, lsock,  # type: ignore[arg-type]
                                              **without_keepalive(server.connection_options))
-            with self._lock:
+            with self.lock:
                 self._conns[lsock.channel_id] = client
             logger.info("%r: open (mux channel %d)", client, lsock.channel_id)
             stopping = server.stopping
@@ -144,18 +157,18 @@ class ServerSession(MuxSession):
             if client is not None:
                 logger.info("%r: closed %s %s", client, client.close_code, client.close_reason)
             server.release_connection(client)
-            with self._lock:
+            with self.lock:
                 self._conns.pop(lsock.channel_id, None)
                 self._threads.discard(threading.current_thread())
-                idle = not self._channels
+                idle = not self.channel_sockets
             if idle and server.stopping is not None:
                 self._begin_close()
 
     def _begin_close(self) -> None:
         """Server shutdown: once its channels are done, close the physical connection too."""
         stopping = self.server.stopping
-        with self._lock:
-            if self._close_deadline is not None or self._ended or stopping is None:
+        with self.lock:
+            if self._close_deadline is not None or self.ended or stopping is None:
                 return
             self._close_deadline = time.monotonic() + (self.close_timeout or DEFAULT_CLOSE_TIMEOUT)
         self.physical.start_close(*stopping)
@@ -166,9 +179,9 @@ class ServerSession(MuxSession):
         if self._close_deadline is not None and time.monotonic() > self._close_deadline:
             self.physical.abort()
         elif stopping is not None:
-            with self._lock:
+            with self.lock:
                 conns = list(self._conns.values())
-                idle = not self._channels
+                idle = not self.channel_sockets
             for conn in conns:
                 conn.start_close(*stopping)
             if idle:
@@ -179,8 +192,8 @@ class ServerSession(MuxSession):
             self._grant_slot()
 
     def _grant_slot(self) -> None:
-        with self._lock:
-            if self._ended:
+        with self.lock:
+            if self.ended:
                 return
             self._slots += 1
         self.queue_blocks(NewChannelSlot(1, self.window).encode())
@@ -193,8 +206,8 @@ class ServerSession(MuxSession):
 
     def _on_request(self, block: AddChannelRequest) -> None:
         cid = block.channel_id
-        with self._lock:
-            if cid < 2 or cid in self._channels:
+        with self.lock:
+            if cid < 2 or cid in self.channel_sockets:
                 raise MuxError("AddChannelRequest for channel %d, which exists" % cid, DROP_CHANNEL_EXISTS)
             if self._slots <= 0:
                 raise MuxError("AddChannelRequest without a channel slot", DROP_SLOT_VIOLATION)
@@ -231,7 +244,7 @@ class ServerSession(MuxSession):
             return
         if block.encoding == ENCODING_IDENTITY:
             self._delta_base = request.headers
-        lsock = self._new_channel(cid, request.path, request.headers, protocol, 0)
+        lsock = self.new_channel(cid, request.path, request.headers, protocol, 0)
         lsock.request = request
         if not self._start(lsock, AddChannelResponse(cid, accept_head(protocol)).encode()):
             self.server.release_connection()
@@ -258,7 +271,7 @@ class ServerSession(MuxSession):
         self._refusal_tokens = tokens
         if tokens < 0:
             self.refusal_pauses += 1
-            self._gone.wait(-tokens / rate)
+            self.gone.wait(-tokens / rate)
 
 
 def serve_multiplexed(server: Server, ws: websocket) -> None:

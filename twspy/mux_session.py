@@ -12,15 +12,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from .connection import DEFAULT_CLOSE_TIMEOUT, Connection
 from .errors import ConnectionClosed, ProtocolError
 from .frame import CLOSE_UNABLE, OPCODE_BINARY, Frame, short_reason
 from .handshake import Headers
 from .mux_channel import ChannelSocket
-from .mux_frames import (DROP_ACKNOWLEDGED, DROP_INVALID_BLOCK, DROP_INVALID_ENCAPSULATION, DROP_QUOTA_OVERFLOW,
-                         ControlBlock, DropChannel, FlowControl, MuxError, decapsulate, encode_control_blocks)
+from .mux_frames import (
+    DROP_ACKNOWLEDGED,
+    DROP_INVALID_BLOCK,
+    DROP_INVALID_ENCAPSULATION,
+    DROP_QUOTA_OVERFLOW,
+    ControlBlock,
+    DropChannel,
+    FlowControl,
+    MuxError,
+    decapsulate,
+    encode_control_blocks,
+)
 from .websocket import websocket
 
 __all__ = ["MuxSession", "RateLimitedLog", "DEFAULT_MAX_CONTROL_QUEUE", "without_keepalive", "host_of"]
@@ -38,6 +49,13 @@ class MuxSession:
     thread in a queue bounded by ``Multiplex.max_control_queue`` bytes: when a peer that does
     not read makes us answer faster than TCP takes the answers, the reader stops reading (the
     peer is held back by TCP) until the writer drains the queue or the write times out.
+
+    Shared with the two roles (:class:`~twspy.mux_client.MuxClient`,
+    :class:`~twspy.mux_server.ServerSession`): ``lock`` guards ``channel_sockets`` (id ->
+    :class:`~twspy.mux_channel.ChannelSocket`) and ``ended``; ``writer`` is the control
+    writer thread, ``gone`` is set once the session has ended; :meth:`new_channel`,
+    :meth:`read_loop`, :meth:`end`, :meth:`fail_channel` and :meth:`fail_physical` are
+    theirs to call.
     """
 
     server_side = False
@@ -48,24 +66,24 @@ class MuxSession:
         self.config = codec.config
         self.window = codec.config.window
         self.physical = Connection(ws, **options)
-        self.close_timeout: Optional[float] = options.get("close_timeout", DEFAULT_CLOSE_TIMEOUT)
-        self._lock = threading.Lock()
-        self._channels: Dict[int, ChannelSocket] = {}
-        self._ended = False
+        self.close_timeout: float | None = options.get("close_timeout", DEFAULT_CLOSE_TIMEOUT)
+        self.lock = threading.Lock()
+        self.channel_sockets: dict[int, ChannelSocket] = {}
+        self.ended = False
         self._ctl_cond = threading.Condition()
-        self._ctl_blocks: List[bytes] = []
+        self._ctl_blocks: list[bytes] = []
         self._ctl_bytes = 0         # size of _ctl_blocks
         self._ctl_limit = int(getattr(self.config, "max_control_queue", 0) or DEFAULT_MAX_CONTROL_QUEUE)
         self._write_failed = False
-        self._gone = threading.Event()  # set once the session has ended
+        self.gone = threading.Event()  # set once the session has ended
         self.control_pauses = 0     # times the reader stopped for a full control queue
-        self._writer = threading.Thread(target=self._write_loop, name="twspy-mux-writer", daemon=True)
+        self.writer = threading.Thread(target=self._write_loop, name="twspy-mux-writer", daemon=True)
         self._debug = logger.isEnabledFor(logging.DEBUG)
 
     @property
     def closed(self) -> bool:
         """Whether the physical connection has ended."""
-        return self._ended
+        return self.ended
 
     @property
     def address(self) -> Any:
@@ -76,14 +94,14 @@ class MuxSession:
         """Bytes of control blocks waiting for the writer (at most about ``max_control_queue``)."""
         return self._ctl_bytes
 
-    def _new_channel(self, channel_id: int, path: Optional[str], headers: Optional[Headers],
-                     protocol: Optional[str], send_quota: int) -> ChannelSocket:
+    def new_channel(self, channel_id: int, path: str | None, headers: Headers | None,
+                     protocol: str | None, send_quota: int) -> ChannelSocket:
         lsock = ChannelSocket(self, channel_id, path, headers, protocol, send_quota, self.window, self.close_timeout)
-        with self._lock:
-            if self._ended:
+        with self.lock:
+            if self.ended:
                 lsock.terminate()
             else:
-                self._channels[channel_id] = lsock
+                self.channel_sockets[channel_id] = lsock
         return lsock
 
     # -- output -----------------------------------------------------------------------------
@@ -91,24 +109,24 @@ class MuxSession:
         """Hand control blocks to the writer thread; the reader never waits for the send lock
         (a writer stuck on a full TCP buffer would otherwise stop both ends reading)."""
         with self._ctl_cond:
-            if self._ended:
+            if self.ended:
                 return
             self._ctl_blocks.extend(blocks)
             self._ctl_bytes += sum(map(len, blocks))
             self._ctl_cond.notify_all()
 
-    def _wait_for_room(self, poll: Optional[float]) -> None:
+    def _wait_for_room(self, poll: float | None) -> None:
         """The reader, before it takes more input: wait while the control queue is full."""
         paused = False
         while True:
             with self._ctl_cond:
-                if self._ctl_bytes <= self._ctl_limit or self._ended or self._write_failed:
+                if self._ctl_bytes <= self._ctl_limit or self.ended or self._write_failed:
                     return
                 if not paused:
                     paused = True
                     self.control_pauses += 1
                 self._ctl_cond.wait(poll)
-                full = self._ctl_bytes > self._ctl_limit and not (self._ended or self._write_failed)
+                full = self._ctl_bytes > self._ctl_limit and not (self.ended or self._write_failed)
             if full:
                 self._idle()
 
@@ -122,7 +140,7 @@ class MuxSession:
             self._ctl_cond.notify_all()  # a reader waiting for room
         if self.physical.close_sent:
             return
-        batch: List[bytes] = [b"\x00"]
+        batch: list[bytes] = [b"\x00"]
         size = 1
         for block in blocks:
             if size + len(block) > _MAX_CONTROL_MESSAGE and size > 1:
@@ -135,9 +153,9 @@ class MuxSession:
     def _write_loop(self) -> None:
         while True:
             with self._ctl_cond:
-                while not self._ctl_blocks and not self._ended:
+                while not self._ctl_blocks and not self.ended:
                     self._ctl_cond.wait()
-                if self._ended:
+                if self.ended:
                     return
             try:
                 with self.ws.send_lock:
@@ -155,13 +173,13 @@ class MuxSession:
         AddChannelResponse always precedes the channel's first frame)."""
         data = b"".join((lsock.prefix, header, payload))
         with self.ws.send_lock:
-            if self._ended or self.physical.close_sent:
+            if self.ended or self.physical.close_sent:
                 raise ConnectionResetError("the multiplexed connection is closed")
             self._flush_control()
             self.ws.send_raw(OPCODE_BINARY, data)
 
     # -- input ------------------------------------------------------------------------------
-    def _read_loop(self, poll: Optional[float] = None) -> None:
+    def read_loop(self, poll: float | None = None) -> None:
         """Read physical messages and dispatch them until the physical connection closes."""
         physical = self.physical
         while True:
@@ -186,26 +204,26 @@ class MuxSession:
                 else:
                     self._on_frame(cid, item)  # type: ignore[arg-type]
             except MuxError as exc:
-                self._fail_physical(exc.code, exc.message)
+                self.fail_physical(exc.code, exc.message)
 
     def _idle(self) -> None:
         """Called when a polling read times out."""
 
     def _on_frame(self, cid: int, frame: Frame) -> None:
-        with self._lock:
-            lsock = self._channels.get(cid)
+        with self.lock:
+            lsock = self.channel_sockets.get(cid)
         if lsock is None:
             return  # §4: not open (any more): a race after DropChannel, ignored
         problem = lsock.deliver(frame)
         if problem is not None:
-            self._fail_channel(lsock, *problem)
+            self.fail_channel(lsock, *problem)
 
     def _on_block(self, block: ControlBlock) -> None:
         if isinstance(block, FlowControl):
-            with self._lock:
-                lsock = self._channels.get(block.channel_id)
+            with self.lock:
+                lsock = self.channel_sockets.get(block.channel_id)
             if lsock is not None and not lsock.add_quota(block.quota):
-                self._fail_channel(lsock, DROP_QUOTA_OVERFLOW, "send quota overflow", DROP_QUOTA_OVERFLOW)
+                self.fail_channel(lsock, DROP_QUOTA_OVERFLOW, "send quota overflow", DROP_QUOTA_OVERFLOW)
         elif isinstance(block, DropChannel):
             self._on_drop(block)
         else:
@@ -217,8 +235,8 @@ class MuxSession:
         if cid == 0:
             _peer_failures.log("mux: the peer failed the physical connection: %s %s", block.code, block.message)
             return
-        with self._lock:
-            lsock = self._channels.get(cid)
+        with self.lock:
+            lsock = self.channel_sockets.get(cid)
         if lsock is None:
             return  # unknown, or an acknowledgement of our own drop
         logger.info("mux channel %d dropped by the peer: %s %s", cid, block.code, block.message)
@@ -229,24 +247,24 @@ class MuxSession:
 
     def remove(self, lsock: ChannelSocket) -> bool:
         """Take an ended channel out of the table; False if it was not there."""
-        with self._lock:
-            if self._channels.get(lsock.channel_id) is not lsock:
+        with self.lock:
+            if self.channel_sockets.get(lsock.channel_id) is not lsock:
                 return False
-            del self._channels[lsock.channel_id]
+            del self.channel_sockets[lsock.channel_id]
         self._channel_removed(lsock)
         return True
 
     def _channel_removed(self, lsock: ChannelSocket) -> None:
         """A channel left the table (a server grants a new slot for it)."""
 
-    def _fail_channel(self, lsock: ChannelSocket, code: int, message: str, local_code: int) -> None:
+    def fail_channel(self, lsock: ChannelSocket, code: int, message: str, local_code: int) -> None:
         """Fail the logical channel (§7): DropChannel with ``code``; locally a ProtocolError."""
         logger.info("mux channel %d failed: %s (%d)", lsock.channel_id, message, code)
         if lsock.terminate(error=ProtocolError(message, local_code), drop_code=code, drop_reason=message):
             self.remove(lsock)
             self.queue_blocks(DropChannel(lsock.channel_id, code, message).encode())
 
-    def _fail_physical(self, code: int, message: str) -> None:
+    def fail_physical(self, code: int, message: str) -> None:
         """Fail the physical connection (§7): DropChannel(0, code), then Close 1011."""
         logger.info("mux: failing the physical connection: %s (%d)", message, code)
         try:
@@ -257,25 +275,25 @@ class MuxSession:
             pass
         self.physical.close(CLOSE_UNABLE, short_reason("mux: %s (%d)" % (message, code)))
 
-    def _end(self) -> None:
+    def end(self) -> None:
         """The physical connection is over: every channel ends (1006)."""
-        with self._lock:
-            if self._ended:
+        with self.lock:
+            if self.ended:
                 return
-            self._ended = True
-            channels = list(self._channels.values())
-            self._channels.clear()
+            self.ended = True
+            channels = list(self.channel_sockets.values())
+            self.channel_sockets.clear()
         with self._ctl_cond:
             self._ctl_blocks = []
             self._ctl_bytes = 0
             self._ctl_cond.notify_all()
-        self._gone.set()
+        self.gone.set()
         for lsock in channels:
             lsock.terminate()
         self.physical.abort()
 
 
-def without_keepalive(options: Mapping[str, Any]) -> Dict[str, Any]:
+def without_keepalive(options: Mapping[str, Any]) -> dict[str, Any]:
     """Connection options for a channel: keepalive belongs to the physical connection (a ping
     waiting for send quota would hold up the process-wide watchdog thread)."""
     return {**options, "ping_interval": None, "ping_timeout": None}
@@ -299,11 +317,11 @@ class RateLimitedLog:
         self.interval = interval
         self.suppressed = 0
         self._next = 0.0
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
 
     def log(self, message: str, *args: Any) -> None:
         now = time.monotonic()
-        with self._lock:
+        with self.lock:
             if now < self._next:
                 self.suppressed += 1
                 return

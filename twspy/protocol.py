@@ -373,6 +373,24 @@ class Protocol:
     def _frame_bytes(self, opcode: int, payload: bytes, final: bool, rsv: int) -> bytes:
         return b"".join(self._frame_pieces(opcode, payload, final, rsv))
 
+    def encode_frame(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> List[bytes]:
+        """One frame as wire pieces to write in order, whatever the state: per-frame codecs
+        applied to a data frame, masked on a client (§5.3). For a raw-frame API
+        (:meth:`twspy.websocket.websocket.send`), which chooses its frames itself."""
+        return self._frame_pieces(opcode, payload, final, rsv)
+
+    def decode_frame(self, frame: Frame) -> Frame:
+        """A data frame parsed by a raw-frame API with the per-frame codecs' decoding applied
+        (deflate-frame); a control frame as it is."""
+        if self._frame_codecs and frame.opcode < 0x8:
+            for codec in reversed(self._frame_codecs):
+                frame = codec.decode_frame(frame, self.max_size)
+        return frame
+
+    def has_data_to_send(self) -> bool:
+        """Whether :meth:`data_to_send` has something (a threaded shell then takes its send lock)."""
+        return bool(self._out)
+
     def send_text(self, text: str, *, fragment_size: Optional[int] = None, compress: bool = True) -> None:
         """Queue a text message; ``fragment_size`` splits it into frames of at most that many
         bytes (§5.4), ``compress=False`` sends it uncompressed under permessage-deflate."""
@@ -897,11 +915,24 @@ class Protocol:
                 self._send_eof()
             self._discard()
 
-    # -- hooks for the opening handshake (twspy.handshake_protocol's subclasses) --------------
+    # -- for the opening handshake (twspy.handshake_protocol's subclasses) ---------------------
+    def queue_bytes(self, data: bytes) -> None:
+        """Queue bytes for :meth:`data_to_send` as they are (the handshake's request or reply)."""
+        self._out.append(data)
+
+    def queue_event(self, event: Any) -> None:
+        """Queue an event for :meth:`events_received` (the handshake's Request or Response)."""
+        self._events.append(event)
+
+    def buffered(self) -> bytearray:
+        """The received bytes not parsed yet (during the handshake: what followed the head); the
+        caller may read and extend it."""
+        return self._buf
+
     def _receive_head(self, data: Union[bytes, bytearray]) -> None:
         raise InvalidState("this Protocol has no opening handshake; create it with state=OPEN")
 
-    def _find_head(self, data: Union[bytes, bytearray], max_header_size: int) -> Optional[bytes]:
+    def find_head(self, data: Union[bytes, bytearray], max_header_size: int) -> Optional[bytes]:
         """Buffer handshake bytes; the HTTP head once complete (the rest stays buffered).
 
         Raises HandshakeError 431 when no blank line comes within ``max_header_size`` bytes.
@@ -921,7 +952,8 @@ class Protocol:
         del buf[:end]
         return head
 
-    def _handshake_failed(self, exc: HandshakeError, reply: bytes = b"") -> None:
+    def handshake_failed(self, exc: HandshakeError, reply: bytes = b"") -> None:
+        """End the opening handshake with ``exc``: send ``reply`` (an HTTP error) then half-close."""
         self.handshake_exc = exc
         if reply:
             self._out.append(reply)
@@ -930,7 +962,8 @@ class Protocol:
         self.state = CLOSED
         self._discard()
 
-    def _opened(self, codecs: Sequence[ExtensionCodec]) -> None:
+    def handshake_succeeded(self, codecs: Sequence[ExtensionCodec]) -> None:
+        """Open the connection with the negotiated codecs; frames buffered behind the head are parsed."""
         self.use_extensions(codecs)
         self.state = OPEN
         self._update_idle()  # use_extensions() saw CONNECTING: the fused paths apply from now on

@@ -40,22 +40,37 @@ import ssl as _ssl
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union, cast
+import warnings
+from collections.abc import Sequence
+from typing import Any, Callable, cast
 
 from .client import connect
 from .connection import CLOSED, CONNECTION_OPTIONS, DEFAULT_CLOSE_TIMEOUT, Connection
 from .errors import ConnectionClosed, HandshakeError, InvalidURI, WebSocketError
 from .extension import parse_extensions, parse_tokens
-from .frame import (CLOSE_ABNORMAL, CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, CLOSE_NO_STATUS, CLOSE_NORMAL,
-                    CLOSE_TLS_FAILURE, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE, short_reason, valid_close_code)
+from .frame import (
+    CLOSE_ABNORMAL,
+    CLOSE_BAD_GATEWAY,
+    CLOSE_GOING_AWAY,
+    CLOSE_NO_STATUS,
+    CLOSE_NORMAL,
+    CLOSE_TLS_FAILURE,
+    CLOSE_TRY_AGAIN_LATER,
+    CLOSE_UNABLE,
+    short_reason,
+    valid_close_code,
+)
 from .handshake import Headers, Reply, Request, server_handshake
 from .message import Message
 from .server import Server, ServerConnection
 from .uri import parse_uri
+from .websocket import DEFAULT_HANDSHAKE_TIMEOUT
 
 __all__ = ["ProxyServer", "DEFAULT_FORWARD_HEADERS", "PASS_THROUGH_STATUSES"]
 
 logger = logging.getLogger("twspy.proxy")
+
+_UNSET: Any = object()  # ProxyServer(upstream_timeout=) not given
 
 DEFAULT_FORWARD_HEADERS = ("Authorization", "Cookie", "Origin", "User-Agent")
 PASS_THROUGH_STATUSES = (401, 403, 404, 429)
@@ -69,7 +84,7 @@ class _Upstream(Connection):
     Its reading thread is the relay thread started by :meth:`ProxyServer.onopen`.
     """
 
-    peer: Optional[ServerConnection] = None
+    peer: ServerConnection | None = None
 
     def onmessage(self, message: Message) -> None:
         if self.peer is not None:
@@ -105,7 +120,8 @@ class ProxyServer(Server):
         ssl: an ``ssl.SSLContext`` to serve wss:// to clients.
         upstream_ssl: the ``ssl.SSLContext`` for a wss:// upstream (default: the system's
             CAs, hostname checked).
-        upstream_timeout: seconds for the upstream's TCP connect, TLS and upgrade.
+        upstream_timeout: deprecated (DeprecationWarning): ``handshake_timeout``, the server's
+            deadline for a client's handshake, is also the upstream's (TCP connect, TLS, upgrade).
         upstream_proxy: how to reach the upstream, as ``connect(proxy=...)`` takes it: None
             (the default) reads ``http_proxy`` / ``https_proxy`` / ``all_proxy`` / ``no_proxy``
             from the environment, False never uses a proxy, or an ``http://``, ``https://``,
@@ -119,16 +135,21 @@ class ProxyServer(Server):
             upstream picks the subprotocol).
     """
 
-    def __init__(self, upstream: str, address: Tuple[str, int] = ("127.0.0.1", 8000),
-                 ssl: Optional[_ssl.SSLContext] = None, upstream_ssl: Optional[_ssl.SSLContext] = None,
-                 upstream_timeout: float = 10.0, forward_headers: Sequence[str] = DEFAULT_FORWARD_HEADERS,
-                 upstream_proxy: Union[None, bool, str] = None, **server_kwargs: Any) -> None:
+    def __init__(self, upstream: str, address: tuple[str, int] = ("127.0.0.1", 8000),
+                 ssl: _ssl.SSLContext | None = None, upstream_ssl: _ssl.SSLContext | None = None,
+                 upstream_timeout: Any = _UNSET, forward_headers: Sequence[str] = DEFAULT_FORWARD_HEADERS,
+                 upstream_proxy: None | bool | str = None, **server_kwargs: Any) -> None:
         parse_uri(upstream)  # InvalidURI now rather than a 502 for every client
         if any(getattr(ext, "name", "") == "mux" for ext in server_kwargs.get("extensions") or ()):
             raise ValueError("ProxyServer does not relay the multiplexing extension")
         self.upstream = upstream
         self.upstream_ssl = upstream_ssl
-        self.upstream_timeout = upstream_timeout
+        if upstream_timeout is not _UNSET:
+            warnings.warn("ProxyServer(upstream_timeout=) is deprecated: handshake_timeout= sets both legs' deadline",
+                          DeprecationWarning, stacklevel=2)
+        # The upstream leg's opening-handshake deadline: handshake_timeout, as the client's.
+        self.upstream_timeout: float | None = server_kwargs.get("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT) \
+            if upstream_timeout is _UNSET else upstream_timeout
         self.upstream_proxy = upstream_proxy
         self.forward_headers = tuple(forward_headers)
         self._base = urllib.parse.urlsplit(upstream)
@@ -165,7 +186,7 @@ class ProxyServer(Server):
         parse_uri(url)
         return url
 
-    def forwarded_headers(self, request: Request) -> List[Tuple[str, str]]:
+    def forwarded_headers(self, request: Request) -> list[tuple[str, str]]:
         """The headers of the upstream request: ``forward_headers`` and ``X-Forwarded-For``."""
         headers = [(name, value) for name in self.forward_headers for value in request.headers.get_all(name)]
         if isinstance(request.address, tuple) and request.address:
@@ -198,8 +219,8 @@ class ProxyServer(Server):
                    if k in CONNECTION_OPTIONS and k != "queue_messages"}
         try:
             upstream = connect(url, protocols=offered or None, headers=self.forwarded_headers(request),
-                               ssl=self.upstream_ssl, timeout=self.upstream_timeout, connection_class=_Upstream,
-                               proxy=self.upstream_proxy,
+                               ssl=self.upstream_ssl, handshake_timeout=self.upstream_timeout,
+                               connection_class=_Upstream, proxy=self.upstream_proxy,
                                max_size=self.sock.max_size, write_timeout=self.sock.write_timeout, **options)
         except HandshakeError as exc:
             if exc.status in PASS_THROUGH_STATUSES:
@@ -221,7 +242,7 @@ class ProxyServer(Server):
         self._local.protocol = upstream.protocol
         return None
 
-    def select_subprotocol(self, client_protocols: List[str], server_protocols: Sequence[str]) -> Optional[str]:
+    def select_subprotocol(self, client_protocols: list[str], server_protocols: Sequence[str]) -> str | None:
         """The subprotocol the upstream chose (it was offered the client's list, so it is one of them)."""
         return getattr(self._local, "protocol", None)
 
@@ -236,7 +257,7 @@ class ProxyServer(Server):
             if upstream is not None:
                 self._finish_upstream(upstream, relay)
 
-    def _finish_upstream(self, upstream: _Upstream, relay: Optional[threading.Thread]) -> None:
+    def _finish_upstream(self, upstream: _Upstream, relay: threading.Thread | None) -> None:
         """After the client's thread is done: end the upstream leg and its relay thread, bounded."""
         if upstream.close_timeout is None:  # a proxy thread never waits for ever on one leg
             upstream.close_timeout = DEFAULT_CLOSE_TIMEOUT
@@ -350,7 +371,7 @@ def _dot_segment(path: str) -> bool:
     return any(segment in (".", "..") for segment in re.split(r"[/\\]", decoded))
 
 
-def _toward_client(code: Optional[int], reason: str) -> Tuple[int, str]:
+def _toward_client(code: int | None, reason: str) -> tuple[int, str]:
     """The close status for the client when the upstream leg ended with ``code``."""
     if code is None or code == CLOSE_NO_STATUS:
         return CLOSE_NORMAL, ""
@@ -363,7 +384,7 @@ def _toward_client(code: Optional[int], reason: str) -> Tuple[int, str]:
     return code, short_reason(reason)
 
 
-def _toward_upstream(code: Optional[int], reason: str) -> Tuple[int, str]:
+def _toward_upstream(code: int | None, reason: str) -> tuple[int, str]:
     """The close status for the upstream when the client leg ended with ``code``."""
     if code is None or code == CLOSE_NO_STATUS:
         return CLOSE_NORMAL, ""

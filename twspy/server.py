@@ -15,16 +15,27 @@ import stat
 import threading
 import time
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from collections.abc import Iterable, Sequence
+from typing import Any, Callable
 
-from .connection import CONNECTION_OPTIONS, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
+from .connection import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_MAX_FRAGMENTS,
+    DEFAULT_MAX_OUTBOX,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    Connection,
+)
 from .errors import HandshakeError
+from .extension import Extension
 from .filters import Filter, run_close, run_connect, run_message, run_open
 from .frame import CLOSE_GOING_AWAY
-from .handshake import Headers, Reply, Request, build_response, error_response, head_end
+from .handshake import MAX_HEADER_SIZE, Headers, Reply, Request, build_response, error_response, head_end
 from .message import Message
 from .permessage_deflate import default_extensions
-from .websocket import websocket
+from .websocket import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_SIZE, DEFAULT_WRITE_TIMEOUT, websocket
 
 __all__ = ["Server", "ServerConnection", "send_all"]
 
@@ -41,7 +52,7 @@ class _Pending:
 
     __slots__ = ("sock", "fd", "address", "deadline", "buf", "tls")
 
-    def __init__(self, sock: socket.socket, address: Any, deadline: Optional[float]) -> None:
+    def __init__(self, sock: socket.socket, address: Any, deadline: float | None) -> None:
         self.sock, self.address, self.deadline = sock, address, deadline
         self.fd = sock.fileno()  # the same once wrapped in TLS
         self.buf = bytearray()
@@ -54,8 +65,8 @@ class _Throttle:
 
     def __init__(self, log: logging.Logger, interval: float = 10.0) -> None:
         self.log, self.interval = log, interval
-        self._next: Dict[str, float] = {}
-        self._skipped: Dict[str, int] = {}
+        self._next: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def warning(self, kind: str, msg: str, *args: Any) -> None:
@@ -85,7 +96,7 @@ class ServerConnection(Connection):
     _ids = itertools.count(1)
     _refused = False
 
-    def __init__(self, server: "Server", sock: websocket, **options: Any) -> None:
+    def __init__(self, server: Server, sock: websocket, **options: Any) -> None:
         self.server = server
         n = next(self._ids)
         self.id = "%s.%d.%s" % (server.node_id, n, secrets.token_hex(8)) if server.node_id else str(n)
@@ -200,11 +211,13 @@ class Server:
             hundred bytes each, no thread.
         unix_path: listen on this Unix domain socket instead of ``address`` (POSIX; a stale
             socket file there is replaced, and removed at shutdown).
-        close_timeout, max_queue, max_outbox, ping_interval (default 20 s), ping_timeout
-            (default 20 s), queue_messages: passed to each client's Connection.
-        **websocket_kwargs: protocols, extensions (default: permessage-deflate; ``[]`` for
-            none), trusted_origins, locations, max_size,
-            max_header_size, handshake_timeout: see :class:`~twspy.websocket.websocket`.
+        protocols, extensions (default: permessage-deflate; ``[]`` for none), trusted_origins,
+            locations, max_size, max_header_size, handshake_timeout, write_timeout: see
+            :class:`~twspy.websocket.websocket`.
+        close_timeout, ping_interval (default 20 s), ping_timeout (default 20 s), max_queue,
+            max_queue_bytes, max_outbox, max_fragments, queue_messages, background: passed to
+            each client's :class:`~twspy.connection.Connection`. The README's option table
+            lists every option with its default.
     """
 
     connection_class = ServerConnection
@@ -219,15 +232,29 @@ class Server:
                               "and read request.method, request.path, request.headers" % cls.__name__,
                               DeprecationWarning, stacklevel=2)
 
-    def __init__(self, address: Tuple[str, int] = ("127.0.0.1", 8000), ssl: Optional[_ssl.SSLContext] = None,
+    def __init__(self, address: tuple[str, int] = ("127.0.0.1", 8000), ssl: _ssl.SSLContext | None = None,
                  backlog_size: int = 128, max_connections: int = 1024, filters: Sequence[Filter] = (),
-                 hub: Any = None, *, max_pending: int = DEFAULT_MAX_PENDING, unix_path: Optional[str] = None,
-                 **websocket_kwargs: Any) -> None:
-        self.connection_options = {k: websocket_kwargs.pop(k) for k in CONNECTION_OPTIONS if k in websocket_kwargs}
-        self.connection_options.setdefault("ping_interval", DEFAULT_PING_INTERVAL)
-        self.connection_options.setdefault("ping_timeout", DEFAULT_PING_TIMEOUT)
-        if websocket_kwargs.get("extensions") is None:
-            websocket_kwargs["extensions"] = default_extensions()  # permessage-deflate; extensions=[] for none
+                 hub: Any = None, *, max_pending: int = DEFAULT_MAX_PENDING, unix_path: str | None = None,
+                 protocols: Sequence[str] = (), extensions: Sequence[Extension] | None = None,
+                 trusted_origins: Sequence[str] = (), locations: Sequence[str] = (),
+                 max_size: int | None = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
+                 handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+                 write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
+                 close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+                 ping_interval: float | None = DEFAULT_PING_INTERVAL,
+                 ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
+                 max_queue: int = DEFAULT_MAX_QUEUE, max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+                 max_outbox: int = DEFAULT_MAX_OUTBOX, max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
+                 queue_messages: bool = False, background: bool = False) -> None:
+        # What each client's Connection gets (also the proxy's upstream leg and the mux channels).
+        self.connection_options: dict[str, Any] = dict(
+            close_timeout=close_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout,
+            max_queue=max_queue, max_queue_bytes=max_queue_bytes, max_outbox=max_outbox,
+            max_fragments=max_fragments, queue_messages=queue_messages)
+        if background:
+            self.connection_options["background"] = True
+        if extensions is None:
+            extensions = default_extensions()  # permessage-deflate; extensions=[] for none
         if unix_path is not None:
             if not hasattr(socket, "AF_UNIX"):  # pragma: no cover - Windows
                 raise ValueError("unix_path needs Unix domain sockets (POSIX)")
@@ -237,7 +264,10 @@ class Server:
             family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.unix_path = unix_path
         self.sock = websocket(ssl=ssl, family=family, select_subprotocol=self.select_subprotocol,
-                              process_request=self._answer_request, **websocket_kwargs)
+                              process_request=self._answer_request, protocols=protocols, extensions=extensions,
+                              trusted_origins=trusted_origins, locations=locations, max_size=max_size,
+                              max_header_size=max_header_size, handshake_timeout=handshake_timeout,
+                              write_timeout=write_timeout)
         try:
             self.sock.bind(unix_path if unix_path is not None else address)  # SO_REUSEADDR on POSIX
             self.sock.listen(backlog_size)
@@ -248,15 +278,15 @@ class Server:
         self.address: Any = self.sock.getsockname()
         self.max_connections = max_connections
         self.max_pending = max_pending
-        self.clients: Set[ServerConnection] = set()
-        self._threads: Set[threading.Thread] = set()
-        self._handshaking: Set[socket.socket] = set()  # sockets whose thread is in the opening handshake
-        self._pending: Dict[int, _Pending] = {}  # run()'s own, by fd, oldest first: accepted, head not complete
-        self._received: Dict[socket.socket, Tuple[bytes, Optional[float]]] = {}  # head read, for _serve
+        self.clients: set[ServerConnection] = set()
+        self._threads: set[threading.Thread] = set()
+        self._handshaking: set[socket.socket] = set()  # sockets whose thread is in the opening handshake
+        self._pending: dict[int, _Pending] = {}  # run()'s own, by fd, oldest first: accepted, head not complete
+        self._received: dict[socket.socket, tuple[bytes, float | None]] = {}  # head read, for _serve
         self._hook = threading.local()  # per client thread: who answered its request (for the log)
         self._log = _Throttle(logger)
         self._backoff = 0.0
-        self._resume_accept: Optional[float] = None  # accept() paused (out of fds) until then
+        self._resume_accept: float | None = None  # accept() paused (out of fds) until then
         self._reserved = 0  # extra clients served over an existing socket (reserve_connection)
         self._lock = threading.Lock()
         self._stopping = False
@@ -267,8 +297,8 @@ class Server:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.sock.sock, selectors.EVENT_READ)
         self._selector.register(self._wake_r, selectors.EVENT_READ)
-        self.filters: List[Filter] = list(filters)
-        self.node_id: Optional[str] = None  # set by an attached hub: client ids become routable
+        self.filters: list[Filter] = list(filters)
+        self.node_id: str | None = None  # set by an attached hub: client ids become routable
         self.hub: Any = None
         if hub is not None:
             hub.attach(self)
@@ -292,7 +322,7 @@ class Server:
     def onerror(self, client: ServerConnection, exc: BaseException) -> None:
         """A client's connection failed."""
 
-    def select_subprotocol(self, client_protocols: List[str], server_protocols: Sequence[str]) -> Optional[str]:
+    def select_subprotocol(self, client_protocols: list[str], server_protocols: Sequence[str]) -> str | None:
         """Pick the subprotocol: by default the first of the client's that the server supports."""
         for protocol in client_protocols:
             if protocol in server_protocols:
@@ -361,7 +391,7 @@ class Server:
         self._running.wait(5)
         return thread
 
-    def _next_timeout(self) -> Optional[float]:
+    def _next_timeout(self) -> float | None:
         now = time.monotonic()
         wake = []
         if self._pending:  # accepted in order, one timeout for all: the first ends first
@@ -516,13 +546,13 @@ class Server:
             _close(sock, _BUSY)
 
     def _serve(self, sock: socket.socket, address: Any) -> None:
-        client: Optional[ServerConnection] = None
-        ws: Optional[websocket] = None
+        client: ServerConnection | None = None
+        ws: websocket | None = None
         try:
             with self._lock:
                 received, deadline = self._received.pop(sock, (b"", None))
                 self._handshaking.add(sock)
-            ws = self.sock._child(sock)
+            ws = self.sock.child(sock)
             ws.address = address
             self._hook.by = None
             try:
@@ -598,7 +628,7 @@ class Server:
     _stop_reason = ""
 
     @property
-    def stopping(self) -> Optional[Tuple[int, str]]:
+    def stopping(self) -> tuple[int, str] | None:
         """None while serving; the ``(code, reason)`` given to :meth:`shutdown` once it began."""
         return (self._stop_code, self._stop_reason) if self._stopping else None
 
@@ -611,7 +641,7 @@ class Server:
             self._reserved += 1
             return True
 
-    def release_connection(self, client: Optional[ServerConnection] = None) -> None:
+    def release_connection(self, client: ServerConnection | None = None) -> None:
         """Give back a :meth:`reserve_connection` and take ``client`` (if any) out of ``clients``."""
         with self._lock:
             self._reserved -= 1
@@ -684,7 +714,7 @@ class Server:
                 if thread.ident is not None:
                     thread.join(left)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -693,11 +723,11 @@ class Server:
 
 def send_all(clients: Iterable[Connection], message: Any) -> None:
     """Send ``message`` to each client without blocking (:meth:`Connection.send_nowait`),
-    encoding its frame once for every client that can share it."""
+    encoding its frame once for every client that can share it (``can_share_frames``)."""
     prepared = None
     for client in clients:
         data = None
-        if not client._codecs:
+        if getattr(client, "can_share_frames", False):  # a shell without it never shares (ASGI)
             if prepared is None:
                 prepared = client.prepare(message)
             data = prepared

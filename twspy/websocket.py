@@ -2,13 +2,15 @@
 
 A :class:`websocket` wraps a ``socket.socket`` (and forwards its methods). A server
 ``bind``s, ``listen``s and ``accept``s (the handshake runs inside ``accept``); a client
-``connect``s. Then ``send(*frames)`` and ``recv() -> Frame``. It owns the receive buffer,
-the per-frame extensions and the RSV bits they own; messages live in Connection.
+``connect``s. Then ``send(*frames)`` and ``recv() -> Frame`` (raw frames: encoded and
+decoded by a :class:`~twspy.protocol.Protocol`, which masks by side and runs per-frame
+extensions), or :meth:`websocket.read_bytes` for a shell that feeds a protocol core
+(:class:`~twspy.connection.Connection`). It owns the socket, TLS, the receive buffer and
+the waiting; no protocol rule lives here.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import select
@@ -18,14 +20,29 @@ import ssl as _ssl
 import struct
 import threading
 import time
-from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from .errors import ConnectionClosed, HandshakeError, InvalidState, NegotiationError
 from .extension import Extension, ExtensionCodec
-from .frame import (_H2, CLOSE_MISSING_EXTENSIONS, OPCODE_CLOSE, Frame, FrameParser, _header, _new_frame,
-                    encode_close, mask, mask_join, pack_frame, parse_data_frame)
-from .handshake import (MAX_HEADER_SIZE, Headers, Reply, Request, build_request, check_response, error_response,
-                        make_key, parse_request, parse_response, read_head, reply_response, server_handshake)
+from .frame import CLOSE_MISSING_EXTENSIONS, Frame, FrameParser, mask_join, new_frame
+from .handshake import (
+    MAX_HEADER_SIZE,
+    Headers,
+    Reply,
+    Request,
+    basic_auth,
+    build_request,
+    check_response,
+    error_response,
+    make_key,
+    parse_request,
+    parse_response,
+    read_head,
+    reply_response,
+    server_handshake,
+)
+from .protocol import CLIENT, SERVER, Protocol
 
 __all__ = ["websocket", "DEFAULT_MAX_SIZE", "DEFAULT_HANDSHAKE_TIMEOUT"]
 
@@ -36,7 +53,6 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0    # seconds for TLS + HTTP upgrade
 DEFAULT_WRITE_TIMEOUT = 30.0        # seconds a send may make no progress
 _RECV_SIZE = 64 * 1024              # one read can carry many small frames
 _LARGE = 256 * 1024                 # payloads from this size are read straight into their buffer
-_SMALL_SEND = 16 * 1024             # below this, header + payload go out in one sendall
 _SENDMSG = hasattr(socket.socket, "sendmsg")  # gathered writes (not on Windows)
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _poll = getattr(select, "poll", None)  # poll() has no FD_SETSIZE limit, unlike select()
@@ -71,17 +87,17 @@ class websocket:
             (a peer that never reads cannot pin a thread); None for no limit.
     """
 
-    def __init__(self, sock: Optional[socket.socket] = None, origin: Optional[str] = None,
+    def __init__(self, sock: socket.socket | None = None, origin: str | None = None,
                  protocols: Sequence[str] = (), extensions: Sequence[Extension] = (),
                  location: str = "/", trusted_origins: Sequence[str] = (), locations: Sequence[str] = (),
-                 auth: Optional[Tuple[str, str]] = None, ssl: Union[None, bool, _ssl.SSLContext] = None,
-                 host: Optional[str] = None, headers: Sequence[Tuple[str, str]] = (),
-                 max_size: Optional[int] = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
-                 handshake_timeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT,
-                 select_subprotocol: Optional[Callable[[List[str], Sequence[str]], Optional[str]]] = None,
-                 family: int = socket.AF_INET, server_hostname: Optional[str] = None,
-                 write_timeout: Optional[float] = DEFAULT_WRITE_TIMEOUT,
-                 process_request: Optional[Callable[[Request], Reply]] = None) -> None:
+                 auth: tuple[str, str] | None = None, ssl: None | bool | _ssl.SSLContext = None,
+                 host: str | None = None, headers: Sequence[tuple[str, str]] = (),
+                 max_size: int | None = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
+                 handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+                 select_subprotocol: Callable[[list[str], Sequence[str]], str | None] | None = None,
+                 family: int = socket.AF_INET, server_hostname: str | None = None,
+                 write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
+                 process_request: Callable[[Request], Reply] | None = None) -> None:
         self.sock = sock if sock is not None else socket.socket(family, socket.SOCK_STREAM)
         self.origin = origin
         self.protocols = list(protocols)
@@ -101,26 +117,24 @@ class websocket:
         self.write_timeout = write_timeout
         self.process_request = process_request
 
-        self.server_side: Optional[bool] = None   # None until accept()/connect()
+        self.server_side: bool | None = None   # None until accept()/connect()
         self.handshake_done = False
-        self.protocol: Optional[str] = None       # negotiated subprotocol
-        self.extensions: List[ExtensionCodec] = []  # negotiated codecs, order of application
-        self.path: Optional[str] = None           # server: request target; client: location
-        self.headers: Optional[Headers] = None    # server: request headers; client: response headers
-        self.request: Optional[Request] = None    # server: the upgrade request
+        self.protocol: str | None = None       # negotiated subprotocol
+        self.extensions: list[ExtensionCodec] = []  # negotiated codecs, order of application
+        self.path: str | None = None           # server: request target; client: location
+        self.headers: Headers | None = None    # server: request headers; client: response headers
+        self.request: Request | None = None    # server: the upgrade request
         self.address: Any = None                  # peer address
         self.send_lock = threading.Lock()         # one whole frame (or message) at a time
+        # The raw-frame API's core (set once the handshake is done): encodes frames (masking
+        # by side, per-frame extensions) for send() and decodes per-frame extensions for recv().
+        self.core: Protocol | None = None
         self._parser = FrameParser(max_size)
-        self._frame_codecs: List[ExtensionCodec] = []
+        self._frame_codecs: list[ExtensionCodec] = []
         self._mask_out = False
         # a large frame being read: b0, key, its chunks (allocated as bytes arrive), bytes received, length
-        self._large: Optional[Tuple[int, Optional[bytes], List[bytearray], int, int]] = None
-        self._keys: Deque[bytes] = collections.deque()
-        # Connection's fail-fast check of partly received frames: f(first header byte, payload bytes)
-        self.partial_hook: Optional[Callable[[int, bytes], None]] = None
-        self.text_in_progress = False  # set by Connection while a fragmented text message is open
-        self._partial_done = 0
-        self._poller: Optional[selectors.BaseSelector] = None
+        self._large: tuple[int, bytes | None, list[bytearray], int, int] | None = None
+        self._poller: selectors.BaseSelector | None = None
         self._wait_lock = threading.Lock()  # abort() vs a reader in select() (see abort)
         self._waiting = False
         self._close_on_wake = False
@@ -160,10 +174,10 @@ class websocket:
     def shutdown(self, how: int) -> None:
         self.sock.shutdown(how)
 
-    def settimeout(self, timeout: Optional[float]) -> None:
+    def settimeout(self, timeout: float | None) -> None:
         self.sock.settimeout(timeout)
 
-    def __enter__(self) -> "websocket":
+    def __enter__(self) -> websocket:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -178,14 +192,15 @@ class websocket:
         return "<twspy.websocket %s fd=%d path=%r>" % (role, fd, self.path)
 
     # -- server -------------------------------------------------------------------------------
-    def _child(self, sock: socket.socket) -> "websocket":
+    def child(self, sock: socket.socket) -> websocket:
+        """A websocket for an accepted ``sock`` with this listening one's server options."""
         return websocket(sock, protocols=self.protocols, extensions=self.extension_offers,
                          trusted_origins=self.trusted_origins, locations=self.locations, ssl=self.ssl,
                          max_size=self.max_size, max_header_size=self.max_header_size,
                          handshake_timeout=self.handshake_timeout, select_subprotocol=self.select_subprotocol,
                          write_timeout=self.write_timeout, process_request=self.process_request)
 
-    def accept(self, handshake: bool = True) -> Tuple["websocket", Any]:
+    def accept(self, handshake: bool = True) -> tuple[websocket, Any]:
         """Accept a client and run the server handshake: ``(websocket, address)``.
 
         With ``handshake=False`` the caller runs :meth:`server_handshake` itself (the
@@ -193,14 +208,14 @@ class websocket:
         error, closes the socket and raises HandshakeError.
         """
         sock, address = self.sock.accept()
-        client = self._child(sock)
+        client = self.child(sock)
         client.address = address
         client.server_side = True
         if handshake:
             client.server_handshake()
         return client, address
 
-    def server_handshake(self, timeout: Optional[float] = -1.0, received: bytes = b"") -> None:
+    def server_handshake(self, timeout: float | None = -1.0, received: bytes = b"") -> None:
         """Run TLS (if configured) and the HTTP upgrade as a server, within ``timeout``.
 
         ``timeout=-1`` means ``handshake_timeout``. ``received``: bytes of the request the
@@ -240,7 +255,7 @@ class websocket:
         self._opened(rest, require_mask=True)
         self.sock.settimeout(old_timeout)
 
-    def answer_request(self, request: Request) -> Optional[Tuple[int, bytes]]:
+    def answer_request(self, request: Request) -> tuple[int, bytes] | None:
         """Run the ``process_request`` hook: None to go on, or ``(status, HTTP response bytes)``
         (HandshakeError 500 if the hook raised). Also used for each mux channel's request."""
         if self.process_request is None:
@@ -253,7 +268,7 @@ class websocket:
             logger.error("process_request failed for %r", request, exc_info=exc)
             raise HandshakeError("internal server error", 500) from exc
 
-    def _select_subprotocol(self, client_protocols: List[str], server_protocols: Sequence[str]) -> Optional[str]:
+    def _select_subprotocol(self, client_protocols: list[str], server_protocols: Sequence[str]) -> str | None:
         try:
             return self.select_subprotocol(client_protocols, server_protocols)  # type: ignore[misc]
         except (Exception, SystemExit) as exc:  # as for process_request: 500, not a silent close
@@ -286,13 +301,12 @@ class websocket:
             raise
         self.sock.settimeout(old_timeout)
 
-    def client_handshake(self, host: str, deadline: Optional[float] = None) -> None:
+    def client_handshake(self, host: str, deadline: float | None = None) -> None:
         """Send the upgrade request over the connected socket and check the answer."""
         self.server_side = False
         key = make_key()
         headers = list(self.request_headers_extra)
         if self.auth is not None:
-            from .client import basic_auth  # local: client imports websocket
             headers.append(("Authorization", basic_auth(*self.auth)))
         self._send_before(deadline, build_request(host, self.location, key, self.origin, self.protocols,
                                                   self.extension_offers, headers))
@@ -307,17 +321,18 @@ class websocket:
                                                             self.extension_offers)
         except NegotiationError as exc:
             # RFC 7692 §5.1 / RFC 6455 §7.4.1: tell the server why before leaving (1010).
+            core = Protocol(CLIENT)  # the core words and masks it
+            core.fail(CLOSE_MISSING_EXTENSIONS, exc.message)
             try:
-                header, body = pack_frame(OPCODE_CLOSE, encode_close(CLOSE_MISSING_EXTENSIONS, exc.message[:120]),
-                                          True, 0, os.urandom(4))
-                self.sock.sendall(header + body)
-            except (OSError, ValueError):
+                for data in core.data_to_send():
+                    self.sock.sendall(data)
+            except OSError:
                 pass
             exc.status, exc.headers = response.status, response.headers
             raise
         self._opened(rest, require_mask=False)
 
-    def _read_body(self, response: Any, rest: bytes, deadline: Optional[float]) -> bytes:
+    def _read_body(self, response: Any, rest: bytes, deadline: float | None) -> bytes:
         """Read a non-101 response body (bounded by max_header_size) for the error report."""
         try:
             length = int(response.headers.get("Content-Length") or 0)
@@ -343,6 +358,8 @@ class websocket:
         for codec in self.extensions:
             rsv |= codec.rsv
         self._frame_codecs = [c for c in self.extensions if c.per_frame]
+        self.core = Protocol(SERVER if require_mask else CLIENT, max_size=self.max_size, max_fragments=None,
+                             extensions=self.extensions)
         self._parser = FrameParser(self.max_size, require_mask, rsv)
         if rest:
             self._parser.feed(rest)
@@ -360,72 +377,46 @@ class websocket:
                 pass
 
     @property
-    def message_codecs(self) -> List[ExtensionCodec]:
+    def message_codecs(self) -> list[ExtensionCodec]:
         """The negotiated per-message codecs (applied by Connection)."""
         return [c for c in self.extensions if not c.per_frame]
 
     def send(self, *frames: Frame) -> None:
         """Send whole frames, in order, without interleaving with other threads.
 
-        A client masks every frame with a fresh key; a server never masks.
+        A client masks every frame with a fresh key; a server never masks (the core's rule).
         """
         if not self.handshake_done:
             raise InvalidState("send() before the opening handshake")
         with self.send_lock:
             for frame in frames:
-                if self._frame_codecs and not frame.is_control:
-                    for codec in self._frame_codecs:
-                        frame = codec.encode_frame(frame)
                 self.send_raw(frame.opcode, frame.payload, frame.final, frame.rsv)
 
-    def _encode_frame(self, opcode: int, payload: bytes, final: bool, rsv: int) -> Tuple[bytes, bytes]:
-        """``(header, body)`` of one outgoing frame: per-frame codecs applied, masked on a client."""
-        if self._frame_codecs and opcode < 0x8:
-            frame = Frame(opcode, payload, final=final, rsv1=bool(rsv & 0x40), rsv2=bool(rsv & 0x20),
-                          rsv3=bool(rsv & 0x10))
-            for codec in self._frame_codecs:
-                frame = codec.encode_frame(frame)
-            payload, rsv = frame.payload, frame.rsv
-        n = len(payload)
-        b0 = (0x80 | rsv | opcode) if final else (rsv | opcode)
-        if self._mask_out:
-            key = self._masking_key()
-            return _header(b0, n, 0x80) + key, mask(key, payload)
-        return (_H2.pack(b0, n) if n < 126 else _header(b0, n, 0)), payload
-
-    def _masking_key(self) -> bytes:
-        # §5.3: a fresh unpredictable key per frame. os.urandom(4) costs a syscall (0.8 us);
-        # drawing from a pool of urandom bytes costs 0.1 us. deque.popleft is atomic, so
-        # threads that send outside the send lock (start_close) still never share a key.
-        try:
-            return self._keys.popleft()
-        except IndexError:
-            pool = os.urandom(4096)
-            self._keys.extend([pool[i:i + 4] for i in range(4, 4096, 4)])
-            return pool[:4]
-
     def send_raw(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> None:
-        """Send one frame; the caller holds ``send_lock`` (Connection's fast path)."""
-        n = len(payload)
-        if n < 126 and not self._mask_out and not self._frame_codecs:  # a server's small frame
-            self.sock.sendall(_H2.pack((0x80 | rsv | opcode) if final else (rsv | opcode), n) + payload)
-            return
-        header, body = self._encode_frame(opcode, payload, final, rsv)
+        """Send one frame (per-frame codecs applied, masked on a client); the caller holds ``send_lock``."""
+        assert self.core is not None, "send before the opening handshake"
+        self.send_pieces(self.core.encode_frame(opcode, payload, final, rsv))
+
+    def send_pieces(self, pieces: list[bytes]) -> None:
+        """Write one frame's or message's encoded pieces in order (the core keeps a large payload
+        apart from its header, never copied); the caller holds ``send_lock``.
+
+        A header and a large payload go out in one gathered write: no copy of the payload into
+        one buffer, and no lone header segment (TCP_NODELAY) that wakes the peer for 10 bytes.
+        """
         sock = self.sock
-        if len(body) < _SMALL_SEND:
-            sock.sendall(header + body)
-        elif _SENDMSG and isinstance(sock, socket.socket) and not isinstance(sock, _ssl.SSLSocket):
-            # One gathered write, no copy of the payload into one buffer, and no lone header
-            # segment (TCP_NODELAY) that wakes the peer for 10 bytes.
-            sent = sock.sendmsg((header, body))
+        if len(pieces) == 2 and _SENDMSG and isinstance(sock, socket.socket) \
+                and not isinstance(sock, _ssl.SSLSocket):
+            header, body = pieces
+            sent = sock.sendmsg(pieces)
             if sent < len(header):
                 sock.sendall(header[sent:])
                 sent = len(header)
             if sent - len(header) < len(body):
                 sock.sendall(memoryview(body)[sent - len(header):])
-        else:  # TLS (or a socket-like object) has no sendmsg: no copy of a large payload into one buffer
-            sock.sendall(header)
-            sock.sendall(body)
+            return
+        for piece in pieces:  # TLS (or a socket-like object) has no sendmsg
+            sock.sendall(piece)
 
     # -- the transport interface Connection uses (a mux channel implements the same) ----------
     @property
@@ -433,10 +424,10 @@ class websocket:
         """Whether frames encoded once can be sent as they are (no masking, no per-frame codec)."""
         return not self._mask_out and not self._frame_codecs
 
-    def frame_bytes(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> Optional[bytes]:
+    def frame_bytes(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> bytes | None:
         """One frame as wire bytes (per-frame codecs applied, masked on a client)."""
-        header, body = self._encode_frame(opcode, payload, final, rsv)
-        return header + body
+        assert self.core is not None, "frame_bytes before the opening handshake"
+        return b"".join(self.core.encode_frame(opcode, payload, final, rsv))
 
     def send_nowait(self, data: bytes) -> int:
         """Send what the socket takes now without blocking; the caller holds ``send_lock``.
@@ -457,7 +448,7 @@ class websocket:
         except OSError:
             pass
 
-    def wait_eof(self, deadline: Optional[float], discard: bool = False) -> None:
+    def wait_eof(self, deadline: float | None, discard: bool = False) -> None:
         """Read (and drop) until the peer closes TCP or ``deadline`` passes; never raises."""
         if discard:
             self._parser.take_buffer()
@@ -491,7 +482,7 @@ class websocket:
         """Send already encoded frames (see Connection.prepare); the caller holds ``send_lock``."""
         self.sock.sendall(data)
 
-    def recv(self, timeout: Optional[float] = None) -> Frame:
+    def recv(self, timeout: float | None = None) -> Frame:
         """Receive one frame (per-frame extensions decoded).
 
         Raises ProtocolError for a frame that breaks §5 (its ``code`` is the close code to
@@ -500,7 +491,7 @@ class websocket:
         """
         return self.read_frame(_deadline(timeout))
 
-    def read_frame(self, deadline: Optional[float] = None) -> Frame:
+    def read_frame(self, deadline: float | None = None) -> Frame:
         """:meth:`recv` with an absolute ``time.monotonic()`` deadline."""
         if not self.handshake_done:
             raise InvalidState("recv() before the opening handshake")
@@ -514,83 +505,36 @@ class websocket:
             if parsed is not None:
                 frame = parsed
                 break
-            if self.partial_hook is not None and parser._header is not None:
-                self._report_partial()
-            if parser._header is not None and parser.wanted() >= _LARGE:
+            header = parser.pending_header
+            if header is not None and parser.wanted() >= _LARGE:
                 # Only what has arrived is allocated: the announced length is a claim, and
                 # bytearray(length) for a 15-byte header cost 1 MiB per connection (issue 20).
-                b0, length, key, hlen = parser._header
+                b0, length, key, hlen = header
                 have = bytearray(parser.take_buffer()[hlen:])
                 self._large = (b0, key, [have], len(have), length)
                 continue
             if deadline is not None:
                 self._wait_readable(deadline)
             self._fill()
-        self._partial_done = 0
         if self._frame_codecs and not frame.is_control:
-            for codec in reversed(self._frame_codecs):
-                frame = codec.decode_frame(frame, self.max_size)
+            assert self.core is not None
+            frame = self.core.decode_frame(frame)
         return frame
 
-    def read_data_frame(self, deadline: Optional[float] = None) -> Optional[Tuple[int, bytes]]:
-        """The common case of :meth:`read_frame`, fused: ``(opcode, payload)`` of the next frame
-        when it is a whole unfragmented text or binary frame under 64 KiB, without RSV bits,
-        masked as the role requires (see :func:`~twspy.frame.parse_data_frame`), and no frame
-        codec applies; None otherwise, with what was read left buffered for :meth:`read_frame`.
+    def read_bytes(self, deadline: float | None = None) -> bytes:
+        """The next bytes from the peer, for a protocol core to parse (Connection feeds
+        :class:`~twspy.protocol.Protocol` with them): what is buffered first (bytes that
+        followed the handshake, or what :meth:`recv` left), then what one ``recv()`` gives.
 
-        It skips the Frame object and the general parser, and the parser's buffer when one
-        read holds exactly one frame (request/response traffic): measured, a fifth of the
-        per-message receive cost. Reads at most once.
+        Raises ConnectionClosed(1006) at EOF or a reset, TimeoutError once ``deadline`` (an
+        absolute ``time.monotonic()``; None: no limit) passes; nothing is lost then.
         """
         parser = self._parser
-        buf = parser.buffer
-        pos = parser.pos
-        if pos == len(buf):
-            if self._large is not None or not self.handshake_done:
-                return None
-            if deadline is not None:
-                self._wait_readable(deadline)
-            data = self._recv_some()
-            found = parse_data_frame(data, 0, parser.require_mask, parser.max_size)
-            if found is not None and found[2] == len(data):
-                return found[0], found[1]
-            parser.feed(data)
-            buf, pos = parser.buffer, 0
-        elif parser._header is not None or self._large is not None:
-            return None
-        found = parse_data_frame(buf, pos, parser.require_mask, parser.max_size)
-        if found is None:
-            return None
-        end = found[2]
-        if end == len(buf):
-            del buf[:]
-            parser.pos = 0
-        else:
-            parser.pos = end
-        return found[0], found[1]
-
-    def _report_partial(self) -> None:
-        """Give ``partial_hook`` the unmasked payload bytes of the pending frame not given yet.
-
-        Lets Connection reject invalid UTF-8 while a long text frame is still arriving
-        (§8.1 fail fast) instead of after its last byte.
-        """
-        parser = self._parser
-        b0, length, key, hlen = parser._header  # type: ignore[misc]
-        if b0 & 0x70 or not (b0 & 0x0F == 0x1 or (b0 & 0x0F == 0x0 and self.text_in_progress)):
-            return  # only uncompressed text is checked
-        first = parser.pos + hlen
-        start = first + self._partial_done
-        end = min(len(parser.buffer), first + length)
-        if end > start:
-            self._give_partial(b0, key, parser.buffer[start:end])
-
-    def _give_partial(self, b0: int, key: Optional[bytes], chunk: Union[bytes, bytearray, memoryview]) -> None:
-        if key is not None:
-            shift = self._partial_done % 4
-            chunk = mask(key[shift:] + key[:shift], chunk)
-        self._partial_done += len(chunk)
-        self.partial_hook(b0, bytes(chunk))  # type: ignore[misc]
+        if parser.pos < len(parser.buffer):
+            return parser.take_buffer()
+        if deadline is not None:
+            self._wait_readable(deadline)
+        return self._recv_some()
 
     def pending(self) -> bool:
         """Whether bytes are already buffered (so a poll() on the socket could miss them)."""
@@ -603,7 +547,7 @@ class websocket:
         """Whether a read would make progress now: a frame may be buffered (ours, TLS's) or
         the kernel has bytes (or EOF). Connection's background reading asks it (never blocks)."""
         parser = self._parser
-        if len(parser.buffer) > parser.pos and self._large is None and (parser._header is None
+        if len(parser.buffer) > parser.pos and self._large is None and (parser.pending_header is None
                                                                          or not parser.wanted()):
             return True
         sock = self.sock
@@ -672,7 +616,7 @@ class websocket:
             raise ConnectionClosed(1006, "")
         return data
 
-    def _recv_large(self, deadline: Optional[float]) -> Frame:
+    def _recv_large(self, deadline: float | None) -> Frame:
         """Read a large payload straight into buffers of its own; resumable after a timeout.
 
         Its first _RECV_SIZE bytes come from recv(), which sizes its result to what arrived;
@@ -685,8 +629,6 @@ class websocket:
         b0, key, chunks, got, length = self._large  # type: ignore[misc]
         chunk = chunks[-1]
         start = sum(len(c) for c in chunks) - len(chunk)  # where the last chunk begins in the payload
-        partial = self.partial_hook is not None and not b0 & 0x70 and (
-            b0 & 0x0F == 0x1 or (b0 & 0x0F == 0x0 and self.text_in_progress))
         while got < length:
             if deadline is not None:
                 self._wait_readable(deadline)
@@ -711,12 +653,9 @@ class websocket:
                 raise ConnectionClosed(1006, "")
             got += n
             self._large = (b0, key, chunks, got, length)
-            if partial:
-                with memoryview(chunk) as view:
-                    self._give_partial(b0, key, view[self._partial_done - start:got - start])
         self._large = None
         # Unmasked and joined in one pass (§5.3: the key's phase runs on across the chunks).
-        return _new_frame(b0, mask_join(key, chunks) if key is not None else b"".join(chunks), key)
+        return new_frame(b0, mask_join(key, chunks) if key is not None else b"".join(chunks), key)
 
     def close_poller(self) -> None:
         if self._poller is not None:
@@ -724,14 +663,14 @@ class websocket:
             self._poller = None
 
     # -- handshake I/O with a deadline ------------------------------------------------------
-    def _recv_before(self, deadline: Optional[float], n: int) -> bytes:
+    def _recv_before(self, deadline: float | None, n: int) -> bytes:
         self.sock.settimeout(_remaining(deadline))
         try:
             return self.sock.recv(n)
         except socket.timeout:
             raise TimeoutError("opening handshake timed out") from None
 
-    def _send_before(self, deadline: Optional[float], data: bytes) -> None:
+    def _send_before(self, deadline: float | None, data: bytes) -> None:
         try:
             self.sock.settimeout(_remaining(deadline))
             self.sock.sendall(data)
@@ -743,11 +682,11 @@ class websocket:
                 raise
 
 
-def _deadline(timeout: Optional[float]) -> Optional[float]:
+def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
 
-def _remaining(deadline: Optional[float]) -> Optional[float]:
+def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     left = deadline - time.monotonic()

@@ -196,6 +196,8 @@ class Connection(asyncio.Protocol):
             # (and answer the peer's close frame if the application never took its messages).
             self._close_timer = self._loop.call_later(self.close_timeout, self._close_deadline)
 
+    flush = _flush  # public: the server answers a refused handshake through it
+
     def _close_deadline(self) -> None:
         self._close_timer = None
         core = self.core
@@ -353,6 +355,8 @@ class Connection(asyncio.Protocol):
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+
+    next_event = _next  # public: the server's dispatch loop reads events through it
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._iterate()

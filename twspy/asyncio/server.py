@@ -110,6 +110,11 @@ class SyncView:
         # What send_all (twspy.server, used by the hub) looks at to share encoded frames.
         return self.connection.core.extensions
 
+    @property
+    def can_share_frames(self) -> bool:
+        """What send_all (twspy.server) asks before sharing encoded frames: nothing transforms them."""
+        return not self.connection.core.extensions
+
     def prepare(self, message: MessageLike) -> Optional[bytes]:
         try:
             return self.connection.prepare(message)
@@ -314,7 +319,7 @@ class Server:
             logger.warning("%s: too many connections (%d); answering 503", _fmt_address(conn.address),
                            self.max_connections)
             conn.core.reject(503, b"too many connections\n", (("Retry-After", "1"),))  # type: ignore[attr-defined]
-            conn._flush()
+            conn.flush()
             return
         self._connections.add(conn)
         conn.task = asyncio.get_running_loop().create_task(self._serve_client(conn))
@@ -354,7 +359,7 @@ class Server:
                     filtered_out = True
                     return
                 await self.onopen(conn)
-                next_item = conn._next
+                next_item = conn.next_event
                 while True:
                     try:
                         item = await next_item()
