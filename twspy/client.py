@@ -89,10 +89,10 @@ def connect(url: str, protocols: Sequence[str] | None = None, extensions: Sequen
             (the URL still gives the Host header and the path); no proxy is used.
         handshake_timeout: seconds for TCP connect + TLS + the HTTP upgrade (None: no limit).
         max_size, max_header_size, write_timeout: see :class:`~twspy.websocket.websocket`.
-        close_timeout, ping_interval, ping_timeout, max_queue, max_queue_bytes, max_outbox,
-            max_fragments, queue_messages, background: see :class:`~twspy.connection.Connection`;
-            keepalive pings every 20 s by default, and ``background=False`` turns off reading in
-            the background. The README's option table lists them all with their defaults.
+        close_timeout, ping_interval, ping_timeout, max_queue, max_queue_bytes, max_outbox, max_fragments:
+            see :class:`~twspy.connection.Connection`; keepalive pings every 20 s by default.
+        queue_messages, background: see :class:`~twspy.connection.Connection`; ``background=False``
+            turns off reading in the background. docs/limits.md lists every option with its default.
 
     Raises:
         InvalidURI, HandshakeError (``status``, ``headers``, ``body`` of the answer),
