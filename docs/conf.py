@@ -26,7 +26,8 @@ root_doc = "index"
 # Every reference to a twspy name must resolve (a renamed or removed name fails the build); the
 # standard library's and typing's names have no inventory here.
 nitpicky = True
-nitpick_ignore_regex = [(r"py:.*", r"(?!twspy\b).*")]
+nitpick_ignore_regex = [(r"py:.*", r"(?!twspy\b).*"),
+                        (r"py:class", r"twspy\.watchdog\.Watched")]  # a typing.Protocol in signatures, not public
 
 # Google-style docstrings (STYLE.md); signatures keep the source's type hints as written.
 napoleon_google_docstring = True
@@ -58,7 +59,7 @@ API_PAGES = [
     ("client", "Clients: URLs, proxies, auth", "What :func:`twspy.connect` builds on.",
      ["twspy.client", "twspy.uri", "twspy.proxies"]),
     ("server", "Connections and servers", "Defaults and helpers of the threaded layer.",
-     ["twspy.websocket", "twspy.connection", "twspy.server"]),
+     ["twspy.websocket", "twspy.connection", "twspy.watchdog", "twspy.outbox", "twspy.inqueue", "twspy.server"]),
     ("hub", "The hub", "Topics, broadcast and send-to-id across servers.",
      ["twspy.hub", "twspy.broker", "twspy.topics"]),
     ("filters", "Filters", "Servers composed from filter objects; bearer auth.", ["twspy.filters"]),
@@ -199,7 +200,7 @@ def resolve_reexported(app, env, node, contnode):
     if node.get("refdomain") != "py" or not target.startswith("twspy."):
         return None
     parts = target.split(".")
-    for cut in range(len(parts) - 1, 0, -1):  # the longest importable module prefix
+    for cut in range(len(parts), 0, -1):  # the longest importable module prefix
         try:
             obj = importlib.import_module(".".join(parts[:cut]))
         except ImportError:
@@ -208,6 +209,8 @@ def resolve_reexported(app, env, node, contnode):
         break
     else:
         return None
+    if not attrs:  # a module named with the wrong role (:class:`twspy.server`)
+        return env.get_domain("py").resolve_xref(env, node["refdoc"], app.builder, "mod", target, node, contnode)
     try:
         obj = getattr(obj, attrs[0])
     except AttributeError:
