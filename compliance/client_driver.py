@@ -24,7 +24,6 @@ import os
 import sys
 import time
 import traceback
-from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,7 +44,7 @@ def compression_available() -> bool:
     return True
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base", nargs="?", default=os.environ.get("AUTOBAHN_URL", "ws://127.0.0.1:9001"))
     parser.add_argument("agent", nargs="?", default=os.environ.get("AUTOBAHN_AGENT", "twspy"))

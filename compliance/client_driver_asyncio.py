@@ -15,7 +15,6 @@ import os
 import sys
 import time
 import traceback
-from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -54,7 +53,7 @@ async def run(base: str, agent: str, say, extensions) -> int:  # type: ignore[no
     return 1 if unexpected else 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base", nargs="?", default=os.environ.get("AUTOBAHN_URL", "ws://127.0.0.1:9001"))
     parser.add_argument("agent", nargs="?", default=os.environ.get("AUTOBAHN_AGENT", "twspy"))

@@ -17,8 +17,9 @@ import threading
 import time
 
 import pytest
-from conftest import wait_for
 from test_hub_redis import JsonClient, Node, _require_redis, clients, redis_server  # noqa: F401
+
+from conftest import wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

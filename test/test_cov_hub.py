@@ -8,11 +8,11 @@ import json
 import logging
 import threading
 
-from conftest import url
-
 import twspy
 from twspy.broker import MemoryBroker
 from twspy.hub import Hub, TopicBroadcast
+
+from conftest import url
 
 TIMEOUT = 5
 

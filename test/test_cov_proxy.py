@@ -7,11 +7,12 @@ import os
 import queue
 
 import pytest
-from conftest import url, wait_for
 
 import twspy
 from twspy.multiplex import Multiplex
 from twspy.proxy import ProxyServer
+
+from conftest import url, wait_for
 
 TIMEOUT = 5
 

@@ -79,7 +79,8 @@ def test_readme_shows_the_examples():
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         readme = f.read()
     shown = re.findall(r"<!-- (examples/\w+\.py) -->\n```python\n(.*?)```", readme, re.S)
-    assert {name for name, _ in shown} == {"examples/" + n for n in os.listdir(EXAMPLES) if n.endswith(".py") and not n.startswith("_")}
+    examples = {"examples/" + n for n in os.listdir(EXAMPLES) if n.endswith(".py") and not n.startswith("_")}
+    assert {name for name, _ in shown} == examples
     for name, code in shown:
         with open(os.path.join(ROOT, name), encoding="utf-8") as f:
             assert f.read() == code, "README's copy of %s is out of date" % name
