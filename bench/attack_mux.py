@@ -113,7 +113,7 @@ def proxy(seconds: float) -> None:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
                 sock.sendall(upgrade if kind == 2 else b"GET / HTTP/1.1\r\n")
             return
-        conn = twspy.connect(target, timeout=5)
+        conn = twspy.connect(target, handshake_timeout=5)
         if kind == 0:
             conn.send("hi")
             conn.recv(5)

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in range(1, count + 1):
         url = "%s/runCase?case=%d&agent=%s" % (base, case, agent)
         try:
-            with twspy.connect(url, extensions=extensions, max_size=MAX_SIZE, timeout=OPEN_TIMEOUT) as conn:
+            with twspy.connect(url, extensions=extensions, max_size=MAX_SIZE, handshake_timeout=OPEN_TIMEOUT) as conn:
                 for message in conn:
                     conn.send(message)
         except (WebSocketError, OSError) as exc:
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         if case % 50 == 0:
             say("client_driver: %d/%d (%.0fs)" % (case, count, time.monotonic() - t0), True)
 
-    with twspy.connect("%s/updateReports?agent=%s" % (base, agent), extensions=[], timeout=OPEN_TIMEOUT) as conn:
+    with twspy.connect("%s/updateReports?agent=%s" % (base, agent), extensions=[],
+                       handshake_timeout=OPEN_TIMEOUT) as conn:
         for _ in conn:
             pass
     say("client_driver: done in %.0fs%s" % (

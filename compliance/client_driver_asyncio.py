@@ -34,7 +34,7 @@ async def run(base: str, agent: str, say, extensions) -> int:  # type: ignore[no
     for case in range(1, count + 1):
         url = "%s/runCase?case=%d&agent=%s" % (base, case, agent)
         try:
-            async with connect(url, extensions=extensions, max_size=MAX_SIZE, timeout=OPEN_TIMEOUT,
+            async with connect(url, extensions=extensions, max_size=MAX_SIZE, handshake_timeout=OPEN_TIMEOUT,
                                ping_interval=None) as conn:
                 async for message in conn:
                     await conn.send(message)
@@ -45,7 +45,8 @@ async def run(base: str, agent: str, say, extensions) -> int:  # type: ignore[no
             say("case %d: UNEXPECTED EXCEPTION\n%s" % (case, traceback.format_exc().rstrip()), True)
         if case % 50 == 0:
             say("client_driver_asyncio: %d/%d (%.0fs)" % (case, count, time.monotonic() - t0), True)
-    async with connect("%s/updateReports?agent=%s" % (base, agent), extensions=[], timeout=OPEN_TIMEOUT) as conn:
+    async with connect("%s/updateReports?agent=%s" % (base, agent), extensions=[],
+                       handshake_timeout=OPEN_TIMEOUT) as conn:
         async for _ in conn:
             pass
     say("client_driver_asyncio: done in %.0fs%s" % (

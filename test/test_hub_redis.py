@@ -185,7 +185,7 @@ class JsonClient:
     """A client of the hub's JSON protocol that collects what it receives in a thread."""
 
     def __init__(self, url: str, reader: bool = True) -> None:
-        self.conn = connect(url, timeout=10, extensions=[])
+        self.conn = connect(url, handshake_timeout=10, extensions=[])
         hello = json.loads(self.conn.recv(timeout=10).payload)
         assert hello["type"] == "set_conn_id"
         self.id = hello["conn_id"]
@@ -397,7 +397,7 @@ def test_two_twspy_serve_processes_form_one_chat(redis_server):
     conns = []
     try:
         ports = [node.wait_port("on ws://") for node in servers]
-        conns = [connect("ws://127.0.0.1:%d/" % port, timeout=10) for port in ports]
+        conns = [connect("ws://127.0.0.1:%d/" % port, handshake_timeout=10) for port in ports]
         inbox: queue.Queue[str] = queue.Queue()
 
         def read():
@@ -442,7 +442,7 @@ def test_hub_chat_example_across_two_processes(redis_server):
     conns = []
     try:
         ports = [room.wait_port("ws://127.0.0.1:") for room in rooms]
-        conns = [connect("ws://127.0.0.1:%d/" % port, timeout=10) for port in ports]
+        conns = [connect("ws://127.0.0.1:%d/" % port, handshake_timeout=10) for port in ports]
         ids = []
         for n, conn in enumerate(conns):
             # Each hears itself once its subscription is in place. The second may hear the

@@ -12,6 +12,7 @@ import logging
 import re
 import ssl as _ssl
 import urllib.parse
+import warnings
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -46,8 +47,9 @@ class connect:
         origin: the Origin header. headers: extra request headers (a mapping or pairs).
         ssl: SSLContext for wss:// (default: ``ssl.create_default_context()``, which checks
             the certificate and the hostname, with SNI).
-        timeout: seconds for TCP connect + TLS + the HTTP upgrade of each attempt
-            (``handshake_timeout`` is the same option under the websocket's name).
+        handshake_timeout: seconds for TCP connect + TLS + the HTTP upgrade of each attempt
+            (default 10). ``timeout`` is its deprecated spelling (DeprecationWarning), as in
+            the threaded connect().
         connection_class: the :class:`~twspy.asyncio.Connection` subclass to build.
         max_size, max_header_size, close_timeout, max_queue, max_outbox, ping_interval
             (default 20 s), ping_timeout (default 20 s): as the threaded connect().
@@ -60,10 +62,14 @@ class connect:
     def __init__(self, url: str, *, protocols: Sequence[str] | None = None,
                  extensions: Sequence[Extension] | None = None, origin: str | None = None,
                  headers: None | Mapping[str, str] | Iterable[tuple[str, str]] = None,
-                 ssl: _ssl.SSLContext | None = None, timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+                 ssl: _ssl.SSLContext | None = None,
+                 handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
                  connection_class: type[Connection] = Connection, max_size: int | None = DEFAULT_MAX_SIZE,
                  max_header_size: int = MAX_HEADER_SIZE, **options: Any) -> None:
-        self.timeout = options.pop("handshake_timeout", timeout)
+        if "timeout" in options:
+            warnings.warn("connect(timeout=) is deprecated: use handshake_timeout=", DeprecationWarning, stacklevel=2)
+            handshake_timeout = options.pop("timeout")
+        self.handshake_timeout = handshake_timeout
         unknown = set(options) - set(CONNECTION_OPTIONS)
         if unknown:
             raise TypeError("unexpected options: %s" % ", ".join(sorted(unknown)))
@@ -100,9 +106,10 @@ class connect:
             extra = self.headers + ([("Authorization", auth_header)] if auth_header else [])
             try:
                 try:
-                    return await asyncio.wait_for(self._attempt(uri, extra), self.timeout)
+                    return await asyncio.wait_for(self._attempt(uri, extra), self.handshake_timeout)
                 except asyncio.TimeoutError:
-                    raise TimeoutError("opening handshake timed out after %s seconds" % self.timeout) from None
+                    after = self.handshake_timeout
+                    raise TimeoutError("opening handshake timed out after %s seconds" % after) from None
             except HandshakeError as exc:
                 status = exc.status
                 answer = exc.headers if isinstance(exc.headers, Headers) else None
