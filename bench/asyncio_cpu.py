@@ -16,7 +16,7 @@ import asyncio
 import os
 import sys
 import time
-from typing import Any, List
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +45,7 @@ async def _measure(args: argparse.Namespace) -> float:
         return best
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--conns", type=int, default=32)

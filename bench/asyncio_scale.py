@@ -76,7 +76,7 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def open_ws(port: int) -> "tuple[asyncio.StreamReader, asyncio.StreamWriter]":
+async def open_ws(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(UPGRADE)
     head = await reader.readuntil(b"\r\n\r\n")

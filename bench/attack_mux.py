@@ -24,7 +24,7 @@ from twspy.handshake import build_request, make_key, read_head  # noqa: E402
 from twspy.multiplex import AddChannelRequest, Multiplex, connect_multiplexed, encode_control_blocks  # noqa: E402
 
 
-def start(code: str) -> "tuple[subprocess.Popen[str], int]":
+def start(code: str) -> tuple[subprocess.Popen[str], int]:
     """Run ``code`` (which prints its port) in a new interpreter; the process and the port."""
     proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.path.insert(0, %r)\n%s" % (ROOT, code)],
                             stdout=subprocess.PIPE, text=True)
@@ -32,14 +32,14 @@ def start(code: str) -> "tuple[subprocess.Popen[str], int]":
     return proc, int(proc.stdout.readline())
 
 
-def stat(proc: "subprocess.Popen[str]") -> "tuple[int, int, int]":
+def stat(proc: subprocess.Popen[str]) -> tuple[int, int, int]:
     """Threads, RSS in MiB and open fds of ``proc``."""
     fields = dict(line.split(":", 1) for line in open("/proc/%d/status" % proc.pid))
     return (int(fields["Threads"]), int(fields["VmRSS"].split()[0]) // 1024,
             len(os.listdir("/proc/%d/fd" % proc.pid)))
 
 
-def echo_server(options: str = "", mux: str = "") -> "tuple[subprocess.Popen[str], int]":
+def echo_server(options: str = "", mux: str = "") -> tuple[subprocess.Popen[str], int]:
     return start("from twspy.cli import EchoServer\nfrom twspy.multiplex import Multiplex\n"
                  "s = EchoServer(('127.0.0.1', 0), extensions=[Multiplex(%s)], %s)\n"
                  "print(s.address[1], flush=True)\ns.run()" % (mux, options))
@@ -113,7 +113,7 @@ def proxy(seconds: float) -> None:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
                 sock.sendall(upgrade if kind == 2 else b"GET / HTTP/1.1\r\n")
             return
-        conn = twspy.connect(target, timeout=5)
+        conn = twspy.connect(target, handshake_timeout=5)
         if kind == 0:
             conn.send("hi")
             conn.recv(5)

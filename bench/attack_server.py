@@ -44,7 +44,7 @@ def idle(n: int) -> None:
     threads, rss = threading.active_count(), rss_mib()
     start = time.monotonic()
     try:
-        with twspy.connect("ws://127.0.0.1:%d/" % port, extensions=[], timeout=15):
+        with twspy.connect("ws://127.0.0.1:%d/" % port, extensions=[], handshake_timeout=15):
             result = "upgraded"
     except Exception as exc:
         result = "refused: %s" % exc

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import List
 
 __all__ = ["VENV", "REQUIREMENTS", "ensure_venv", "in_venv", "venv_python", "pip_install"]
 
@@ -40,13 +39,13 @@ def _venv_version() -> str:
     return ""
 
 
-def pip_install(packages: List[str]) -> None:
+def pip_install(packages: list[str]) -> None:
     print("bench: installing %s into %s" % (", ".join(packages), os.path.relpath(VENV)), flush=True)
     subprocess.run([venv_python(), "-m", "pip", "install", "-q", "--disable-pip-version-check"] + packages,
                    check=True, timeout=600)
 
 
-def ensure_venv(argv: List[str]) -> None:
+def ensure_venv(argv: list[str]) -> None:
     """Make sure the venv exists with the peers installed, then re-run ``argv`` inside it.
 
     Returns only when already running inside the venv.

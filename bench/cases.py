@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 from loadgen import OP_BINARY, OP_TEXT
 from servers import KINDS
@@ -28,7 +29,7 @@ CLIENTS = ("twspy", "websockets-sync", "websocket-client", "raw")
 # metrics the ratio is inverted first, so every target reads "at least N times as good").
 # Large messages (issue 13, with the C accelerator): 64 KiB and 1 MiB >= 1.5x the best peer,
 # 16 MiB >= 1.2x; the client sending 1 MiB >= 1.5x websockets' sync client.
-TARGETS: Dict[str, List[Tuple[str, float]]] = {
+TARGETS: dict[str, list[tuple[str, float]]] = {
     "small": [("best", 1.5), ("raw-tcp", 0.7)],
     "large": [("best", 1.5), ("raw-tcp", 0.6)],
     "huge": [("best", 1.2), ("raw-tcp", 0.6)],
@@ -61,17 +62,17 @@ class Case:
         self.latency, self.warmup, self.duration = latency, warmup, duration
         self.tags = {scenario, *tags}
 
-    def to_json(self) -> Dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         data = {k: v for k, v in vars(self).items() if k != "tags"}
         data["tags"] = sorted(self.tags)
         return data
 
 
-def build_cases(quick: bool, scenarios: Optional[set], duration: Optional[float] = None,
-                idle_conns: Optional[int] = None) -> List[Case]:
+def build_cases(quick: bool, scenarios: set | None, duration: float | None = None,
+                idle_conns: int | None = None) -> list[Case]:
     d = duration if duration is not None else (0.4 if quick else 0.8)
     w = 0.15 if quick else 0.2
-    cases: List[Case] = []
+    cases: list[Case] = []
 
     # (a) echo, and (e) latency from the 1 KiB one-in-flight runs
     # 1 connection and 32, one message in flight each; and pipelined: 1 connection, 16 in flight.

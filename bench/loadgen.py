@@ -27,7 +27,7 @@ import socket
 import struct
 import time
 import zlib
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 from procs import raise_nofile
 
@@ -62,7 +62,7 @@ def make_payload(size: int, opcode: int) -> bytes:
 
 def json_payload(size: int = 1024) -> bytes:
     """A JSON document of exactly ``size`` bytes that looks like an API response."""
-    records: List[Dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
     i = 0
     while True:
         record = {"id": 1000 + i, "user": "user%03d" % i, "active": i % 3 != 0, "score": round(i * 13.37, 2),
@@ -143,7 +143,7 @@ class Workload:
         self.payload, self.opcode = payload, opcode
         if target.proto == "raw":
             self.request = struct.pack("!I", len(payload)) + payload
-            self.response: Optional[bytes] = self.request
+            self.response: bytes | None = self.request
         elif target.deflate:
             self.request = ws_frame(opcode, deflate(payload), True, rsv=0x40)
             self.response = None
@@ -153,7 +153,7 @@ class Workload:
 
 
 # -- blocking helpers ------------------------------------------------------------------------
-def _recv_exact(sock: socket.socket, n: int, rest: bytes = b"") -> Tuple[bytes, bytes]:
+def _recv_exact(sock: socket.socket, n: int, rest: bytes = b"") -> tuple[bytes, bytes]:
     data = bytearray(rest)
     while len(data) < n:
         chunk = sock.recv(max(65536, min(n - len(data), 4 << 20)))
@@ -163,7 +163,7 @@ def _recv_exact(sock: socket.socket, n: int, rest: bytes = b"") -> Tuple[bytes, 
     return bytes(data[:n]), bytes(data[n:])
 
 
-def open_connection(target: Target, timeout: float = IO_TIMEOUT) -> Tuple[socket.socket, bytes]:
+def open_connection(target: Target, timeout: float = IO_TIMEOUT) -> tuple[socket.socket, bytes]:
     """Connect and, for WebSocket, run the opening handshake; returns the socket and any extra bytes."""
     sock = socket.create_connection((target.host, target.port), timeout=timeout)
     try:
@@ -200,7 +200,7 @@ def open_connection(target: Target, timeout: float = IO_TIMEOUT) -> Tuple[socket
         raise
 
 
-def _read_message(sock: socket.socket, rest: bytes) -> Tuple[int, int, bytes, bytes]:
+def _read_message(sock: socket.socket, rest: bytes) -> tuple[int, int, bytes, bytes]:
     """Read one whole server frame: ``(opcode, rsv, payload, rest)`` (replies are never fragmented here)."""
     header, rest = _recv_exact(sock, 2, rest)
     b0, b1 = header
@@ -235,7 +235,7 @@ def checked_echo(sock: socket.socket, rest: bytes, workload: Workload) -> bytes:
     return rest
 
 
-def close_all(socks: List[socket.socket], proto: str, timeout: float = 2.0) -> int:
+def close_all(socks: list[socket.socket], proto: str, timeout: float = 2.0) -> int:
     """Close politely: a close frame (or a TCP half-close), then wait for the server to close TCP.
 
     Sends to every socket first so that the servers close them in parallel. Returns how
@@ -299,9 +299,9 @@ def _wait_go(pipe: Any) -> Any:
     return value
 
 
-def _worker(body: Callable[[Any, Dict[str, Any]], Any]) -> Callable[[Any, Dict[str, Any]], None]:
+def _worker(body: Callable[[Any, dict[str, Any]], Any]) -> Callable[[Any, dict[str, Any]], None]:
     """Run ``body(pipe, cfg)`` and report its result or error through the pipe."""
-    def run(pipe: Any, cfg: Dict[str, Any]) -> None:
+    def run(pipe: Any, cfg: dict[str, Any]) -> None:
         from procs import die_with_parent
         die_with_parent()
         raise_nofile()
@@ -328,7 +328,7 @@ class _Conn:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.rx = 0                          # bytes of the reply being received
-        self.out: Deque[memoryview] = collections.deque()  # what the socket did not take yet
+        self.out: collections.deque[memoryview] = collections.deque()  # what the socket did not take yet
         self.sent = 0.0                      # when the message in flight left (depth 1)
         self.buf = bytearray()               # unparsed bytes (variable-size replies only)
 
@@ -364,12 +364,12 @@ def _count_frames(conn: _Conn, data: memoryview) -> int:
     return done
 
 
-def _echo(pipe: Any, cfg: Dict[str, Any]) -> Dict[str, Any]:
+def _echo(pipe: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     """``cfg["conns"]`` connections, each keeping ``cfg["depth"]`` messages in flight."""
     target: Target = cfg["target"]
     workload: Workload = cfg["workload"]
     depth: int = cfg["depth"]
-    socks: List[socket.socket] = []
+    socks: list[socket.socket] = []
     try:
         for _ in range(cfg["conns"]):
             sock, rest = open_connection(target)
@@ -386,14 +386,14 @@ def _echo(pipe: Any, cfg: Dict[str, Any]) -> Dict[str, Any]:
     return result
 
 
-def _can_block(socks: List[socket.socket], workload: Workload, depth: int) -> bool:
+def _can_block(socks: list[socket.socket], workload: Workload, depth: int) -> bool:
     # One connection whose requests in flight fit in the socket buffers: a blocking send
     # can never wait on a server that is itself blocked sending to us.
     return len(socks) == 1 and workload.response is not None and len(workload.request) * depth <= 65536
 
 
-def _echo_one(socks: List[socket.socket], workload: Workload, depth: int, t0: float, warmup: float,
-              duration: float, want_latency: bool) -> Dict[str, Any]:
+def _echo_one(socks: list[socket.socket], workload: Workload, depth: int, t0: float, warmup: float,
+              duration: float, want_latency: bool) -> dict[str, Any]:
     """The single-connection loop: blocking send and recv, no selector (one syscall fewer per reply)."""
     sock = socks[0]
     # Blocking without a timeout: with one, CPython polls before every recv (a syscall more).
@@ -405,7 +405,7 @@ def _echo_one(socks: List[socket.socket], workload: Workload, depth: int, t0: fl
     size = len(rbuf)
     recv_into, sendall = sock.recv_into, sock.sendall
     perf = time.perf_counter
-    latencies: Optional[List[float]] = [] if want_latency and depth == 1 else None
+    latencies: list[float] | None = [] if want_latency and depth == 1 else None
     _sleep_until(t0)
     t_start, t_end = t0 + warmup, t0 + warmup + duration
     completed = count0 = rx = 0
@@ -444,15 +444,15 @@ def _echo_one(socks: List[socket.socket], workload: Workload, depth: int, t0: fl
         done = rx // reply_size
         rx -= done * reply_size
         inflight -= done
-    result: Dict[str, Any] = {"count": count1 - count0, "elapsed": te - ts, "cpu": cpu1 - cpu0,
+    result: dict[str, Any] = {"count": count1 - count0, "elapsed": te - ts, "cpu": cpu1 - cpu0,
                               "left_in_flight": max(inflight, 0)}
     if latencies is not None:
         result["latencies"] = latencies[:MAX_LATENCIES]
     return result
 
 
-def _echo_loop(socks: List[socket.socket], workload: Workload, depth: int, t0: float, warmup: float,
-               duration: float, want_latency: bool) -> Dict[str, Any]:
+def _echo_loop(socks: list[socket.socket], workload: Workload, depth: int, t0: float, warmup: float,
+               duration: float, want_latency: bool) -> dict[str, Any]:
     """Many connections (or large messages): non-blocking sockets and a selector."""
     request = workload.request
     reply_size = len(workload.response) if workload.response is not None else 0
@@ -470,7 +470,7 @@ def _echo_loop(socks: List[socket.socket], workload: Workload, depth: int, t0: f
     rview = memoryview(rbuf)
     rsize, rflags = len(rbuf), DISCARD if reply_size else 0
     perf = time.perf_counter
-    latencies: Optional[List[float]] = [] if want_latency and depth == 1 else None
+    latencies: list[float] | None = [] if want_latency and depth == 1 else None
     READ, BOTH = selectors.EVENT_READ, selectors.EVENT_READ | selectors.EVENT_WRITE
 
     def send(conn: _Conn, k: int) -> None:
@@ -556,7 +556,7 @@ def _echo_loop(socks: List[socket.socket], workload: Workload, depth: int, t0: f
             if events & selectors.EVENT_WRITE and conn.out:
                 flush(conn)
     selector.close()
-    result: Dict[str, Any] = {"count": count1 - count0, "elapsed": te - ts, "cpu": cpu1 - cpu0,
+    result: dict[str, Any] = {"count": count1 - count0, "elapsed": te - ts, "cpu": cpu1 - cpu0,
                               "left_in_flight": max(inflight, 0)}
     if latencies is not None:
         result["latencies"] = latencies[:MAX_LATENCIES]
@@ -567,7 +567,7 @@ echo_worker = _worker(_echo)
 
 
 # -- connections per second ----------------------------------------------------------------------
-def _connect(pipe: Any, cfg: Dict[str, Any]) -> Dict[str, Any]:
+def _connect(pipe: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     """Open, handshake, echo once, close (waiting for the server to close TCP), in a loop."""
     target: Target = cfg["target"]
     workload: Workload = cfg["workload"]
@@ -609,11 +609,11 @@ connect_worker = _worker(_connect)
 
 
 # -- idle connections (memory) -------------------------------------------------------------------
-def _idle(pipe: Any, cfg: Dict[str, Any]) -> Dict[str, Any]:
+def _idle(pipe: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     """Open ``cfg["conns"]`` connections, echo once on each, hold them until told to close."""
     target: Target = cfg["target"]
     workload: Workload = cfg["workload"]
-    socks: List[socket.socket] = []
+    socks: list[socket.socket] = []
     try:
         for _ in range(cfg["conns"]):
             sock, rest = open_connection(target)
@@ -630,7 +630,7 @@ idle_worker = _worker(_idle)
 
 
 # -- the client side: a client library against a fast server ---------------------------------------
-def _client(pipe: Any, cfg: Dict[str, Any]) -> Dict[str, Any]:
+def _client(pipe: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     """One connection of the client library ``cfg["lib"]``; send, receive, repeat."""
     lib, target, workload = cfg["lib"], cfg["target"], cfg["workload"]
     text = workload.payload.decode() if workload.opcode == OP_TEXT else workload.payload

@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [16, 1024, 64 << 10, 1 << 20, 16 << 20]
@@ -94,7 +94,7 @@ def _receive(twspy: Any, wire: bytes, n: int) -> None:
         ws.recv()
 
 
-def _core_receive(protocol_class: Any, side: Any, reads: List[bytes], n: int) -> None:
+def _core_receive(protocol_class: Any, side: Any, reads: list[bytes], n: int) -> None:
     """A server Protocol (the sans-I/O core) fed ``n`` masked frames in 256 KiB reads."""
     p = protocol_class(side, max_size=None)
     for _ in range(n):
@@ -103,13 +103,13 @@ def _core_receive(protocol_class: Any, side: Any, reads: List[bytes], n: int) ->
         p.events_received()
 
 
-def measure(repeat: int, root: str) -> Dict[str, Any]:
+def measure(repeat: int, root: str) -> dict[str, Any]:
     sys.path.insert(0, root)
     import twspy
     from twspy.frame import OPCODE_BINARY, Frame, mask, mask_into  # C or Python, as imported
     from twspy.protocol import SERVER, Protocol
 
-    out: Dict[str, Any] = {"speedups": twspy.speedups_enabled(), "mask_us": {}, "recv_us": {}, "send_us": {},
+    out: dict[str, Any] = {"speedups": twspy.speedups_enabled(), "mask_us": {}, "recv_us": {}, "send_us": {},
                            "core_us": {}}
     key = b"\x12\x34\x56\x78"
     for size in SIZES:
@@ -130,7 +130,7 @@ def measure(repeat: int, root: str) -> Dict[str, Any]:
     return out
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--root", default=ROOT, help="the twspy checkout to measure (default: this one)")

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 __all__ = ["Pinning", "ServerProcess", "cpu_seconds", "cpu_times", "machine_busy_seconds", "rss_kib", "raise_nofile",
            "stop_all", "die_with_parent"]
@@ -34,7 +34,7 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         pass
 
 
-def raise_nofile() -> Tuple[int, int]:
+def raise_nofile() -> tuple[int, int]:
     """Raise the soft RLIMIT_NOFILE to the hard limit; returns the new (soft, hard)."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -59,12 +59,12 @@ class Pinning:
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.taskset = shutil.which("taskset")
         self.enabled = enabled and len(cpus) >= 2
-        self.server_cpus: List[int] = cpus[-1:] if self.enabled else cpus
-        self.generator_cpus: List[int] = cpus[:-1] if self.enabled else cpus
+        self.server_cpus: list[int] = cpus[-1:] if self.enabled else cpus
+        self.generator_cpus: list[int] = cpus[:-1] if self.enabled else cpus
         if self.enabled:
             os.sched_setaffinity(0, self.generator_cpus)
 
-    def prefix(self) -> List[str]:
+    def prefix(self) -> list[str]:
         if self.enabled and self.taskset:
             return [self.taskset, "-c", ",".join(map(str, self.server_cpus))]
         return []
@@ -80,11 +80,11 @@ class Pinning:
 class ServerProcess:
     """One echo server from bench/servers.py, in its own process (stopped by its PID)."""
 
-    def __init__(self, kind: str, pinning: Pinning, compression: bool = False, log_dir: Optional[str] = None,
+    def __init__(self, kind: str, pinning: Pinning, compression: bool = False, log_dir: str | None = None,
                  extra_args: Sequence[str] = ()) -> None:
         self.kind, self.compression, self.extra_args = kind, compression, list(extra_args)
         self.port = 0
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
         self.error = ""
         self.log_path = os.path.join(log_dir, "%s%s.log" % (kind, "-deflate" if compression else "")) \
             if log_dir else os.devnull
@@ -156,7 +156,7 @@ class ServerProcess:
                                                  self.proc.pid if self.proc else "-", self.port)
 
 
-def cpu_times(pid: int) -> Tuple[float, float]:
+def cpu_times(pid: int) -> tuple[float, float]:
     """User and system CPU time of a whole process (all its threads), from /proc/PID/stat."""
     try:
         with open("/proc/%d/stat" % pid, "rb") as f:
@@ -193,7 +193,7 @@ def rss_kib(pid: int) -> int:
     raise OSError("no VmRSS for %d" % pid)
 
 
-def stop_all(servers: Dict[object, ServerProcess]) -> None:
+def stop_all(servers: dict[object, ServerProcess]) -> None:
     for server in list(servers.values()):
         try:
             server.stop()

@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
@@ -90,10 +90,10 @@ def _function(frame: str) -> str:
     return "%s (%s)" % (name, where.rsplit(":", 1)[0]) if where else name
 
 
-def summarize_collapsed(path: str, top: int) -> Tuple[int, List[Tuple[str, int, int]]]:
+def summarize_collapsed(path: str, top: int) -> tuple[int, list[tuple[str, int, int]]]:
     """From py-spy's raw (collapsed) output: samples, and (function, own, total) per function."""
-    own: Dict[str, int] = collections.Counter()
-    total: Dict[str, int] = collections.Counter()
+    own: dict[str, int] = collections.Counter()
+    total: dict[str, int] = collections.Counter()
     samples = 0
     with open(path) as f:
         for line in f:
@@ -197,13 +197,13 @@ def profile_perf(args: argparse.Namespace) -> None:
     print("perf data: %s" % os.path.relpath(out))
 
 
-def _print_run(tool: str, run: Dict[str, Any]) -> None:
+def _print_run(tool: str, run: dict[str, Any]) -> None:
     print("%s run: %.0f msg/s, server CPU %.0f%% (user %.0f%%, system %.0f%%), %.1f us of server CPU per message" % (
         tool, run["value"], run["server_cpu_pct"], run["server_cpu_pct"] - run["server_sys_pct"],
         run["server_sys_pct"], run["server_cpu_us_per_msg"] or 0))
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     bootstrap.ensure_venv([os.path.abspath(__file__)] + argv)
     parser = argparse.ArgumentParser(prog="bench/profile_twspy.py", description=__doc__.split("\n")[0])
     parser.add_argument("--case", default="echo-16B-c32-d1", help="an echo case of bench/run.py")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import statistics
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from cases import CLIENTS, SCENARIOS, TARGETS, Case
 from servers import BASE_KINDS, KINDS, PEERS
@@ -17,7 +18,7 @@ SHORT = {"twspy": "twspy", "twspy-base": "twspy-base", "twspy-asyncio": "twspy-a
 CLIENT_PEERS = ("websockets-sync", "websocket-client")
 
 
-def fmt(value: Optional[float]) -> str:
+def fmt(value: float | None) -> str:
     """A number in 4 characters or so: 123k, 12.3k, 1234, 12.3, 1.23."""
     if value is None:
         return "-"
@@ -35,20 +36,20 @@ def fmt(value: Optional[float]) -> str:
     return "%.2f" % value
 
 
-def _median(values: Sequence[Optional[float]]) -> Optional[float]:
+def _median(values: Sequence[float | None]) -> float | None:
     good = [v for v in values if v is not None]
     return statistics.median(good) if good else None
 
 
-def _ratio(a: Optional[float], b: Optional[float], higher_is_better: bool) -> Optional[float]:
+def _ratio(a: float | None, b: float | None, higher_is_better: bool) -> float | None:
     """How many times better ``a`` is than ``b`` (so > 1 is better, whatever the metric)."""
     if a is None or b is None or a <= 0 or b <= 0:
         return None
     return a / b if higher_is_better else b / a
 
 
-def summarize(case: Case, runs: Dict[str, List[Dict[str, Any]]], metric: str = "value",
-              higher_is_better: Optional[bool] = None) -> Dict[str, Any]:
+def summarize(case: Case, runs: dict[str, list[dict[str, Any]]], metric: str = "value",
+              higher_is_better: bool | None = None) -> dict[str, Any]:
     """Medians per server (or client), the best peer, the ratios and the targets of one row."""
     better = case.higher_is_better if higher_is_better is None else higher_is_better
     medians = {name: _median([r.get(metric) for r in rs]) for name, rs in runs.items()}
@@ -60,7 +61,7 @@ def summarize(case: Case, runs: Dict[str, List[Dict[str, Any]]], metric: str = "
     if peer_values:
         best = (max if better else min)(peer_values, key=lambda p: peer_values[p])
     me = medians.get("twspy")
-    row: Dict[str, Any] = {
+    row: dict[str, Any] = {
         "medians": medians, "errors": {k: v for k, v in errors.items() if v}, "best_peer": best,
         "higher_is_better": better,
         "twspy_vs_best": _ratio(me, peer_values.get(best) if best else None, better),
@@ -80,7 +81,7 @@ def summarize(case: Case, runs: Dict[str, List[Dict[str, Any]]], metric: str = "
     return row
 
 
-def _target_text(row: Dict[str, Any]) -> str:
+def _target_text(row: dict[str, Any]) -> str:
     parts = []
     for t in row["targets"]:
         name = "best" if t["against"] == "best" else SHORT.get(t["against"], t["against"])
@@ -89,7 +90,7 @@ def _target_text(row: Dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _table(header: List[str], rows: List[Any]) -> str:
+def _table(header: list[str], rows: list[Any]) -> str:
     """Aligned columns: the first and last left-aligned, numbers right-aligned; a row that
     is a plain string is a section title printed on its own line."""
     cells_rows = [r for r in rows if not isinstance(r, str)]
@@ -106,11 +107,11 @@ def _table(header: List[str], rows: List[Any]) -> str:
     return "\n".join(lines)
 
 
-def _ratio_text(ratio: Optional[float]) -> str:
+def _ratio_text(ratio: float | None) -> str:
     return "-" if ratio is None else "%.2fx" % ratio
 
 
-def tables(cases: List[Case], summaries: Dict[str, Dict[str, Any]]) -> str:
+def tables(cases: list[Case], summaries: dict[str, dict[str, Any]]) -> str:
     """The servers table (a-e, g) and the clients table (f), one section per scenario."""
     out = []
     server_cases = [c for c in cases if c.kind != "client"]
@@ -121,7 +122,7 @@ def tables(cases: List[Case], summaries: Dict[str, Dict[str, Any]]) -> str:
         base = [k for k in BASE_KINDS if k in ran]
         header = ["case", "unit"] + [SHORT[k] for k in kinds] + ["twspy/best", "twspy/raw", "aio/ws-async"] + \
             (["twspy/base", "aio/base"] if base else []) + ["target"]
-        rows: List[Any] = []
+        rows: list[Any] = []
         for scenario in sorted(SCENARIOS):
             if scenario == "f":
                 continue
@@ -170,7 +171,7 @@ def tables(cases: List[Case], summaries: Dict[str, Dict[str, Any]]) -> str:
     return "\n\n".join(out)
 
 
-def generator_check(cases: List[Case], runs: Dict[str, Dict[str, List[Dict[str, Any]]]]) -> Dict[str, Any]:
+def generator_check(cases: list[Case], runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
     """Is the load generator faster than the servers? Its capacity, measured against raw-tcp.
 
     On each echo row run against raw-tcp: the generator's CPU time per message gives the
@@ -201,7 +202,7 @@ def generator_check(cases: List[Case], runs: Dict[str, Dict[str, List[Dict[str, 
     return {"rows": rows, "ok": all(verdicts) if verdicts else None}
 
 
-def generator_text(check: Dict[str, Any]) -> str:
+def generator_text(check: dict[str, Any]) -> str:
     if not check["rows"]:
         return "Load generator check: no raw-tcp echo runs (run scenario a or b with raw-tcp)."
     header = ["case", "raw-tcp msg/s", "fastest msg/s", "raw us/msg", "gen us/msg", "gen capacity", "margin", ""]

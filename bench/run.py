@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -32,7 +32,7 @@ RESULTS = os.path.join(BENCH, "results")
 RUN_TIMEOUT = 120.0  # one measurement, including connecting and closing
 
 
-def parse_args(argv: List[str]) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     from cases import ALIASES, SCENARIOS
     from servers import BASE_KINDS, KINDS
     parser = argparse.ArgumentParser(prog="bench/run.py", description="twspy benchmarks against peers and raw TCP.")
@@ -111,8 +111,8 @@ class Bench:
         from procs import Pinning
         self.args = args
         self.pinning = Pinning(not args.no_pin)
-        self.servers: Dict[Tuple[str, bool], Any] = {}
-        self.runs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
+        self.servers: dict[tuple[str, bool], Any] = {}
+        self.runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self.log_dir = os.path.join(RESULTS, "logs")
         os.makedirs(self.log_dir, exist_ok=True)
         for name in os.listdir(self.log_dir):  # the servers' stderr, this run's only
@@ -143,8 +143,8 @@ class Bench:
         self.servers.clear()
 
     # -- load generator processes ------------------------------------------------------------
-    def run_workers(self, worker: Callable, cfgs: List[Dict[str, Any]], pid: Optional[int], warmup: float,
-                    duration: float) -> Tuple[List[Dict[str, Any]], Dict[str, float]]:
+    def run_workers(self, worker: Callable, cfgs: list[dict[str, Any]], pid: int | None, warmup: float,
+                    duration: float) -> tuple[list[dict[str, Any]], dict[str, float]]:
         """Fork the workers, wait until all are ready, start them together, collect their results.
 
         Also reads the server's CPU time over the measured window. Every wait is bounded and
@@ -167,7 +167,7 @@ class Bench:
             t0 = time.monotonic() + 0.05
             for pipe in pipes:
                 pipe.send(("go", t0))
-            server: Dict[str, float] = {}
+            server: dict[str, float] = {}
             if pid is not None:
                 _sleep_until(t0 + warmup)
                 (u0, s0), m0, w0 = cpu_times(pid), machine_busy_seconds(), time.monotonic()
@@ -200,7 +200,7 @@ class Bench:
                 pipe.close()
 
     @staticmethod
-    def _receive(pipe: Any, timeout: float) -> Tuple[str, Any]:
+    def _receive(pipe: Any, timeout: float) -> tuple[str, Any]:
         if not pipe.poll(timeout):
             return "error", "no answer from a load generator process within %ds" % timeout
         try:
@@ -218,7 +218,7 @@ class Bench:
         from loadgen import Target
         return Target(port, "raw" if kind == "raw-tcp" else "ws", deflate)
 
-    def run_echo(self, case: Any, kind: str) -> Dict[str, Any]:
+    def run_echo(self, case: Any, kind: str) -> dict[str, Any]:
         from loadgen import echo_worker
         server = self.server(kind, case.deflate)
         target = self.target(kind, server.port, case.deflate)
@@ -249,7 +249,7 @@ class Bench:
                 run["latency_samples"] = len(lat)
         return run
 
-    def run_connect(self, case: Any, kind: str) -> Dict[str, Any]:
+    def run_connect(self, case: Any, kind: str) -> dict[str, Any]:
         from loadgen import connect_worker
         server = self.server(kind)
         target = self.target(kind, server.port)
@@ -267,7 +267,7 @@ class Bench:
             run["first_error"] = first[0]
         return run
 
-    def run_memory(self, case: Any, kind: str) -> Dict[str, Any]:
+    def run_memory(self, case: Any, kind: str) -> dict[str, Any]:
         """A fresh server: VmRSS after one warm-up connection, then with ``conns`` idle ones."""
         from loadgen import idle_worker, one_connection
         from procs import ServerProcess, rss_kib
@@ -335,7 +335,7 @@ class Bench:
         self._client_server = best
         return best
 
-    def run_client(self, case: Any, lib: str) -> Dict[str, Any]:
+    def run_client(self, case: Any, lib: str) -> dict[str, Any]:
         from loadgen import client_worker
         kind = self.client_server()
         case.server = kind
@@ -381,12 +381,12 @@ class Bench:
                 run["rep"] = rep
                 runs[entity].append(run)
 
-    def run_once(self, case: Any, entity: str, runner: Callable) -> Dict[str, Any]:
+    def run_once(self, case: Any, entity: str, runner: Callable) -> dict[str, Any]:
         """One run; redone (at most twice, within the retry budget) if other processes took the CPU.
 
         Interference only ever slows a run down, so of the attempts the quietest one is kept.
         """
-        attempts: List[Dict[str, Any]] = []
+        attempts: list[dict[str, Any]] = []
         while True:
             started = time.monotonic()
             try:
@@ -409,7 +409,7 @@ class Bench:
         return best
 
 
-def _describe(case: Any, run: Dict[str, Any]) -> str:
+def _describe(case: Any, run: dict[str, Any]) -> str:
     from report import fmt
     if run.get("value") is None:
         return "FAILED %s" % run.get("error", "")
@@ -440,7 +440,7 @@ def _sleep_until(t: float) -> None:
         time.sleep(min(left, 0.05))
 
 
-def _versions() -> Dict[str, str]:
+def _versions() -> dict[str, str]:
     from importlib import metadata
     versions = {"python": platform.python_version()}
     for dist in ("websockets", "aiohttp", "websocket-client"):
@@ -474,7 +474,7 @@ def _versions() -> Dict[str, str]:
     return versions
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     bootstrap.ensure_venv([os.path.abspath(__file__)] + argv)
     args = parse_args(argv)
     from cases import build_cases
@@ -510,7 +510,7 @@ def main(argv: List[str]) -> int:
     finally:
         bench.stop_servers()
 
-    summaries: Dict[str, Dict[str, Any]] = {}
+    summaries: dict[str, dict[str, Any]] = {}
     for case in cases:
         runs = bench.runs.get(case.id)
         if not runs:

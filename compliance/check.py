@@ -28,7 +28,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 __all__ = ["check_report", "main", "FAILING", "BUCKETS"]
 
@@ -42,11 +42,11 @@ def bucket(verdict: str) -> str:
     return verdict if verdict in BUCKETS[:-1] else "FAILED"
 
 
-def case_key(case_id: str) -> Tuple[Any, ...]:
+def case_key(case_id: str) -> tuple[Any, ...]:
     return tuple(int(x) if x.isdigit() else x for x in case_id.split("."))
 
 
-def _load(path: str) -> Optional[Dict[str, Any]]:
+def _load(path: str) -> dict[str, Any] | None:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -54,7 +54,7 @@ def _load(path: str) -> Optional[Dict[str, Any]]:
         return None
 
 
-def _reason(text: Optional[str], limit: int = 60) -> str:
+def _reason(text: str | None, limit: int = 60) -> str:
     if not text:
         return ""
     text = " ".join(str(text).split())
@@ -77,7 +77,7 @@ def _events(events: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 4] + "...]"
 
 
-def describe(case_id: str, entry: Dict[str, Any], detail: Optional[Dict[str, Any]], verbose: bool = False) -> str:
+def describe(case_id: str, entry: dict[str, Any], detail: dict[str, Any] | None, verbose: bool = False) -> str:
     """One line for a non-OK case: verdicts, expected vs observed close, the fuzzer's reason."""
     behavior, close = entry.get("behavior", "MISSING"), entry.get("behaviorClose", "MISSING")
     parts = ["%-9s %s / %s" % (case_id, behavior, close)]
@@ -118,7 +118,7 @@ def describe(case_id: str, entry: Dict[str, Any], detail: Optional[Dict[str, Any
     return line
 
 
-def check_report(reportdir: str, strict: bool = False, agent: Optional[str] = None, verbose: bool = False,
+def check_report(reportdir: str, strict: bool = False, agent: str | None = None, verbose: bool = False,
                  out: Any = None) -> int:
     """Print the non-OK cases and the count line of ``reportdir``; return the exit status."""
     out = out or sys.stdout
@@ -138,7 +138,7 @@ def check_report(reportdir: str, strict: bool = False, agent: Optional[str] = No
     failing = 0
     not_ok = 0
     n_cases = 0
-    lines: List[str] = []
+    lines: list[str] = []
     for name in sorted(data):
         for case_id in sorted(data[name], key=case_key):
             entry = data[name][case_id]
@@ -163,7 +163,7 @@ def check_report(reportdir: str, strict: bool = False, agent: Optional[str] = No
     return 1 if failing else 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reportdir", help="report directory (or its index.json)")
     parser.add_argument("--strict", action="store_true", help="NON-STRICT and INFORMATIONAL fail too")

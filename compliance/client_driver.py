@@ -24,7 +24,6 @@ import os
 import sys
 import time
 import traceback
-from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,7 +44,7 @@ def compression_available() -> bool:
     return True
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base", nargs="?", default=os.environ.get("AUTOBAHN_URL", "ws://127.0.0.1:9001"))
     parser.add_argument("agent", nargs="?", default=os.environ.get("AUTOBAHN_AGENT", "twspy"))
@@ -73,7 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for case in range(1, count + 1):
         url = "%s/runCase?case=%d&agent=%s" % (base, case, agent)
         try:
-            with twspy.connect(url, extensions=extensions, max_size=MAX_SIZE, timeout=OPEN_TIMEOUT) as conn:
+            with twspy.connect(url, extensions=extensions, max_size=MAX_SIZE, handshake_timeout=OPEN_TIMEOUT) as conn:
                 for message in conn:
                     conn.send(message)
         except (WebSocketError, OSError) as exc:
@@ -86,7 +85,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if case % 50 == 0:
             say("client_driver: %d/%d (%.0fs)" % (case, count, time.monotonic() - t0), True)
 
-    with twspy.connect("%s/updateReports?agent=%s" % (base, agent), extensions=[], timeout=OPEN_TIMEOUT) as conn:
+    with twspy.connect("%s/updateReports?agent=%s" % (base, agent), extensions=[],
+                       handshake_timeout=OPEN_TIMEOUT) as conn:
         for _ in conn:
             pass
     say("client_driver: done in %.0fs%s" % (

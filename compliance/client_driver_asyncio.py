@@ -15,7 +15,6 @@ import os
 import sys
 import time
 import traceback
-from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,7 +34,7 @@ async def run(base: str, agent: str, say, extensions) -> int:  # type: ignore[no
     for case in range(1, count + 1):
         url = "%s/runCase?case=%d&agent=%s" % (base, case, agent)
         try:
-            async with connect(url, extensions=extensions, max_size=MAX_SIZE, timeout=OPEN_TIMEOUT,
+            async with connect(url, extensions=extensions, max_size=MAX_SIZE, handshake_timeout=OPEN_TIMEOUT,
                                ping_interval=None) as conn:
                 async for message in conn:
                     await conn.send(message)
@@ -46,7 +45,8 @@ async def run(base: str, agent: str, say, extensions) -> int:  # type: ignore[no
             say("case %d: UNEXPECTED EXCEPTION\n%s" % (case, traceback.format_exc().rstrip()), True)
         if case % 50 == 0:
             say("client_driver_asyncio: %d/%d (%.0fs)" % (case, count, time.monotonic() - t0), True)
-    async with connect("%s/updateReports?agent=%s" % (base, agent), extensions=[], timeout=OPEN_TIMEOUT) as conn:
+    async with connect("%s/updateReports?agent=%s" % (base, agent), extensions=[],
+                       handshake_timeout=OPEN_TIMEOUT) as conn:
         async for _ in conn:
             pass
     say("client_driver_asyncio: done in %.0fs%s" % (
@@ -54,7 +54,7 @@ async def run(base: str, agent: str, say, extensions) -> int:  # type: ignore[no
     return 1 if unexpected else 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base", nargs="?", default=os.environ.get("AUTOBAHN_URL", "ws://127.0.0.1:9001"))
     parser.add_argument("agent", nargs="?", default=os.environ.get("AUTOBAHN_AGENT", "twspy"))

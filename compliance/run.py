@@ -38,7 +38,6 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -51,7 +50,7 @@ sys.path.insert(0, HERE)
 from check import check_report  # noqa: E402
 
 
-def find_tools() -> Optional[str]:
+def find_tools() -> str | None:
     """The shared Autobahn tooling: $AUTOBAHN_TOOLS or ../shared/tools/autobahn from the repo root."""
     tools = os.environ.get("AUTOBAHN_TOOLS") or os.path.join(os.path.dirname(ROOT), "shared", "tools", "autobahn")
     tools = os.path.abspath(tools)
@@ -117,7 +116,7 @@ def fresh_dir(role: str) -> str:
 ASYNCIO = False  # --asyncio: the asyncio server and client instead of the threaded ones
 
 
-def run_server_role(tools: str, cases: str, env: Dict[str, str], no_compression: bool) -> int:
+def run_server_role(tools: str, cases: str, env: dict[str, str], no_compression: bool) -> int:
     """twspy's echo server against wstest's fuzzing client; returns the script's exit status."""
     outdir = fresh_dir("asyncio-server" if ASYNCIO else "server")
     port = free_port()
@@ -147,7 +146,7 @@ def run_server_role(tools: str, cases: str, env: Dict[str, str], no_compression:
         stop(proc)
 
 
-def run_client_role(tools: str, cases: str, env: Dict[str, str], no_compression: bool) -> int:
+def run_client_role(tools: str, cases: str, env: dict[str, str], no_compression: bool) -> int:
     """client_driver.py against wstest's fuzzing server; returns the script's exit status."""
     outdir = fresh_dir("asyncio-client" if ASYNCIO else "client")
     env = dict(env, AUTOBAHN_CASES=cases)
@@ -161,7 +160,7 @@ def run_client_role(tools: str, cases: str, env: Dict[str, str], no_compression:
     return subprocess.call(cmd, env=env, cwd=ROOT)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="skip 9.*, 12.*, 13.* (under a minute)")
     parser.add_argument("--role", choices=("server", "client", "both"), default="both")
@@ -179,7 +178,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if not args.no_setup:
         setup = subprocess.run([os.path.join(tools, "setup.sh")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               universal_newlines=True)
+                               text=True)
         if setup.returncode:
             print(setup.stdout, end="", file=sys.stderr)
             print("run.py: ERROR: setup.sh failed (exit %d)" % setup.returncode, file=sys.stderr)

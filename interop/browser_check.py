@@ -41,14 +41,15 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-import twspy  # noqa: E402
 from support import CERTS, Proc, StartError, exit_on_sigterm, start_twspy_echo, tail  # noqa: E402
+
+import twspy  # noqa: E402
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
 INSTALL_HINT = """Chromium is not on PATH. On Debian/Ubuntu install it with:
@@ -58,7 +59,7 @@ INSTALL_HINT = """Chromium is not on PATH. On Debian/Ubuntu install it with:
 (then re-run; only Debian's package is needed, no other browser download)."""
 
 
-def find_chromium() -> Optional[str]:
+def find_chromium() -> str | None:
     for name in CHROMIUM_NAMES:
         path = shutil.which(name)
         if path:
@@ -68,7 +69,7 @@ def find_chromium() -> Optional[str]:
 
 # -- the SPKI hash Chromium's --ignore-certificate-errors-spki-list wants ---------------------------
 
-def _der_element(data: bytes, pos: int) -> "tuple[int, int, int]":
+def _der_element(data: bytes, pos: int) -> tuple[int, int, int]:
     """(tag, start of content, end of content) of the DER element at ``pos``."""
     tag = data[pos]
     length = data[pos + 1]
@@ -106,7 +107,7 @@ class PageServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), PageHandler)
         with open(os.path.join(HERE, "browser.html"), "rb") as f:
             self.page = f.read()
-        self.result: Optional[Dict[str, Any]] = None
+        self.result: dict[str, Any] | None = None
         self.got_result = threading.Event()
 
 
@@ -152,7 +153,7 @@ def _base36(number: int) -> str:
             return digits
 
 
-def devtools_check(user_data_dir: str, timeout: float, count: int = 300000) -> Dict[str, Any]:
+def devtools_check(user_data_dir: str, timeout: float, count: int = 300000) -> dict[str, Any]:
     """twspy.connect to Chromium's DevTools WebSocket (DevToolsActivePort): Browser.getVersion,
     Target.getTargets, then in a new blank tab a Runtime.evaluate whose answer is a large JSON
     message (``count`` numbers in base 36, ~7.5 bytes each), compared with the same computed here."""
@@ -164,12 +165,12 @@ def devtools_check(user_data_dir: str, timeout: float, count: int = 300000) -> D
         time.sleep(0.1)
     port, path = open(port_file).read().splitlines()[:2]
     url = "ws://127.0.0.1:%s%s" % (port, path)
-    with twspy.connect(url, timeout=10, max_size=64 << 20) as conn:
+    with twspy.connect(url, handshake_timeout=10, max_size=64 << 20) as conn:
         ids = iter(range(1, 1000))
 
-        def call(method: str, params: Optional[Dict[str, Any]] = None, session: Optional[str] = None) -> Any:
+        def call(method: str, params: dict[str, Any] | None = None, session: str | None = None) -> Any:
             ident = next(ids)
-            request: Dict[str, Any] = {"id": ident, "method": method, "params": params or {}}
+            request: dict[str, Any] = {"id": ident, "method": method, "params": params or {}}
             if session:
                 request["sessionId"] = session
             conn.send(json.dumps(request))
@@ -195,7 +196,7 @@ def devtools_check(user_data_dir: str, timeout: float, count: int = 300000) -> D
             "close_code": conn.close_code, "evaluated": len(value), "evaluated_ok": value == expected}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tls", choices=["spki", "ignore", "none"], default="spki",
                         help="how Chromium trusts the test certificate (default: spki; none: it does "
@@ -210,7 +211,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(INSTALL_HINT, file=sys.stderr)
         return 2
 
-    results: List[Dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
 
     def record(name: str, ok: bool, detail: str = "", ms: int = 0) -> None:
         results.append({"name": name, "ok": ok, "detail": detail, "ms": ms})
@@ -219,8 +220,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     workdir = tempfile.mkdtemp(prefix="twspy-interop-browser-")
     user_data_dir = os.path.join(workdir, "chromium-profile")
     os.mkdir(user_data_dir)
-    procs: List[Proc] = []
-    page_server: Optional[PageServer] = None
+    procs: list[Proc] = []
+    page_server: PageServer | None = None
     status = 1
     try:
         try:

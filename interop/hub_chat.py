@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -65,7 +65,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def version_of(argv: List[str]) -> str:
+def version_of(argv: list[str]) -> str:
     try:
         out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=20,
                              stdin=subprocess.DEVNULL).stdout
@@ -74,7 +74,7 @@ def version_of(argv: List[str]) -> str:
     return out.decode("utf-8", "replace").strip()
 
 
-def redis_py_version() -> Optional[str]:
+def redis_py_version() -> str | None:
     try:
         out = subprocess.run([sys.executable, "-c", "import redis; print(redis.__version__)"], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=20)
@@ -93,7 +93,7 @@ class Redis:
         self.workdir = workdir
         self.port = free_port()
         self.url = "redis://127.0.0.1:%d/0" % self.port
-        self.procs: List[Proc] = []
+        self.procs: list[Proc] = []
 
     @property
     def proc(self) -> Proc:
@@ -134,21 +134,21 @@ class Redis:
 class PageServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, names: "tuple[str, ...]") -> None:
+    def __init__(self, names: tuple[str, ...]) -> None:
         super().__init__(("127.0.0.1", 0), PageHandler)
         with open(os.path.join(HERE, "hub_chat.html"), "rb") as f:
             self.page = f.read()
         self.names = names
         self.lock = threading.Lock()
-        self.ready: Dict[str, int] = {}
-        self.progress: Dict[str, Dict[str, Any]] = {}
-        self.results: Dict[str, Dict[str, Any]] = {}
+        self.ready: dict[str, int] = {}
+        self.progress: dict[str, dict[str, Any]] = {}
+        self.results: dict[str, dict[str, Any]] = {}
         self.all_ready = threading.Event()
         self.all_progress = threading.Event()
         self.all_results = threading.Event()
         self.closing = threading.Event()
 
-    def note(self, table: Dict[str, Any], name: str, value: Any, event: threading.Event) -> None:
+    def note(self, table: dict[str, Any], name: str, value: Any, event: threading.Event) -> None:
         with self.lock:
             table.setdefault(name, value)
             if all(n in table for n in self.names):
@@ -205,7 +205,7 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
 
 # -- checking what the pages received --------------------------------------------------------------
 
-def check_page(name: str, result: Dict[str, Any], count: int) -> List[str]:
+def check_page(name: str, result: dict[str, Any], count: int) -> list[str]:
     """Problems with one page's result (empty: it saw every message once, each sender's in order)."""
     problems = []
     if result.get("errors"):
@@ -241,7 +241,7 @@ def check_page(name: str, result: Dict[str, Any], count: int) -> List[str]:
     return problems
 
 
-def compact(texts: List[str]) -> str:
+def compact(texts: list[str]) -> str:
     """"a:3, a:4, a:5" as "a:3..5"."""
     if not texts:
         return ""
@@ -258,7 +258,7 @@ def compact(texts: List[str]) -> str:
     return "%s:%s" % (sender, ",".join(runs))
 
 
-def phases(result: Dict[str, Any], killed_at: Optional[int], back_at: Optional[int]) -> str:
+def phases(result: dict[str, Any], killed_at: int | None, back_at: int | None) -> str:
     """How many of the page's messages it sent before the kill, while Redis was down, after it was back."""
     before = during = after = 0
     for _, at in result.get("sent", []):
@@ -271,7 +271,7 @@ def phases(result: Dict[str, Any], killed_at: Optional[int], back_at: Optional[i
     return "sent %d before the kill, %d while Redis was down, %d after the restart" % (before, during, after)
 
 
-def latency(result: Dict[str, Any], others: Dict[str, Dict[str, Any]], killed_at: Optional[int]) -> str:
+def latency(result: dict[str, Any], others: dict[str, dict[str, Any]], killed_at: int | None) -> str:
     """Worst delay between a message's send (in any page) and its arrival here: for messages that
     arrived before the kill (the normal latency), and for all of them."""
     sent_at = {text: at for r in others.values() for text, at in r.get("sent", [])}
@@ -282,7 +282,7 @@ def latency(result: Dict[str, Any], others: Dict[str, Dict[str, Any]], killed_at
     return "max delay %s ms until the kill, %d ms overall" % (max(before) if before else "-", max(delays)[0])
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=60, help="messages per page (default 60)")
     parser.add_argument("--interval", type=float, default=20, help="ms between a page's messages (default 20)")
@@ -317,10 +317,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     os.environ["PYTHONPATH"] = ROOT + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     workdir = tempfile.mkdtemp(prefix="twspy-hub-chat-")
-    procs: List[Proc] = []
-    redis: Optional[Redis] = None
-    page_server: Optional[PageServer] = None
-    problems: List[str] = []
+    procs: list[Proc] = []
+    redis: Redis | None = None
+    page_server: PageServer | None = None
+    problems: list[str] = []
     killed_at = back_at = None
     status = 1
     try:
@@ -328,7 +328,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             redis = Redis(redis_server, workdir)
             redis.start()
             servers = []
-            for i, name in enumerate(NAMES):
+            for _i, name in enumerate(NAMES):
                 proc = Proc("twspy-serve-%s" % name,
                             [sys.executable, "-m", "twspy", "serve", "--redis", redis.url, "--port", "0"],
                             os.path.join(workdir, "serve-%s.log" % name))
@@ -356,7 +356,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             procs.append(Proc("chromium-%s" % name, argv_chromium, os.path.join(workdir, "chromium-%s.log" % name)))
         browsers = procs[len(NAMES):]
 
-        def browser_died() -> Optional[str]:
+        def browser_died() -> str | None:
             for b in browsers:
                 if b.proc.poll() is not None:
                     return "%s exited with %s:\n%s" % (b.name, b.proc.returncode, tail(b.output()))

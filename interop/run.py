@@ -34,13 +34,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from support import (CERTS, ROOT, StartError, exit_on_sigterm, run_json_lines, start_node_echo,  # noqa: E402
-                     start_twspy_echo, tail)
+from support import CERTS, ROOT, StartError, exit_on_sigterm, run_json_lines, start_node_echo, start_twspy_echo, tail  # noqa: E402
 
 MAX_SIZE = 16 << 20
 NODE_HINT = """node and npm are needed for the Node checks. On Debian/Ubuntu:
@@ -54,14 +53,14 @@ class Run:
     def __init__(self, verbose: bool, deadline: float) -> None:
         self.verbose = verbose
         self.deadline = deadline
-        self.scenarios: List[Dict[str, Any]] = []
-        self.versions: Dict[str, str] = {"python": platform.python_version()}
+        self.scenarios: list[dict[str, Any]] = []
+        self.versions: dict[str, str] = {"python": platform.python_version()}
 
     def left(self, limit: float) -> float:
         """A step's time limit: ``limit`` or what is left of the run, at least 5 s."""
         return max(5.0, min(limit, self.deadline - time.monotonic()))
 
-    def scenario(self, peer: str, name: str, argv: List[str], limit: float) -> None:
+    def scenario(self, peer: str, name: str, argv: list[str], limit: float) -> None:
         start = time.monotonic()
         print("- %s: %s ..." % (peer, name), end=" ", flush=True)
         records, status, errors = run_json_lines(argv, timeout=self.left(limit))
@@ -92,7 +91,7 @@ class Run:
                                "failed": 0, "checks": [], "errors": why})
 
 
-def command_version(argv: List[str]) -> str:
+def command_version(argv: list[str]) -> str:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -167,7 +166,7 @@ def node_part(run: Run, log_dir: str) -> None:
             proc.stop()
 
 
-def asyncio_node_part(run: Run, log_dir: str, node_client: List[str]) -> None:
+def asyncio_node_part(run: Run, log_dir: str, node_client: list[str]) -> None:
     """The asyncio layer both ways: Node ws -> ``twspy echo --asyncio``, twspy.asyncio.connect -> Node ws."""
     servers = []
     size = ["--max-size", str(MAX_SIZE)]
@@ -213,7 +212,7 @@ def asyncio_node_part(run: Run, log_dir: str, node_client: List[str]) -> None:
             proc.stop()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["node", "browser"], help="run one part only")
     parser.add_argument("--tls", choices=["spki", "ignore"], default="spki",

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import IO, List
+from typing import IO
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -28,7 +28,7 @@ class StartError(Exception):
 class Proc:
     """A child process with its output in a log file; stopped by PID (its process group)."""
 
-    def __init__(self, name: str, argv: List[str], log_path: str, cwd: str = ROOT,
+    def __init__(self, name: str, argv: list[str], log_path: str, cwd: str = ROOT,
                  stdin_pipe: bool = False) -> None:
         self.name = name
         self.argv = argv
@@ -43,7 +43,7 @@ class Proc:
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 
-    def wait_for(self, pattern: str, timeout: float) -> "re.Match[str]":
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
         """Wait until the log matches ``pattern``; StartError if the process exits or time runs out."""
         deadline = time.monotonic() + timeout
         regex = re.compile(pattern)
@@ -84,7 +84,7 @@ def tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def start_twspy_echo(log_dir: str, name: str, *options: str, timeout: float = 15) -> "tuple[Proc, int]":
+def start_twspy_echo(log_dir: str, name: str, *options: str, timeout: float = 15) -> tuple[Proc, int]:
     """``python -m twspy echo --port 0 --max-size 16M --subprotocol chat <options>``: process, port."""
     argv = [sys.executable, "-m", "twspy", "echo", "--host", "127.0.0.1", "--port", "0", "--max-size", "16M",
             "--subprotocol", "chat"]
@@ -97,7 +97,7 @@ def start_twspy_echo(log_dir: str, name: str, *options: str, timeout: float = 15
     return proc, int(match.group(1))
 
 
-def start_node_echo(log_dir: str, deflate: str, max_payload: int, timeout: float = 15) -> "tuple[Proc, dict]":
+def start_node_echo(log_dir: str, deflate: str, max_payload: int, timeout: float = 15) -> tuple[Proc, dict]:
     """``node node_echo.js``: the process and its first line ({"port", "ws", "node"})."""
     argv = ["node", os.path.join(HERE, "node_echo.js"), "--port", "0", "--deflate", deflate,
             "--max-payload", str(max_payload)]
@@ -112,7 +112,7 @@ def start_node_echo(log_dir: str, deflate: str, max_payload: int, timeout: float
     return proc, json.loads(match.group(1))
 
 
-def run_json_lines(argv: List[str], timeout: float, cwd: str = ROOT) -> "tuple[list, int, str]":
+def run_json_lines(argv: list[str], timeout: float, cwd: str = ROOT) -> tuple[list, int, str]:
     """Run a check driver that prints JSON lines; return (records, exit status, stderr+junk).
 
     Past ``timeout`` (or on Ctrl-C) the driver's process group gets SIGTERM, which lets
@@ -139,7 +139,7 @@ def run_json_lines(argv: List[str], timeout: float, cwd: str = ROOT) -> "tuple[l
     return records, status, (err.decode("utf-8", "replace") + "\n".join(junk)).strip()
 
 
-def _end_group(proc: "subprocess.Popen[bytes]") -> None:
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
     for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
         try:
             os.killpg(proc.pid, sig)

@@ -17,7 +17,8 @@ import json
 import os
 import sys
 import time
-from typing import Any, Awaitable, Callable, List, Optional, Tuple
+from collections.abc import Awaitable
+from typing import Any, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -44,8 +45,8 @@ def check(cond: bool, message: str) -> None:
         raise Failed(message)
 
 
-def build(base: str, deflate: str, max_size: int) -> List[Tuple[str, Callable[[], Awaitable[Optional[str]]]]]:
-    checks: List[Tuple[str, Callable[[], Awaitable[Optional[str]]]]] = []
+def build(base: str, deflate: str, max_size: int) -> list[tuple[str, Callable[[], Awaitable[str | None]]]]:
+    checks: list[tuple[str, Callable[[], Awaitable[str | None]]]] = []
 
     def t(name: str) -> Callable[[Any], Any]:
         def register(fn: Any) -> Any:
@@ -57,7 +58,7 @@ def build(base: str, deflate: str, max_size: int) -> List[Tuple[str, Callable[[]
         options.setdefault("max_size", max_size)
         if deflate == "off":
             options.setdefault("extensions", [])
-        return connect(base.rstrip("/") + path, timeout=10, close_timeout=10, **options)
+        return connect(base.rstrip("/") + path, handshake_timeout=10, close_timeout=10, **options)
 
     async def round_trip(conn: Any, message: Any, **options: Any) -> None:
         await conn.send(message, **options)
@@ -171,7 +172,7 @@ async def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url")
     parser.add_argument("--deflate", choices=["off", "default", "tuned"], default="default")

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 import urllib.parse
-from typing import Callable, List, Optional, Tuple
+from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -39,8 +39,8 @@ class Recorder(twspy.Connection):
     """A Connection that remembers the pongs and pings it got."""
 
     def __init__(self, *args, **kwargs) -> None:
-        self.pongs: List[bytes] = []
-        self.pings: List[bytes] = []
+        self.pongs: list[bytes] = []
+        self.pings: list[bytes] = []
         super().__init__(*args, **kwargs)
 
     def onpong(self, payload: bytes) -> None:
@@ -64,11 +64,11 @@ class Suite:
         self.base = base.rstrip("/")
         self.deflate = deflate
         self.max = max_size
-        self.checks: List[Tuple[str, Callable[[], Optional[str]]]] = []
+        self.checks: list[tuple[str, Callable[[], str | None]]] = []
         self._ids = 0
 
-    def test(self, name: str) -> Callable[[Callable[[], Optional[str]]], Callable[[], Optional[str]]]:
-        def register(fn: Callable[[], Optional[str]]) -> Callable[[], Optional[str]]:
+    def test(self, name: str) -> Callable[[Callable[[], str | None]], Callable[[], str | None]]:
+        def register(fn: Callable[[], str | None]) -> Callable[[], str | None]:
             self.checks.append((name, fn))
             return fn
         return register
@@ -76,7 +76,7 @@ class Suite:
     def open(self, path: str = "/echo", extensions=None, **options) -> Recorder:
         options.setdefault("max_size", self.max)
         exts = [] if self.deflate == "off" and extensions is None else extensions
-        return twspy.connect(self.base + path, extensions=exts, timeout=10, connection_class=Recorder,
+        return twspy.connect(self.base + path, extensions=exts, handshake_timeout=10, connection_class=Recorder,
                              close_timeout=10, **options)
 
     def new_id(self) -> str:
@@ -332,7 +332,7 @@ def build(suite: Suite) -> None:
             t("twspy offers window bits %d, no context takeover" % bits)(small_window)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url")
     parser.add_argument("--deflate", choices=["off", "default", "tuned"], default="default")

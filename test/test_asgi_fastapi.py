@@ -17,8 +17,9 @@ import threading
 import time
 
 import pytest
-from conftest import wait_for
 from test_hub_redis import JsonClient, Node, _require_redis, clients, redis_server  # noqa: F401
+
+from conftest import wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -172,7 +173,7 @@ def test_a_threaded_an_asyncio_and_a_fastapi_node_on_one_hub(redis_server, nodes
     for client in people.values():
         assert client.expect("message", timeout=T) == {"type": "message", "data": "all", "from": people["s"].id}
     from twspy import connect
-    with connect(fast.url("/chat/lobby"), timeout=T) as chat:  # the example's own-code endpoint
+    with connect(fast.url("/chat/lobby"), handshake_timeout=T) as chat:  # the example's own-code endpoint
         chat.send("hello")
         sender, _, text = chat.recv(timeout=T).payload.partition(": ")
         assert text == "hello" and sender.split(".")[0] == people["f"].id.split(".")[0]
@@ -252,7 +253,7 @@ def test_a_fastapi_client_that_stops_reading_is_closed_1013_and_the_others_keep_
         wait_for(lambda: hub.presence("flood"), timeout=T)  # its subscribe went through
         frozen_id = next(iter(hub.presence("flood")))
         frozen_conn = next(c for c in endpoint.clients if c.id == frozen_id)
-        steady = connect("ws://127.0.0.1:%d/" % server.port, timeout=T, extensions=[])
+        steady = connect("ws://127.0.0.1:%d/" % server.port, handshake_timeout=T, extensions=[])
         steady.recv(timeout=T)  # set_conn_id
         steady.send(json.dumps({"type": "subscribe", "topic": "flood", "id": 1}))
         assert json.loads(steady.recv(timeout=T).payload)["type"] == "ack"

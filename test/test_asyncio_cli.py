@@ -63,7 +63,7 @@ def test_max_connections_on_both_layers(twspy_process, layer):
         conn.send("x")
         assert conn.recv(5).payload == "x"  # served: the server counts it now
         with pytest.raises(twspy.HandshakeError) as info:
-            twspy.connect("ws://127.0.0.1:%d/" % port, timeout=5)
+            twspy.connect("ws://127.0.0.1:%d/" % port, handshake_timeout=5)
         assert info.value.status == 503
     proc.send_signal(signal.SIGINT)
     assert proc.wait(10) == 0
@@ -72,7 +72,7 @@ def test_max_connections_on_both_layers(twspy_process, layer):
 def test_serve_asyncio_runs_the_filters(twspy_process):
     proc, port = twspy_process("serve", "--asyncio", "--token", "s3cret", "-f", "broadcast")
     with pytest.raises(twspy.HandshakeError) as info:
-        twspy.connect("ws://127.0.0.1:%d/" % port, timeout=5)
+        twspy.connect("ws://127.0.0.1:%d/" % port, handshake_timeout=5)
     assert info.value.status == 401
     headers = {"Authorization": "Bearer s3cret"}
     with twspy.connect("ws://127.0.0.1:%d/" % port, headers=headers) as a, \

@@ -8,6 +8,7 @@ import os
 import socket
 import ssl
 import threading
+import warnings
 
 import pytest
 import websockets
@@ -99,7 +100,7 @@ def test_open_timeout_on_a_server_that_never_answers():
     try:
         async def main():
             with pytest.raises(TimeoutError):
-                await connect("ws://127.0.0.1:%d" % listener.getsockname()[1], timeout=0.1)
+                await connect("ws://127.0.0.1:%d" % listener.getsockname()[1], handshake_timeout=0.1)
         run(main())
     finally:
         listener.close()
@@ -141,7 +142,7 @@ def test_threaded_client_with_asyncio_server():
     results = []
 
     def client(port):
-        with twspy.connect("ws://127.0.0.1:%d" % port, timeout=T) as conn:
+        with twspy.connect("ws://127.0.0.1:%d" % port, handshake_timeout=T) as conn:
             results.append([c.name for c in conn.sock.extensions])
             for message in ("a", b"b" * 100000):
                 conn.send(message)
@@ -204,3 +205,14 @@ def test_handshake_error_carries_the_status():
                 await asyncio.wait_for(connect("ws://127.0.0.1:%d/other" % server.port), T)
             assert info.value.status == 403
     run(main())
+
+
+def test_timeout_is_a_deprecated_spelling_of_handshake_timeout():
+    """One option vocabulary with the threaded connect(): handshake_timeout, timeout= warns."""
+    from twspy.asyncio.client import connect as aconnect
+    with pytest.warns(DeprecationWarning, match="handshake_timeout"):
+        assert aconnect("ws://127.0.0.1:1/", timeout=3).handshake_timeout == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert aconnect("ws://127.0.0.1:1/", handshake_timeout=4).handshake_timeout == 4
+        assert aconnect("ws://127.0.0.1:1/").handshake_timeout == 10.0

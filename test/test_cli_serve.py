@@ -16,7 +16,7 @@ import pytest
 
 import twspy
 import twspy.server
-from twspy.cli import _SERVE_DEFAULTS, _parser, FILTER_ALIASES, load_filter_class, main, UsageError
+from twspy.cli import _SERVE_DEFAULTS, FILTER_ALIASES, UsageError, _parser, load_filter_class, main
 from twspy.handshake import build_request, make_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -476,6 +476,7 @@ def test_serve_in_process_config_tokens_and_hub(running, tmp_path, capsys):
 
 def test_echo_in_process_with_tls(running, capsys):
     import ssl
+
     from conftest import CERT, KEY
     server = running("echo", "--port", "0", "--certfile", CERT, "--keyfile", KEY, "--quiet")
     context = ssl.create_default_context(cafile=CERT)

@@ -274,7 +274,7 @@ def test_empty_final_blocks_fail_the_client_side_with_1007(extension):
     thread.start()
     try:
         with twspy.connect("ws://127.0.0.1:%d/" % listener.getsockname()[1], extensions=[extension],
-                           timeout=10) as conn:
+                           handshake_timeout=10) as conn:
             with pytest.raises(twspy.ConnectionClosed) as info:
                 conn.recv(10)
             assert info.value.code == 1007

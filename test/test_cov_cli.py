@@ -12,11 +12,12 @@ import sys
 import threading
 
 import pytest
-from conftest import CERT, KEY, url
 
 import twspy
 import twspy.cli
 from twspy.cli import EchoServer, main
+
+from conftest import CERT, KEY, url
 
 TIMEOUT = 5
 

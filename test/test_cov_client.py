@@ -180,7 +180,7 @@ def test_unknown_auth_scheme_is_not_answered(raw_server):
     server = raw_server([b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Negotiate\r\n'
                         b'WWW-Authenticate: Bearer realm="x"\r\nContent-Length: 0\r\n\r\n'])
     with pytest.raises(HandshakeError) as info:
-        twspy.connect("ws://u:p@127.0.0.1:%d/" % server.port, timeout=TIMEOUT)
+        twspy.connect("ws://u:p@127.0.0.1:%d/" % server.port, handshake_timeout=TIMEOUT)
     assert info.value.status == 401
     assert len(server.requests) == 1 and "Authorization" not in server.requests[0].headers
 
@@ -189,7 +189,7 @@ def test_digest_preferred_over_basic(raw_server):
     challenges = (b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm="b"\r\n'
                   b'WWW-Authenticate: Digest realm="d", nonce="n", qop="auth"\r\nContent-Length: 0\r\n\r\n')
     server = raw_server([challenges, b"101"])
-    with twspy.connect("ws://u:p@127.0.0.1:%d/chat" % server.port, timeout=TIMEOUT, extensions=[]) as conn:
+    with twspy.connect("ws://u:p@127.0.0.1:%d/chat" % server.port, handshake_timeout=TIMEOUT, extensions=[]) as conn:
         assert not conn.closed
     fields = digest_fields(server.requests[1].headers["Authorization"])
     assert (fields["username"], fields["realm"], fields["uri"]) == ("u", "d", "/chat")
@@ -200,15 +200,15 @@ class TestReconnect:
         server = raw_server([b"101"])
         stop = threading.Event()
         stop.set()
-        assert list(twspy.reconnect("ws://127.0.0.1:%d/" % server.port, stop=stop, timeout=TIMEOUT)) == []
+        assert list(twspy.reconnect("ws://127.0.0.1:%d/" % server.port, stop=stop, handshake_timeout=TIMEOUT)) == []
         server.close()
         assert server.requests == []  # not even one connection
 
     def test_retry_after_5xx_then_the_caller_leaves_it_open(self, raw_server):
         server = raw_server([b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n", b"101", b"101"])
         stop = threading.Event()
-        gen = twspy.reconnect("ws://127.0.0.1:%d/" % server.port, first_delay=0.01, stop=stop, timeout=TIMEOUT,
-                              extensions=[])
+        gen = twspy.reconnect("ws://127.0.0.1:%d/" % server.port, first_delay=0.01, stop=stop,
+                              handshake_timeout=TIMEOUT, extensions=[])
         first = next(gen)  # after the 503 and a short wait that the (unset) stop did not end
         assert not first.closed
         second = next(gen)  # the caller asked for another: the open one is closed (1000) first
@@ -222,7 +222,7 @@ class TestReconnect:
     def test_proxy_dropping_the_tunnel_is_retried(self, raw_server):
         proxy = raw_server([b"", b""])  # closes before answering CONNECT, twice
         gen = twspy.reconnect("ws://127.0.0.1:9/", proxy="http://127.0.0.1:%d" % proxy.port, first_delay=0.01,
-                              max_tries=2, timeout=TIMEOUT)
+                              max_tries=2, handshake_timeout=TIMEOUT)
         with pytest.raises(ProxyError, match="closed the connection before answering") as info:
             next(gen)
         assert info.value.status is None
@@ -242,5 +242,5 @@ def test_proxy_true_is_the_environments(raw_server, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:%d" % proxy.port)
     with pytest.raises(ProxyError) as info:
-        twspy.connect("ws://example.invalid/", proxy=True, timeout=TIMEOUT)
+        twspy.connect("ws://example.invalid/", proxy=True, handshake_timeout=TIMEOUT)
     assert info.value.status == 407 and proxy.requests[0].method == "CONNECT"

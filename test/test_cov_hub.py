@@ -8,11 +8,11 @@ import json
 import logging
 import threading
 
-from conftest import url
-
 import twspy
 from twspy.broker import MemoryBroker
 from twspy.hub import Hub, TopicBroadcast
+
+from conftest import url
 
 TIMEOUT = 5
 
@@ -24,7 +24,7 @@ def test_unreadable_entries_are_logged_and_the_reader_goes_on(caplog):
     thread = server.serve_in_thread()
     try:
         with caplog.at_level(logging.WARNING, logger="twspy.hub"):
-            with twspy.connect(url(server), timeout=TIMEOUT) as conn:
+            with twspy.connect(url(server), handshake_timeout=TIMEOUT) as conn:
                 generation = broker.generation()
                 assert broker.append([
                     {"o": b"ghost", "k": b"b", "d": b"no sequence number"},  # KeyError inside the reader
@@ -68,7 +68,7 @@ def test_topic_protocol_without_a_hub(serve):
     # TopicBroadcast needs a hub: each request gets an error reply (with its id), and the
     # connection stays usable.
     server = serve(twspy.Server, filters=[TopicBroadcast()])
-    with twspy.connect(url(server), timeout=TIMEOUT) as conn:
+    with twspy.connect(url(server), handshake_timeout=TIMEOUT) as conn:
         hello = json.loads(conn.recv(TIMEOUT).payload)
         assert hello["type"] == "set_conn_id"
         conn.send(json.dumps({"type": "publish", "topic": "a", "data": 1, "id": 7}))
@@ -82,7 +82,7 @@ def test_topic_protocol_without_a_hub(serve):
 def test_unknown_types_with_a_hub(serve):
     with Hub() as hub:
         server = serve(twspy.Server, hub=hub, filters=[TopicBroadcast()])
-        with twspy.connect(url(server), timeout=TIMEOUT) as conn:
+        with twspy.connect(url(server), handshake_timeout=TIMEOUT) as conn:
             conn.recv(TIMEOUT)  # set_conn_id
             conn.send(json.dumps({"type": "teleport", "id": "x"}))
             assert json.loads(conn.recv(TIMEOUT).payload) == {"type": "error", "id": "x",

@@ -7,11 +7,12 @@ import os
 import queue
 
 import pytest
-from conftest import url, wait_for
 
 import twspy
 from twspy.multiplex import Multiplex
 from twspy.proxy import ProxyServer
+
+from conftest import url, wait_for
 
 TIMEOUT = 5
 
@@ -70,7 +71,7 @@ def test_upstream_close_without_status_is_1000_to_the_client(serve, proxy_server
     # 1005 must never go on the wire (RFC 6455 §7.4.1): the client gets a normal close.
     upstream = serve(Upstream)
     server = proxy_server(url(upstream))
-    with twspy.connect(url(server), timeout=TIMEOUT) as conn:
+    with twspy.connect(url(server), handshake_timeout=TIMEOUT) as conn:
         conn.send("bare")
         with pytest.raises(twspy.ConnectionClosed) as info:
             conn.recv(TIMEOUT)
@@ -82,7 +83,7 @@ def test_upstream_close_without_status_is_1000_to_the_client(serve, proxy_server
 def test_close_timeout_none_still_ends_both_legs(serve, proxy_server):
     upstream = serve(Upstream)
     server = proxy_server(url(upstream), close_timeout=None)
-    with twspy.connect(url(server), timeout=TIMEOUT) as conn:
+    with twspy.connect(url(server), handshake_timeout=TIMEOUT) as conn:
         conn.send("hello")
         assert conn.recv(TIMEOUT) == twspy.TextMessage("hello")
     assert conn.close_code == 1000
@@ -98,7 +99,7 @@ def test_unix_socket_client_has_no_forwarded_for(serve, tmp_path):
     thread = server.serve_in_thread()
     try:
         with twspy.connect("ws://localhost/room?x=1", unix_path=path, headers={"X-Trace": "t1"},
-                           timeout=TIMEOUT) as conn:
+                           handshake_timeout=TIMEOUT) as conn:
             conn.send("via unix")
             assert conn.recv(TIMEOUT) == twspy.TextMessage("via unix")
         _, target, headers = expect(upstream.events, "open")

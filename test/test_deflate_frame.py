@@ -12,7 +12,13 @@ from twspy.deflate_frame import DeflateFrame, DeflateFrameCodec
 from twspy.errors import NegotiationError, PayloadTooBig, ProtocolError
 from twspy.extension import negotiate_client, negotiate_server, offer_header
 from twspy.frame import (
-    OPCODE_BINARY, OPCODE_CLOSE, OPCODE_CONTINUATION, OPCODE_PING, OPCODE_TEXT, ControlFrame, Frame,
+    OPCODE_BINARY,
+    OPCODE_CLOSE,
+    OPCODE_CONTINUATION,
+    OPCODE_PING,
+    OPCODE_TEXT,
+    ControlFrame,
+    Frame,
     read_frame,
 )
 from twspy.permessage_deflate import DeflateMessage, DeflateMessageCodec

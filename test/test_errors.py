@@ -11,9 +11,22 @@ import pytest
 
 import twspy
 from twspy import errors
-from twspy.errors import (ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, HandshakeError, InvalidState,
-                          InvalidURI, NegotiationError, PayloadTooBig, ProtocolError, ProxyError, RedirectError,
-                          SocketClosed, WebSocketError, closed_error)
+from twspy.errors import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    HandshakeError,
+    InvalidState,
+    InvalidURI,
+    NegotiationError,
+    PayloadTooBig,
+    ProtocolError,
+    ProxyError,
+    RedirectError,
+    SocketClosed,
+    WebSocketError,
+    closed_error,
+)
 
 
 class TestTree:

@@ -84,7 +84,8 @@ def test_docs_show_the_examples():
                 with open(os.path.join(folder, name), encoding="utf-8") as f:
                     for target in re.findall(r"^```\{literalinclude\} (\S+)$", f.read(), re.M):
                         shown.add(os.path.normpath(os.path.join(folder, target)))
-    examples = {os.path.join(EXAMPLES, n) for n in os.listdir(EXAMPLES) if n.endswith(".py") and not n.startswith("_")}
+    examples = {os.path.join(EXAMPLES, n) for n in os.listdir(EXAMPLES)
+                if n.endswith(".py") and not n.startswith("_")}
     assert examples <= shown, sorted(examples - shown)
 
 

@@ -8,8 +8,16 @@ from __future__ import annotations
 import pytest
 
 from twspy.errors import HandshakeError, NegotiationError
-from twspy.extension import (Extension, ExtensionCodec, format_extensions, negotiate_client, negotiate_server,
-                             offer_header, parse_extensions, parse_tokens)
+from twspy.extension import (
+    Extension,
+    ExtensionCodec,
+    format_extensions,
+    negotiate_client,
+    negotiate_server,
+    offer_header,
+    parse_extensions,
+    parse_tokens,
+)
 from twspy.handshake import Headers
 
 

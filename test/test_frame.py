@@ -9,10 +9,28 @@ import pytest
 
 import twspy
 from twspy.errors import PayloadTooBig, ProtocolError
-from twspy.frame import (CLOSE_NO_STATUS, OPCODE_BINARY, OPCODE_CLOSE, OPCODE_CONTINUATION, OPCODE_PING,
-                         OPCODE_PONG, OPCODE_TEXT, CloseCode, ControlFrame, Frame, FrameParser, Opcode,
-                         contains_frame, decode_close, encode_close, mask, pack_frame, pop_frame, read_frame,
-                         valid_close_code)
+from twspy.frame import (
+    CLOSE_NO_STATUS,
+    OPCODE_BINARY,
+    OPCODE_CLOSE,
+    OPCODE_CONTINUATION,
+    OPCODE_PING,
+    OPCODE_PONG,
+    OPCODE_TEXT,
+    CloseCode,
+    ControlFrame,
+    Frame,
+    FrameParser,
+    Opcode,
+    contains_frame,
+    decode_close,
+    encode_close,
+    mask,
+    pack_frame,
+    pop_frame,
+    read_frame,
+    valid_close_code,
+)
 
 KEY = bytes.fromhex("37fa213d")  # the masking key of the RFC §5.7 examples
 DATA_OPCODES = (OPCODE_CONTINUATION, OPCODE_TEXT, OPCODE_BINARY)
@@ -721,6 +739,7 @@ class TestParseDataFrame:
 
     def test_agrees_with_the_general_parser(self):
         import random
+
         from twspy.frame import parse_data_frame
         rng = random.Random(5)
         for _ in range(300):

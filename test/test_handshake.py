@@ -8,9 +8,24 @@ import pytest
 
 from twspy.errors import HandshakeError, NegotiationError
 from twspy.extension import Extension, ExtensionCodec
-from twspy.handshake import (GUID, MAX_HEADER_SIZE, Headers, Request, Response, accept_key, build_request,
-                             build_response, check_response, error_response, make_key, parse_request,
-                             parse_response, read_head, server_handshake, head_end)
+from twspy.handshake import (
+    GUID,
+    MAX_HEADER_SIZE,
+    Headers,
+    Request,
+    Response,
+    accept_key,
+    build_request,
+    build_response,
+    check_response,
+    error_response,
+    head_end,
+    make_key,
+    parse_request,
+    parse_response,
+    read_head,
+    server_handshake,
+)
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="

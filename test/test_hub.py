@@ -16,7 +16,7 @@ import threading
 import time
 import tracemalloc
 import uuid
-from typing import Any, List, Tuple
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
@@ -53,7 +53,7 @@ class Recorder(twspy.Server):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.closed: dict = {}
-        self.messages: List[Tuple[str, Any]] = []
+        self.messages: list[tuple[str, Any]] = []
         super().__init__(*args, **kwargs)
 
     def onmessage(self, client: Any, message: Any) -> None:
@@ -67,7 +67,7 @@ class Recorder(twspy.Server):
 class Client:
     """A ``twspy.connect`` client; ``id`` is the conn_id that TopicBroadcast announces on open."""
 
-    def __init__(self, server: twspy.Server, subs: Tuple[str, ...] = (), hello: bool = True, **options: Any):
+    def __init__(self, server: twspy.Server, subs: tuple[str, ...] = (), hello: bool = True, **options: Any):
         path = "/?" + urlencode([("sub", s) for s in subs]) if subs else "/"
         self.conn = twspy.connect(url(server, path), handshake_timeout=TIMEOUT, **options)
         self.id = None
@@ -152,11 +152,11 @@ class Cluster:
     """Hubs, servers and clients made by a test; all closed at its end."""
 
     def __init__(self) -> None:
-        self.hubs: List[Hub] = []
-        self.servers: List[Tuple[twspy.Server, threading.Thread]] = []
-        self.clients: List[Client] = []
-        self.sockets: List[socket.socket] = []
-        self.gates: List[GatedBroker] = []
+        self.hubs: list[Hub] = []
+        self.servers: list[tuple[twspy.Server, threading.Thread]] = []
+        self.clients: list[Client] = []
+        self.sockets: list[socket.socket] = []
+        self.gates: list[GatedBroker] = []
         self._markers = 0
 
     def hub(self, broker: Any = None, **options: Any) -> Hub:
@@ -173,7 +173,7 @@ class Cluster:
         self.servers.append((server, server.serve_in_thread()))
         return server
 
-    def nodes(self, n: int = 3, broker: Any = None, **options: Any) -> Tuple[List[Hub], List[Any]]:
+    def nodes(self, n: int = 3, broker: Any = None, **options: Any) -> tuple[list[Hub], list[Any]]:
         """``n`` hubs on one broker (a new MemoryBroker by default), a server each."""
         broker = MemoryBroker() if broker is None else broker
         hubs = [self.hub(broker, **options) for _ in range(n)]
@@ -229,7 +229,7 @@ def server_side(server: twspy.Server, cid: str) -> Any:
     return next(c for c in list(server.clients) if c.id == cid)
 
 
-def frozen_client(cluster: Cluster, server: twspy.Server, *subs: str) -> Tuple[socket.socket, str]:
+def frozen_client(cluster: Cluster, server: twspy.Server, *subs: str) -> tuple[socket.socket, str]:
     """A raw socket that does the handshake, reads its conn_id, and then never reads again."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     cluster.sockets.append(sock)
@@ -1114,7 +1114,7 @@ def test_replay_after_a_restart_does_not_wait_for_the_heartbeat(cluster):
 class Traced:
     """Bytes allocated (and still held) by the whole process between start and ``grown()``."""
 
-    def __enter__(self) -> "Traced":
+    def __enter__(self) -> Traced:
         tracemalloc.start()
         self.base = tracemalloc.get_traced_memory()[0]
         return self
@@ -1126,7 +1126,7 @@ class Traced:
         tracemalloc.stop()
 
 
-def request_errors(client: Client, requests: List[dict]) -> List[str]:
+def request_errors(client: Client, requests: list[dict]) -> list[str]:
     """Send each request (with an id) and return the error texts; fails on an ack."""
     errors = []
     for n, request in enumerate(requests):
@@ -1249,7 +1249,7 @@ class TestHostileClient:
 
     def test_conn_ids_are_capped_and_authorize_send_decides(self, cluster):
         class Neighbours(TopicBroadcast):
-            def authorize_send(self, client: Any, conn_ids: List[str]) -> bool:
+            def authorize_send(self, client: Any, conn_ids: list[str]) -> bool:
                 return all(i.startswith(client.server.node_id + ".") for i in conn_ids)
 
         broker = MemoryBroker()
@@ -1294,7 +1294,7 @@ class TestHostileClient:
         c = cluster.client(cluster.server(hub), "t")
         payload = "x" * (1 << 20)
         with Traced() as traced:
-            done: List[bool] = []
+            done: list[bool] = []
             for _ in range(30):
                 assert hub.publish("nobody", payload, on_done=done.append) is True
             hub.publish("t", "last")
@@ -1323,7 +1323,7 @@ class TestHostileClient:
         hub = cluster.hub(broker, max_pending_size=1 << 20)
         cluster.hub(broker)
         broker.down = True
-        done: List[bool] = []
+        done: list[bool] = []
         results = [hub.publish("t", b"x" * (300 << 10), on_done=done.append) for _ in range(4)]
         assert results == [True, True, True, False] and done == [False]
         broker.down = False
@@ -1334,7 +1334,7 @@ class TestHostileClient:
         slow = SlowAppend(MemoryBroker())
         hub = cluster.hub(slow, max_pending_size=1 << 20)
         wait_for(hub.connected.is_set)
-        results: List[bool] = []
+        results: list[bool] = []
         publisher = threading.Thread(target=lambda: results.extend(
             hub.publish("t", b"x" * (300 << 10)) for _ in range(8)))
         publisher.start()

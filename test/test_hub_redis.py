@@ -112,7 +112,7 @@ class Node:
     def __init__(self, args, env=None) -> None:
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, cwd=ROOT, env=env)
-        self.lines: "queue.Queue[str]" = queue.Queue()
+        self.lines: queue.Queue[str] = queue.Queue()
         self.log = []
         self.port = None
         self._errs = []
@@ -185,11 +185,11 @@ class JsonClient:
     """A client of the hub's JSON protocol that collects what it receives in a thread."""
 
     def __init__(self, url: str, reader: bool = True) -> None:
-        self.conn = connect(url, timeout=10, extensions=[])
+        self.conn = connect(url, handshake_timeout=10, extensions=[])
         hello = json.loads(self.conn.recv(timeout=10).payload)
         assert hello["type"] == "set_conn_id"
         self.id = hello["conn_id"]
-        self.inbox: "queue.Queue[dict]" = queue.Queue()
+        self.inbox: queue.Queue[dict] = queue.Queue()
         self.thread = None
         if reader:
             self.thread = threading.Thread(target=self._read, daemon=True)
@@ -397,8 +397,8 @@ def test_two_twspy_serve_processes_form_one_chat(redis_server):
     conns = []
     try:
         ports = [node.wait_port("on ws://") for node in servers]
-        conns = [connect("ws://127.0.0.1:%d/" % port, timeout=10) for port in ports]
-        inbox: "queue.Queue[str]" = queue.Queue()
+        conns = [connect("ws://127.0.0.1:%d/" % port, handshake_timeout=10) for port in ports]
+        inbox: queue.Queue[str] = queue.Queue()
 
         def read():
             for message in conns[1]:
@@ -442,7 +442,7 @@ def test_hub_chat_example_across_two_processes(redis_server):
     conns = []
     try:
         ports = [room.wait_port("ws://127.0.0.1:") for room in rooms]
-        conns = [connect("ws://127.0.0.1:%d/" % port, timeout=10) for port in ports]
+        conns = [connect("ws://127.0.0.1:%d/" % port, handshake_timeout=10) for port in ports]
         ids = []
         for n, conn in enumerate(conns):
             # Each hears itself once its subscription is in place. The second may hear the
@@ -505,6 +505,7 @@ def test_presence_is_stored_structurally_and_updated_by_client(redis_server):
     (filters were joined by newlines); now control characters are refused and each client's
     filters are a JSON list, changed client by client."""
     import redis
+
     from twspy.broker import RedisBroker
     from twspy.topics import InvalidTopic
     broker = RedisBroker(redis_server.url, prefix="p")
@@ -534,6 +535,7 @@ def test_presence_is_stored_structurally_and_updated_by_client(redis_server):
 def test_the_stream_is_trimmed_by_bytes(redis_server):
     """200 publishes of 1 MB kept 200 MB in Redis (trimmed at 100,000 entries only)."""
     import redis
+
     from twspy.broker import RedisBroker
     broker = RedisBroker(redis_server.url, prefix="t", max_bytes=4 << 20)
     observer = redis.Redis.from_url(redis_server.url)

@@ -16,10 +16,27 @@ from twspy.cli import EchoServer
 from twspy.extension import negotiate_client, negotiate_server
 from twspy.frame import OPCODE_BINARY, OPCODE_CLOSE, OPCODE_CONTINUATION, OPCODE_TEXT, FrameParser, decode_close
 from twspy.handshake import build_request, make_key, parse_response, read_head
-from twspy.multiplex import (AddChannelRequest, AddChannelResponse, Channel, DropChannel, FlowControl, Multiplex,
-                             MultiplexCodec, MuxClient, MuxError, NewChannelSlot, connect_multiplexed, decapsulate,
-                             decode_channel_id, decode_number, encapsulate, encode_channel_id, encode_control_blocks,
-                             encode_number, parse_control_blocks)
+from twspy.multiplex import (
+    AddChannelRequest,
+    AddChannelResponse,
+    Channel,
+    DropChannel,
+    FlowControl,
+    Multiplex,
+    MultiplexCodec,
+    MuxClient,
+    MuxError,
+    NewChannelSlot,
+    connect_multiplexed,
+    decapsulate,
+    decode_channel_id,
+    decode_number,
+    encapsulate,
+    encode_channel_id,
+    encode_control_blocks,
+    encode_number,
+    parse_control_blocks,
+)
 from twspy.mux_frames import accept_head, request_head
 from twspy.mux_server import ServerSession
 from twspy.mux_session import RateLimitedLog

@@ -601,7 +601,7 @@ class TestEmptyFinalBlocks:
         _, s = pair()
         made = count_zlib_streams(monkeypatch)
         with pytest.raises(ProtocolError) as info:
-            for n in range(1000):
+            for n in range(1000):  # noqa: B007 - read after the loop
                 s.decode_frame_of_message(self.EMPTY_FINAL, RSV1, False, MiB)
         assert info.value.code == 1007
         assert n == 2 and len(made) == 2

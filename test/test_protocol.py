@@ -12,7 +12,6 @@ import os
 import random
 import tracemalloc
 import zlib
-from typing import List
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,11 +23,23 @@ from twspy.errors import HandshakeError, InvalidState, NegotiationError, Payload
 from twspy.extension import ExtensionCodec
 from twspy.frame import Frame
 from twspy.handshake import Request, Response, accept_key
+from twspy.handshake_protocol import ClientProtocol, ServerProtocol
 from twspy.message import BinaryMessage, TextMessage
 from twspy.permessage_deflate import DeflateMessage, DeflateMessageCodec
-from twspy.handshake_protocol import ClientProtocol, ServerProtocol
-from twspy.protocol import (CLIENT, CLOSED, CLOSING, CONNECTING, DEFAULT_MAX_SIZE, OPEN, SERVER, Close, Ping, Pong,
-                            Protocol, State)
+from twspy.protocol import (
+    CLIENT,
+    CLOSED,
+    CLOSING,
+    CONNECTING,
+    DEFAULT_MAX_SIZE,
+    OPEN,
+    SERVER,
+    Close,
+    Ping,
+    Pong,
+    Protocol,
+    State,
+)
 
 KEY = bytes.fromhex("37fa213d")
 
@@ -62,7 +73,7 @@ def bytewise(p: Protocol, data: bytes) -> None:
         p.receive_data(data[i:i + 1])
 
 
-def failed_with(p: Protocol, code: int) -> List[bytes]:
+def failed_with(p: Protocol, code: int) -> list[bytes]:
     """Assert that ``p`` failed the connection with ``code``; return what it sent."""
     assert p.error is not None and p.error.code == code, p.error
     assert p.close_code == code
@@ -245,7 +256,7 @@ class TestFraming52:
     def test_frame_split_at_every_byte(self):
         for side in (SERVER, CLIENT):
             data = (frame_for(side, 1, "Hé".encode(), final=False) + frame_for(side, 9, b"p")
-                    + frame_for(side, 0, "llo".encode()) + frame_for(side, 2, b"\x00" * 300)
+                    + frame_for(side, 0, b"llo") + frame_for(side, 2, b"\x00" * 300)
                     + frame_for(side, 0xA, b"q") + frame_for(side, 2, b"x" * 70000))
             whole = Protocol(side)
             whole.receive_data(data)

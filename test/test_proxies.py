@@ -281,7 +281,8 @@ class TestHTTPSProxy:
         proxy = fake_proxy(context=server_context)
         trust = ssl.create_default_context(cafile=CERT)
         conn = twspy.connect("wss://localhost:%d/" % server.address[1], ssl=trust, proxy_ssl=trust,
-                             proxy="https://localhost:%d" % proxy.port, timeout=5, max_size=4 << 20, extensions=[])
+                             proxy="https://localhost:%d" % proxy.port, handshake_timeout=5,
+                             max_size=4 << 20, extensions=[])
         with conn:
             for size in (0, 1, 200000, 1 << 20):
                 data = os.urandom(size)
@@ -298,7 +299,7 @@ class TestHTTPSProxy:
         before = open_fds()
         with pytest.raises(ssl.SSLCertVerificationError):  # the server's certificate, checked inside the tunnel
             twspy.connect("wss://localhost:%d/" % server.address[1], proxy="https://localhost:%d" % proxy.port,
-                          proxy_ssl=ssl.create_default_context(cafile=CERT), timeout=5)
+                          proxy_ssl=ssl.create_default_context(cafile=CERT), handshake_timeout=5)
         proxy.wait_idle()
         wait_for(lambda: open_fds() == before)  # the tunnel's thread closes its sockets as it ends
 
@@ -334,7 +335,7 @@ class TestSOCKS:
     def test_microsocks_target_refused(self, microsocks):
         with pytest.raises(twspy.ProxyError, match=r"SOCKS5 reply [1-5] "):
             twspy.connect("ws://127.0.0.1:%d/" % free_port(), proxy="socks5://user:s3cret@" + microsocks,
-                          timeout=5)
+                          handshake_timeout=5)
 
     @pytest.mark.parametrize("reply,message", [
         (b"", "closed the connection before answering"),

@@ -217,7 +217,7 @@ class TestHandshake:
         upstream = serve(Upstream)
         server = proxy(url(upstream, "/base"))
         with twspy.connect(url(server, "/chat?x=1"), headers={"Authorization": "Bearer t0k", "X-Private": "no"},
-                           origin="https://app.example", timeout=5):
+                           origin="https://app.example", handshake_timeout=5):
             _, path, headers, _ = expect(upstream.events, "open")
         assert path == "/base/chat?x=1"
         assert headers["Authorization"] == "Bearer t0k"

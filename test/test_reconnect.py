@@ -68,7 +68,7 @@ def test_reconnects_across_a_server_restart_on_the_same_port(retry_log):
     restarter = threading.Thread(target=restart_once_refused)
     try:
         for n, conn in enumerate(twspy.reconnect("ws://127.0.0.1:%d/" % port, first_delay=0.01, max_delay=0.05,
-                                                 timeout=5)):
+                                                 handshake_timeout=5)):
             conn.send("try %d" % n)
             seen.append(conn.recv(5).payload)
             if n == 1:
@@ -146,7 +146,7 @@ def test_handshake_answers(status, retried):
     try:
         with pytest.raises(twspy.HandshakeError) as info:
             for _ in twspy.reconnect("ws://127.0.0.1:%d/" % listener.getsockname()[1], first_delay=0.001,
-                                     max_tries=3, timeout=5):
+                                     max_tries=3, handshake_timeout=5):
                 pytest.fail("no connection expected")
         assert info.value.status == status
     finally:

@@ -153,7 +153,7 @@ class TestTLSInTheLoop:
         for _ in range(3):
             context = ssl.create_default_context(cafile=CERT)
             with twspy.connect("wss://localhost:%d/" % tls_server.address[1], ssl=context, extensions=[],
-                               timeout=TIMEOUT) as conn:
+                               handshake_timeout=TIMEOUT) as conn:
                 conn.send("secure")
                 assert conn.recv(TIMEOUT).payload == "secure"
         for sock in idle + [half]:

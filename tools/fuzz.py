@@ -91,7 +91,7 @@ def run_batch(jobs: list) -> None:
 
 
 def check_echo(port: int) -> None:
-    with twspy.connect("ws://127.0.0.1:%d/" % port, timeout=5) as conn:
+    with twspy.connect("ws://127.0.0.1:%d/" % port, handshake_timeout=5) as conn:
         for payload in ("text", b"\x00binary", "κόσμε" * 1000):
             conn.send(payload)
             assert conn.recv(5).payload == payload, "echo broken after fuzzing"

@@ -31,7 +31,8 @@ NO_KEEPALIVE = {"ping_interval": None}
 def echo(url, i, messages, counts):
     rng = random.Random(i)
     blob = rng.getrandbits(8 * 70000).to_bytes(70000, "little")
-    with twspy.connect(url, extensions=None if i % 2 else [], timeout=60, max_size=1 << 20, **NO_KEEPALIVE) as conn:
+    with twspy.connect(url, extensions=None if i % 2 else [], handshake_timeout=60, max_size=1 << 20,
+                       **NO_KEEPALIVE) as conn:
         for j in range(messages):
             size = 70000 if j % 50 == 49 else rng.choice(SIZES)
             if j % 2:
@@ -46,7 +47,7 @@ def echo(url, i, messages, counts):
 
 
 def listen(url, i, messages, counts, ready):
-    with twspy.connect(url, extensions=None if i % 2 else [], timeout=60, **NO_KEEPALIVE) as conn:
+    with twspy.connect(url, extensions=None if i % 2 else [], handshake_timeout=60, **NO_KEEPALIVE) as conn:
         ready.wait()
         for j in range(messages):
             got = conn.recv(60).payload

@@ -15,23 +15,67 @@ import logging
 
 from .client import connect, reconnect
 from .connection import Connection
-from .errors import (BrokerUnavailable, ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, HandshakeError,
-                     HubError, InvalidState, InvalidTopic, InvalidURI, MuxError, NegotiationError, PayloadTooBig,
-                     ProtocolError, ProxyError, RedirectError, Reject, SocketClosed, SubscriptionLimit, WebSocketError)
+from .deflate_frame import DeflateFrame
+from .errors import (
+                     BrokerUnavailable,
+                     ConnectionClosed,
+                     ConnectionClosedError,
+                     ConnectionClosedOK,
+                     HandshakeError,
+                     HubError,
+                     InvalidState,
+                     InvalidTopic,
+                     InvalidURI,
+                     MuxError,
+                     NegotiationError,
+                     PayloadTooBig,
+                     ProtocolError,
+                     ProxyError,
+                     RedirectError,
+                     Reject,
+                     SocketClosed,
+                     SubscriptionLimit,
+                     WebSocketError,
+)
 from .extension import Extension, ExtensionCodec
-from .frame import (CLOSE_ABNORMAL, CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_MESSAGE_TOOBIG,
-                    CLOSE_MISSING_EXTENSIONS, CLOSE_NOACCEPT_DTYPE, CLOSE_NO_STATUS, CLOSE_NORMAL, CLOSE_POLICY,
-                    CLOSE_PROTOCOL_ERROR, CLOSE_SERVICE_RESTART, CLOSE_TLS_FAILURE, CLOSE_TRY_AGAIN_LATER,
-                    CLOSE_UNABLE, OPCODE_BINARY, OPCODE_CLOSE, OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG,
-                    OPCODE_TEXT, CloseCode, ControlFrame, Frame, FrameParser, Opcode, contains_frame, mask,
-                    pop_frame, read_frame, speedups_enabled)
+from .frame import (
+                     CLOSE_ABNORMAL,
+                     CLOSE_BAD_GATEWAY,
+                     CLOSE_GOING_AWAY,
+                     CLOSE_INVALID_DATA,
+                     CLOSE_MESSAGE_TOOBIG,
+                     CLOSE_MISSING_EXTENSIONS,
+                     CLOSE_NO_STATUS,
+                     CLOSE_NOACCEPT_DTYPE,
+                     CLOSE_NORMAL,
+                     CLOSE_POLICY,
+                     CLOSE_PROTOCOL_ERROR,
+                     CLOSE_SERVICE_RESTART,
+                     CLOSE_TLS_FAILURE,
+                     CLOSE_TRY_AGAIN_LATER,
+                     CLOSE_UNABLE,
+                     OPCODE_BINARY,
+                     OPCODE_CLOSE,
+                     OPCODE_CONTINUATION,
+                     OPCODE_PING,
+                     OPCODE_PONG,
+                     OPCODE_TEXT,
+                     CloseCode,
+                     ControlFrame,
+                     Frame,
+                     FrameParser,
+                     Opcode,
+                     contains_frame,
+                     mask,
+                     pop_frame,
+                     read_frame,
+                     speedups_enabled,
+)
 from .message import BinaryMessage, Message, TextMessage
+from .multiplex import Multiplex, connect_multiplexed
+from .permessage_deflate import DeflateMessage
 from .server import Server, ServerConnection
 from .websocket import websocket
-
-from .deflate_frame import DeflateFrame
-from .permessage_deflate import DeflateMessage
-from .multiplex import Multiplex, connect_multiplexed
 
 __version__ = "0.1.0"
 
@@ -42,7 +86,8 @@ __all__ = [
     "Frame", "ControlFrame", "FrameParser", "read_frame", "pop_frame", "contains_frame", "mask", "speedups_enabled",
     "Message", "TextMessage", "BinaryMessage", "Extension", "ExtensionCodec", "DeflateMessage", "DeflateFrame",
     "Multiplex", "connect_multiplexed",
-    "WebSocketError", "HandshakeError", "NegotiationError", "RedirectError", "ProxyError", "ProtocolError", "PayloadTooBig",
+    "WebSocketError", "HandshakeError", "NegotiationError", "RedirectError", "ProxyError", "ProtocolError",
+    "PayloadTooBig",
     "ConnectionClosed", "ConnectionClosedOK", "ConnectionClosedError", "SocketClosed", "InvalidState", "InvalidURI",
     "MuxError", "Reject", "InvalidTopic", "SubscriptionLimit", "HubError", "BrokerUnavailable",
     "Opcode", "CloseCode",

@@ -34,15 +34,15 @@ import json
 import secrets
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple, cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from .errors import BrokerUnavailable, HubError
 
 __all__ = ["HubError", "BrokerUnavailable", "Broker", "MemoryBroker", "RedisBroker", "open_broker", "entry_size"]
 
-Entry = Dict[str, bytes]
-Presence = Dict[str, Dict[str, List[str]]]  # node -> client id -> topic filters
+Entry = dict[str, bytes]
+Presence = dict[str, dict[str, list[str]]]  # node -> client id -> topic filters
 
 DEFAULT_MAXLEN = 100_000  # entries a broker keeps; readers further behind see a gap (reported)
 DEFAULT_MEMORY_BYTES = 16 << 20  # ... and their bytes, in process (MemoryBroker)
@@ -56,10 +56,10 @@ class Broker:
 
     url = ""
 
-    def append(self, entries: List[Entry], generation: str) -> bool:
+    def append(self, entries: list[Entry], generation: str) -> bool:
         raise NotImplementedError
 
-    def read(self, cursor: str, timeout: float) -> List[Tuple[str, Entry]]:
+    def read(self, cursor: str, timeout: float) -> list[tuple[str, Entry]]:
         raise NotImplementedError
 
     def tail(self) -> str:
@@ -68,10 +68,10 @@ class Broker:
     def generation(self) -> str:
         raise NotImplementedError
 
-    def set_presence(self, node: str, clients: Dict[str, List[str]], ttl: float) -> None:
+    def set_presence(self, node: str, clients: dict[str, list[str]], ttl: float) -> None:
         raise NotImplementedError
 
-    def update_presence(self, node: str, changes: Dict[str, Optional[List[str]]], ttl: float) -> bool:
+    def update_presence(self, node: str, changes: dict[str, list[str] | None], ttl: float) -> bool:
         """Optional: without it the hub sends a node's whole presence with ``set_presence``."""
         raise NotImplementedError
 
@@ -108,19 +108,19 @@ class MemoryBroker(Broker):
         self.max_bytes = max_bytes
         self.down = False
         self._cond = threading.Condition()
-        self._log: List[Tuple[int, Entry]] = []
-        self._sizes: List[int] = []  # bytes of each entry of _log
+        self._log: list[tuple[int, Entry]] = []
+        self._sizes: list[int] = []  # bytes of each entry of _log
         self._bytes = 0
         self._ids = itertools.count(1)
         self._generation = secrets.token_hex(8)
-        self._presence: Dict[str, Tuple[float, Dict[str, List[str]]]] = {}
+        self._presence: dict[str, tuple[float, dict[str, list[str]]]] = {}
         self._wakeups = 0
 
     def _check(self) -> None:
         if self.down:
             raise BrokerUnavailable("memory broker %s is down" % self.url)
 
-    def append(self, entries: List[Entry], generation: str) -> bool:
+    def append(self, entries: list[Entry], generation: str) -> bool:
         with self._cond:
             self._check()
             if generation != self._generation:
@@ -140,7 +140,7 @@ class MemoryBroker(Broker):
             self._cond.notify_all()
             return True
 
-    def read(self, cursor: str, timeout: float) -> List[Tuple[str, Entry]]:
+    def read(self, cursor: str, timeout: float) -> list[tuple[str, Entry]]:
         after = int(cursor)
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -186,12 +186,12 @@ class MemoryBroker(Broker):
             self._generation = secrets.token_hex(8)
             self._cond.notify_all()
 
-    def set_presence(self, node: str, clients: Dict[str, List[str]], ttl: float) -> None:
+    def set_presence(self, node: str, clients: dict[str, list[str]], ttl: float) -> None:
         with self._cond:
             self._check()
             self._presence[node] = (time.monotonic() + ttl, {k: list(v) for k, v in clients.items()})
 
-    def update_presence(self, node: str, changes: Dict[str, Optional[List[str]]], ttl: float) -> bool:
+    def update_presence(self, node: str, changes: dict[str, list[str] | None], ttl: float) -> bool:
         with self._cond:
             self._check()
             held = self._presence.get(node)
@@ -277,27 +277,27 @@ class RedisBroker(Broker):
                 raise
             raise BrokerUnavailable("redis %s: %s ended by wake()" % (self.url, what)) from exc
 
-    def append(self, entries: List[Entry], generation: str) -> bool:
-        args: List[Any] = [generation, self.maxlen, self.max_bytes, _ENTRY_OVERHEAD]
+    def append(self, entries: list[Entry], generation: str) -> bool:
+        args: list[Any] = [generation, self.maxlen, self.max_bytes, _ENTRY_OVERHEAD]
         for entry in entries:
             args.append(len(entry))
             for name, value in entry.items():
                 args += (name, value)
         return bool(self._call("XADD", self._append, keys=[self._gen_key, self._log, self._size_key], args=args))
 
-    def read(self, cursor: str, timeout: float) -> List[Tuple[str, Entry]]:
+    def read(self, cursor: str, timeout: float) -> list[tuple[str, Entry]]:
         # Up to 1,000 entries, but about _READ_BYTES at most: sized by the entries read last
         # (1,000 entries of 1 MB would be a gigabyte in one reply).
         count = max(1, min(1000, _READ_BYTES // self._read_average))
 
-        def run() -> List[Tuple[str, Entry]]:
+        def run() -> list[tuple[str, Entry]]:
             reply: Any = self._client.xread({self._log: cursor}, count=count, block=max(1, int(timeout * 1000)))
-            entries: List[Tuple[str, Entry]] = []
+            entries: list[tuple[str, Entry]] = []
             for _stream, items in reply or ():
                 for entry_id, fields in items:
                     entries.append((_text(entry_id), {_text(k): v for k, v in fields.items()}))
             return entries
-        entries: List[Tuple[str, Entry]] = self._call("XREAD", run)
+        entries: list[tuple[str, Entry]] = self._call("XREAD", run)
         if entries:
             self._read_average = max(1, sum(entry_size(e) for _, e in entries) // len(entries))
         return entries
@@ -316,7 +316,7 @@ class RedisBroker(Broker):
             return _text(pipe.execute()[1])
         return cast(str, self._call("GET", run))
 
-    def set_presence(self, node: str, clients: Dict[str, List[str]], ttl: float) -> None:
+    def set_presence(self, node: str, clients: dict[str, list[str]], ttl: float) -> None:
         key = self._presence_prefix + node
 
         def run() -> None:
@@ -328,8 +328,8 @@ class RedisBroker(Broker):
             pipe.execute()
         self._call("HSET", run)
 
-    def update_presence(self, node: str, changes: Dict[str, Optional[List[str]]], ttl: float) -> bool:
-        args: List[Any] = [max(1, int(ttl * 1000))]
+    def update_presence(self, node: str, changes: dict[str, list[str] | None], ttl: float) -> bool:
+        args: list[Any] = [max(1, int(ttl * 1000))]
         for cid, filters in changes.items():
             args += (cid, "" if filters is None else json.dumps(filters))
         return bool(self._call("HSET", self._update, keys=[self._presence_prefix + node], args=args))
@@ -403,7 +403,7 @@ return 1
 """
 
 
-def _filters(value: Any) -> List[str]:
+def _filters(value: Any) -> list[str]:
     """A client's filters as stored in its presence field: a JSON list (a line per filter
     before; such values are still read)."""
     text = _text(value)
@@ -425,11 +425,11 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-_named: Dict[str, MemoryBroker] = {}
+_named: dict[str, MemoryBroker] = {}
 _named_lock = threading.Lock()
 
 
-def open_broker(url: Optional[str] = None, **options: Any) -> Broker:
+def open_broker(url: str | None = None, **options: Any) -> Broker:
     """A broker for ``url``: None or ``memory://`` (a private in-process broker),
     ``memory://name`` (one broker per name in the process: hubs that share it form a
     cluster), ``redis://`` / ``rediss://`` / ``unix://`` (:class:`RedisBroker`)."""

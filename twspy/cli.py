@@ -46,7 +46,7 @@ import ssl
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Callable
 
 from . import __version__
 from .client import connect
@@ -73,7 +73,7 @@ FILTER_ALIASES = {
 }
 
 # What ``serve`` runs with when neither the command line nor the config file sets an option.
-_SERVE_DEFAULTS: Dict[str, Any] = {
+_SERVE_DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1", "port": 8000, "max_size": DEFAULT_MAX_SIZE, "certfile": None, "keyfile": None,
     "subprotocol": [], "no_compression": False, "quiet": False, "filter": [], "token": [], "redis": None,
     "hub": None, "unix": None, "max_connections": 1024, "asyncio": False,
@@ -100,7 +100,7 @@ def _size(text: str) -> int:
 
 
 # the others are strings
-_SERVE_TYPES: Dict[str, Callable[[str], Any]] = {"port": int, "max_size": _size, "max_connections": int}
+_SERVE_TYPES: dict[str, Callable[[str], Any]] = {"port": int, "max_size": _size, "max_connections": int}
 
 
 class _Renamed(argparse.Action):
@@ -144,7 +144,7 @@ class _Version(argparse.Action):
     twspy/_speedups.c: off when it was not built or TWSPY_NO_SPEEDUPS is set)."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: Optional[str] = None) -> None:
+                 option_string: str | None = None) -> None:
         sys.stdout.write("twspy %s\nspeedups: %s\n" % (__version__, "on" if speedups_enabled() else "off"))
         parser.exit()
 
@@ -228,8 +228,9 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--max-size", type=_size, default=DEFAULT_MAX_SIZE, metavar="SIZE",
                         help="largest message accepted (default 1M)")
     client.add_argument("--handshake-timeout", "--open-timeout", dest="handshake_timeout", type=float, default=10.0,
-                        action=_Renamed, metavar="SECS", help="seconds for TCP, proxy, TLS and the upgrade (default 10; "
-                                             "--open-timeout is the former spelling)")
+                        action=_Renamed, metavar="SECS",
+                        help="seconds for TCP, proxy, TLS and the upgrade (default 10; "
+                             "--open-timeout is the former spelling)")
     client.add_argument("--proxy", metavar="URL",
                         help="http://, https://, socks5://, socks5h://, socks4:// or socks4a:// proxy, with "
                              "optional user:password@ (default: http_proxy / https_proxy / all_proxy, no_proxy)")
@@ -239,7 +240,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
 
     0 on success (a server stopped with Ctrl-C or SIGTERM, a normal close), 1 when a server
@@ -268,7 +269,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _echo(args: argparse.Namespace) -> int:
     _setup_logging(args.quiet)
     context = _server_context(args.certfile, args.keyfile)
-    extensions: Optional[List[Extension]] = [] if args.no_compression else None  # None: permessage-deflate
+    extensions: list[Extension] | None = [] if args.no_compression else None  # None: permessage-deflate
     if args.asyncio:
         if args.unix:
             raise UsageError("--unix is not available with --asyncio yet")
@@ -296,7 +297,7 @@ def _echo(args: argparse.Namespace) -> int:
 # -- serve --------------------------------------------------------------------------------------
 def _serve(args: argparse.Namespace) -> int:
     options = dict(_SERVE_DEFAULTS)
-    extra: Dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     if "config" in args:
         known, extra = _read_config(args.config)
         options.update(known)
@@ -305,7 +306,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("give --redis or --hub, not both")
 
     classes = [(spec, load_filter_class(spec)) for spec in options["filter"]]
-    allowed: Set[str] = set()
+    allowed: set[str] = set()
     for _, cls in classes:
         allowed.update(key.replace("-", "_") for key in getattr(cls, "config_keys", ()))
     unknown = sorted(set(extra) - allowed)
@@ -321,7 +322,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     _setup_logging(options["quiet"])
     context = _server_context(options["certfile"], options["keyfile"])
-    extensions: Optional[List[Extension]] = [] if options["no_compression"] else None
+    extensions: list[Extension] | None = [] if options["no_compression"] else None
     hub = None
     hub_url = options["hub"] or options["redis"]
     if not hub_url and any(cls.__module__ == "twspy.hub" for _, cls in classes):
@@ -364,11 +365,11 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_names() -> List[str]:
+def _config_names() -> list[str]:
     return sorted("filters" if dest == "filter" else dest.replace("_", "-") for dest in _SERVE_DEFAULTS)
 
 
-def _read_config(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def _read_config(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(serve's options, other keys)`` from a JSON config file; UsageError for a bad file or value."""
     try:
         with open(path, encoding="utf-8") as file:
@@ -379,8 +380,8 @@ def _read_config(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         raise UsageError("%s is not valid JSON: %s" % (path, exc)) from None
     if not isinstance(data, dict):
         raise UsageError("%s: expected a JSON object of options, got %s" % (path, type(data).__name__))
-    known: Dict[str, Any] = {}
-    extra: Dict[str, Any] = {}
+    known: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     for key, value in data.items():
         dest = key.replace("-", "_")
         dest = "filter" if dest == "filters" else dest
@@ -469,7 +470,7 @@ def load_filter_class(spec: str) -> type:
     return obj
 
 
-def _build_filter(spec: str, cls: type, options: Dict[str, Any]) -> Any:
+def _build_filter(spec: str, cls: type, options: dict[str, Any]) -> Any:
     factory = getattr(cls, "from_options", None)
     try:
         return factory(options) if callable(factory) else cls()
@@ -493,7 +494,7 @@ def _proxy(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if args.upstream_proxy and args.no_upstream_proxy:
         raise UsageError("give --upstream-proxy or --no-upstream-proxy, not both")
-    upstream_proxy: Union[None, bool, str] = False if args.no_upstream_proxy else args.upstream_proxy
+    upstream_proxy: None | bool | str = False if args.no_upstream_proxy else args.upstream_proxy
     server = _listen("proxy", functools.partial(ProxyServer, args.upstream), (args.host, args.port), args.unix,
                      ssl=context, upstream_ssl=upstream_ssl, upstream_proxy=upstream_proxy, max_size=args.max_size)
     if server is None:
@@ -506,7 +507,7 @@ def _proxy(args: argparse.Namespace) -> int:
 
 
 # -- shared by the servers ----------------------------------------------------------------------
-def _run_asyncio(make_server: Callable[[], Any], banner: str, context: Optional[ssl.SSLContext]) -> int:
+def _run_asyncio(make_server: Callable[[], Any], banner: str, context: ssl.SSLContext | None) -> int:
     """Run a twspy.asyncio server until Ctrl-C or SIGTERM, which close it (1001 to every client)."""
     import asyncio
 
@@ -550,7 +551,7 @@ def _redact_url(url: str) -> str:
     return _RedactingFormatter._TOKEN.sub(r"\1***", url)
 
 
-def _server_context(certfile: Optional[str], keyfile: Optional[str]) -> Optional[ssl.SSLContext]:
+def _server_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
     if not certfile:
         if keyfile:
             raise UsageError("--keyfile needs --certfile")
@@ -563,8 +564,8 @@ def _server_context(certfile: Optional[str], keyfile: Optional[str]) -> Optional
     return context
 
 
-def _listen(command: str, factory: Callable[..., Server], address: Tuple[str, int], unix: Optional[str],
-            **kwargs: Any) -> Optional[Server]:
+def _listen(command: str, factory: Callable[..., Server], address: tuple[str, int], unix: str | None,
+            **kwargs: Any) -> Server | None:
     """The server listening on ``address`` (or the Unix socket ``unix``); None after one line on stderr."""
     if unix:
         kwargs["unix_path"] = unix
@@ -580,7 +581,7 @@ def _listen(command: str, factory: Callable[..., Server], address: Tuple[str, in
         return None
 
 
-def _url(server: Any, context: Optional[ssl.SSLContext]) -> str:
+def _url(server: Any, context: ssl.SSLContext | None) -> str:
     if isinstance(server.address, str):  # a Unix socket
         return "unix:%s (%s://localhost/)" % (server.address, "wss" if context else "ws")
     host = "[%s]" % server.address[0] if ":" in server.address[0] else server.address[0]
@@ -604,7 +605,7 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _client_context(url: str, insecure: bool) -> Optional[ssl.SSLContext]:
+def _client_context(url: str, insecure: bool) -> ssl.SSLContext | None:
     """The TLS context for a wss:// URL (None for ws://); ``insecure`` skips verification."""
     if not url.lower().startswith("wss:"):
         return None
@@ -660,7 +661,7 @@ class _Output:
 class _ConsoleConnection(Connection):
     """The client's connection: shows pings and pongs when asked (-P)."""
 
-    output: Optional[_Output] = None
+    output: _Output | None = None
 
     def onping(self, payload: bytes) -> None:
         if self.output is not None:
@@ -671,7 +672,7 @@ class _ConsoleConnection(Connection):
             self.output.control("pong", payload)
 
 
-def _wait_seconds(text: str) -> Optional[float]:
+def _wait_seconds(text: str) -> float | None:
     """``--wait``: seconds, or ``inf`` to wait until the server closes (None)."""
     try:
         value = float(text)
@@ -682,7 +683,7 @@ def _wait_seconds(text: str) -> Optional[float]:
     return None if value == float("inf") else value
 
 
-def _read_lines(events: "queue.Queue[Tuple[str, Any]]") -> None:
+def _read_lines(events: queue.Queue[tuple[str, Any]]) -> None:
     """The stdin thread: each line as ("line", text), then ("eof", None).
 
     On a real file descriptor it reads with os.read, not through sys.stdin's buffer: a daemon
@@ -727,14 +728,15 @@ def _connect(args: argparse.Namespace) -> int:
         raise UsageError("give --proxy or --unix, not both")
     interactive = sys.stdin.isatty() and not args.execute
     out = _Output(sys.stdout.isatty(), args.quiet)
-    proxy: Union[None, bool, str] = False if args.no_proxy else args.proxy
+    proxy: None | bool | str = False if args.no_proxy else args.proxy
     # The output is set on a class of its own: a ping may be handled as soon as the connection exists.
     connection_class = type("_ConsoleConnection", (_ConsoleConnection,),
                             {"output": out if args.show_ping_pong else None})
     try:
         conn = connect(args.url, protocols=args.subprotocol or None, origin=args.origin, headers=headers,
                        ssl=_client_context(args.url, args.insecure), extensions=[] if args.no_compression else None,
-                       max_size=args.max_size, handshake_timeout=args.handshake_timeout, connection_class=connection_class,
+                       max_size=args.max_size, handshake_timeout=args.handshake_timeout,
+                       connection_class=connection_class,
                        ping_interval=args.ping_interval or None, proxy=proxy, unix_path=args.unix)
     except (WebSocketError, OSError, ValueError) as exc:  # TimeoutError, ssl.SSLError, a bad proxy URL
         out.error("twspy connect: could not connect to %s: %s" % (_redact_url(args.url),
@@ -750,7 +752,7 @@ class _Console:
 
     def __init__(self, conn: Connection, out: _Output, args: argparse.Namespace, slash: bool) -> None:
         self.conn, self.out, self.args, self.slash = conn, out, args, slash
-        self.events: "queue.Queue[Tuple[str, Any]]" = queue.Queue()
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.we_closed = False  # we sent the close (stdin ended, Ctrl-C, /close): not the server's verdict
 
     def run(self, greeting: str) -> int:
@@ -834,7 +836,7 @@ class _Console:
             return False
         return True
 
-    def _binary(self, line: str) -> Optional[bytes]:
+    def _binary(self, line: str) -> bytes | None:
         """-b input: hex (spaces allowed), or ``@PATH`` for a file's bytes; None (and a note) if bad."""
         if line.startswith("@"):
             try:

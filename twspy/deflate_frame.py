@@ -21,7 +21,6 @@ or fail the handshake (client), and decompression always uses a 32 KiB window.
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional, Tuple
 
 from .errors import NegotiationError, PayloadTooBig, ProtocolError
 from .extension import Extension, ExtensionCodec, Params
@@ -64,7 +63,7 @@ class DeflateFrameCodec(ExtensionCodec):
     def __init__(self, name: str = "deflate-frame", *, max_window_bits: int = 15,
                  no_context_takeover: bool = False, compress_level: int = DEFAULT_COMPRESS_LEVEL,
                  mem_level: int = DEFAULT_MEM_LEVEL, threshold: int = DEFAULT_THRESHOLD,
-                 max_compressed_size: Optional[int] = -1) -> None:
+                 max_compressed_size: int | None = -1) -> None:
         check_bits("max_window_bits", max_window_bits)
         check_zlib_options(compress_level, mem_level, threshold)
         check_max_compressed_size(max_compressed_size)
@@ -91,7 +90,7 @@ class DeflateFrameCodec(ExtensionCodec):
                      masking_key=frame.masking_key, mask=frame.mask, final=frame.final,
                      rsv1=True, rsv2=frame.rsv2, rsv3=frame.rsv3)
 
-    def decode_frame(self, frame: Frame, max_size: Optional[int]) -> Frame:
+    def decode_frame(self, frame: Frame, max_size: int | None) -> Frame:
         """Inflate a data frame that has RSV1 set and clear the bit.
 
         ``max_size`` (None: no limit) bounds the inflated size of the whole message, i.e.
@@ -144,13 +143,13 @@ class DeflateFrameCodec(ExtensionCodec):
             self.name, self.max_window_bits, self.no_context_takeover)
 
 
-def _parse_params(params: Params) -> Dict[str, int]:
+def _parse_params(params: Params) -> dict[str, int]:
     """``{"max_window_bits": N, "no_context_takeover": 1}`` from the known parameters.
 
     Unknown parameters are ignored (pywebsocket); NegotiationError for an invalid value
     or a repeated parameter.
     """
-    found: Dict[str, int] = {}
+    found: dict[str, int] = {}
     for name, value in params:
         if name not in ("max_window_bits", "no_context_takeover"):
             continue
@@ -186,12 +185,12 @@ class DeflateFrame(Extension):
     """
 
     name = "deflate-frame"
-    aliases: Tuple[str, ...] = ("x-webkit-deflate-frame",)
+    aliases: tuple[str, ...] = ("x-webkit-deflate-frame",)
     rsv = RSV1
 
-    def __init__(self, *, max_window_bits: Optional[int] = None, no_context_takeover: bool = False,
+    def __init__(self, *, max_window_bits: int | None = None, no_context_takeover: bool = False,
                  compress_level: int = DEFAULT_COMPRESS_LEVEL, mem_level: int = DEFAULT_MEM_LEVEL,
-                 threshold: int = DEFAULT_THRESHOLD, max_compressed_size: Optional[int] = -1) -> None:
+                 threshold: int = DEFAULT_THRESHOLD, max_compressed_size: int | None = -1) -> None:
         if max_window_bits is not None:
             check_bits("max_window_bits", max_window_bits)
         check_zlib_options(compress_level, mem_level, threshold)
@@ -211,18 +210,18 @@ class DeflateFrame(Extension):
             params.append(("no_context_takeover", None))
         return params
 
-    def _codec(self, name: str, settings: Dict[str, int]) -> DeflateFrameCodec:
+    def _codec(self, name: str, settings: dict[str, int]) -> DeflateFrameCodec:
         return DeflateFrameCodec(name, max_window_bits=settings.get("max_window_bits", 15),
                                  no_context_takeover="no_context_takeover" in settings,
                                  compress_level=self.compress_level, mem_level=self.mem_level,
                                  threshold=self.threshold, max_compressed_size=self.max_compressed_size)
 
-    def offers(self) -> List[Tuple[str, Params]]:
+    def offers(self) -> list[tuple[str, Params]]:
         """The client's single offer, e.g. ``deflate-frame; max_window_bits=10``."""
         return [(self.name, self._params())]
 
     def accept_response(self, name: str, params: Params,
-                        offers: List[Tuple[str, Params]]) -> DeflateFrameCodec:
+                        offers: list[tuple[str, Params]]) -> DeflateFrameCodec:
         """Configure our compressor from the server's response; NegotiationError if invalid."""
         if not offers:
             raise NegotiationError("server accepted %s, which was not offered" % name)
@@ -232,7 +231,7 @@ class DeflateFrame(Extension):
             raise NegotiationError("invalid %s response: %s" % (name, exc.message)) from None
         return self._codec(name, settings)
 
-    def accept_offer(self, name: str, params: Params) -> Optional[Tuple[Params, DeflateFrameCodec]]:
+    def accept_offer(self, name: str, params: Params) -> tuple[Params, DeflateFrameCodec] | None:
         """Accept an offer (None if its parameters are invalid), answering with its name."""
         try:
             settings = _parse_params(params)

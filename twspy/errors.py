@@ -26,7 +26,7 @@ Timeouts raise the builtin :class:`TimeoutError`.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any
 
 __all__ = [
     "WebSocketError",
@@ -73,9 +73,9 @@ class HandshakeError(WebSocketError):
     (``status`` is None when the failure was ours, e.g. a bad Sec-WebSocket-Accept).
     """
 
-    def __init__(self, message: str, status: Optional[int] = None,
-                 headers: Optional[object] = None, body: bytes = b"",
-                 extra_headers: Tuple[Tuple[str, str], ...] = ()) -> None:
+    def __init__(self, message: str, status: int | None = None,
+                 headers: object | None = None, body: bytes = b"",
+                 extra_headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -105,7 +105,7 @@ class ProxyError(WebSocketError, ConnectionError):
     ConnectionError: code that handles "could not connect" handles it too.
     """
 
-    def __init__(self, message: str, proxy: str = "", status: Optional[int] = None, reason: str = "") -> None:
+    def __init__(self, message: str, proxy: str = "", status: int | None = None, reason: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.proxy = proxy
@@ -115,7 +115,7 @@ class ProxyError(WebSocketError, ConnectionError):
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return type(self), (self.message, self.proxy, self.status, self.reason)
 
 
@@ -169,7 +169,7 @@ class ConnectionClosedError(ConnectionClosed):
     for 1009, a :class:`ProtocolError` for 1002/1007); None when the peer chose the code.
     """
 
-    def __init__(self, code: int = 1006, reason: str = "", cause: Optional[BaseException] = None) -> None:
+    def __init__(self, code: int = 1006, reason: str = "", cause: BaseException | None = None) -> None:
         super().__init__(code, reason)
         self.cause = cause
 
@@ -177,7 +177,7 @@ class ConnectionClosedError(ConnectionClosed):
 _OK_CODES = frozenset((1000, 1001, 1005))
 
 
-def closed_error(code: int, reason: str = "", cause: Optional[BaseException] = None) -> ConnectionClosed:
+def closed_error(code: int, reason: str = "", cause: BaseException | None = None) -> ConnectionClosed:
     """The ConnectionClosed subclass for ``code``: ConnectionClosedOK or ConnectionClosedError
     (whose ``__cause__`` is also ``cause``, so a traceback shows it)."""
     if code in _OK_CODES:
@@ -202,7 +202,7 @@ class InvalidURI(WebSocketError, ValueError):
         self.uri = uri
         self.why = why
 
-    def __reduce__(self) -> Tuple[Any, Tuple[str, str]]:
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
         # ``args`` holds the formatted message, not (uri, why): without this, copy.copy()
         # and pickle (e.g. across multiprocessing) fail with a TypeError.
         return type(self), (self.uri, self.why)
@@ -232,7 +232,7 @@ class Reject(WebSocketError):
     def __str__(self) -> str:
         return "rejected with %d %s" % (self.code, self.reason)
 
-    def __reduce__(self) -> Tuple[Any, Tuple[int, str]]:
+    def __reduce__(self) -> tuple[Any, tuple[int, str]]:
         # ``args`` holds the message, not (code, reason): copy and pickle need the real ones.
         return type(self), (self.code, self.reason)
 
@@ -246,7 +246,7 @@ class InvalidTopic(WebSocketError, ValueError):
         self.topic = topic
         self.why = why
 
-    def __reduce__(self) -> Tuple[Any, Tuple[str, str]]:
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
         # ``args`` holds the formatted message, not (topic, why); see InvalidURI.
         return type(self), (self.topic, self.why)
 

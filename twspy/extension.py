@@ -10,7 +10,8 @@ Connection layer). On send, codecs run in the negotiated order; on receive, in r
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Optional
 
 from .errors import NegotiationError
 from .frame import Frame
@@ -20,7 +21,7 @@ __all__ = [
     "parse_tokens", "negotiate_server", "negotiate_client", "offer_header",
 ]
 
-Params = List[Tuple[str, Optional[str]]]
+Params = list[tuple[str, Optional[str]]]
 
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _TOKEN_RE = re.compile(_TOKEN)
@@ -33,13 +34,13 @@ _COMMA_RE = re.compile(_OWS + "," + _OWS)
 _END_RE = re.compile(_OWS + r"\Z")  # not "$", which also matches before a trailing newline
 
 
-def parse_extensions(value: str) -> List[Tuple[str, Params]]:
+def parse_extensions(value: str) -> list[tuple[str, Params]]:
     """Parse a ``Sec-WebSocket-Extensions`` value (several lines joined with ``,``).
 
     Returns ``[(name, [(param, value or None), ...]), ...]``. A quoted value must unquote to
     a token (§9.1). Empty list elements are skipped. Raises NegotiationError (status 400).
     """
-    result: List[Tuple[str, Params]] = []
+    result: list[tuple[str, Params]] = []
     pos, n = 0, len(value)
     while pos < n:
         m = _COMMA_RE.match(value, pos)
@@ -77,14 +78,14 @@ def parse_extensions(value: str) -> List[Tuple[str, Params]]:
     return result
 
 
-def format_extensions(items: Sequence[Tuple[str, Params]]) -> str:
+def format_extensions(items: Sequence[tuple[str, Params]]) -> str:
     """The inverse of :func:`parse_extensions`."""
     return ", ".join(
         "; ".join([name] + [p if v is None else "%s=%s" % (p, v) for p, v in params])
         for name, params in items)
 
 
-def parse_tokens(value: str) -> List[str]:
+def parse_tokens(value: str) -> list[str]:
     """Parse a ``1#token`` list such as ``Sec-WebSocket-Protocol``; NegotiationError if malformed."""
     tokens = []
     for part in value.split(","):
@@ -114,16 +115,16 @@ class ExtensionCodec:
     def encode_frame(self, frame: Frame) -> Frame:
         return frame
 
-    def decode_frame(self, frame: Frame, max_size: Optional[int]) -> Frame:
+    def decode_frame(self, frame: Frame, max_size: int | None) -> Frame:
         return frame
 
     # per-message extensions
-    def encode_message(self, opcode: int, payload: bytes, compress: bool = True) -> Tuple[bytes, int]:
+    def encode_message(self, opcode: int, payload: bytes, compress: bool = True) -> tuple[bytes, int]:
         """Transform a whole message; return the payload and the RSV bits of its first frame."""
         return payload, 0
 
     def decode_frame_of_message(self, payload: bytes, first_rsv: int, final: bool,
-                                max_size: Optional[int]) -> bytes:
+                                max_size: int | None) -> bytes:
         """Transform one frame of a received message; ``first_rsv`` are the first frame's RSV bits."""
         return payload
 
@@ -139,23 +140,23 @@ class Extension:
     """
 
     name = ""
-    aliases: Tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
     rsv = 0
 
     @property
-    def names(self) -> Tuple[str, ...]:
+    def names(self) -> tuple[str, ...]:
         return (self.name,) + tuple(self.aliases)
 
-    def offers(self) -> List[Tuple[str, Params]]:
+    def offers(self) -> list[tuple[str, Params]]:
         """Client: the offers to send, most preferred first."""
         return [(self.name, [])]
 
-    def accept_offer(self, name: str, params: Params) -> Optional[Tuple[Params, ExtensionCodec]]:
+    def accept_offer(self, name: str, params: Params) -> tuple[Params, ExtensionCodec] | None:
         """Server: answer one offer with ``(response params, codec)``, or None to decline it."""
         return None
 
     def accept_response(self, name: str, params: Params,
-                        offers: List[Tuple[str, Params]]) -> ExtensionCodec:
+                        offers: list[tuple[str, Params]]) -> ExtensionCodec:
         """Client: validate the server's answer to ``offers``; raise NegotiationError if unacceptable."""
         raise NegotiationError("extension %s is not supported" % name)
 
@@ -168,7 +169,7 @@ def offer_header(extensions: Sequence[Extension]) -> str:
     return format_extensions([offer for ext in extensions for offer in ext.offers()])
 
 
-def negotiate_server(header: str, extensions: Sequence[Extension]) -> Tuple[str, List[ExtensionCodec]]:
+def negotiate_server(header: str, extensions: Sequence[Extension]) -> tuple[str, list[ExtensionCodec]]:
     """Server side: pick offers from the request header value (§9.1).
 
     Each configured extension accepts at most one offer, the first it finds acceptable;
@@ -177,9 +178,9 @@ def negotiate_server(header: str, extensions: Sequence[Extension]) -> Tuple[str,
     """
     if not header or not extensions:
         return "", []
-    accepted: List[Tuple[str, Params]] = []
-    codecs: List[ExtensionCodec] = []
-    used: List[Extension] = []
+    accepted: list[tuple[str, Params]] = []
+    codecs: list[ExtensionCodec] = []
+    used: list[Extension] = []
     rsv_taken = 0
     for name, params in parse_extensions(header):
         for ext in extensions:
@@ -196,7 +197,7 @@ def negotiate_server(header: str, extensions: Sequence[Extension]) -> Tuple[str,
     return format_extensions(accepted), codecs
 
 
-def negotiate_client(header: str, extensions: Sequence[Extension]) -> List[ExtensionCodec]:
+def negotiate_client(header: str, extensions: Sequence[Extension]) -> list[ExtensionCodec]:
     """Client side: validate the server's ``Sec-WebSocket-Extensions`` answer (§9.1).
 
     Fails (NegotiationError) for an extension that was not offered, one accepted twice,
@@ -204,8 +205,8 @@ def negotiate_client(header: str, extensions: Sequence[Extension]) -> List[Exten
     """
     if not header:
         return []
-    codecs: List[ExtensionCodec] = []
-    used: List[Extension] = []
+    codecs: list[ExtensionCodec] = []
+    used: list[Extension] = []
     rsv_taken = 0
     for name, params in parse_extensions(header):
         ext = next((e for e in extensions if name in e.names), None)

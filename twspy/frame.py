@@ -13,8 +13,9 @@ import enum
 import importlib
 import os
 import struct
+from collections.abc import Iterable, Iterator
 from types import ModuleType
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Union
 
 from .errors import PayloadTooBig, ProtocolError, valid_close_code
 
@@ -162,7 +163,7 @@ def _mask_python(key: _Bytes, data: _Bytes) -> bytes:
     return bytes(out)
 
 
-def _mask_into_python(key: _Bytes, buffer: Union[bytearray, memoryview]) -> None:
+def _mask_into_python(key: _Bytes, buffer: bytearray | memoryview) -> None:
     """:func:`mask` in place, for a buffer we own (large payloads: one copy less).
 
     ``buffer`` is a bytearray or a writable memoryview (TypeError otherwise). Public as
@@ -195,7 +196,7 @@ def _mask_join_python(key: _Bytes, parts: Iterable[_Bytes]) -> bytes:
     return _mask_python(key, b"".join([p if type(p) is bytes else _byte_view(p, "part") for p in items]))
 
 
-def _load_speedups() -> Optional[ModuleType]:
+def _load_speedups() -> ModuleType | None:
     """twspy._speedups when it was built and ``TWSPY_NO_SPEEDUPS`` is unset (or "0")."""
     if os.environ.get("TWSPY_NO_SPEEDUPS", "") not in ("", "0"):
         return None
@@ -213,7 +214,7 @@ _speedups = _load_speedups()
 # The public names: C when the accelerator is built (speedups_enabled()), else pure Python;
 # the same contract either way, tested byte for byte in test/test_speedups.py.
 mask: Callable[[_Bytes, _Bytes], bytes] = _mask_python
-mask_into: Callable[[_Bytes, Union[bytearray, memoryview]], None] = _mask_into_python
+mask_into: Callable[[_Bytes, bytearray | memoryview], None] = _mask_into_python
 mask_join: Callable[[_Bytes, Iterable[_Bytes]], bytes] = _mask_join_python
 if _speedups is not None:
     mask = _speedups.mask
@@ -230,8 +231,8 @@ def speedups_enabled() -> bool:
     return _speedups is not None
 
 
-def parse_data_frame(buf: Union[bytes, bytearray], pos: int, require_mask: Optional[bool],
-                     max_size: Optional[int]) -> Optional[Tuple[int, bytes, int]]:
+def parse_data_frame(buf: bytes | bytearray, pos: int, require_mask: bool | None,
+                     max_size: int | None) -> tuple[int, bytes, int] | None:
     """``(opcode, payload, end)`` when ``buf[pos:]`` starts with a whole unfragmented text or
     binary frame of under 64 KiB, without RSV bits, masked as ``require_mask`` asks and
     within ``max_size``; None for anything else (incomplete, control, fragmented, or a frame
@@ -281,7 +282,7 @@ def _header(b0: int, length: int, mask_bit: int) -> bytes:
 
 
 def pack_frame(opcode: int, payload: bytes, final: bool = True, rsv: int = 0,
-               masking_key: Optional[bytes] = None) -> Tuple[bytes, bytes]:
+               masking_key: bytes | None = None) -> tuple[bytes, bytes]:
     """Encode one frame as ``(header, body)``; ``body`` is the (masked) payload.
 
     Split in two so that the socket layer can send large payloads without copying them
@@ -301,7 +302,7 @@ def short_reason(text: str) -> str:
 _short_reason = short_reason  # the former private spelling
 
 
-def encode_close(code: Optional[int] = None, reason: Union[str, bytes] = "") -> bytes:
+def encode_close(code: int | None = None, reason: str | bytes = "") -> bytes:
     """Build a close payload; ``code=None`` gives an empty body (answering a code-less close)."""
     if code is None or code == CLOSE_NO_STATUS:
         if reason:
@@ -322,7 +323,7 @@ def encode_close(code: Optional[int] = None, reason: Union[str, bytes] = "") -> 
     return _U16.pack(code) + reason_bytes
 
 
-def decode_close(payload: bytes) -> Tuple[int, str]:
+def decode_close(payload: bytes) -> tuple[int, str]:
     """Parse a received close payload into ``(code, reason)``, 1005 when it has no code.
 
     Raises ProtocolError: 1002 for a 1-byte body or a code that may not be sent,
@@ -352,8 +353,8 @@ class Frame:
 
     __slots__ = ("opcode", "payload", "masking_key", "mask", "final", "rsv1", "rsv2", "rsv3")
 
-    def __init__(self, opcode: int, payload: Union[bytes, bytearray, str] = b"",
-                 masking_key: Optional[bytes] = None, mask: bool = False, final: bool = True,
+    def __init__(self, opcode: int, payload: bytes | bytearray | str = b"",
+                 masking_key: bytes | None = None, mask: bool = False, final: bool = True,
                  rsv1: bool = False, rsv2: bool = False, rsv3: bool = False) -> None:
         if isinstance(payload, str):
             payload = payload.encode("utf-8")
@@ -389,7 +390,7 @@ class Frame:
         header, body = pack_frame(self.opcode, self.payload, self.final, self.rsv, key)
         return header + body
 
-    def fragment(self, size: int, mask: bool = False) -> List["Frame"]:
+    def fragment(self, size: int, mask: bool = False) -> list[Frame]:
         """Split a data frame into frames of at most ``size`` payload bytes (§5.4).
 
         The first keeps the opcode and RSV bits, the others are continuations; the last
@@ -429,7 +430,7 @@ class Frame:
                                         ("3", self.rsv3), ("M", self.mask)) if on)
         return "<%s %s [%s] %d bytes %r>" % (type(self).__name__, name, flags, len(self.payload), payload)
 
-    def unpack_close(self) -> Tuple[int, str]:
+    def unpack_close(self) -> tuple[int, str]:
         """``(code, reason)`` of a close frame; see :func:`decode_close`.
 
         On Frame (not only ControlFrame) so that ``websocket.recv().unpack_close()`` type-checks.
@@ -444,8 +445,8 @@ class ControlFrame(Frame):
 
     __slots__ = ()
 
-    def __init__(self, opcode: int, payload: Union[bytes, bytearray, str] = b"",
-                 masking_key: Optional[bytes] = None, mask: bool = False, final: bool = True,
+    def __init__(self, opcode: int, payload: bytes | bytearray | str = b"",
+                 masking_key: bytes | None = None, mask: bool = False, final: bool = True,
                  rsv1: bool = False, rsv2: bool = False, rsv3: bool = False) -> None:
         super().__init__(opcode, payload, masking_key, mask, final, rsv1, rsv2, rsv3)
         if opcode < 0x8:
@@ -456,7 +457,7 @@ class ControlFrame(Frame):
             raise ValueError("control frames cannot be fragmented")
 
 
-def new_frame(b0: int, payload: bytes, key: Optional[bytes]) -> Frame:
+def new_frame(b0: int, payload: bytes, key: bytes | None) -> Frame:
     """A frame from its first header byte, (unmasked) payload and masking key, without
     re-validating what a parser already checked."""
     frame = Frame.__new__(ControlFrame if b0 & 0x08 else Frame)
@@ -481,16 +482,16 @@ class FrameParser:
         rsv_allowed: RSV bits (0x70 mask) that negotiated extensions own; others are 1002.
     """
 
-    def __init__(self, max_size: Optional[int] = None, require_mask: Optional[bool] = None,
+    def __init__(self, max_size: int | None = None, require_mask: bool | None = None,
                  rsv_allowed: int = 0) -> None:
         self.max_size = max_size
         self.require_mask = require_mask
         self.rsv_allowed = rsv_allowed
         self.buffer = bytearray()
         self.pos = 0
-        self._header: Optional[Tuple[int, int, Optional[bytes], int]] = None
+        self._header: tuple[int, int, bytes | None, int] | None = None
 
-    def feed(self, data: Union[bytes, bytearray, memoryview]) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes."""
         pos = self.pos
         if pos:  # compact here, once per read, never per frame (that would be a memmove per frame)
@@ -509,7 +510,7 @@ class FrameParser:
             yield frame
 
     @property
-    def pending_header(self) -> Optional[Tuple[int, int, Optional[bytes], int]]:
+    def pending_header(self) -> tuple[int, int, bytes | None, int] | None:
         """``(b0, length, key, header_length)`` of the frame being parsed once its header is
         complete and checked (its payload still arriving), else None."""
         return self._header
@@ -520,7 +521,7 @@ class FrameParser:
             return 0
         return max(0, self._header[3] + self._header[1] - (len(self.buffer) - self.pos))
 
-    def parse_header(self) -> Optional[Tuple[int, int, Optional[bytes], int]]:
+    def parse_header(self) -> tuple[int, int, bytes | None, int] | None:
         """Parse and validate the next header: ``(b0, length, key, header_length)`` or None."""
         if self._header is not None:
             return self._header
@@ -554,7 +555,7 @@ class FrameParser:
         self._header = (b0, length, key, hlen)
         return self._header
 
-    def next_frame(self) -> Optional[Frame]:
+    def next_frame(self) -> Frame | None:
         """The next complete frame, or None until more bytes are fed."""
         buf, pos = self.buffer, self.pos
         end = -1
@@ -570,7 +571,7 @@ class FrameParser:
                     and len(buf) >= pos + (6 if masked else 2) + length:
                 if masked:
                     end = pos + 6 + length
-                    key: Optional[bytes] = bytes(buf[pos + 2:pos + 6])
+                    key: bytes | None = bytes(buf[pos + 2:pos + 6])
                     payload = mask(key, buf[pos + 6:end]) if length else b""  # type: ignore[arg-type]
                 else:
                     end = pos + 2 + length
@@ -608,8 +609,8 @@ class FrameParser:
         return data
 
 
-def check_header(b0: int, b1: int, length: int, require_mask: Optional[bool],
-                 rsv_allowed: int, max_size: Optional[int]) -> None:
+def check_header(b0: int, b1: int, length: int, require_mask: bool | None,
+                 rsv_allowed: int, max_size: int | None) -> None:
     """Validate a frame header before its payload is read; raise ProtocolError (§5.2, §5.5)."""
     opcode = b0 & 0x0F
     if opcode not in _KNOWN_OPCODES:
@@ -630,8 +631,8 @@ def check_header(b0: int, b1: int, length: int, require_mask: Optional[bool],
         raise PayloadTooBig("frame of %d bytes exceeds the limit of %d" % (length, max_size))
 
 
-def read_frame(data: Union[bytes, bytearray, memoryview], max_size: Optional[int] = None,
-               require_mask: Optional[bool] = None, rsv_allowed: int = 0x70) -> Tuple[Optional[Frame], int]:
+def read_frame(data: bytes | bytearray | memoryview, max_size: int | None = None,
+               require_mask: bool | None = None, rsv_allowed: int = 0x70) -> tuple[Frame | None, int]:
     """Parse one frame from the start of ``data``: ``(frame, bytes consumed)``, ``(None, 0)`` if incomplete.
 
     RSV bits are accepted by default here: I/O-free callers check them against their extensions.
@@ -644,13 +645,13 @@ def read_frame(data: Union[bytes, bytearray, memoryview], max_size: Optional[int
     return frame, len(data) - (len(parser.buffer) - parser.pos)
 
 
-def pop_frame(data: Union[bytes, bytearray], **options: Any) -> Tuple[Optional[Frame], bytes]:
+def pop_frame(data: bytes | bytearray, **options: Any) -> tuple[Frame | None, bytes]:
     """Parse one frame from the start of ``data``: ``(frame, rest)``, ``(None, data)`` if incomplete."""
     frame, consumed = read_frame(data, **options)
     return frame, bytes(data[consumed:])
 
 
-def contains_frame(data: Union[bytes, bytearray]) -> bool:
+def contains_frame(data: bytes | bytearray) -> bool:
     """Whether ``data`` starts with a complete frame (headers are not validated)."""
     n = len(data)
     if n < 2:

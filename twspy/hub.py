@@ -44,7 +44,8 @@ import random
 import secrets
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
+from collections.abc import Iterable
+from typing import Any, Callable, Union
 
 from .broker import Broker, BrokerUnavailable, Entry, HubError, MemoryBroker, RedisBroker, entry_size, open_broker
 from .errors import PayloadTooBig
@@ -117,9 +118,9 @@ class Hub:
     other node could read it). Bytes are counted as the entries' fields (payload, topic, ids).
     """
 
-    def __init__(self, broker: Union[None, str, Broker] = None, *, node_id: Optional[str] = None,
+    def __init__(self, broker: None | str | Broker = None, *, node_id: str | None = None,
                  max_pending: int = DEFAULT_MAX_PENDING, replay: int = DEFAULT_REPLAY,
-                 on_gap: Optional[Callable[[str, int, int], None]] = None, heartbeat: float = 2.0,
+                 on_gap: Callable[[str, int, int], None] | None = None, heartbeat: float = 2.0,
                  presence_ttl: float = 10.0, prefix: str = "twspy", ready_timeout: float = 5.0,
                  max_size: int = DEFAULT_MAX_SIZE, max_pending_size: int = DEFAULT_MAX_PENDING_SIZE,
                  replay_size: int = DEFAULT_REPLAY_SIZE, max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
@@ -147,29 +148,29 @@ class Hub:
         self.heartbeat = heartbeat
         self.presence_ttl = presence_ttl
         self._on_gap = on_gap
-        self.servers: List[Any] = []
-        self.stats: Dict[str, int] = collections.Counter()  # published, received, duplicates, gaps, ...
+        self.servers: list[Any] = []
+        self.stats: dict[str, int] = collections.Counter()  # published, received, duplicates, gaps, ...
         self._lock = threading.Lock()
-        self._clients: Dict[str, Any] = {}
+        self._clients: dict[str, Any] = {}
         self._subs = SubscriptionTree(max_levels=max_topic_levels, max_filters=max_subscriptions,
                                       max_nodes=max_topic_nodes)
         self._seq = 0
         # A node that comes back with the same node_id numbers its entries from 1 again: the
         # incarnation tells receivers it is a new sequence, not duplicates of the old one.
         self._incarnation = secrets.token_hex(4).encode()
-        self._pending: Deque[Tuple[Entry, Optional[Callable[[bool], None]]]] = collections.deque()
+        self._pending: collections.deque[tuple[Entry, Callable[[bool], None] | None]] = collections.deque()
         self._pending_bytes = 0
-        self._replay: Deque[Entry] = collections.deque()
+        self._replay: collections.deque[Entry] = collections.deque()
         self._replay_bytes = 0
         self._work = threading.Condition(self._lock)   # the writer waits on it
         # Presence goes to the broker by client, for the clients that changed; all of it only
         # at first, after a broker restart or failure, or when the broker lost it (expired).
         self._presence_all = not self._solo
-        self._presence_changed: Set[str] = set()
+        self._presence_changed: set[str] = set()
         self._presence_due = 0.0  # when the changes are sent
         self._accepted = 0      # entries the broker accepted (for flush)
         self._queued = 0        # entries ever queued
-        self._last_seq: Dict[Tuple[str, bytes], int] = {}  # (origin node, incarnation) -> last delivered
+        self._last_seq: dict[tuple[str, bytes], int] = {}  # (origin node, incarnation) -> last delivered
         self._closing = False
         self.connected = threading.Event()      # set while the broker answers
         self._closed = threading.Event()
@@ -237,7 +238,7 @@ class Hub:
                 self._presence_changed_locked(cid)
         return added
 
-    def unsubscribe(self, client: Any, topic_filter: Optional[str] = None) -> bool:
+    def unsubscribe(self, client: Any, topic_filter: str | None = None) -> bool:
         """Stop one subscription of ``client`` (every one with None). True if any existed."""
         with self._lock:
             cid = self._local_id(client, locked=True)
@@ -268,7 +269,7 @@ class Hub:
         bounds them; a node is a few hundred bytes): they follow the live subscriptions."""
         return self._subs.nodes
 
-    def subscriptions(self, client: Any) -> Set[str]:
+    def subscriptions(self, client: Any) -> set[str]:
         """The topic filters of a local client."""
         return self._subs.filters(self._local_id(client))
 
@@ -303,7 +304,7 @@ class Hub:
 
     # -- sending -------------------------------------------------------------------------------
     def publish(self, topic: str, message: MessageLike, exclude: Ids = None,
-                on_done: Optional[Callable[[bool], None]] = None) -> bool:
+                on_done: Callable[[bool], None] | None = None) -> bool:
         """Send ``message`` to every client, on any server, subscribed to a filter matching
         ``topic``, but those in ``exclude`` (clients or ids).
 
@@ -324,7 +325,7 @@ class Hub:
         return self._settle(queued, on_done)  # after releasing the lock: on_done may use the hub
 
     def broadcast(self, message: MessageLike, exclude: Ids = None,
-                  on_done: Optional[Callable[[bool], None]] = None) -> bool:
+                  on_done: Callable[[bool], None] | None = None) -> bool:
         """Send ``message`` to every client of every server (but those in ``exclude``)."""
         msg, data = self._checked(message)
         excluded = _ids(exclude)
@@ -334,7 +335,7 @@ class Hub:
             queued = self._queue(_BROADCAST, {"x": _join_ids(excluded)}, msg, data, on_done)
         return self._settle(queued, on_done)
 
-    def send_to(self, ids: Ids, message: MessageLike, on_done: Optional[Callable[[bool], None]] = None) -> bool:
+    def send_to(self, ids: Ids, message: MessageLike, on_done: Callable[[bool], None] | None = None) -> bool:
         """Send ``message`` to the client(s) with these ids, on whichever server they are.
 
         Ids of clients that are gone are ignored (there is no one to tell).
@@ -365,7 +366,7 @@ class Hub:
             client.start_close(code, reason)
         return queued is not False
 
-    def _split(self, ids: Set[str]) -> Tuple[List[str], Set[str]]:
+    def _split(self, ids: set[str]) -> tuple[list[str], set[str]]:
         prefix = self.node_id + "."
         local = [cid for cid in ids if cid.startswith(prefix)]
         return local, ids.difference(local)
@@ -378,7 +379,7 @@ class Hub:
             send_all(clients, msg)
             self.stats["delivered"] += len(clients)
 
-    def _checked(self, message: MessageLike) -> Tuple[Message, bytes]:
+    def _checked(self, message: MessageLike) -> tuple[Message, bytes]:
         """The message and its payload's bytes, within ``max_size``."""
         msg = _as_message(message)
         data = msg.encode()
@@ -404,14 +405,14 @@ class Hub:
                 self._work.wait(left)
 
     @staticmethod
-    def _settle(queued: Optional[bool], on_done: Optional[Callable[[bool], None]]) -> bool:
+    def _settle(queued: bool | None, on_done: Callable[[bool], None] | None) -> bool:
         """What publish & co. return; calls ``on_done`` unless the writer will (``queued`` True)."""
         if on_done is not None and queued is not True:
             _call(on_done, queued is None)  # None: nothing for other nodes, done already
         return queued is not False
 
-    def _queue(self, kind: bytes, fields: Dict[str, bytes], msg: Optional[Message], data: bytes,
-               on_done: Optional[Callable[[bool], None]]) -> Optional[bool]:
+    def _queue(self, kind: bytes, fields: dict[str, bytes], msg: Message | None, data: bytes,
+               on_done: Callable[[bool], None] | None) -> bool | None:
         """Queue an entry for the writer: True; False if it cannot wait (the caller calls
         ``on_done(False)``, without the lock); None for a hub that keeps no log."""
         self.stats["published"] += 1
@@ -441,7 +442,7 @@ class Hub:
         """A log entry's head: origin node, incarnation, sequence number (the latest), kind."""
         return {"o": self.node_id.encode(), "e": self._incarnation, "s": str(self._seq).encode(), "k": kind}
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:
         """Wait until the broker has accepted every entry queued so far; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
@@ -454,7 +455,7 @@ class Hub:
             return self._accepted >= target
 
     # -- presence ---------------------------------------------------------------------------
-    def presence(self, topic: Optional[str] = None) -> Set[str]:
+    def presence(self, topic: str | None = None) -> set[str]:
         """Ids of the clients, on any live server, subscribed to a filter matching ``topic``
         (every client with None). Remote presence is as fresh as the last heartbeat.
 
@@ -485,7 +486,7 @@ class Hub:
 
     # -- the writer: pending entries, presence and broker checks --------------------------------
     def _write_loop(self) -> None:
-        generation: Optional[str] = None
+        generation: str | None = None
         backoff = _Backoff()
         next_beat = 0.0
         while True:
@@ -554,7 +555,7 @@ class Hub:
         self._finish_writer()
 
     def _presence_work(self, beat: bool, everything: bool = False
-                       ) -> Tuple[Optional[Dict[str, List[str]]], Optional[Dict[str, Optional[List[str]]]]]:
+                       ) -> tuple[dict[str, list[str]] | None, dict[str, list[str] | None] | None]:
         """Lock held: (all of this node's presence, or None; the clients that changed, or None).
 
         Incremental: a subscribe costs one client's fields, not a rebuild of every client's
@@ -569,13 +570,13 @@ class Hub:
             return {cid: sorted(self._subs.filters(cid)) for cid in self._clients}, None
         if not self._presence_changed and not beat:
             return None, None
-        changes: Dict[str, Optional[List[str]]] = {
+        changes: dict[str, list[str] | None] = {
             cid: sorted(self._subs.filters(cid)) if cid in self._clients else None
             for cid in self._presence_changed}
         self._presence_changed.clear()
         return None, changes
 
-    def _update_presence(self, changes: Dict[str, Optional[List[str]]]) -> bool:
+    def _update_presence(self, changes: dict[str, list[str] | None]) -> bool:
         try:
             return self.broker.update_presence(self.node_id, changes, self.presence_ttl)
         except NotImplementedError:  # a Broker written before update_presence existed
@@ -588,7 +589,7 @@ class Hub:
         while self._replay and (len(self._replay) > self.replay or self._replay_bytes > self.replay_size):
             self._replay_bytes -= entry_size(self._replay.popleft())
 
-    def _check_generation(self, known: Optional[str]) -> str:
+    def _check_generation(self, known: str | None) -> str:
         """The broker's generation; when it changed, first append again what it lost."""
         generation = self.broker.generation()
         while known is not None and generation != known:
@@ -627,8 +628,8 @@ class Hub:
     # -- the reader ---------------------------------------------------------------------------
     def _read_loop(self) -> None:
         backoff = _Backoff(cap=1.0)  # it notices the broker's return (and kicks the writer) within 1 s
-        cursor: Optional[str] = None
-        generation: Optional[str] = None
+        cursor: str | None = None
+        generation: str | None = None
         while not self._closing:
             try:
                 if generation is None:
@@ -745,7 +746,7 @@ class Hub:
         self._reader.join(timeout + 2)
         self.broker.close()
 
-    def __enter__(self) -> "Hub":
+    def __enter__(self) -> Hub:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -815,17 +816,17 @@ class TopicBroadcast(Filter):
         ``$`` topics are refused before this is asked, unless ``system_topics``."""
         return True
 
-    def authorize_publish(self, client: Any, topic: Optional[str]) -> bool:
+    def authorize_publish(self, client: Any, topic: str | None) -> bool:
         """Whether ``client`` may publish to ``topic`` (None: a broadcast; default: yes).
         May be overridden."""
         return True
 
-    def authorize_send(self, client: Any, conn_ids: List[str]) -> bool:
+    def authorize_send(self, client: Any, conn_ids: list[str]) -> bool:
         """Whether ``client`` may send to the clients ``conn_ids`` (``send_by_conn_id``).
         May be overridden. Default: what ``authorize_publish(client, None)`` says."""
         return self.authorize_publish(client, None)
 
-    def on_message(self, client: Any, message: Message) -> Optional[Message]:
+    def on_message(self, client: Any, message: Message) -> Message | None:
         if not isinstance(message, TextMessage):
             return message
         try:
@@ -840,7 +841,7 @@ class TopicBroadcast(Filter):
         kind = request["type"]
         if self.pass_unknown and not (isinstance(kind, str) and kind in self.TYPES):
             return message
-        hub: Optional[Hub] = getattr(client.server, "hub", None)
+        hub: Hub | None = getattr(client.server, "hub", None)
         rid = request.get("id")
         try:
             if _deeper_than(request, self.max_depth):
@@ -860,7 +861,7 @@ class TopicBroadcast(Filter):
         if topic.startswith("$") and not self.system_topics:
             raise PermissionError("not allowed: topics starting with $ are the server's (MQTT §4.7.2)")
 
-    def _handle(self, hub: Hub, client: Any, request: Dict[str, Any], rid: Any) -> None:
+    def _handle(self, hub: Hub, client: Any, request: dict[str, Any], rid: Any) -> None:
         kind = request["type"]
         if kind in ("subscribe", "unsubscribe"):
             topic = request.get("topic")
@@ -881,7 +882,7 @@ class TopicBroadcast(Filter):
             raise ValueError("unknown type %r" % kind)
         if "data" not in request:
             raise ValueError("%s needs data" % kind)
-        out: Dict[str, Any] = {"type": "message", "data": request["data"], "from": client.id}
+        out: dict[str, Any] = {"type": "message", "data": request["data"], "from": client.id}
         done = self._acker(client, rid)
         if kind == "publish":
             topic = request.get("topic")
@@ -922,7 +923,7 @@ class TopicBroadcast(Filter):
         return done
 
     @staticmethod
-    def _reply(client: Any, reply: Dict[str, Any]) -> None:
+    def _reply(client: Any, reply: dict[str, Any]) -> None:
         if reply.get("id") is None:
             reply.pop("id", None)
         client.send_nowait(json.dumps(reply))
@@ -952,7 +953,7 @@ def _deeper_than(value: Any, limit: int) -> bool:
     while level:
         if depth > limit:
             return True
-        nested: List[Any] = []
+        nested: list[Any] = []
         for item in level:
             if isinstance(item, dict):
                 nested.extend(v for v in item.values() if isinstance(v, (dict, list)))
@@ -972,7 +973,7 @@ def _as_message(message: MessageLike) -> Message:
     raise TypeError("a message is str, bytes or a Message, not %s" % type(message).__name__)
 
 
-def _ids(ids: Ids) -> Set[str]:
+def _ids(ids: Ids) -> set[str]:
     if ids is None:
         return set()
     if isinstance(ids, str) or hasattr(ids, "id"):
@@ -984,7 +985,7 @@ def _join_ids(ids: Iterable[str]) -> bytes:
     return ",".join(sorted(ids)).encode("utf-8")
 
 
-def _split_ids(data: bytes) -> Set[str]:
+def _split_ids(data: bytes) -> set[str]:
     return set(data.decode("utf-8").split(",")) - {""} if data else set()
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Union
-
 from .frame import OPCODE_BINARY, OPCODE_TEXT
 
 __all__ = ["Message", "TextMessage", "BinaryMessage", "create_message"]
@@ -14,9 +12,9 @@ class Message:
 
     __slots__ = ("opcode", "payload")
     opcode: int
-    payload: Union[str, bytes]  # str on TextMessage, bytes on BinaryMessage
+    payload: str | bytes  # str on TextMessage, bytes on BinaryMessage
 
-    def __init__(self, opcode: int, payload: Union[str, bytes]) -> None:
+    def __init__(self, opcode: int, payload: str | bytes) -> None:
         self.opcode = opcode
         self.payload = payload
 
@@ -62,7 +60,7 @@ class BinaryMessage(Message):
     __slots__ = ()
     payload: bytes
 
-    def __init__(self, payload: Union[bytes, bytearray, memoryview]) -> None:
+    def __init__(self, payload: bytes | bytearray | memoryview) -> None:
         if isinstance(payload, str):
             raise TypeError("BinaryMessage takes bytes, got str")
         Message.__init__(self, OPCODE_BINARY, payload if isinstance(payload, bytes) else bytes(payload))

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, List, Optional, Tuple, Type, cast
+from typing import Any, cast
 
 from .client import connect
 from .connection import Connection
@@ -71,15 +71,47 @@ from .extension import Extension, ExtensionCodec, Params
 from .frame import RSV1, RSV2, RSV3
 from .mux_channel import MAX_FRAGMENT, ChannelSocket
 from .mux_client import DEFAULT_OPEN_TIMEOUT, Channel, MuxClient
-from .mux_frames import (DROP_ACKNOWLEDGED, DROP_BAD_FRAGMENTATION, DROP_BAD_REQUEST, DROP_BAD_RESPONSE,
-                         DROP_CHANNEL_EXISTS, DROP_CHANNEL_FAILED, DROP_CHANNEL_ID_TRUNCATED, DROP_FRAME_TRUNCATED,
-                         DROP_IDLE_TIMEOUT, DROP_INVALID_BLOCK, DROP_INVALID_ENCAPSULATION, DROP_NORMAL,
-                         DROP_PHYSICAL_FAILED, DROP_QUOTA_OVERFLOW, DROP_QUOTA_VIOLATION, DROP_SLOT_OVERFLOW,
-                         DROP_SLOT_VIOLATION, DROP_UNKNOWN_OPCODE, DROP_UNKNOWN_REQUEST_ENCODING,
-                         DROP_UNKNOWN_RESPONSE_ENCODING, ENCODING_DELTA, ENCODING_IDENTITY, MAX_CHANNEL_ID, MAX_NUMBER,
-                         AddChannelRequest, AddChannelResponse, ControlBlock, DropChannel, FlowControl, MuxError,
-                         NewChannelSlot, decapsulate, decode_channel_id, decode_number, encapsulate, encode_channel_id,
-                         encode_control_blocks, encode_number, parse_control_blocks)
+from .mux_frames import (
+    DROP_ACKNOWLEDGED,
+    DROP_BAD_FRAGMENTATION,
+    DROP_BAD_REQUEST,
+    DROP_BAD_RESPONSE,
+    DROP_CHANNEL_EXISTS,
+    DROP_CHANNEL_FAILED,
+    DROP_CHANNEL_ID_TRUNCATED,
+    DROP_FRAME_TRUNCATED,
+    DROP_IDLE_TIMEOUT,
+    DROP_INVALID_BLOCK,
+    DROP_INVALID_ENCAPSULATION,
+    DROP_NORMAL,
+    DROP_PHYSICAL_FAILED,
+    DROP_QUOTA_OVERFLOW,
+    DROP_QUOTA_VIOLATION,
+    DROP_SLOT_OVERFLOW,
+    DROP_SLOT_VIOLATION,
+    DROP_UNKNOWN_OPCODE,
+    DROP_UNKNOWN_REQUEST_ENCODING,
+    DROP_UNKNOWN_RESPONSE_ENCODING,
+    ENCODING_DELTA,
+    ENCODING_IDENTITY,
+    MAX_CHANNEL_ID,
+    MAX_NUMBER,
+    AddChannelRequest,
+    AddChannelResponse,
+    ControlBlock,
+    DropChannel,
+    FlowControl,
+    MuxError,
+    NewChannelSlot,
+    decapsulate,
+    decode_channel_id,
+    decode_number,
+    encapsulate,
+    encode_channel_id,
+    encode_control_blocks,
+    encode_number,
+    parse_control_blocks,
+)
 from .mux_server import serve_multiplexed
 from .mux_session import DEFAULT_MAX_CONTROL_QUEUE
 from .server import Server
@@ -120,7 +152,7 @@ class MultiplexCodec(ExtensionCodec):
     rsv = 0
     per_frame = False
 
-    def __init__(self, config: "Multiplex", quota: Optional[int] = None) -> None:
+    def __init__(self, config: Multiplex, quota: int | None = None) -> None:
         self.config = config
         self.quota = quota
 
@@ -161,7 +193,7 @@ class Multiplex(Extension):
     rsv = RSV1 | RSV2 | RSV3
 
     def __init__(self, window: int = DEFAULT_WINDOW, max_channels: int = DEFAULT_MAX_CHANNELS,
-                 send_timeout: Optional[float] = None, *, max_control_queue: int = DEFAULT_MAX_CONTROL_QUEUE,
+                 send_timeout: float | None = None, *, max_control_queue: int = DEFAULT_MAX_CONTROL_QUEUE,
                  refusal_rate: float = DEFAULT_REFUSAL_RATE) -> None:
         if not 1 <= window <= MAX_NUMBER:
             raise ValueError("window must be a positive number of bytes, not %r" % (window,))
@@ -177,11 +209,11 @@ class Multiplex(Extension):
         self.max_control_queue = max_control_queue
         self.refusal_rate = refusal_rate
 
-    def offers(self) -> List[Tuple[str, Params]]:
+    def offers(self) -> list[tuple[str, Params]]:
         """The twspy client offers ``mux`` with no parameters."""
         return [(self.name, [])]
 
-    def accept_offer(self, name: str, params: Params) -> Optional[Tuple[Params, ExtensionCodec]]:
+    def accept_offer(self, name: str, params: Params) -> tuple[Params, ExtensionCodec] | None:
         """Accept ``mux``; a valid ``quota=N`` (-08) is the initial send quota on channel 1.
 
         An invalid ``quota`` is ignored; other parameters decline the offer.
@@ -195,7 +227,7 @@ class Multiplex(Extension):
                 quota = int(value)
         return [], MultiplexCodec(self, quota)
 
-    def accept_response(self, name: str, params: Params, offers: List[Tuple[str, Params]]) -> ExtensionCodec:
+    def accept_response(self, name: str, params: Params, offers: list[tuple[str, Params]]) -> ExtensionCodec:
         """A twspy server answers a bare ``mux``."""
         if params:
             raise NegotiationError("unexpected parameters in the mux response: %r" % (params,))
@@ -206,7 +238,7 @@ class Multiplex(Extension):
             self.window, self.max_channels, self.send_timeout, self.max_control_queue, self.refusal_rate)
 
 
-def connect_multiplexed(url: str, multiplex: Optional[Multiplex] = None, channel_class: Type[Connection] = Channel,
+def connect_multiplexed(url: str, multiplex: Multiplex | None = None, channel_class: type[Connection] = Channel,
                         **kwargs: Any) -> MuxClient:
     """Connect to ``url`` offering only ``mux`` and return the :class:`MuxClient`.
 

@@ -11,8 +11,9 @@ which re-exports every public name defined here.
 from __future__ import annotations
 
 import http
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, List, Optional, Sequence, Tuple, Union
+from typing import ClassVar, Union
 
 from .errors import HandshakeError, MuxError, NegotiationError
 from .frame import RSV1, RSV2, RSV3, Frame
@@ -81,8 +82,8 @@ def encode_channel_id(channel_id: int) -> bytes:
 _ID_FORMS = ((0x3F, 2, 1 << 7), (0x1F, 3, 1 << 14), (0x1F, 4, 1 << 21))  # (value bits, size, minimum)
 
 
-def decode_channel_id(data: Union[bytes, bytearray, memoryview], pos: int = 0,
-                      code: int = DROP_CHANNEL_ID_TRUNCATED) -> Tuple[int, int]:
+def decode_channel_id(data: bytes | bytearray | memoryview, pos: int = 0,
+                      code: int = DROP_CHANNEL_ID_TRUNCATED) -> tuple[int, int]:
     """Decode the channel ID at ``data[pos]``: ``(channel ID, position after it)``.
 
     Raises MuxError with ``code`` (2002 in a message header, 2005 inside a control block) when
@@ -115,7 +116,7 @@ def encode_number(value: int) -> bytes:
     return b"\x7f" + value.to_bytes(8, "big")
 
 
-def decode_number(data: Union[bytes, bytearray, memoryview], pos: int = 0) -> Tuple[int, int]:
+def decode_number(data: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int]:
     """Decode the number at ``data[pos]``: ``(value, position after it)``; MuxError 2005 if invalid."""
     if pos >= len(data):
         raise MuxError("number truncated", DROP_INVALID_BLOCK)
@@ -188,7 +189,7 @@ class DropChannel:
     """Both ways: end ``channel_id`` at once (0: the physical connection), with a reason (§5.4)."""
 
     channel_id: int
-    code: Optional[int] = None
+    code: int | None = None
     message: str = ""
     opcode: ClassVar[int] = 3
 
@@ -226,21 +227,21 @@ def encode_control_blocks(*blocks: ControlBlock) -> bytes:
     return b"\x00" + b"".join(block.encode() for block in blocks)
 
 
-def _sized(data: bytes, pos: int) -> Tuple[bytes, int]:
+def _sized(data: bytes, pos: int) -> tuple[bytes, int]:
     size, pos = decode_number(data, pos)
     if pos + size > len(data):
         raise MuxError("control block truncated", DROP_INVALID_BLOCK)
     return data[pos:pos + size], pos + size
 
 
-def parse_control_blocks(data: Union[bytes, bytearray, memoryview]) -> List[ControlBlock]:
+def parse_control_blocks(data: bytes | bytearray | memoryview) -> list[ControlBlock]:
     """Parse the control blocks of a channel-0 message (after its channel ID), §5.
 
     Raises MuxError: 2004 for mux opcodes 5-7, 2010/2012 for handshake encodings 2-3, 2005
     for reserved bits, bad numbers or IDs, truncation, a 1-byte drop reason and the like.
     """
     data = bytes(data)
-    blocks: List[ControlBlock] = []
+    blocks: list[ControlBlock] = []
     pos, n = 0, len(data)
     while pos < n:
         b0 = data[pos]
@@ -303,7 +304,7 @@ def encapsulate(channel_id: int, opcode: int, payload: bytes = b"", final: bool 
     return b"".join((encode_channel_id(channel_id), bytes(((0x80 if final else 0) | rsv | opcode,)), payload))
 
 
-def decapsulate(data: Union[bytes, bytearray, memoryview]) -> Tuple[int, Union[Frame, List[ControlBlock]]]:
+def decapsulate(data: bytes | bytearray | memoryview) -> tuple[int, Frame | list[ControlBlock]]:
     """Split a physical message payload: ``(0, [control blocks])`` or ``(channel ID, logical Frame)``.
 
     Raises MuxError 2002 (ID truncated or not minimal), 2003 (no logical header) or what
@@ -321,8 +322,8 @@ def decapsulate(data: Union[bytes, bytearray, memoryview]) -> Tuple[int, Union[F
 
 # -- encapsulated handshakes -------------------------------------------------------------------
 
-def request_head(path: str, host: str, origin: Optional[str], protocols: Sequence[str],
-                  headers: Sequence[Tuple[str, str]]) -> bytes:
+def request_head(path: str, host: str, origin: str | None, protocols: Sequence[str],
+                  headers: Sequence[tuple[str, str]]) -> bytes:
     """An identity AddChannelRequest handshake (§5.1): no Upgrade, Key or Version."""
     lines = ["GET %s HTTP/1.1" % path, "Host: %s" % host, "Connection: Upgrade"]
     if origin:
@@ -336,7 +337,7 @@ def request_head(path: str, host: str, origin: Optional[str], protocols: Sequenc
     return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1")
 
 
-def accept_head(protocol: Optional[str]) -> bytes:
+def accept_head(protocol: str | None) -> bytes:
     """An accepting AddChannelResponse handshake (§5.2): no Upgrade, no Accept."""
     lines = ["HTTP/1.1 101 Switching Protocols", "Connection: Upgrade"]
     if protocol:
@@ -362,7 +363,7 @@ def apply_delta(base: Headers, delta: Headers) -> Headers:
     return merged
 
 
-def check_response(response: AddChannelResponse, protocols: Sequence[str]) -> Tuple[Optional[str], Headers]:
+def check_response(response: AddChannelResponse, protocols: Sequence[str]) -> tuple[str | None, Headers]:
     """Validate an AddChannelResponse like an RFC 6455 response: ``(subprotocol, headers)``."""
     # A refusal may carry a body after the head (e.g. a process_request answer).
     head, sep, body = response.handshake.partition(b"\r\n\r\n")

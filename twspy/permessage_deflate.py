@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import zlib
-from typing import Dict, List, Optional, Tuple, Union
 
 from .errors import NegotiationError, PayloadTooBig, ProtocolError
 from .extension import Extension, ExtensionCodec, Params, format_extensions
@@ -55,7 +54,7 @@ DEFAULT_MEM_LEVEL = 5
 DEFAULT_THRESHOLD = 32
 
 
-def compressed_limit(max_compressed_size: Optional[int], max_size: Optional[int]) -> Optional[int]:
+def compressed_limit(max_compressed_size: int | None, max_size: int | None) -> int | None:
     """The cap on a received message's compressed bytes (None: no cap).
 
     ``max_compressed_size`` -1 (the default) derives it from the message limit:
@@ -101,9 +100,9 @@ class Deflater:
         self.level = level
         self.mem_level = mem_level
         self.no_context_takeover = no_context_takeover
-        self._zobj: Optional["zlib._Compress"] = None
+        self._zobj: zlib._Compress | None = None
 
-    def compress(self, data: Union[bytes, bytearray, memoryview]) -> bytes:
+    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
         zobj = self._zobj
         if zobj is None:
             zobj = zlib.compressobj(self.level, zlib.DEFLATED, -self.wbits, self.mem_level)
@@ -140,7 +139,7 @@ class Inflater:
 
     def __init__(self, bits: int = 15) -> None:
         self.bits = bits
-        self._zobj: Optional["zlib._Decompress"] = None
+        self._zobj: zlib._Decompress | None = None
         self._history = bytearray()
         self._restarted = False  # a stream ended and another began within the current unit
 
@@ -156,14 +155,14 @@ class Inflater:
             if len(history) > 2 * window:
                 del history[:-window]
 
-    def _new_stream(self) -> "zlib._Decompress":
+    def _new_stream(self) -> zlib._Decompress:
         zdict = self._history[-(1 << self.bits):]
         zobj = self._zobj = (zlib.decompressobj(-self.bits, zdict=bytes(zdict)) if zdict
                              else zlib.decompressobj(-self.bits))
         return zobj
 
-    def inflate(self, data: Union[bytes, bytearray, memoryview], produced: int,
-                max_size: Optional[int]) -> bytes:
+    def inflate(self, data: bytes | bytearray | memoryview, produced: int,
+                max_size: int | None) -> bytes:
         """Inflate ``data``; ``produced`` bytes of this unit were already output.
 
         Never outputs more than ``max_size - produced + 1`` bytes: raises PayloadTooBig
@@ -205,7 +204,7 @@ class Inflater:
             view = memoryview(view)[len(view) - rest:]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def finish(self, produced: int, max_size: Optional[int]) -> bytes:
+    def finish(self, produced: int, max_size: int | None) -> bytes:
         """End the unit: feed the ``00 00 ff ff`` tail (§7.2.2) unless a BFINAL block ended it."""
         zobj = self._zobj
         if zobj is not None and zobj.eof:
@@ -253,7 +252,7 @@ class DeflateMessageCodec(ExtensionCodec):
     def __init__(self, *, local_max_window_bits: int = 15, remote_max_window_bits: int = 15,
                  local_no_context_takeover: bool = False, remote_no_context_takeover: bool = False,
                  compress_level: int = DEFAULT_COMPRESS_LEVEL, mem_level: int = DEFAULT_MEM_LEVEL,
-                 threshold: int = DEFAULT_THRESHOLD, max_compressed_size: Optional[int] = -1) -> None:
+                 threshold: int = DEFAULT_THRESHOLD, max_compressed_size: int | None = -1) -> None:
         check_bits("local_max_window_bits", local_max_window_bits)
         check_bits("remote_max_window_bits", remote_max_window_bits)
         check_zlib_options(compress_level, mem_level, threshold)
@@ -270,7 +269,7 @@ class DeflateMessageCodec(ExtensionCodec):
         self._size = 0        # bytes output so far for the message being received
         self._compressed = 0  # compressed bytes received so far for it
 
-    def encode_message(self, opcode: int, payload: bytes, compress: bool = True) -> Tuple[bytes, int]:
+    def encode_message(self, opcode: int, payload: bytes, compress: bool = True) -> tuple[bytes, int]:
         """Compress a whole data message (§7.2.1).
 
         Returns ``(payload, RSV1)``, RSV1 going on the first frame only (§6), or the payload
@@ -281,7 +280,7 @@ class DeflateMessageCodec(ExtensionCodec):
         return self._deflater.compress(payload), RSV1
 
     def decode_frame_of_message(self, payload: bytes, first_rsv: int, final: bool,
-                                max_size: Optional[int]) -> bytes:
+                                max_size: int | None) -> bytes:
         """Return the application data of one frame of a received message (§7.2.2).
 
         The message is compressed iff RSV1 is in ``first_rsv`` (its first frame's bits).
@@ -333,13 +332,13 @@ class DeflateMessageCodec(ExtensionCodec):
                     self.local_no_context_takeover, self.remote_no_context_takeover))
 
 
-def _parse_params(params: Params, response: bool) -> Dict[str, Union[int, bool]]:
+def _parse_params(params: Params, response: bool) -> dict[str, int | bool]:
     """Validate permessage-deflate parameters (§7.1); raise NegotiationError.
 
     Returns ``{name: True or window bits}``; ``client_max_window_bits`` maps to True when
     it has no value, which only an offer may do.
     """
-    found: Dict[str, Union[int, bool]] = {}
+    found: dict[str, int | bool] = {}
     for name, value in params:
         if name in found:
             raise NegotiationError("duplicate parameter %s" % name)
@@ -361,7 +360,7 @@ def _parse_params(params: Params, response: bool) -> Dict[str, Union[int, bool]]
     return found
 
 
-def _mismatch(offer: Dict[str, Union[int, bool]], agreed: Dict[str, Union[int, bool]]) -> Optional[str]:
+def _mismatch(offer: dict[str, int | bool], agreed: dict[str, int | bool]) -> str | None:
     """Why a response can't answer ``offer`` (§5.1, §7.1), or None if it can."""
     if "server_no_context_takeover" in offer and "server_no_context_takeover" not in agreed:
         return "server_no_context_takeover was requested but not confirmed"
@@ -409,15 +408,15 @@ class DeflateMessage(Extension):
     """
 
     name = "permessage-deflate"
-    aliases: Tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
     rsv = RSV1
 
     def __init__(self, *, server_no_context_takeover: bool = False,
                  client_no_context_takeover: bool = False,
-                 server_max_window_bits: Optional[int] = None,
-                 client_max_window_bits: Union[int, bool, None] = None,
+                 server_max_window_bits: int | None = None,
+                 client_max_window_bits: int | bool | None = None,
                  compress_level: int = DEFAULT_COMPRESS_LEVEL, mem_level: int = DEFAULT_MEM_LEVEL,
-                 threshold: int = DEFAULT_THRESHOLD, max_compressed_size: Optional[int] = -1) -> None:
+                 threshold: int = DEFAULT_THRESHOLD, max_compressed_size: int | None = -1) -> None:
         if server_max_window_bits is not None:
             check_bits("server_max_window_bits", server_max_window_bits)
         if client_max_window_bits is not None and not isinstance(client_max_window_bits, bool):
@@ -433,14 +432,14 @@ class DeflateMessage(Extension):
         check_max_compressed_size(max_compressed_size)
         self.max_compressed_size = max_compressed_size
 
-    def _codec(self, **settings: Union[int, bool]) -> DeflateMessageCodec:
+    def _codec(self, **settings: int | bool) -> DeflateMessageCodec:
         return DeflateMessageCodec(compress_level=self.compress_level, mem_level=self.mem_level,
                                    threshold=self.threshold, max_compressed_size=self.max_compressed_size,
                                    **settings)  # type: ignore[arg-type]
 
     # client side
 
-    def offers(self) -> List[Tuple[str, Params]]:
+    def offers(self) -> list[tuple[str, Params]]:
         """The client's single offer, e.g. ``permessage-deflate; client_max_window_bits``."""
         params: Params = []
         if self.server_no_context_takeover:
@@ -456,7 +455,7 @@ class DeflateMessage(Extension):
         return [(self.name, params)]
 
     def accept_response(self, name: str, params: Params,
-                        offers: List[Tuple[str, Params]]) -> DeflateMessageCodec:
+                        offers: list[tuple[str, Params]]) -> DeflateMessageCodec:
         """Validate the server's response against our offers (§5.1, §7.1).
 
         Accepts it if it is a valid answer to at least one offer. A
@@ -493,7 +492,7 @@ class DeflateMessage(Extension):
 
     # server side
 
-    def accept_offer(self, name: str, params: Params) -> Optional[Tuple[Params, DeflateMessageCodec]]:
+    def accept_offer(self, name: str, params: Params) -> tuple[Params, DeflateMessageCodec] | None:
         """Answer one offer with ``(response params, codec)``, or None to decline it (§7.1)."""
         try:
             offer = _parse_params(params, response=False)
@@ -534,6 +533,6 @@ class DeflateMessage(Extension):
                     self.compress_level, self.mem_level, self.threshold, self.max_compressed_size))
 
 
-def default_extensions() -> List[Extension]:
+def default_extensions() -> list[Extension]:
     """What twspy.connect offers and Server accepts unless told otherwise: permessage-deflate, as browsers speak."""
     return [DeflateMessage()]

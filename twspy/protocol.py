@@ -34,8 +34,9 @@ import enum
 import logging
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Union
 
 from .errors import HandshakeError, InvalidState, PayloadTooBig, ProtocolError
 from .extension import ExtensionCodec
@@ -119,7 +120,7 @@ Event = Union[TextMessage, BinaryMessage, Ping, Pong, Close, Request, Response]
 # §5.3: a fresh unpredictable key per frame. os.urandom(4) costs a syscall (0.8 us); drawing
 # from a pool of urandom bytes costs 0.1 us. deque.popleft is atomic, so protocols driven by
 # different threads never share a key.
-_keys: "collections.deque[bytes]" = collections.deque()
+_keys: collections.deque[bytes] = collections.deque()
 
 
 def new_masking_key() -> bytes:
@@ -184,9 +185,9 @@ class Protocol:
             handshake, or None.
     """
 
-    def __init__(self, side: Side, *, state: State = OPEN, max_size: Optional[int] = DEFAULT_MAX_SIZE,
-                 max_fragments: Optional[int] = DEFAULT_MAX_FRAGMENTS,
-                 extensions: Sequence[ExtensionCodec] = (), logger: Optional[logging.Logger] = None,
+    def __init__(self, side: Side, *, state: State = OPEN, max_size: int | None = DEFAULT_MAX_SIZE,
+                 max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
+                 extensions: Sequence[ExtensionCodec] = (), logger: logging.Logger | None = None,
                  answer_close: bool = True) -> None:
         self.side = side
         self.auto_answer_close = answer_close
@@ -202,31 +203,31 @@ class Protocol:
         # Frames are logged at DEBUG (the level is read once, here); the fused paths, which
         # make no Frame objects, are then off.
         self._debug = self.logger.isEnabledFor(logging.DEBUG)
-        self.close_code: Optional[int] = None
+        self.close_code: int | None = None
         self.close_reason = ""
-        self.close_rcvd: Optional[Close] = None
-        self.close_sent: Optional[Close] = None
-        self.error: Optional[ProtocolError] = None
-        self.handshake_exc: Optional[HandshakeError] = None
+        self.close_rcvd: Close | None = None
+        self.close_sent: Close | None = None
+        self.error: ProtocolError | None = None
+        self.handshake_exc: HandshakeError | None = None
         self.eof_sent = False
         self._eof_rcvd = False
         self._discarding = False          # §7.1.7: after failing, or after the peer's close frame
-        self._events: List[Any] = []
+        self._events: list[Any] = []
         # A deque drained item by item: a shell's reading thread may queue a pong while a
         # sending thread drains (appends are never lost; Protocol is otherwise not thread-safe).
-        self._out: "collections.deque[bytes]" = collections.deque()
+        self._out: collections.deque[bytes] = collections.deque()
         self._buf = bytearray()
         self._pos = 0
-        self._frame: Optional[List[Any]] = None  # [b0, length, key, done] of a frame being read
+        self._frame: list[Any] | None = None  # [b0, length, key, done] of a frame being read
         self._require_mask = side is SERVER
         self._mask_out = side is CLIENT
         # message being assembled
         self._msg_opcode = 0              # 0: none; else the first frame's opcode
         self._msg_rsv = 0
-        self._msg_parts: List[Union[bytes, bytearray, memoryview]] = []
+        self._msg_parts: list[bytes | bytearray | memoryview] = []
         # The masked pieces of the binary frame being received, unmasked in one pass (mask_join)
         # once it is whole, with the key rotated to the first piece's offset.
-        self._masked: List[Union[bytes, bytearray, memoryview]] = []
+        self._masked: list[bytes | bytearray | memoryview] = []
         self._masked_key = b""
         self._msg_size = 0                # bytes delivered so far (after inflating)
         self._msg_wire = 0                # payload bytes on the wire so far (before inflating)
@@ -259,7 +260,7 @@ class Protocol:
                       and self.state is not CONNECTING)
 
     # -- output ------------------------------------------------------------------------------
-    def data_to_send(self) -> List[bytes]:
+    def data_to_send(self) -> list[bytes]:
         """The bytes to write, in order, and forget them; ``b""`` means half-close the write side now."""
         out = self._out
         if not out:
@@ -272,7 +273,7 @@ class Protocol:
         except IndexError:
             return data
 
-    def events_received(self) -> List[Any]:
+    def events_received(self) -> list[Any]:
         """The events since the last call, in order: messages, :class:`Ping`, :class:`Pong`, :class:`Close`
         (and the :class:`~twspy.handshake.Request` or :class:`~twspy.handshake.Response` of the handshake)."""
         events = self._events
@@ -292,7 +293,7 @@ class Protocol:
         self.eof_sent = True
 
     # -- sending -----------------------------------------------------------------------------
-    def encode_text(self, text: str, *, fragment_size: Optional[int] = None, compress: bool = True) -> bytes:
+    def encode_text(self, text: str, *, fragment_size: int | None = None, compress: bool = True) -> bytes:
         """The wire bytes of a whole text message, returned instead of queued (the fused send).
 
         Same checks and codecs as :meth:`send_text`; send the results in the order of the
@@ -300,12 +301,12 @@ class Protocol:
         """
         return self.encode_data(0x1, text.encode("utf-8"), fragment_size, compress)
 
-    def encode_binary(self, data: Union[bytes, bytearray, memoryview], *, fragment_size: Optional[int] = None,
+    def encode_binary(self, data: bytes | bytearray | memoryview, *, fragment_size: int | None = None,
                       compress: bool = True) -> bytes:
         """:meth:`encode_text` for a binary message."""
         return self.encode_data(0x2, data if type(data) is bytes else bytes(data), fragment_size, compress)
 
-    def encode_data(self, opcode: int, payload: bytes, fragment_size: Optional[int] = None,
+    def encode_data(self, opcode: int, payload: bytes, fragment_size: int | None = None,
                     compress: bool = True) -> bytes:
         """The frames of one data message (opcode 1 or 2) as wire bytes (§5.4, §5.6)."""
         if self.state is not OPEN:
@@ -318,8 +319,8 @@ class Protocol:
             return (_H2.pack(0x80 | opcode, n) if n < 126 else frame_header(0x80 | opcode, n, 0)) + payload
         return b"".join(self.encode_frames(opcode, payload, fragment_size, compress))
 
-    def encode_frames(self, opcode: int, payload: bytes, fragment_size: Optional[int] = None,
-                      compress: bool = True) -> List[bytes]:
+    def encode_frames(self, opcode: int, payload: bytes, fragment_size: int | None = None,
+                      compress: bool = True) -> list[bytes]:
         """:meth:`encode_data` as pieces to write in order: a large payload is a piece of its
         own, never copied behind its header (for large messages: one copy less)."""
         if self.state is not OPEN:
@@ -333,8 +334,8 @@ class Protocol:
         if fragment_size <= 0:
             raise ValueError("fragment_size must be positive")
         last = len(payload) - fragment_size
-        pieces: List[bytes] = []
-        small: List[bytes] = []  # consecutive small pieces go out as one
+        pieces: list[bytes] = []
+        small: list[bytes] = []  # consecutive small pieces go out as one
         for start in range(0, len(payload), fragment_size):
             for piece in self._frame_pieces(opcode if start == 0 else 0, payload[start:start + fragment_size],
                                             start >= last, rsv if start == 0 else 0):
@@ -348,7 +349,7 @@ class Protocol:
             pieces.append(b"".join(small))
         return pieces
 
-    def _frame_pieces(self, opcode: int, payload: bytes, final: bool, rsv: int) -> List[bytes]:
+    def _frame_pieces(self, opcode: int, payload: bytes, final: bool, rsv: int) -> list[bytes]:
         if self._frame_codecs and opcode < 0x8:
             frame = Frame(opcode, payload, final=final, rsv1=bool(rsv & 0x40), rsv2=bool(rsv & 0x20),
                           rsv3=bool(rsv & 0x10))
@@ -373,7 +374,7 @@ class Protocol:
     def _frame_bytes(self, opcode: int, payload: bytes, final: bool, rsv: int) -> bytes:
         return b"".join(self._frame_pieces(opcode, payload, final, rsv))
 
-    def encode_frame(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> List[bytes]:
+    def encode_frame(self, opcode: int, payload: bytes, final: bool = True, rsv: int = 0) -> list[bytes]:
         """One frame as wire pieces to write in order, whatever the state: per-frame codecs
         applied to a data frame, masked on a client (§5.3). For a raw-frame API
         (:meth:`twspy.websocket.websocket.send`), which chooses its frames itself."""
@@ -391,18 +392,18 @@ class Protocol:
         """Whether :meth:`data_to_send` has something (a threaded shell then takes its send lock)."""
         return bool(self._out)
 
-    def send_text(self, text: str, *, fragment_size: Optional[int] = None, compress: bool = True) -> None:
+    def send_text(self, text: str, *, fragment_size: int | None = None, compress: bool = True) -> None:
         """Queue a text message; ``fragment_size`` splits it into frames of at most that many
         bytes (§5.4), ``compress=False`` sends it uncompressed under permessage-deflate."""
         self._out.extend(self.encode_frames(0x1, text.encode("utf-8"), fragment_size, compress))
 
-    def send_binary(self, data: Union[bytes, bytearray, memoryview], *, fragment_size: Optional[int] = None,
+    def send_binary(self, data: bytes | bytearray | memoryview, *, fragment_size: int | None = None,
                     compress: bool = True) -> None:
         """Queue a binary message (see :meth:`send_text`)."""
         self._out.extend(self.encode_frames(0x2, data if type(data) is bytes else bytes(data), fragment_size,
                                             compress))
 
-    def _control_bytes(self, opcode: int, payload: Union[bytes, str]) -> bytes:
+    def _control_bytes(self, opcode: int, payload: bytes | str) -> bytes:
         if self.state is not OPEN:
             raise InvalidState("cannot send a control frame in state %s" % self.state.name)
         if isinstance(payload, str):
@@ -413,15 +414,15 @@ class Protocol:
             raise ValueError("control frame payload is %d bytes; the limit is 125" % len(payload))
         return self._frame_bytes(opcode, payload, True, 0)
 
-    def send_ping(self, data: Union[bytes, str] = b"") -> None:
+    def send_ping(self, data: bytes | str = b"") -> None:
         """Queue a ping (at most 125 bytes); the peer answers with a :class:`Pong` (§5.5.2)."""
         self._out.append(self._control_bytes(0x9, data))
 
-    def send_pong(self, data: Union[bytes, str] = b"") -> None:
+    def send_pong(self, data: bytes | str = b"") -> None:
         """Queue an unsolicited pong, a one-way heartbeat (§5.5.3)."""
         self._out.append(self._control_bytes(0xA, data))
 
-    def send_close(self, code: Optional[int] = CLOSE_NORMAL, reason: str = "") -> None:
+    def send_close(self, code: int | None = CLOSE_NORMAL, reason: str = "") -> None:
         """Start the closing handshake (§7.1.2): queue a close frame; the state becomes CLOSING.
 
         ``code=None`` sends a close frame without a code. Raises ValueError for a code that
@@ -498,7 +499,7 @@ class Protocol:
         self.handshake_exc = HandshakeError("connection closed during the opening handshake")
         return False
 
-    def receive_data(self, data: Union[bytes, bytearray]) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes received from the peer; then read :meth:`events_received` and send
         :meth:`data_to_send`. Never raises for the peer's mistakes: they fail the connection
         (``error``). Data after EOF, after a failure or after the peer's close frame is ignored.
@@ -542,7 +543,7 @@ class Protocol:
         buf += data
         self._parse()
 
-    def _continue_frame(self, data: bytes) -> Union[bytes, memoryview]:
+    def _continue_frame(self, data: bytes) -> bytes | memoryview:
         """Give the data frame in progress what ``data`` has of it; return the rest."""
         frame = self._frame
         assert frame is not None
@@ -559,7 +560,7 @@ class Protocol:
         self._update_idle()
         return view[want:]
 
-    def parse_message(self, data: Union[bytes, bytearray]) -> Optional[Message]:
+    def parse_message(self, data: bytes | bytearray) -> Message | None:
         """The fused receive path, which never changes the protocol: the message when ``data``
         is exactly one whole unfragmented data frame (< 64 KiB, valid, no extension, nothing
         buffered); None otherwise, and nothing was consumed: give ``data`` to :meth:`receive_data`.
@@ -585,7 +586,7 @@ class Protocol:
                 return message
         return None
 
-    def receive_message(self, data: Union[bytes, bytearray]) -> Optional[Message]:
+    def receive_message(self, data: bytes | bytearray) -> Message | None:
         """:meth:`parse_message`, else :meth:`receive_data`: the message of a read that is
         exactly one small data frame, or None with ``data`` fed (see :meth:`events_received`)."""
         message = self.parse_message(data)
@@ -645,7 +646,7 @@ class Protocol:
             if self.state is OPEN:
                 self.fail(self.error.code, self.error.message)
 
-    def _parse(self, data: Union[bytes, memoryview, None] = None) -> None:
+    def _parse(self, data: bytes | memoryview | None = None) -> None:
         """Parse what the buffer holds: whole frames, and the part of a data frame that has
         arrived when nothing transforms it (so that UTF-8 and limits are checked as it arrives).
 
@@ -797,14 +798,14 @@ class Protocol:
             self._msg_wire += length
             self._msg_frames += 1
 
-    def _data(self, b0: int, key: Optional[bytes], done: int, chunk: Union[bytes, bytearray, memoryview],
+    def _data(self, b0: int, key: bytes | None, done: int, chunk: bytes | bytearray | memoryview,
               whole: bool) -> None:
         """Deliver payload bytes of the current data frame (``whole``: its last bytes).
 
         ``chunk`` may be kept as it is: a fresh slice of our buffer, or received bytes (a
         memoryview of them), never a buffer the caller may reuse.
         """
-        payload: Union[bytes, bytearray, memoryview]
+        payload: bytes | bytearray | memoryview
         if key is not None:
             shift = done & 3
             if shift:
@@ -871,7 +872,7 @@ class Protocol:
                 data = b"".join(parts)
             self._end_message(data.decode("utf-8") if decoder is not None else data)  # validated above
 
-    def _end_message(self, payload: Union[str, bytes]) -> None:
+    def _end_message(self, payload: str | bytes) -> None:
         if type(payload) is str:
             message: Message = _new(TextMessage)
             message.opcode = 0x1
@@ -929,10 +930,10 @@ class Protocol:
         caller may read and extend it."""
         return self._buf
 
-    def _receive_head(self, data: Union[bytes, bytearray]) -> None:
+    def _receive_head(self, data: bytes | bytearray) -> None:
         raise InvalidState("this Protocol has no opening handshake; create it with state=OPEN")
 
-    def find_head(self, data: Union[bytes, bytearray], max_header_size: int) -> Optional[bytes]:
+    def find_head(self, data: bytes | bytearray, max_header_size: int) -> bytes | None:
         """Buffer handshake bytes; the HTTP head once complete (the rest stays buffered).
 
         Raises HandshakeError 431 when no blank line comes within ``max_header_size`` bytes.

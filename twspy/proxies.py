@@ -34,7 +34,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple
 
 from .errors import ProxyError
 
@@ -62,7 +62,7 @@ class ProxyURL(NamedTuple):
     scheme: str
     host: str
     port: int
-    user_info: Optional[Tuple[str, str]]
+    user_info: tuple[str, str] | None
 
     @property
     def shown(self) -> str:
@@ -91,7 +91,7 @@ def parse_proxy(url: str) -> ProxyURL:
                     user_info)
 
 
-def proxy_for(secure: bool, host: str, port: int) -> Optional[str]:
+def proxy_for(secure: bool, host: str, port: int) -> str | None:
     """The proxy the environment names for a ws:// (``secure`` False) or wss:// URL, or None.
 
     Like :func:`urllib.request.getproxies` and :func:`urllib.request.proxy_bypass`: ws:// uses
@@ -106,8 +106,8 @@ def proxy_for(secure: bool, host: str, port: int) -> Optional[str]:
     return None if urllib.request.proxy_bypass(target) else proxy  # no_proxy (or the OS's exceptions)
 
 
-def open_tunnel(host: str, port: int, proxy: Union[str, ProxyURL], timeout: Optional[float] = None,
-                proxy_ssl: Optional[_ssl.SSLContext] = None) -> socket.socket:
+def open_tunnel(host: str, port: int, proxy: str | ProxyURL, timeout: float | None = None,
+                proxy_ssl: _ssl.SSLContext | None = None) -> socket.socket:
     """A socket connected to ``host:port`` through ``proxy``, ready for TLS or the handshake.
 
     Args:
@@ -149,10 +149,10 @@ def open_tunnel(host: str, port: int, proxy: Union[str, ProxyURL], timeout: Opti
 class _Exchange:
     """Reads and writes to the proxy before a deadline; EOF and timeouts become ProxyError."""
 
-    def __init__(self, sock: socket.socket, proxy: ProxyURL, deadline: Optional[float]) -> None:
+    def __init__(self, sock: socket.socket, proxy: ProxyURL, deadline: float | None) -> None:
         self.sock, self.proxy, self.deadline = sock, proxy, deadline
 
-    def error(self, what: str, status: Optional[int] = None, reason: str = "") -> ProxyError:
+    def error(self, what: str, status: int | None = None, reason: str = "") -> ProxyError:
         return ProxyError("proxy %s: %s" % (self.proxy.shown, what), self.proxy.shown, status, reason)
 
     def _settimeout(self) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import AbstractSet, Dict, FrozenSet, Hashable, List, Optional, Set, Tuple
+from collections.abc import Hashable
+from collections.abc import Set as AbstractSet
 
 from .errors import InvalidTopic, SubscriptionLimit
 
@@ -117,7 +118,7 @@ def matches(topic_filter: str, topic: str) -> bool:
     return len(filter_levels) == len(topic_levels)
 
 
-_NO_KEYS: FrozenSet[Hashable] = frozenset()
+_NO_KEYS: frozenset[Hashable] = frozenset()
 
 
 class _Node:
@@ -126,7 +127,7 @@ class _Node:
     __slots__ = ("children", "keys")
 
     def __init__(self) -> None:
-        self.children: Dict[str, _Node] = {}
+        self.children: dict[str, _Node] = {}
         # Shared and empty until a filter ends here: most nodes are inner levels, and an empty
         # set would cost 216 bytes each (a third of a node).
         self.keys: AbstractSet[Hashable] = _NO_KEYS
@@ -148,14 +149,14 @@ class SubscriptionTree:
         max_nodes: trie nodes in all; a filter that needs more raises :class:`SubscriptionLimit`.
     """
 
-    def __init__(self, *, max_levels: Optional[int] = None, max_filters: Optional[int] = None,
-                 max_nodes: Optional[int] = None) -> None:
+    def __init__(self, *, max_levels: int | None = None, max_filters: int | None = None,
+                 max_nodes: int | None = None) -> None:
         self.max_levels = max_levels
         self.max_filters = max_filters
         self.max_nodes = max_nodes
         self._lock = threading.Lock()
         self._root = _Node()
-        self._filters: Dict[Hashable, Set[str]] = {}  # key -> its filters
+        self._filters: dict[Hashable, set[str]] = {}  # key -> its filters
         self._count = 0
         self._nodes = 0  # trie nodes besides the root
 
@@ -213,7 +214,7 @@ class SubscriptionTree:
         with self._lock:
             return self._remove(topic_filter, key)
 
-    def remove_key(self, key: Hashable) -> List[str]:
+    def remove_key(self, key: Hashable) -> list[str]:
         """Drop every filter of ``key`` (e.g. when a client disconnects); return them."""
         with self._lock:
             dropped = sorted(self._filters.get(key, ()))
@@ -226,7 +227,7 @@ class SubscriptionTree:
         filters = self._filters.get(key)
         if filters is None or topic_filter not in filters:
             return False
-        path: List[Tuple[_Node, str]] = []  # (parent, level) down to the filter's node
+        path: list[tuple[_Node, str]] = []  # (parent, level) down to the filter's node
         node = self._root
         for level in topic_filter.split("/"):
             path.append((node, level))
@@ -247,17 +248,17 @@ class SubscriptionTree:
             self._nodes -= 1
         return True
 
-    def filters(self, key: Hashable) -> Set[str]:
+    def filters(self, key: Hashable) -> set[str]:
         """The filters ``key`` is subscribed to (a copy; empty if none)."""
         with self._lock:
             return set(self._filters.get(key, ()))
 
-    def keys(self) -> Set[Hashable]:
+    def keys(self) -> set[Hashable]:
         """Every key with at least one filter (a copy)."""
         with self._lock:
             return set(self._filters)
 
-    def match(self, topic: str) -> Set[Hashable]:
+    def match(self, topic: str) -> set[Hashable]:
         """Every key with at least one filter matching the topic name ``topic`` (§4.7).
 
         Raises:
@@ -266,7 +267,7 @@ class SubscriptionTree:
         validate_topic(topic)
         levels = topic.split("/")
         dollar = topic.startswith("$")
-        found: Set[Hashable] = set()
+        found: set[Hashable] = set()
         with self._lock:
             # Breadth-first, one level at a time: a loop rather than recursion, since a topic
             # may have tens of thousands of levels.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import urllib.parse
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 from .errors import InvalidURI
 
@@ -17,7 +17,7 @@ class WebSocketURI(NamedTuple):
     host: str
     port: int
     resource: str
-    user_info: Optional[Tuple[str, str]]
+    user_info: tuple[str, str] | None
 
     @property
     def host_header(self) -> str:

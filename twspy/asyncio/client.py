@@ -12,7 +12,9 @@ import logging
 import re
 import ssl as _ssl
 import urllib.parse
-from typing import Any, Generator, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
+import warnings
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from typing import Any
 
 from ..client import MAX_AUTH_ATTEMPTS, MAX_REDIRECTS, basic_auth, digest_auth
 from ..errors import HandshakeError
@@ -45,8 +47,9 @@ class connect:
         origin: the Origin header. headers: extra request headers (a mapping or pairs).
         ssl: SSLContext for wss:// (default: ``ssl.create_default_context()``, which checks
             the certificate and the hostname, with SNI).
-        timeout: seconds for TCP connect + TLS + the HTTP upgrade of each attempt
-            (``handshake_timeout`` is the same option under the websocket's name).
+        handshake_timeout: seconds for TCP connect + TLS + the HTTP upgrade of each attempt
+            (default 10). ``timeout`` is its deprecated spelling (DeprecationWarning), as in
+            the threaded connect().
         connection_class: the :class:`~twspy.asyncio.Connection` subclass to build.
         max_size, max_header_size, close_timeout, max_queue, max_outbox, ping_interval
             (default 20 s), ping_timeout (default 20 s): as the threaded connect().
@@ -56,13 +59,17 @@ class connect:
         NegotiationError, TimeoutError, OSError.
     """
 
-    def __init__(self, url: str, *, protocols: Optional[Sequence[str]] = None,
-                 extensions: Optional[Sequence[Extension]] = None, origin: Optional[str] = None,
-                 headers: Union[None, Mapping[str, str], Iterable[Tuple[str, str]]] = None,
-                 ssl: Optional[_ssl.SSLContext] = None, timeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT,
-                 connection_class: Type[Connection] = Connection, max_size: Optional[int] = DEFAULT_MAX_SIZE,
+    def __init__(self, url: str, *, protocols: Sequence[str] | None = None,
+                 extensions: Sequence[Extension] | None = None, origin: str | None = None,
+                 headers: None | Mapping[str, str] | Iterable[tuple[str, str]] = None,
+                 ssl: _ssl.SSLContext | None = None,
+                 handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+                 connection_class: type[Connection] = Connection, max_size: int | None = DEFAULT_MAX_SIZE,
                  max_header_size: int = MAX_HEADER_SIZE, **options: Any) -> None:
-        self.timeout = options.pop("handshake_timeout", timeout)
+        if "timeout" in options:
+            warnings.warn("connect(timeout=) is deprecated: use handshake_timeout=", DeprecationWarning, stacklevel=2)
+            handshake_timeout = options.pop("timeout")
+        self.handshake_timeout = handshake_timeout
         unknown = set(options) - set(CONNECTION_OPTIONS)
         if unknown:
             raise TypeError("unexpected options: %s" % ", ".join(sorted(unknown)))
@@ -78,7 +85,7 @@ class connect:
         self.options = dict(options)
         self.options.setdefault("ping_interval", DEFAULT_PING_INTERVAL)
         self.options.setdefault("ping_timeout", DEFAULT_PING_TIMEOUT)
-        self.connection: Optional[Connection] = None
+        self.connection: Connection | None = None
 
     def __await__(self) -> Generator[Any, None, Connection]:
         return self._connect().__await__()
@@ -93,15 +100,16 @@ class connect:
 
     async def _connect(self) -> Connection:
         uri = self.uri
-        auth_header: Optional[str] = None
+        auth_header: str | None = None
         auth_attempts = 0
         for _ in range(MAX_REDIRECTS + 1):
             extra = self.headers + ([("Authorization", auth_header)] if auth_header else [])
             try:
                 try:
-                    return await asyncio.wait_for(self._attempt(uri, extra), self.timeout)
+                    return await asyncio.wait_for(self._attempt(uri, extra), self.handshake_timeout)
                 except asyncio.TimeoutError:
-                    raise TimeoutError("opening handshake timed out after %s seconds" % self.timeout) from None
+                    after = self.handshake_timeout
+                    raise TimeoutError("opening handshake timed out after %s seconds" % after) from None
             except HandshakeError as exc:
                 status = exc.status
                 answer = exc.headers if isinstance(exc.headers, Headers) else None
@@ -125,7 +133,7 @@ class connect:
                 raise
         raise HandshakeError("too many redirects (more than %d)" % MAX_REDIRECTS)
 
-    async def _attempt(self, uri: WebSocketURI, headers: List[Tuple[str, str]]) -> Connection:
+    async def _attempt(self, uri: WebSocketURI, headers: list[tuple[str, str]]) -> Connection:
         core = ClientProtocol(host=uri.host_header, location=uri.resource, origin=self.origin,
                               protocols=self.protocols, extensions=self.extensions, headers=headers,
                               max_header_size=self.max_header_size, max_size=self.max_size, logger=logger)
@@ -141,7 +149,7 @@ class connect:
         return conn
 
 
-def _answer_challenge(challenges: List[str], uri: WebSocketURI) -> Optional[str]:
+def _answer_challenge(challenges: list[str], uri: WebSocketURI) -> str | None:
     user, password = uri.user_info  # type: ignore[misc]
     for challenge in challenges:
         if challenge.split(" ", 1)[0].lower() == "digest":

@@ -24,7 +24,8 @@ import collections
 import logging
 import os
 import time
-from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Union
+from collections.abc import AsyncIterator
+from typing import Any, Union
 
 from ..errors import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, InvalidState, closed_error
 from ..frame import CLOSE_ABNORMAL, CLOSE_NORMAL
@@ -78,9 +79,9 @@ class Connection(asyncio.Protocol):
         address: the peer's address.
     """
 
-    def __init__(self, protocol: Protocol, *, close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT,
-                 max_queue: Optional[int] = DEFAULT_MAX_QUEUE, max_outbox: int = DEFAULT_MAX_OUTBOX,
-                 ping_interval: Optional[float] = None, ping_timeout: Optional[float] = None) -> None:
+    def __init__(self, protocol: Protocol, *, close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+                 max_queue: int | None = DEFAULT_MAX_QUEUE, max_outbox: int = DEFAULT_MAX_OUTBOX,
+                 ping_interval: float | None = None, ping_timeout: float | None = None) -> None:
         self.core = protocol
         # The peer's close frame is answered at once, unless messages that came before it wait
         # in the queue: then once the application has taken them (recv() finds the queue
@@ -95,22 +96,22 @@ class Connection(asyncio.Protocol):
         self.ping_timeout = ping_timeout
         self.transport: Any = None
         self.address: Any = None
-        self.protocol: Optional[str] = None
-        self.request: Optional[Request] = None
-        self.response: Optional[Response] = None
+        self.protocol: str | None = None
+        self.request: Request | None = None
+        self.response: Response | None = None
         self._loop = asyncio.get_running_loop()
-        self._inbox: Deque[Any] = collections.deque()
-        self._waiters: List["asyncio.Future[None]"] = []   # recv() calls waiting for the inbox
+        self._inbox: collections.deque[Any] = collections.deque()
+        self._waiters: list[asyncio.Future[None]] = []   # recv() calls waiting for the inbox
         self._control_events = False    # also queue Ping/Pong (a Server dispatches them to handlers)
         self._reading_paused = False
         self._writing_paused = False
-        self._drain_waiters: List["asyncio.Future[None]"] = []
-        self._pings: Dict[bytes, List[Any]] = {}  # payload -> [future, time sent]
-        self._keepalive: Optional[asyncio.TimerHandle] = None
-        self._ping_deadline: Optional[asyncio.TimerHandle] = None
-        self._close_timer: Optional[asyncio.TimerHandle] = None
-        self.opened: "asyncio.Future[None]" = self._loop.create_future()
-        self.closed_future: "asyncio.Future[None]" = self._loop.create_future()
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._pings: dict[bytes, list[Any]] = {}  # payload -> [future, time sent]
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._ping_deadline: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self.opened: asyncio.Future[None] = self._loop.create_future()
+        self.closed_future: asyncio.Future[None] = self._loop.create_future()
 
     # -- asyncio.Protocol callbacks --------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -132,13 +133,13 @@ class Connection(asyncio.Protocol):
         self._flush()
         self._handle(core.events_received())  # also when empty: a failure may be pending
 
-    def eof_received(self) -> Optional[bool]:
+    def eof_received(self) -> bool | None:
         self.core.receive_eof()
         self._flush()
         self._handle(self.core.events_received())
         return None  # the transport closes itself
 
-    def connection_lost(self, exc: Optional[Exception]) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         core = self.core
         core.receive_eof()
         core.data_to_send()  # nothing can be written any more
@@ -210,7 +211,7 @@ class Connection(asyncio.Protocol):
         else:
             self.abort()
 
-    def _handle(self, events: List[Any]) -> None:
+    def _handle(self, events: list[Any]) -> None:
         for event in events:
             kind = type(event)
             if kind is TextMessage or kind is BinaryMessage:
@@ -261,14 +262,14 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     @staticmethod
-    def _wake(waiters: List["asyncio.Future[None]"]) -> None:
+    def _wake(waiters: list[asyncio.Future[None]]) -> None:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
         waiters.clear()
 
     # -- receiving -------------------------------------------------------------------------
-    async def recv(self, timeout: Optional[float] = None) -> Message:
+    async def recv(self, timeout: float | None = None) -> Message:
         """The next message (:class:`~twspy.message.TextMessage` or ``BinaryMessage``).
 
         Cancelling the task that awaits it loses nothing: a message is taken from the queue
@@ -287,7 +288,7 @@ class Connection(asyncio.Protocol):
                 core = self.core
                 if timeout is None and core.close_code is None and not core.failure_pending:
                     # Wait once for the next message without the general loop of _wait().
-                    waiter: "asyncio.Future[None]" = self._loop.create_future()
+                    waiter: asyncio.Future[None] = self._loop.create_future()
                     waiters = self._waiters
                     waiters.append(waiter)
                     try:
@@ -307,7 +308,7 @@ class Connection(asyncio.Protocol):
             if kind is TextMessage or kind is BinaryMessage:
                 return item  # type: ignore[no-any-return]
 
-    async def _next(self, timeout: Optional[float] = None) -> Any:
+    async def _next(self, timeout: float | None = None) -> Any:
         """The next queued item (a message, or Ping/Pong with ``_control_events``)."""
         inbox = self._inbox
         if not inbox:
@@ -324,7 +325,7 @@ class Connection(asyncio.Protocol):
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
 
-    async def _wait(self, timeout: Optional[float] = None) -> None:
+    async def _wait(self, timeout: float | None = None) -> None:
         """Return once the inbox holds an item; raise ConnectionClosed once none can come."""
         inbox = self._inbox
         deadline = None if timeout is None else self._loop.time() + timeout
@@ -339,7 +340,7 @@ class Connection(asyncio.Protocol):
                     self.core.answer_close()  # every message before the close frame was taken
                     self._flush()
                 raise self._closed_error()
-            waiter: "asyncio.Future[None]" = self._loop.create_future()
+            waiter: asyncio.Future[None] = self._loop.create_future()
             self._waiters.append(waiter)
             try:
                 if deadline is None:
@@ -372,7 +373,7 @@ class Connection(asyncio.Protocol):
             yield message
 
     # -- sending ---------------------------------------------------------------------------
-    def _encode(self, message: MessageLike, fragment_size: Optional[int], compress: bool) -> bytes:
+    def _encode(self, message: MessageLike, fragment_size: int | None, compress: bool) -> bytes:
         core = self.core
         if core.state is not OPEN:
             raise self._closed_error() if core.state is not CONNECTING else \
@@ -390,7 +391,7 @@ class Connection(asyncio.Protocol):
             return core.encode_text(str(message), fragment_size=fragment_size, compress=compress)
         raise TypeError("cannot send %s" % type(message).__name__)
 
-    async def send(self, message: MessageLike, fragment_size: Optional[int] = None, compress: bool = True) -> None:
+    async def send(self, message: MessageLike, fragment_size: int | None = None, compress: bool = True) -> None:
         """Send a message: ``str`` as text, bytes-like as binary, or a Message.
 
         Waits while the peer does not read (the write buffer is over its high-water mark).
@@ -415,7 +416,7 @@ class Connection(asyncio.Protocol):
         if self._writing_paused:
             await self._drain()
 
-    def _write_pieces(self, pieces: List[bytes]) -> None:
+    def _write_pieces(self, pieces: list[bytes]) -> None:
         """Write encoded pieces (small ones, and large payloads apart from their header).
 
         A header is never written alone (with TCP_NODELAY, a 10-byte segment and a wake-up of
@@ -440,7 +441,7 @@ class Connection(asyncio.Protocol):
         while self._writing_paused:
             if self.closed_future.done():
                 raise self._closed_error()
-            waiter: "asyncio.Future[None]" = self._loop.create_future()
+            waiter: asyncio.Future[None] = self._loop.create_future()
             self._drain_waiters.append(waiter)
             try:
                 await waiter
@@ -448,7 +449,7 @@ class Connection(asyncio.Protocol):
                 if waiter in self._drain_waiters:
                     self._drain_waiters.remove(waiter)
 
-    def send_nowait(self, message: MessageLike, prepared: Optional[bytes] = None) -> None:
+    def send_nowait(self, message: MessageLike, prepared: bytes | None = None) -> None:
         """Queue a message without waiting (broadcasts). A peer that lets more than
         ``max_outbox`` bytes pile up is failed with 1013 (try again later); a closed
         connection ignores it. ``prepared``: the frame's bytes, already encoded."""
@@ -470,7 +471,7 @@ class Connection(asyncio.Protocol):
         self.core.fail(1013, "client too slow")
         self._flush()
 
-    def prepare(self, message: MessageLike) -> Optional[bytes]:
+    def prepare(self, message: MessageLike) -> bytes | None:
         """The frame bytes of ``message`` to share with other connections, or None when this
         connection's frames cannot be shared (a client masks; extensions keep state)."""
         core = self.core
@@ -479,7 +480,7 @@ class Connection(asyncio.Protocol):
         return self._encode(message, None, True)
 
     # -- control frames ---------------------------------------------------------------------
-    async def ping(self, data: Union[bytes, str, None] = None) -> "asyncio.Future[float]":
+    async def ping(self, data: bytes | str | None = None) -> asyncio.Future[float]:
         """Send a ping; return a future resolved with the latency (seconds) when its pong comes.
 
         ``data`` (at most 125 bytes) defaults to 4 random bytes. A pong answers every earlier
@@ -495,14 +496,14 @@ class Connection(asyncio.Protocol):
         if self.core.state is not OPEN:
             raise self._closed_error()
         self.core.send_ping(payload)
-        future: "asyncio.Future[float]" = self._loop.create_future()
+        future: asyncio.Future[float] = self._loop.create_future()
         self._pings[payload] = [future, time.monotonic()]
         self._flush()
         if self._writing_paused:
             await self._drain()
         return future
 
-    async def pong(self, data: Union[bytes, str] = b"") -> None:
+    async def pong(self, data: bytes | str = b"") -> None:
         """Send an unsolicited pong, a one-way heartbeat (§5.5.3)."""
         if self.core.state is not OPEN:
             raise self._closed_error()
@@ -533,21 +534,21 @@ class Connection(asyncio.Protocol):
             return
         payload = os.urandom(4)
         self.core.send_ping(payload)
-        future: "asyncio.Future[float]" = self._loop.create_future()
+        future: asyncio.Future[float] = self._loop.create_future()
         self._pings[payload] = [future, time.monotonic()]
         self._flush()
         if self.ping_timeout is not None:
             self._ping_deadline = self._loop.call_later(self.ping_timeout, self._keepalive_expired, future)
         future.add_done_callback(self._keepalive_answered)
 
-    def _keepalive_answered(self, future: "asyncio.Future[float]") -> None:
+    def _keepalive_answered(self, future: asyncio.Future[float]) -> None:
         if self._ping_deadline is not None:
             self._ping_deadline.cancel()
             self._ping_deadline = None
         if not future.cancelled() and future.exception() is None:
             self._start_keepalive()
 
-    def _keepalive_expired(self, future: "asyncio.Future[float]") -> None:
+    def _keepalive_expired(self, future: asyncio.Future[float]) -> None:
         self._ping_deadline = None
         if future.done() or self.core.state is not OPEN:
             return
@@ -593,7 +594,7 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
     @property
-    def close_code(self) -> Optional[int]:
+    def close_code(self) -> int | None:
         return self.core.close_code
 
     @property
@@ -626,7 +627,7 @@ class Connection(asyncio.Protocol):
         error = core.error
         return closed_error(code, reason, error if error is not None and error.code == code else None)
 
-    async def __aenter__(self) -> "Connection":
+    async def __aenter__(self) -> Connection:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

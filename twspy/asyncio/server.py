@@ -12,7 +12,8 @@ import itertools
 import logging
 import ssl as _ssl
 import threading
-from typing import Any, Awaitable, Callable, List, Optional, Sequence, Set, Tuple
+from collections.abc import Awaitable, Sequence
+from typing import Any, Callable
 
 from ..errors import ConnectionClosed, HandshakeError, InvalidState
 from ..filters import Filter, run_close, run_connect, run_message, run_open
@@ -50,13 +51,13 @@ class ServerConnection(Connection):
 
     _ids = itertools.count(1)
 
-    def __init__(self, server: "Server", core: ServerProtocol, **options: Any) -> None:
+    def __init__(self, server: Server, core: ServerProtocol, **options: Any) -> None:
         super().__init__(core, **options)
         self.server = server
         n = next(self._ids)
         # Routable across a cluster when a hub is attached: "<node id>.<n>", as the threaded server.
         self.id = "%s.%d" % (server.node_id, n) if server.node_id else str(n)
-        self.task: Optional["asyncio.Task[None]"] = None
+        self.task: asyncio.Task[None] | None = None
 
     @property
     def path(self) -> str:
@@ -67,7 +68,7 @@ class ServerConnection(Connection):
         return self.request.headers if self.request is not None else Headers()
 
     @property
-    def sync(self) -> "SyncView":
+    def sync(self) -> SyncView:
         """This client as the synchronous :mod:`twspy.filters` expect it (``send`` never waits)."""
         view = self.__dict__.get("_sync")
         if view is None:
@@ -106,7 +107,7 @@ class SyncView:
         self._pending = 0  # bytes handed to the loop and not yet written to the transport
 
     @property
-    def _codecs(self) -> List[Any]:
+    def _codecs(self) -> list[Any]:
         # What send_all (twspy.server, used by the hub) looks at to share encoded frames.
         return self.connection.core.extensions
 
@@ -115,7 +116,7 @@ class SyncView:
         """What send_all (twspy.server) asks before sharing encoded frames: nothing transforms them."""
         return not self.connection.core.extensions
 
-    def prepare(self, message: MessageLike) -> Optional[bytes]:
+    def prepare(self, message: MessageLike) -> bytes | None:
         try:
             return self.connection.prepare(message)
         except (ConnectionClosed, InvalidState):
@@ -125,7 +126,7 @@ class SyncView:
     def send(self, message: MessageLike) -> None:
         self.send_nowait(message)
 
-    def send_nowait(self, message: MessageLike, prepared: Optional[bytes] = None) -> None:
+    def send_nowait(self, message: MessageLike, prepared: bytes | None = None) -> None:
         conn = self.connection
         if self._in_loop():
             conn.send_nowait(message, prepared)
@@ -143,7 +144,7 @@ class SyncView:
         except RuntimeError:  # the loop is closed: so is the connection
             pass
 
-    def _deliver(self, message: MessageLike, prepared: Optional[bytes], size: int) -> None:
+    def _deliver(self, message: MessageLike, prepared: bytes | None, size: int) -> None:
         with self._lock:
             self._pending -= size
         self.connection.send_nowait(message, prepared)
@@ -212,14 +213,14 @@ class Server:
 
     connection_class = ServerConnection
 
-    def __init__(self, address: Tuple[str, int] = ("127.0.0.1", 8000), *, handler: Optional[Handler] = None,
-                 ssl: Optional[_ssl.SSLContext] = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 handshake_timeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT,
-                 protocols: Sequence[str] = (), extensions: Optional[Sequence[Any]] = None,
+    def __init__(self, address: tuple[str, int] = ("127.0.0.1", 8000), *, handler: Handler | None = None,
+                 ssl: _ssl.SSLContext | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+                 protocols: Sequence[str] = (), extensions: Sequence[Any] | None = None,
                  trusted_origins: Sequence[str] = (), locations: Sequence[str] = (),
-                 max_size: Optional[int] = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
-                 process_request: Optional[Callable[[str, Headers], Reply]] = None,
-                 select_subprotocol: Optional[Callable[[List[str], Sequence[str]], Optional[str]]] = None,
+                 max_size: int | None = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
+                 process_request: Callable[[str, Headers], Reply] | None = None,
+                 select_subprotocol: Callable[[list[str], Sequence[str]], str | None] | None = None,
                  filters: Sequence[Filter] = (), hub: Any = None, backlog_size: int = 128,
                  **options: Any) -> None:
         unknown = set(options) - set(CONNECTION_OPTIONS)
@@ -229,7 +230,7 @@ class Server:
         self.connection_options.setdefault("ping_interval", DEFAULT_PING_INTERVAL)
         self.connection_options.setdefault("ping_timeout", DEFAULT_PING_TIMEOUT)
         self.close_timeout = self.connection_options.get("close_timeout", DEFAULT_CLOSE_TIMEOUT)
-        self.address: Tuple[Any, ...] = tuple(address)
+        self.address: tuple[Any, ...] = tuple(address)
         self.handler = handler
         self.ssl = ssl
         self.max_connections = max_connections
@@ -241,20 +242,20 @@ class Server:
         self.max_size = max_size
         self.max_header_size = max_header_size
         self.backlog_size = backlog_size
-        self.filters: List[Filter] = list(filters)
+        self.filters: list[Filter] = list(filters)
         self.hub: Any = None
-        self.node_id: Optional[str] = None  # set by an attached hub: client ids become routable
+        self.node_id: str | None = None  # set by an attached hub: client ids become routable
         if hub is not None:
             hub.attach(self)  # inserts its membership filter; delivers through each client's SyncView
         if process_request is not None:
             self.process_request = process_request  # type: ignore[method-assign,assignment]
         if select_subprotocol is not None:
             self.select_subprotocol = select_subprotocol  # type: ignore[method-assign,assignment]
-        self.clients: Set[ServerConnection] = set()      # open connections
-        self._connections: Set[ServerConnection] = set()  # every connection, handshaking included
-        self._server: Optional[asyncio.AbstractServer] = None
+        self.clients: set[ServerConnection] = set()      # open connections
+        self._connections: set[ServerConnection] = set()  # every connection, handshaking included
+        self._server: asyncio.AbstractServer | None = None
         self._closing = False
-        self._stopped: Optional[asyncio.Event] = None
+        self._stopped: asyncio.Event | None = None
 
     # -- handlers (may be overridden) -------------------------------------------------------
     async def onopen(self, client: ServerConnection) -> None:
@@ -275,7 +276,7 @@ class Server:
     async def onerror(self, client: ServerConnection, exc: BaseException) -> None:
         """A client's connection failed."""
 
-    def select_subprotocol(self, client_protocols: List[str], server_protocols: Sequence[str]) -> Optional[str]:
+    def select_subprotocol(self, client_protocols: list[str], server_protocols: Sequence[str]) -> str | None:
         """Pick the subprotocol: by default the first of the client's that the server supports."""
         for protocol in client_protocols:
             if protocol in server_protocols:
@@ -293,7 +294,7 @@ class Server:
         return reply
 
     # -- serving ---------------------------------------------------------------------------
-    async def start(self) -> "Server":
+    async def start(self) -> Server:
         """Start listening (``address`` then holds the actual port)."""
         loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
@@ -464,7 +465,7 @@ class Server:
             self._stopped.set()
         logger.info("stopped")
 
-    async def __aenter__(self) -> "Server":
+    async def __aenter__(self) -> Server:
         if self._server is None:
             await self.start()
         return self
@@ -476,7 +477,7 @@ class Server:
         return self.__aenter__().__await__()
 
 
-def serve(handler: Optional[Handler], host: str = "127.0.0.1", port: int = 8000, **options: Any) -> Server:
+def serve(handler: Handler | None, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> Server:
     """A :class:`Server` running ``handler(client)`` for each client; ``async with`` or ``await`` it.
 
     Example::
