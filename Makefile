@@ -31,7 +31,7 @@ cov: ## branch coverage, subprocesses included: fails below 95 % for the package
 	$(PYTHON) -m coverage report --fail-under=100 --include='twspy/protocol.py,twspy/handshake_protocol.py'
 
 lint: ## ruff, mypy --strict and the private-names check; fails on any finding
-	$(PYTHON) -m ruff check twspy test examples bench compliance interop tools setup.py
+	$(PYTHON) -m ruff check twspy test examples bench compliance interop tools docs setup.py
 	$(PYTHON) -m mypy
 	$(PYTHON) tools/check_private.py
 
