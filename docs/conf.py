@@ -52,7 +52,7 @@ API_PAGES = [
     ("twspy", "twspy", "What ``import twspy`` gives: the threaded layer, frames, messages, errors.",
      ["twspy"]),
     ("asyncio", "twspy.asyncio", "The same connections on an asyncio event loop.",
-     ["twspy.asyncio", "twspy.asyncio.connection", "twspy.asyncio.server"]),
+     ["twspy.asyncio", "twspy.asyncio.client", "twspy.asyncio.connection", "twspy.asyncio.server"]),
     ("asgi", "twspy.asgi", "FastAPI, Starlette and any ASGI app on the hub.", ["twspy.asgi"]),
     ("protocol", "The sans-I/O core", "Every rule of a live connection and of the opening handshake; no I/O.",
      ["twspy.protocol", "twspy.handshake_protocol", "twspy.handshake"]),
