@@ -43,7 +43,7 @@ from typing import Any, Callable, Union
 from .errors import ConnectionClosed, InvalidState, closed_error
 from .filters import Filter, run_close, run_connect, run_message, run_open
 from .frame import CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CLOSE_UNABLE, Frame, encode_close, valid_close_code
-from .handshake import Headers, Reply, Request, Response
+from .handshake import Headers, Reply, Request, reply_parts
 from .message import Message
 from .protocol import DEFAULT_MAX_SIZE, OPEN, SERVER, Protocol, short_reason
 
@@ -610,7 +610,13 @@ def _request(scope: Scope) -> Request:
 async def _refuse(scope: Scope, send: Send, reply: Reply) -> None:
     """Answer a filter's HTTP reply: as given when the server can (the ``websocket.http.response``
     extension of ASGI), else ``websocket.close`` before accepting (the server answers 403)."""
-    status, headers, body = _reply_parts(reply)
+    try:
+        parts = reply_parts(reply)
+    except (TypeError, ValueError) as exc:  # a filter's bug: 500, as the threaded server answers
+        logger.error("on_connect answered something that is not an HTTP reply: %s", exc)
+        parts = (500, [], b"")
+    assert parts is not None  # only a refusal comes here
+    status, headers, body = parts
     if "websocket.http.response" in (scope.get("extensions") or {}):
         await send({"type": "websocket.http.response.start", "status": status,
                     "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]})
@@ -619,17 +625,3 @@ async def _refuse(scope: Scope, send: Send, reply: Reply) -> None:
         await send({"type": "websocket.close", "code": 1008})
 
 
-def _reply_parts(reply: Reply) -> tuple[int, list[tuple[str, str]], bytes]:
-    headers: Any = ()
-    body: str | bytes = b""
-    if isinstance(reply, Response):
-        status, headers, body = reply.status, reply.headers.items(), reply.body
-    elif isinstance(reply, int):
-        status = reply
-    elif isinstance(reply, tuple) and len(reply) == 2:
-        status, body = reply
-    elif isinstance(reply, tuple) and len(reply) == 3:
-        status, headers, body = reply
-    else:
-        raise TypeError("a filter's on_connect returned %r" % (reply,))
-    return status, list(headers), body.encode("utf-8") if isinstance(body, str) else bytes(body)

@@ -23,7 +23,7 @@ __all__ = [
     "GUID", "Headers", "Request", "Response", "accept_key", "make_key", "read_head",
     "parse_request", "parse_response", "build_request", "build_response", "error_response",
     "server_handshake", "check_response", "chosen_subprotocol", "has_token", "MAX_HEADER_SIZE",
-    "Reply", "reply_response", "head_end", "basic_auth", "digest_auth",
+    "Reply", "reply_parts", "reply_response", "head_end", "basic_auth", "digest_auth",
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -279,11 +279,12 @@ Reply = Union[None, int, tuple[int, Union[str, bytes]],
 status, ``(status, body)``, ``(status, headers, body)`` or a :class:`Response`."""
 
 
-def reply_response(reply: Reply) -> tuple[int, bytes] | None:
-    """``(status, response bytes)`` for a request hook's :data:`Reply` (None for None).
+def reply_parts(reply: Reply) -> tuple[int, list[tuple[str, str]], bytes] | None:
+    """``(status, headers, body bytes)`` of a request hook's :data:`Reply` (None for None).
 
     Raises TypeError for anything else, ValueError for a status that is not a final
-    HTTP status (1xx would leave the client waiting for a 101 that never comes).
+    HTTP status (1xx would leave the client waiting for a 101 that never comes) or a
+    header with a line break in it.
     """
     if reply is None:
         return None
@@ -302,11 +303,20 @@ def reply_response(reply: Reply) -> tuple[int, bytes] | None:
                         "(status, headers, body) or a Response" % (reply,))
     if not isinstance(status, int) or not 200 <= status <= 599:
         raise ValueError("a request hook answered with HTTP status %r; expected 200-599" % (status,))
-    if isinstance(body, str):
-        body = body.encode("utf-8")
+    headers = list(headers)
     for name, value in headers:
         if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
             raise ValueError("header %r contains a line break" % name)
+    return status, headers, body.encode("utf-8") if isinstance(body, str) else bytes(body)
+
+
+def reply_response(reply: Reply) -> tuple[int, bytes] | None:
+    """``(status, response bytes)`` for a request hook's :data:`Reply` (None for None); the
+    errors of :func:`reply_parts`."""
+    parts = reply_parts(reply)
+    if parts is None:
+        return None
+    status, headers, body = parts
     return status, build_response(status, headers, body)
 
 
