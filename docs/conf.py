@@ -57,7 +57,7 @@ API_PAGES = [
     ("protocol", "The sans-I/O core", "Every rule of a live connection and of the opening handshake; no I/O.",
      ["twspy.protocol", "twspy.handshake_protocol", "twspy.handshake"]),
     ("client", "Clients: URLs, proxies, auth", "What :func:`twspy.connect` builds on.",
-     ["twspy.client", "twspy.uri", "twspy.proxies"]),
+     ["twspy.client", "twspy.uri", "twspy.redirects", "twspy.proxies"]),
     ("server", "Connections and servers", "Defaults and helpers of the threaded layer.",
      ["twspy.websocket", "twspy.connection", "twspy.watchdog", "twspy.outbox", "twspy.inqueue", "twspy.server"]),
     ("hub", "The hub", "Topics, broadcast and send-to-id across servers.",

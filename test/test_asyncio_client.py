@@ -216,3 +216,44 @@ def test_timeout_is_a_deprecated_spelling_of_handshake_timeout():
         warnings.simplefilter("error")
         assert aconnect("ws://127.0.0.1:1/", handshake_timeout=4).handshake_timeout == 4
         assert aconnect("ws://127.0.0.1:1/").handshake_timeout == 10.0
+
+
+def test_credential_headers_do_not_follow_a_redirect_to_another_port():
+    """Issue 17 item 1 in the asyncio client too (it kept Authorization and Cookie): a redirect
+    to another scheme, host or port drops them; on the same origin they stay."""
+    secrets = {"Authorization": "Bearer s3cret", "cookie": "sid=1", "PROXY-AUTHORIZATION": "Basic eDp5"}
+    seen = []
+
+    def target_request(path, headers):
+        seen.append(("target", path, {k.lower() for k, _ in headers.items()}))
+
+    async def main():
+        async with serve(echo, "127.0.0.1", 0, process_request=target_request) as target:
+            def redirect(path, headers):
+                seen.append(("redirector", path, {k.lower() for k, _ in headers.items()}))
+                if path == "/same":
+                    return 302, [("Location", "/other")], b""
+                if path == "/other":
+                    return 302, [("Location", "ws://127.0.0.1:%d/next" % target.port)], b""
+                return None
+
+            async with serve(echo, "127.0.0.1", 0, process_request=redirect) as redirector:
+                async with connect("ws://127.0.0.1:%d/same" % redirector.port, headers=secrets):
+                    pass
+        credentials = {"authorization", "cookie", "proxy-authorization"}
+        assert [(who, path) for who, path, _ in seen] == [("redirector", "/same"), ("redirector", "/other"),
+                                                          ("target", "/next")]
+        assert credentials <= seen[0][2] and credentials <= seen[1][2]  # same origin: kept
+        assert not credentials & seen[2][2]
+    run(main())
+
+
+def test_redirect_loop_is_a_redirect_error():
+    def loop(path, headers):
+        return 307, [("Location", "/again")], b""
+
+    async def main():
+        async with serve(echo, "127.0.0.1", 0, process_request=loop) as server:
+            with pytest.raises(twspy.RedirectError, match="too many redirects"):
+                await connect("ws://127.0.0.1:%d/" % server.port)
+    run(main())

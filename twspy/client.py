@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import socket
 import ssl as _ssl
 import threading
@@ -26,9 +25,10 @@ from .connection import (
 )
 from .errors import HandshakeError, InvalidURI, NegotiationError, ProxyError, RedirectError
 from .extension import Extension
-from .handshake import MAX_HEADER_SIZE, Headers, basic_auth, digest_auth
+from .handshake import MAX_HEADER_SIZE, basic_auth, digest_auth
 from .permessage_deflate import default_extensions
 from .proxies import open_tunnel, parse_proxy, proxy_for, wrap_tls_inside
+from .redirects import CREDENTIAL_HEADERS, MAX_AUTH_ATTEMPTS, MAX_REDIRECTS, HandshakeRetries
 from .uri import WebSocketURI, parse_uri
 from .websocket import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_SIZE, DEFAULT_WRITE_TIMEOUT, websocket
 
@@ -37,15 +37,11 @@ __all__ = ["connect", "reconnect", "DEFAULT_FINAL_CODES", "FINAL_STATUSES", "bas
 
 logger = logging.getLogger("twspy.client")
 
-MAX_REDIRECTS = 10
-MAX_AUTH_ATTEMPTS = 2
 #: Close codes after which :func:`reconnect` stops: a normal close, and the peer's verdicts on what
 #: we sent (protocol error, unacceptable data, policy, too big, missing extension).
 DEFAULT_FINAL_CODES = frozenset((1000, 1002, 1003, 1007, 1008, 1009, 1010))
 #: Handshake answers (from the server or a proxy) that retrying cannot fix.
 FINAL_STATUSES = frozenset((400, 401, 403, 404, 407))
-#: Request headers dropped on a redirect to another scheme, host or port (compared lowercase).
-CREDENTIAL_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization"))
 _UNSET: Any = object()  # connect(timeout=) not given
 
 
@@ -118,64 +114,15 @@ def connect(url: str, protocols: Sequence[str] | None = None, extensions: Sequen
     if isinstance(proxy, str):
         parse_proxy(proxy)  # ValueError now for a bad proxy URL
     route = _Route(proxy, proxy_ssl, unix_path)
-    uri = parse_uri(url)
-    auth_header: str | None = None
-    auth_attempts = 0
-    for _ in range(MAX_REDIRECTS + 1):
-        extra = header_list + ([("Authorization", auth_header)] if auth_header else [])
+    retries = HandshakeRetries(parse_uri(url), header_list)
+    while True:
         try:
-            ws = _open(uri, protocols or (), extensions, origin, extra, ssl, ws_options, route)
+            ws = _open(retries.uri, protocols or (), extensions, origin, retries.headers(), ssl, ws_options, route)
         except HandshakeError as exc:
-            status = exc.status
-            answer = exc.headers if isinstance(exc.headers, Headers) else None
-            if status in (301, 302, 303, 307, 308) and answer is not None and "Location" in answer:
-                new = _redirect_target(uri, answer["Location"], exc)
-                if (new.secure, new.host, new.port) != (uri.secure, uri.host, uri.port):
-                    # Another origin: our credentials are not its to see (as browsers, requests
-                    # and websockets do). Once dropped they stay dropped for the whole chain.
-                    header_list = [(k, v) for k, v in header_list if k.lower() not in CREDENTIAL_HEADERS]
-                    auth_header = None
-                    uri = new
-                else:
-                    uri = new._replace(user_info=new.user_info or uri.user_info)
+            if retries.retry(exc):  # a redirect or a 401 we can answer (RedirectError past the limits)
                 continue
-            if status == 401 and uri.user_info and answer is not None and auth_attempts < MAX_AUTH_ATTEMPTS:
-                auth_attempts += 1
-                auth_header = _answer_challenge(answer.get_all("WWW-Authenticate"), uri)
-                if auth_header:
-                    continue
             raise
         return connection_class(ws, **conn_options)
-    raise RedirectError("too many redirects (more than %d)" % MAX_REDIRECTS)
-
-
-def _redirect_target(uri: WebSocketURI, location: str, exc: HandshakeError) -> WebSocketURI:
-    """Where a 3xx answer sends us; RedirectError for a downgrade from wss:// to ws://."""
-    target = urllib.parse.urljoin(_http_url(uri), location)
-    target = re.sub(r"^http", "ws", target)
-    new = parse_uri(target)
-    shown = urllib.parse.urlsplit(target)._replace(netloc=new.host_header, query="").geturl()
-    if uri.secure and not new.secure:
-        raise RedirectError("refusing a redirect from wss:// to %s (a downgrade to plain text)" % shown,
-                            exc.status, exc.headers, exc.body) from None
-    logger.info("redirected to %s", shown)  # no credentials, no query (it may hold a token)
-    return new
-
-
-def _answer_challenge(challenges: list[str], uri: WebSocketURI) -> str | None:
-    user, password = uri.user_info  # type: ignore[misc]
-    for challenge in challenges:
-        scheme = challenge.split(" ", 1)[0].lower()
-        if scheme == "digest":
-            return digest_auth(challenge, user, password, "GET", uri.resource)
-    for challenge in challenges:
-        if challenge.split(" ", 1)[0].lower() == "basic":
-            return basic_auth(user, password)
-    return None
-
-
-def _http_url(uri: WebSocketURI) -> str:
-    return "%s://%s%s" % ("https" if uri.secure else "http", uri.host_header, uri.resource)
 
 
 class _Route(NamedTuple):

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl as _ssl
-import urllib.parse
 import warnings
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any
 
-from ..client import MAX_AUTH_ATTEMPTS, MAX_REDIRECTS, basic_auth, digest_auth
 from ..errors import HandshakeError
 from ..extension import Extension
-from ..handshake import MAX_HEADER_SIZE, Headers
+from ..handshake import MAX_HEADER_SIZE
 from ..handshake_protocol import ClientProtocol
 from ..permessage_deflate import default_extensions
 from ..protocol import DEFAULT_MAX_SIZE
+from ..redirects import HandshakeRetries
 from ..uri import WebSocketURI, parse_uri
 from .connection import CONNECTION_OPTIONS, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
 
@@ -37,9 +35,11 @@ class connect:
     """Open a WebSocket connection to a ws:// or wss:// ``url``.
 
     ``conn = await connect(url)``, or ``async with connect(url) as conn:`` (closed with 1000
-    on leaving). Follows redirects (up to MAX_REDIRECTS; credentials are dropped when the
-    host changes, and wss:// never goes to ws://) and answers a 401 with Basic or Digest auth
-    when the URL has ``user:password@``.
+    on leaving). Follows redirects and answers a 401 with Basic or Digest auth when the URL has
+    ``user:password@``, by the rules of :mod:`twspy.redirects` (the threaded connect's):
+    a redirect to another scheme, host or port drops ``Authorization``, ``Cookie``,
+    ``Proxy-Authorization`` and the URL's credentials; a downgrade from wss:// to ws:// and
+    more than MAX_REDIRECTS redirects raise RedirectError.
 
     Args:
         protocols: subprotocols to offer (``conn.protocol`` is the chosen one).
@@ -99,39 +99,19 @@ class connect:
             await self.connection.close()
 
     async def _connect(self) -> Connection:
-        uri = self.uri
-        auth_header: str | None = None
-        auth_attempts = 0
-        for _ in range(MAX_REDIRECTS + 1):
-            extra = self.headers + ([("Authorization", auth_header)] if auth_header else [])
+        retries = HandshakeRetries(self.uri, self.headers)
+        while True:
             try:
                 try:
-                    return await asyncio.wait_for(self._attempt(uri, extra), self.handshake_timeout)
+                    return await asyncio.wait_for(self._attempt(retries.uri, retries.headers()),
+                                                  self.handshake_timeout)
                 except asyncio.TimeoutError:
                     after = self.handshake_timeout
                     raise TimeoutError("opening handshake timed out after %s seconds" % after) from None
             except HandshakeError as exc:
-                status = exc.status
-                answer = exc.headers if isinstance(exc.headers, Headers) else None
-                if status in (301, 302, 303, 307, 308) and answer is not None and "Location" in answer:
-                    location = urllib.parse.urljoin(_http_url(uri), answer["Location"])
-                    location = re.sub(r"^http", "ws", location)
-                    logger.info("redirected to %s", location.partition("?")[0])
-                    new = parse_uri(location)
-                    if uri.secure and not new.secure:
-                        raise HandshakeError("refusing a redirect from wss:// to ws://", status, exc.headers,
-                                             exc.body) from None
-                    if (new.host, new.port) != (uri.host, uri.port):
-                        auth_header = None  # credentials never follow a redirect to another host
-                    uri = new._replace(user_info=new.user_info or (uri.user_info if new.host == uri.host else None))
+                if retries.retry(exc):  # a redirect or a 401 we can answer (RedirectError past the limits)
                     continue
-                if status == 401 and uri.user_info and answer is not None and auth_attempts < MAX_AUTH_ATTEMPTS:
-                    auth_attempts += 1
-                    auth_header = _answer_challenge(answer.get_all("WWW-Authenticate"), uri)
-                    if auth_header:
-                        continue
                 raise
-        raise HandshakeError("too many redirects (more than %d)" % MAX_REDIRECTS)
 
     async def _attempt(self, uri: WebSocketURI, headers: list[tuple[str, str]]) -> Connection:
         core = ClientProtocol(host=uri.host_header, location=uri.resource, origin=self.origin,
@@ -147,18 +127,3 @@ class connect:
             conn.abort()
             raise
         return conn
-
-
-def _answer_challenge(challenges: list[str], uri: WebSocketURI) -> str | None:
-    user, password = uri.user_info  # type: ignore[misc]
-    for challenge in challenges:
-        if challenge.split(" ", 1)[0].lower() == "digest":
-            return digest_auth(challenge, user, password, "GET", uri.resource)
-    for challenge in challenges:
-        if challenge.split(" ", 1)[0].lower() == "basic":
-            return basic_auth(user, password)
-    return None
-
-
-def _http_url(uri: WebSocketURI) -> str:
-    return "%s://%s%s" % ("https" if uri.secure else "http", uri.host_header, uri.resource)
