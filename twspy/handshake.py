@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,7 +24,7 @@ __all__ = [
     "GUID", "Headers", "Request", "Response", "accept_key", "make_key", "read_head",
     "parse_request", "parse_response", "build_request", "build_response", "error_response",
     "server_handshake", "check_response", "chosen_subprotocol", "has_token", "MAX_HEADER_SIZE",
-    "Reply", "reply_parts", "reply_response", "head_end", "basic_auth", "digest_auth",
+    "Reply", "reply_parts", "reply_response", "run_request_hook", "head_end", "basic_auth", "digest_auth",
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -308,6 +309,22 @@ def reply_parts(reply: Reply) -> tuple[int, list[tuple[str, str]], bytes] | None
         if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
             raise ValueError("header %r contains a line break" % name)
     return status, headers, body.encode("utf-8") if isinstance(body, str) else bytes(body)
+
+
+def run_request_hook(hook: Callable[[Request], Reply] | None, request: Request,
+                     log: logging.Logger) -> tuple[int, bytes] | None:
+    """Run a server's ``process_request`` hook: None to go on with the upgrade, or ``(status,
+    HTTP response bytes)``. A hook that raises (SystemExit too) is a bug the client still gets
+    an answer for: logged at ERROR, then HandshakeError 500."""
+    if hook is None:
+        return None
+    try:
+        return reply_response(hook(request))
+    except HandshakeError:
+        raise
+    except (Exception, SystemExit) as exc:
+        log.error("process_request failed for %r", request, exc_info=exc)
+        raise HandshakeError("internal server error", 500) from exc
 
 
 def reply_response(reply: Reply) -> tuple[int, bytes] | None:

@@ -28,7 +28,7 @@ from .handshake import (
     make_key,
     parse_request,
     parse_response,
-    reply_response,
+    run_request_hook,
     server_handshake,
 )
 from .protocol import (
@@ -121,15 +121,7 @@ class ServerProtocol(Protocol):
         self.handshake_succeeded(codecs)
 
     def _process_request(self, request: Request) -> tuple[int, bytes] | None:
-        if self.process_request is None:
-            return None
-        try:
-            return reply_response(self.process_request(request))
-        except HandshakeError:
-            raise
-        except Exception as exc:
-            self.logger.exception("process_request failed for %r", request)
-            raise HandshakeError("internal server error", 500) from exc
+        return run_request_hook(self.process_request, request, self.logger)
 
 
 class ClientProtocol(Protocol):

@@ -39,7 +39,7 @@ from .handshake import (
     parse_request,
     parse_response,
     read_head,
-    reply_response,
+    run_request_hook,
     server_handshake,
 )
 from .protocol import CLIENT, SERVER, Protocol
@@ -258,15 +258,7 @@ class websocket:
     def answer_request(self, request: Request) -> tuple[int, bytes] | None:
         """Run the ``process_request`` hook: None to go on, or ``(status, HTTP response bytes)``
         (HandshakeError 500 if the hook raised). Also used for each mux channel's request."""
-        if self.process_request is None:
-            return None
-        try:
-            return reply_response(self.process_request(request))
-        except HandshakeError:
-            raise
-        except (Exception, SystemExit) as exc:  # a bug in the hook: the client still gets an answer
-            logger.error("process_request failed for %r", request, exc_info=exc)
-            raise HandshakeError("internal server error", 500) from exc
+        return run_request_hook(self.process_request, request, logger)
 
     def _select_subprotocol(self, client_protocols: list[str], server_protocols: Sequence[str]) -> str | None:
         try:
