@@ -617,7 +617,7 @@ class TestOutage:
         hubs[0].publish("t", "waits")
         start = time.monotonic()
         assert hubs[0].flush(0.2) is False
-        assert 0.2 <= time.monotonic() - start < 2
+        assert 0.2 <= time.monotonic() - start < 10  # bounded by its timeout, not by the outage
         broker.down = False
         assert hubs[0].flush(TIMEOUT) is True
 
@@ -728,7 +728,7 @@ class TestRestart:
         shared.down = True
         start = time.monotonic()
         b = cluster.hub(shared, ready_timeout=0.2)
-        assert time.monotonic() - start < 2 and not b.ready.is_set()
+        assert time.monotonic() - start < 4.5 and not b.ready.is_set()  # not the default 5 s
         shared.down = False
         wait_for(b.ready.is_set)
         sb = cluster.client(cluster.server(b), "t")
@@ -969,7 +969,7 @@ class TestHubErrors:
     def test_unreachable_redis(self, cluster):
         start = time.monotonic()
         hub = cluster.hub("redis://127.0.0.1:1/0", ready_timeout=0.2)
-        assert time.monotonic() - start < 3 and not hub.ready.is_set()
+        assert time.monotonic() - start < 4.5 and not hub.ready.is_set()  # not the default 5 s
         assert hub.broker.url == "redis://127.0.0.1:1/0"
         wait_for(lambda hub=hub: hub.stats["outages"] >= 1)
         assert not hub.connected.is_set()
@@ -978,10 +978,12 @@ class TestHubErrors:
         assert hub.flush(0.1) is True            # nothing queued
         start = time.monotonic()
         hub.close()
-        assert time.monotonic() - start < 2
+        assert time.monotonic() - start < 4.5
 
     def test_close_is_prompt_and_idempotent(self, cluster):
         broker = MemoryBroker()
+        # Each reader would wait 30 s for entries: only wake() ends them promptly.
+        broker.read = lambda cursor, timeout: MemoryBroker.read(broker, cursor, 30.0)
         hubs = [cluster.hub(broker) for _ in range(3)]
         for hub in hubs:
             wait_for(hub.connected.is_set)
@@ -989,7 +991,7 @@ class TestHubErrors:
         for hub in hubs:
             hub.close()
             hub.close()
-        assert time.monotonic() - start < 0.9      # the readers are woken, not left to time out
+        assert time.monotonic() - start < 15      # the readers are woken, not left to time out
         assert hubs[0].publish("t", "after close") is False
 
 
