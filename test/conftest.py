@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -121,3 +123,27 @@ def pair():
     for ws, raw in made:
         ws.close()
         raw.close()
+
+
+@pytest.fixture
+def twspy_process():
+    """``start(command, *args)`` runs ``python -m twspy command *args --port 0`` and returns
+    (process, the port its banner names); each process is killed and reaped afterwards."""
+    procs = []
+
+    def start(*args):
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE), PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen([sys.executable, "-m", "twspy", *args, "--port", "0"], cwd=os.path.dirname(HERE),
+                                env=env, stderr=subprocess.PIPE, text=True)
+        procs.append(proc)
+        line = proc.stderr.readline()
+        match = re.search(r"ws://127\.0\.0\.1:(\d+)/", line)
+        assert match, line
+        return proc, int(match.group(1))
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        proc.stderr.close()

@@ -4,38 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
 
 import pytest
 
 import twspy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture
-def twspy_process():
-    procs = []
-
-    def start(*args):
-        env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen([sys.executable, "-m", "twspy"] + list(args) + ["--port", "0"], cwd=ROOT, env=env,
-                                stderr=subprocess.PIPE, text=True)
-        procs.append(proc)
-        line = proc.stderr.readline()
-        match = re.search(r"ws://127\.0\.0\.1:(\d+)/", line)
-        assert match, line
-        return proc, int(match.group(1))
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        proc.stderr.close()
 
 
 def test_echo_asyncio(twspy_process):

@@ -3,10 +3,10 @@ with a few subprocess runs for what only a real process shows (signals, stdin th
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -72,23 +72,8 @@ def closing_after(n, code=1000):
 
 # -- echo -----------------------------------------------------------------------------------------
 @pytest.fixture
-def echo_process():
-    procs = []
-
-    def start(*args):
-        proc = run_twspy("echo", "--port", "0", *args, stderr=subprocess.PIPE, text=True)
-        procs.append(proc)
-        line = proc.stderr.readline()
-        match = re.search(r"ws://127\.0\.0\.1:(\d+)/", line)
-        assert match, line
-        return proc, int(match.group(1))
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        proc.stderr.close()
+def echo_process(twspy_process):
+    return functools.partial(twspy_process, "echo")
 
 
 def test_echo_server(echo_process):
