@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 
 import pytest
 
@@ -147,3 +148,16 @@ def twspy_process():
             proc.kill()
         proc.wait(10)
         proc.stderr.close()
+
+
+def count_zlib_streams(monkeypatch):
+    """Count the zlib decompressors twspy creates: the work a hostile stream can cause."""
+    made = []
+    real = zlib.decompressobj
+
+    def counting(*args, **kwargs):
+        made.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(zlib, "decompressobj", counting)
+    return made

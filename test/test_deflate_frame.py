@@ -23,6 +23,8 @@ from twspy.frame import (
 )
 from twspy.permessage_deflate import DeflateMessage, DeflateMessageCodec
 
+from conftest import count_zlib_streams
+
 MiB = 1 << 20
 HELLO_FRAME = bytes.fromhex("c1 07 f2 48 cd c9 c9 07 00")
 
@@ -364,19 +366,6 @@ class TestLimits:
         with pytest.raises(ProtocolError) as info:
             c.decode_frame(frame, None)
         assert info.value.code == 1007
-
-
-def count_zlib_streams(monkeypatch):
-    """Count the zlib decompressors twspy creates: the work a hostile stream can cause."""
-    made = []
-    real = zlib.decompressobj
-
-    def counting(*args, **kwargs):
-        made.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(zlib, "decompressobj", counting)
-    return made
 
 
 class TestEmptyFinalBlocks:

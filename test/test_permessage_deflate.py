@@ -14,6 +14,8 @@ from twspy.extension import negotiate_client, negotiate_server, offer_header, pa
 from twspy.frame import OPCODE_BINARY, OPCODE_TEXT, RSV1, Frame, read_frame
 from twspy.permessage_deflate import DeflateMessage, DeflateMessageCodec
 
+from conftest import count_zlib_streams
+
 MiB = 1 << 20
 HELLO = bytes.fromhex("f2 48 cd c9 c9 07 00")
 
@@ -565,19 +567,6 @@ class TestLimits:
         with pytest.raises(ProtocolError) as info:
             decode(s, second)
         assert info.value.code == 1007
-
-
-def count_zlib_streams(monkeypatch):
-    """Count the zlib decompressors twspy creates: the work a hostile stream can cause."""
-    made = []
-    real = zlib.decompressobj
-
-    def counting(*args, **kwargs):
-        made.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(zlib, "decompressobj", counting)
-    return made
 
 
 class TestEmptyFinalBlocks:
