@@ -848,6 +848,7 @@ class TestServerHandshake4:
         (upgrade_request(Origin="http://evil.example"), 403),
         (upgrade_request(X_Big="x" * 20000), 431),
         (b"GET / HTTP/1.1\r\nX: " + b"y" * 20000, 431),
+        (upgrade_request().replace(b"Upgrade\r\n", b"Upgrade\n", 1), 400),  # a bare LF (RFC 9112 §2.2)
     ])
     def test_refusals(self, request_bytes, status):
         s = ServerProtocol(trusted_origins=["http://example.com"])
@@ -884,13 +885,27 @@ class TestServerHandshake4:
         s.receive_data(upgrade_request())
         assert s.data_to_send()[0].startswith(b"HTTP/1.1 %d " % status) and s.state is CLOSED
 
-    def test_select_subprotocol_raising(self):
+    @pytest.mark.parametrize("error", [KeyError("bug"), SystemExit(3)])
+    def test_select_subprotocol_raising(self, error):
         def select(client, server):
-            raise KeyError("bug")
+            raise error
 
         s = ServerProtocol(protocols=["a"], select_subprotocol=select)
         s.receive_data(upgrade_request(Sec_WebSocket_Protocol="a"))
         assert s.data_to_send()[0].startswith(b"HTTP/1.1 500 ") and s.handshake_exc.status == 500
+
+    def test_keep_rest(self):
+        # For a shell that parses frames itself: what follows the head is handed over, unparsed.
+        frames = masked(1, b"early") + masked(2, b"x" * 10)[:5]
+        s = ServerProtocol(keep_rest=True)
+        assert s.rest == b""
+        bytewise(s, upgrade_request()[:-1])
+        s.receive_data(upgrade_request()[-1:] + frames)
+        assert s.state is OPEN and s.rest == frames and s.buffered() == b""
+        assert [type(e) for e in s.events_received()] == [Request]
+        s2 = ServerProtocol(keep_rest=True)
+        s2.receive_data(upgrade_request())
+        assert s2.state is OPEN and s2.rest == b""
 
     def test_reject(self):
         s = ServerProtocol()
@@ -953,6 +968,12 @@ class TestClientHandshake4:
         events = c.events_received()
         assert isinstance(events[0], Response) and events[0].status == 101
         assert events[1:] == [TextMessage("hi")] and c.state is OPEN and c.response is events[0]
+
+    def test_keep_rest(self):
+        c = self.client(keep_rest=True)
+        c.receive_data(response_bytes() + plain(1, b"hi"))
+        assert c.state is OPEN and c.rest == plain(1, b"hi")
+        assert [type(e) for e in c.events_received()] == [Response]
 
     def test_refused_with_body_in_pieces(self):
         c = self.client()

@@ -45,6 +45,14 @@ from .protocol import (
 __all__ = ["ServerProtocol", "ClientProtocol"]
 
 
+def _take_rest(proto: Protocol) -> bytes:
+    """The bytes buffered behind a handshake's head, taken out of ``proto``."""
+    buf = proto.buffered()
+    rest = bytes(buf)
+    del buf[:]
+    return rest
+
+
 class ServerProtocol(Protocol):
     """The server side, from the upgrade request on (§4.2).
 
@@ -62,6 +70,9 @@ class ServerProtocol(Protocol):
             as :class:`~twspy.websocket.websocket` has them.
         address: the peer's address, set on the request before ``process_request`` sees it.
         max_size, max_fragments, logger: as :class:`Protocol`.
+        keep_rest: leave the bytes that follow the head in :attr:`rest` instead of parsing
+            them as frames (for a shell with a frame parser of its own: the socket-level
+            :class:`~twspy.websocket.websocket`).
     """
 
     def __init__(self, *, protocols: Sequence[str] = (), extensions: Sequence[Extension] = (),
@@ -70,8 +81,10 @@ class ServerProtocol(Protocol):
                  process_request: Callable[[Request], Reply] | None = None,
                  max_header_size: int = MAX_HEADER_SIZE, address: Any = None,
                  max_size: int | None = DEFAULT_MAX_SIZE, max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None, keep_rest: bool = False) -> None:
         super().__init__(SERVER, state=CONNECTING, max_size=max_size, max_fragments=max_fragments, logger=logger)
+        self.keep_rest = keep_rest
+        self.rest = b""  # with keep_rest: the bytes that followed the head
         self.protocols = list(protocols)
         self.extension_offers = list(extensions)
         self.trusted_origins = list(trusted_origins)
@@ -111,13 +124,15 @@ class ServerProtocol(Protocol):
                     self.select_subprotocol)
             except HandshakeError:
                 raise
-            except Exception as exc:  # a select_subprotocol or an extension that raised
-                self.logger.exception("opening handshake failed for %r", request)
+            except (Exception, SystemExit) as exc:  # a select_subprotocol or an extension that raised
+                self.logger.error("opening handshake failed for %r", request, exc_info=exc)
                 raise HandshakeError("internal server error", 500) from exc
         except HandshakeError as exc:
             self.handshake_failed(exc, error_response(exc))
             return
         self.queue_bytes(response)
+        if self.keep_rest:
+            self.rest = _take_rest(self)
         self.handshake_succeeded(codecs)
 
     def _process_request(self, request: Request) -> tuple[int, bytes] | None:
@@ -141,14 +156,18 @@ class ClientProtocol(Protocol):
             :class:`~twspy.websocket.websocket` has them.
         key: the Sec-WebSocket-Key (fresh by default).
         max_size, max_fragments, logger: as :class:`Protocol`.
+        keep_rest: as :class:`ServerProtocol` has it.
     """
 
     def __init__(self, *, host: str, location: str = "/", origin: str | None = None,
                  protocols: Sequence[str] = (), extensions: Sequence[Extension] = (),
                  headers: Sequence[tuple[str, str]] = (), key: str | None = None,
                  max_header_size: int = MAX_HEADER_SIZE, max_size: int | None = DEFAULT_MAX_SIZE,
-                 max_fragments: int | None = DEFAULT_MAX_FRAGMENTS, logger: logging.Logger | None = None) -> None:
+                 max_fragments: int | None = DEFAULT_MAX_FRAGMENTS, logger: logging.Logger | None = None,
+                 keep_rest: bool = False) -> None:
         super().__init__(CLIENT, state=CONNECTING, max_size=max_size, max_fragments=max_fragments, logger=logger)
+        self.keep_rest = keep_rest
+        self.rest = b""  # with keep_rest: the bytes that followed the head
         self.protocols = list(protocols)
         self.extension_offers = list(extensions)
         self.max_header_size = max_header_size
@@ -195,6 +214,8 @@ class ClientProtocol(Protocol):
             self.handshake_failed(exc)
             return
         self.queue_event(response)
+        if self.keep_rest:
+            self.rest = _take_rest(self)
         self.handshake_succeeded(codecs)
 
     def _read_body(self, eof: bool = False) -> None:

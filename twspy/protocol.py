@@ -52,7 +52,7 @@ from .frame import (
     mask_join,
     parse_data_frame,
 )
-from .handshake import Request, Response
+from .handshake import Request, Response, head_end
 from .message import BinaryMessage, Message, TextMessage
 
 __all__ = [
@@ -936,19 +936,15 @@ class Protocol:
     def find_head(self, data: bytes | bytearray, max_header_size: int) -> bytes | None:
         """Buffer handshake bytes; the HTTP head once complete (the rest stays buffered).
 
-        Raises HandshakeError 431 when no blank line comes within ``max_header_size`` bytes.
+        Raises HandshakeError 431 when no blank line comes within ``max_header_size`` bytes, 400
+        for a bare LF (:func:`~twspy.handshake.head_end`, the one rule every reader applies).
         """
         buf = self._buf
-        start = max(0, len(buf) - 3)
+        start = len(buf)  # what earlier calls scanned
         buf += data
-        end = buf.find(b"\r\n\r\n", start)
+        end = head_end(buf, start, max_header_size)
         if end < 0:
-            if len(buf) > max_header_size:
-                raise HandshakeError("HTTP header block exceeds %d bytes" % max_header_size, 431)
             return None
-        end += 4
-        if end > max_header_size:
-            raise HandshakeError("HTTP header block exceeds %d bytes" % max_header_size, 431)
         head = bytes(buf[:end])
         del buf[:end]
         return head

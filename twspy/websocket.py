@@ -23,26 +23,12 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from .errors import ConnectionClosed, HandshakeError, InvalidState, NegotiationError
+from .errors import ConnectionClosed, InvalidState, NegotiationError
 from .extension import Extension, ExtensionCodec
-from .frame import CLOSE_MISSING_EXTENSIONS, Frame, FrameParser, mask_join, new_frame
-from .handshake import (
-    MAX_HEADER_SIZE,
-    Headers,
-    Reply,
-    Request,
-    basic_auth,
-    build_request,
-    check_response,
-    error_response,
-    make_key,
-    parse_request,
-    parse_response,
-    read_head,
-    run_request_hook,
-    server_handshake,
-)
-from .protocol import CLIENT, SERVER, Protocol
+from .frame import Frame, FrameParser, mask_join, new_frame
+from .handshake import MAX_HEADER_SIZE, Headers, Reply, Request, basic_auth, run_request_hook
+from .handshake_protocol import ClientProtocol, ServerProtocol
+from .protocol import CLIENT, CONNECTING, SERVER, Protocol
 
 __all__ = ["websocket", "DEFAULT_MAX_SIZE", "DEFAULT_HANDSHAKE_TIMEOUT"]
 
@@ -230,42 +216,42 @@ class websocket:
             if self.ssl is not None and not isinstance(self.sock, _ssl.SSLSocket):
                 self.sock.settimeout(_remaining(deadline))
                 self.sock = self.ssl.wrap_socket(self.sock, server_side=True)
-            try:
-                head, rest = read_head(lambda n: self._recv_before(deadline, n), self.max_header_size, received)
-                request = parse_request(head)
-                request.address = self.address
-                self.request = request
-                answer = self._process_request(request)
-                if answer is None:
-                    response, self.protocol, self.extensions = server_handshake(
-                        request, self.protocols, self.extension_offers, self.trusted_origins, self.locations,
-                        self._select_subprotocol if self.select_subprotocol is not None else None)
-            except HandshakeError as exc:
-                self._send_before(deadline, error_response(exc))
-                raise
-            if answer is not None:
-                self._send_before(deadline, answer[1])
-                raise HandshakeError("answered %d by the request hook" % answer[0], answer[0])
-            self._send_before(deadline, response)
+            # The sans-I/O handshake decides (checks, hooks, the answer); this moves its bytes.
+            core = ServerProtocol(protocols=self.protocols, extensions=self.extension_offers,
+                                  trusted_origins=self.trusted_origins, locations=self.locations,
+                                  select_subprotocol=self.select_subprotocol, process_request=self.process_request,
+                                  max_header_size=self.max_header_size, address=self.address,
+                                  max_size=self.max_size, max_fragments=None, logger=logger, keep_rest=True)
+            data = received
+            while True:
+                if data:
+                    core.receive_data(data)
+                if core.state is not CONNECTING:
+                    break
+                data = self._recv_before(deadline, 4096)
+                if not data:
+                    raise ConnectionResetError("connection closed during the opening handshake")
+            self.request = core.request
+            for data in core.data_to_send():
+                if data:
+                    self._send_before(deadline, data)
+            if core.handshake_exc is not None:
+                raise core.handshake_exc
         except BaseException:
             self.close()
             raise
-        self.path = request.path
-        self.headers = request.headers
-        self._opened(rest, require_mask=True)
+        assert self.request is not None
+        self.path = self.request.path
+        self.headers = self.request.headers
+        self.protocol = core.subprotocol
+        self.extensions = list(core.extensions)
+        self._opened(core.rest, core.side is SERVER, core)
         self.sock.settimeout(old_timeout)
 
     def answer_request(self, request: Request) -> tuple[int, bytes] | None:
         """Run the ``process_request`` hook: None to go on, or ``(status, HTTP response bytes)``
         (HandshakeError 500 if the hook raised). Also used for each mux channel's request."""
         return run_request_hook(self.process_request, request, logger)
-
-    def _select_subprotocol(self, client_protocols: list[str], server_protocols: Sequence[str]) -> str | None:
-        try:
-            return self.select_subprotocol(client_protocols, server_protocols)  # type: ignore[misc]
-        except (Exception, SystemExit) as exc:  # as for process_request: 500, not a silent close
-            logger.error("select_subprotocol failed for %r", self.request, exc_info=exc)
-            raise HandshakeError("internal server error", 500) from exc
 
     _process_request = answer_request  # the former private spelling
 
@@ -296,62 +282,60 @@ class websocket:
     def client_handshake(self, host: str, deadline: float | None = None) -> None:
         """Send the upgrade request over the connected socket and check the answer."""
         self.server_side = False
-        key = make_key()
         headers = list(self.request_headers_extra)
         if self.auth is not None:
             headers.append(("Authorization", basic_auth(*self.auth)))
-        self._send_before(deadline, build_request(host, self.location, key, self.origin, self.protocols,
-                                                  self.extension_offers, headers))
-        head, rest = read_head(lambda n: self._recv_before(deadline, n), self.max_header_size)
-        response = parse_response(head)
-        if response.status != 101:
-            response.body = self._read_body(response, rest, deadline)
+        core = ClientProtocol(host=host, location=self.location, origin=self.origin, protocols=self.protocols,
+                              extensions=self.extension_offers, headers=headers,
+                              max_header_size=self.max_header_size, max_size=self.max_size, max_fragments=None,
+                              logger=logger, keep_rest=True)
+        for data in core.data_to_send():
+            self._send_before(deadline, data)
+        while core.state is CONNECTING:
+            try:
+                data = self._recv_before(deadline, 4096)
+            except (OSError, TimeoutError):
+                if core.response is None:
+                    raise
+                data = b""  # an error answer's body cut short: report what came
+            if not data:
+                if core.response is None:
+                    raise ConnectionResetError("connection closed during the opening handshake")
+                core.receive_eof()
+                break
+            core.receive_data(data)
+        response = core.response
+        assert response is not None
         self.headers = response.headers
         self.path = self.location
-        try:
-            self.protocol, self.extensions = check_response(response, key, self.protocols,
-                                                            self.extension_offers)
-        except NegotiationError as exc:
-            # RFC 7692 §5.1 / RFC 6455 §7.4.1: tell the server why before leaving (1010).
-            core = Protocol(CLIENT)  # the core words and masks it
-            core.fail(CLOSE_MISSING_EXTENSIONS, exc.message)
-            try:
-                for data in core.data_to_send():
-                    self.sock.sendall(data)
-            except OSError:
-                pass
-            exc.status, exc.headers = response.status, response.headers
-            raise
-        self._opened(rest, require_mask=False)
-
-    def _read_body(self, response: Any, rest: bytes, deadline: float | None) -> bytes:
-        """Read a non-101 response body (bounded by max_header_size) for the error report."""
-        try:
-            length = int(response.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = 0
-        length = min(length, self.max_header_size)
-        body = bytearray(rest[:length])
-        try:
-            while len(body) < length:
-                chunk = self._recv_before(deadline, length - len(body))
-                if not chunk:
-                    break
-                body += chunk
-        except (OSError, TimeoutError):
-            pass
-        return bytes(body)
+        exc = core.handshake_exc
+        if exc is not None:
+            if isinstance(exc, NegotiationError):  # tell the server why before leaving (1010)
+                try:
+                    for data in core.data_to_send():
+                        if data:
+                            self.sock.sendall(data)
+                except OSError:
+                    pass
+            raise exc
+        self.protocol = core.subprotocol
+        self.extensions = list(core.extensions)
+        self._opened(core.rest, core.side is SERVER, core)
 
     # -- after the handshake ------------------------------------------------------------------
-    def _opened(self, rest: bytes, require_mask: bool) -> None:
+    def _opened(self, rest: bytes, require_mask: bool, core: Protocol | None = None) -> None:
+        """Open with the bytes that followed the handshake (frames, parsed here) and the
+        handshake's core, which encodes and decodes frames from now on (a new one by default)."""
+        if core is None:
+            core = Protocol(SERVER if require_mask else CLIENT, max_size=self.max_size, max_fragments=None,
+                            extensions=self.extensions)
         self.handshake_done = True
         self._mask_out = not require_mask
         rsv = 0
         for codec in self.extensions:
             rsv |= codec.rsv
         self._frame_codecs = [c for c in self.extensions if c.per_frame]
-        self.core = Protocol(SERVER if require_mask else CLIENT, max_size=self.max_size, max_fragments=None,
-                             extensions=self.extensions)
+        self.core = core
         self._parser = FrameParser(self.max_size, require_mask, rsv)
         if rest:
             self._parser.feed(rest)
