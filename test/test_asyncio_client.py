@@ -55,7 +55,8 @@ def test_wss_with_sni_and_certificate_check():
 def test_redirect_basic_auth_and_extra_headers():
     seen = []
 
-    def process_request(path, headers):
+    def process_request(request):
+        path, headers = request.path, request.headers
         seen.append((path, headers.get("Authorization"), headers.get("X-Extra")))
         if path == "/old":
             return 302, [("Location", "/new")], b""
@@ -76,7 +77,8 @@ def test_redirect_basic_auth_and_extra_headers():
 def test_redirect_to_another_host_drops_credentials():
     seen = []
 
-    def process_request(path, headers):
+    def process_request(request):
+        path, headers = request.path, request.headers
         seen.append((path, headers.get("Host").split(":")[0], headers.get("Authorization")))
         if path == "/login":
             if headers.get("Authorization") is None:
@@ -224,12 +226,14 @@ def test_credential_headers_do_not_follow_a_redirect_to_another_port():
     secrets = {"Authorization": "Bearer s3cret", "cookie": "sid=1", "PROXY-AUTHORIZATION": "Basic eDp5"}
     seen = []
 
-    def target_request(path, headers):
+    def target_request(request):
+        path, headers = request.path, request.headers
         seen.append(("target", path, {k.lower() for k, _ in headers.items()}))
 
     async def main():
         async with serve(echo, "127.0.0.1", 0, process_request=target_request) as target:
-            def redirect(path, headers):
+            def redirect(request):
+                path, headers = request.path, request.headers
                 seen.append(("redirector", path, {k.lower() for k, _ in headers.items()}))
                 if path == "/same":
                     return 302, [("Location", "/other")], b""
@@ -249,7 +253,8 @@ def test_credential_headers_do_not_follow_a_redirect_to_another_port():
 
 
 def test_redirect_loop_is_a_redirect_error():
-    def loop(path, headers):
+    def loop(request):
+        path, headers = request.path, request.headers
         return 307, [("Location", "/again")], b""
 
     async def main():

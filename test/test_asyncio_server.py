@@ -156,9 +156,52 @@ def test_max_connections_answers_503():
     run(main())
 
 
+def test_process_request_takes_the_request():
+    """One process_request(request) signature in both layers (issue 11); the old
+    (path, headers) still works, with a DeprecationWarning, as a subclass method or a callable."""
+    class Health(Server):
+        def process_request(self, request):
+            if request.path == "/healthz":
+                return (200, "ok\n") if request.method == "GET" else 405
+            return None
+
+    with pytest.warns(DeprecationWarning, match=r"process_request\(request\)"):
+        class Old(Server):
+            def process_request(self, path, headers):
+                return (200, "old\n") if path == "/healthz" else None
+
+    def old_hook(path, headers):
+        return (200, "old hook\n") if path == "/healthz" else None
+
+    async def handler(client):
+        async for message in client:
+            await client.send(message)
+
+    async def check(server, body):
+        url = "ws://127.0.0.1:%d" % server.port
+        with pytest.raises(HandshakeError) as info:
+            await asyncio.wait_for(connect(url + "/healthz"), T)
+        assert info.value.status == 200 and info.value.body == body
+        async with connect(url) as conn:
+            await conn.send("hi")
+            assert await asyncio.wait_for(conn.recv(), T) == TextMessage("hi")
+
+    async def main():
+        async with Health(("127.0.0.1", 0), handler=handler) as server:
+            await check(server, b"ok\n")
+        async with Old(("127.0.0.1", 0), handler=handler) as server:
+            await check(server, b"old\n")
+        with pytest.warns(DeprecationWarning, match="process_request"):
+            server = serve(handler, "127.0.0.1", 0, process_request=old_hook)
+        async with server:
+            await check(server, b"old hook\n")
+    run(main())
+
+
 def test_process_request_origins_and_subprotocols():
     async def main():
-        def process_request(path, headers):
+        def process_request(request):
+            path, headers = request.path, request.headers
             if path == "/health":
                 return 200, b"ok\n"
             if headers.get("X-Token") != "secret":

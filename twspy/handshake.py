@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import inspect
 import logging
 import os
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from http import HTTPStatus
 from typing import Any, Callable, Union
@@ -25,6 +27,7 @@ __all__ = [
     "parse_request", "parse_response", "build_request", "build_response", "error_response",
     "server_handshake", "check_response", "chosen_subprotocol", "has_token", "MAX_HEADER_SIZE",
     "Reply", "reply_parts", "reply_response", "run_request_hook", "head_end", "basic_auth", "digest_auth",
+    "takes_path_and_headers", "legacy_hook_override",
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -325,6 +328,32 @@ def run_request_hook(hook: Callable[[Request], Reply] | None, request: Request,
     except (Exception, SystemExit) as exc:
         log.error("process_request failed for %r", request, exc_info=exc)
         raise HandshakeError("internal server error", 500) from exc
+
+
+def takes_path_and_headers(hook: Callable[..., Any], method: bool = False) -> bool:
+    """Whether a ``process_request`` hook has the deprecated ``(path, headers)`` signature
+    rather than ``(request)`` (``method``: ``hook`` is the function in a class, ``self``
+    first). Both servers use it to keep old hooks working, with a DeprecationWarning."""
+    try:
+        params = list(inspect.signature(hook).parameters.values())
+    except (TypeError, ValueError):  # pragma: no cover - a builtin
+        return False
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    positional = [p for p in params if p.kind in kinds]
+    return len(positional) >= 2 + method and not any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params)
+
+
+def legacy_hook_override(cls: type) -> bool:
+    """For a server class's ``__init_subclass__``: whether ``cls`` overrides
+    ``process_request`` with the deprecated ``(path, headers)`` signature (then warned about,
+    pointing at the class)."""
+    hook = cls.__dict__.get("process_request")
+    if hook is None or not takes_path_and_headers(hook, method=True):
+        return False
+    warnings.warn("%s.process_request(path, headers) is deprecated: override process_request(request) "
+                  "and read request.method, request.path, request.headers" % cls.__name__,
+                  DeprecationWarning, stacklevel=3)
+    return True
 
 
 def reply_response(reply: Reply) -> tuple[int, bytes] | None:

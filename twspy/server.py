@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import inspect
 import itertools
 import logging
 import os
@@ -14,9 +13,8 @@ import ssl as _ssl
 import stat
 import threading
 import time
-import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any, Callable
+from typing import Any
 
 from .connection import (
     DEFAULT_CLOSE_TIMEOUT,
@@ -32,7 +30,16 @@ from .errors import HandshakeError
 from .extension import Extension
 from .filters import Filter, run_close, run_connect, run_message, run_open
 from .frame import CLOSE_GOING_AWAY
-from .handshake import MAX_HEADER_SIZE, Headers, Reply, Request, build_response, error_response, head_end
+from .handshake import (
+    MAX_HEADER_SIZE,
+    Headers,
+    Reply,
+    Request,
+    build_response,
+    error_response,
+    head_end,
+    legacy_hook_override,
+)
 from .message import Message
 from .permessage_deflate import default_extensions
 from .websocket import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_SIZE, DEFAULT_WRITE_TIMEOUT, websocket
@@ -226,11 +233,7 @@ class Server:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "process_request" in cls.__dict__:
-            cls._legacy_hook = _takes_path_and_headers(cls.process_request, method=True)
-            if cls._legacy_hook:
-                warnings.warn("%s.process_request(path, headers) is deprecated: override process_request(request) "
-                              "and read request.method, request.path, request.headers" % cls.__name__,
-                              DeprecationWarning, stacklevel=2)
+            cls._legacy_hook = legacy_hook_override(cls)
 
     def __init__(self, address: tuple[str, int] = ("127.0.0.1", 8000), ssl: _ssl.SSLContext | None = None,
                  backlog_size: int = 128, max_connections: int = 1024, filters: Sequence[Filter] = (),
@@ -759,18 +762,6 @@ def _close(sock: socket.socket, answer: bytes = b"") -> None:
         sock.close()
     except OSError:  # pragma: no cover
         pass
-
-
-def _takes_path_and_headers(hook: Callable[..., Any], method: bool = False) -> bool:
-    """Whether a ``process_request`` override has the old ``(path, headers)`` signature
-    (``method``: ``hook`` is the function in the class, ``self`` first)."""
-    try:
-        params = list(inspect.signature(hook).parameters.values())
-    except (TypeError, ValueError):  # pragma: no cover - a builtin
-        return False
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    positional = [p for p in params if p.kind in kinds]
-    return len(positional) >= 2 + method and not any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params)
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -22,13 +22,21 @@ from ..permessage_deflate import default_extensions
 from ..protocol import DEFAULT_MAX_SIZE
 from ..redirects import HandshakeRetries
 from ..uri import WebSocketURI, parse_uri
-from .connection import CONNECTION_OPTIONS, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, Connection
+from .connection import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_MAX_OUTBOX,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    Connection,
+)
 
 __all__ = ["connect"]
 
 logger = logging.getLogger("twspy.asyncio.client")
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+_UNSET: Any = object()  # connect(timeout=) not given
 
 
 class connect:
@@ -65,14 +73,14 @@ class connect:
                  ssl: _ssl.SSLContext | None = None,
                  handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
                  connection_class: type[Connection] = Connection, max_size: int | None = DEFAULT_MAX_SIZE,
-                 max_header_size: int = MAX_HEADER_SIZE, **options: Any) -> None:
-        if "timeout" in options:
+                 max_header_size: int = MAX_HEADER_SIZE,
+                 close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT, max_queue: int | None = DEFAULT_MAX_QUEUE,
+                 max_outbox: int = DEFAULT_MAX_OUTBOX, ping_interval: float | None = DEFAULT_PING_INTERVAL,
+                 ping_timeout: float | None = DEFAULT_PING_TIMEOUT, timeout: Any = _UNSET) -> None:
+        if timeout is not _UNSET:
             warnings.warn("connect(timeout=) is deprecated: use handshake_timeout=", DeprecationWarning, stacklevel=2)
-            handshake_timeout = options.pop("timeout")
+            handshake_timeout = timeout
         self.handshake_timeout = handshake_timeout
-        unknown = set(options) - set(CONNECTION_OPTIONS)
-        if unknown:
-            raise TypeError("unexpected options: %s" % ", ".join(sorted(unknown)))
         self.uri = parse_uri(url)
         self.protocols = list(protocols or ())
         self.extensions = default_extensions() if extensions is None else list(extensions)
@@ -82,9 +90,9 @@ class connect:
         self.connection_class = connection_class
         self.max_size = max_size
         self.max_header_size = max_header_size
-        self.options = dict(options)
-        self.options.setdefault("ping_interval", DEFAULT_PING_INTERVAL)
-        self.options.setdefault("ping_timeout", DEFAULT_PING_TIMEOUT)
+        # What the Connection gets (its keywords, the threaded connect()'s defaults).
+        self.options: dict[str, Any] = dict(close_timeout=close_timeout, max_queue=max_queue, max_outbox=max_outbox,
+                                            ping_interval=ping_interval, ping_timeout=ping_timeout)
         self.connection: Connection | None = None
 
     def __await__(self) -> Generator[Any, None, Connection]:

@@ -12,20 +12,22 @@ import itertools
 import logging
 import ssl as _ssl
 import threading
+import warnings
 from collections.abc import Awaitable, Sequence
 from typing import Any, Callable
 
 from ..errors import ConnectionClosed, HandshakeError, InvalidState
 from ..filters import Filter, run_close, run_connect, run_message, run_open
 from ..frame import CLOSE_GOING_AWAY, CLOSE_UNABLE
-from ..handshake import MAX_HEADER_SIZE, Headers, Reply, Request
+from ..handshake import MAX_HEADER_SIZE, Headers, Reply, Request, legacy_hook_override, takes_path_and_headers
 from ..handshake_protocol import ServerProtocol
 from ..message import Message
 from ..permessage_deflate import default_extensions
 from ..protocol import DEFAULT_MAX_SIZE, Ping, Pong
 from .connection import (
-    CONNECTION_OPTIONS,
     DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_MAX_OUTBOX,
+    DEFAULT_MAX_QUEUE,
     DEFAULT_PING_INTERVAL,
     DEFAULT_PING_TIMEOUT,
     Connection,
@@ -185,8 +187,10 @@ class Server:
     - ``async def onerror(client, exc)`` — after a protocol error or an exception in a
       handler (which is logged with its traceback and closes that client with 1011)
     - ``select_subprotocol(client_protocols, server_protocols)``
-    - ``process_request(path, headers)`` — before the upgrade: None to go on, or an HTTP
-      answer (a status, ``(status, body)`` or ``(status, headers, body)``)
+    - ``process_request(request)`` — before the upgrade, with the whole
+      :class:`~twspy.handshake.Request` (``method``, ``path``, ``headers``, ``address``): None
+      to go on, or an HTTP answer (a status, ``(status, body)`` or ``(status, headers, body)``),
+      as the threaded Server's. A hook taking ``(path, headers)`` still works (deprecated).
 
     Or compose it from ``filters`` (:mod:`twspy.filters`, the threaded server's): they run in
     list order before the ``on*`` methods and see each client as a :class:`SyncView`.
@@ -212,6 +216,12 @@ class Server:
     """
 
     connection_class = ServerConnection
+    _legacy_hook = False  # process_request(path, headers): the signature before it took a Request
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "process_request" in cls.__dict__:
+            cls._legacy_hook = legacy_hook_override(cls)
 
     def __init__(self, address: tuple[str, int] = ("127.0.0.1", 8000), *, handler: Handler | None = None,
                  ssl: _ssl.SSLContext | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -219,17 +229,17 @@ class Server:
                  protocols: Sequence[str] = (), extensions: Sequence[Any] | None = None,
                  trusted_origins: Sequence[str] = (), locations: Sequence[str] = (),
                  max_size: int | None = DEFAULT_MAX_SIZE, max_header_size: int = MAX_HEADER_SIZE,
-                 process_request: Callable[[str, Headers], Reply] | None = None,
+                 process_request: Callable[[Request], Reply] | None = None,
                  select_subprotocol: Callable[[list[str], Sequence[str]], str | None] | None = None,
                  filters: Sequence[Filter] = (), hub: Any = None, backlog_size: int = 128,
-                 **options: Any) -> None:
-        unknown = set(options) - set(CONNECTION_OPTIONS)
-        if unknown:
-            raise TypeError("unexpected options: %s" % ", ".join(sorted(unknown)))
-        self.connection_options = dict(options)
-        self.connection_options.setdefault("ping_interval", DEFAULT_PING_INTERVAL)
-        self.connection_options.setdefault("ping_timeout", DEFAULT_PING_TIMEOUT)
-        self.close_timeout = self.connection_options.get("close_timeout", DEFAULT_CLOSE_TIMEOUT)
+                 close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT, max_queue: int | None = DEFAULT_MAX_QUEUE,
+                 max_outbox: int = DEFAULT_MAX_OUTBOX, ping_interval: float | None = DEFAULT_PING_INTERVAL,
+                 ping_timeout: float | None = DEFAULT_PING_TIMEOUT) -> None:
+        # What each client's Connection gets.
+        self.connection_options: dict[str, Any] = dict(
+            close_timeout=close_timeout, max_queue=max_queue, max_outbox=max_outbox, ping_interval=ping_interval,
+            ping_timeout=ping_timeout)
+        self.close_timeout = close_timeout
         self.address: tuple[Any, ...] = tuple(address)
         self.handler = handler
         self.ssl = ssl
@@ -248,6 +258,11 @@ class Server:
         if hub is not None:
             hub.attach(self)  # inserts its membership filter; delivers through each client's SyncView
         if process_request is not None:
+            self._legacy_hook = takes_path_and_headers(process_request)
+            if self._legacy_hook:
+                warnings.warn("process_request(path, headers) is deprecated: take one argument, the request, "
+                              "and read request.method, request.path, request.headers", DeprecationWarning,
+                              stacklevel=2)
             self.process_request = process_request  # type: ignore[method-assign,assignment]
         if select_subprotocol is not None:
             self.select_subprotocol = select_subprotocol  # type: ignore[method-assign,assignment]
@@ -283,12 +298,19 @@ class Server:
                 return protocol
         return None
 
-    def process_request(self, path: str, headers: Headers) -> Reply:
-        """Answer a request before the upgrade: None to go on (the default), or an HTTP reply."""
+    def process_request(self, request: Request) -> Reply:
+        """Answer a request before the upgrade: None to go on (the default), or an HTTP reply.
+
+        ``request.method`` tells ``POST /healthz`` from ``GET /healthz``; a reply's own
+        ``Content-Type`` is sent as given.
+        """
         return None
 
     def _process_request(self, request: Request) -> Reply:
-        reply = self.process_request(request.path, request.headers)
+        if self._legacy_hook:
+            reply = self.process_request(request.path, request.headers)  # type: ignore[call-arg,arg-type]
+        else:
+            reply = self.process_request(request)
         if reply is None and self.filters:
             reply = run_connect(self.filters, request)
         return reply
