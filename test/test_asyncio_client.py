@@ -254,7 +254,6 @@ def test_credential_headers_do_not_follow_a_redirect_to_another_port():
 
 def test_redirect_loop_is_a_redirect_error():
     def loop(request):
-        path, headers = request.path, request.headers
         return 307, [("Location", "/again")], b""
 
     async def main():
