@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Callable, Union, cast
 
+from .deprecation import keyword_only
 from .errors import ConnectionClosed, InvalidState, ProtocolError, closed_error
 from .frame import (
     CLOSE_ABNORMAL,
@@ -104,7 +105,8 @@ class Connection:
     ``onclose(code, reason)`` (exactly once) and ``onerror(exc)``.
     """
 
-    def __init__(self, sock: websocket, close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+    @keyword_only(2)
+    def __init__(self, sock: websocket, *, close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
                  max_size: int | None = -1, max_queue: int = DEFAULT_MAX_QUEUE,
                  max_outbox: int = DEFAULT_MAX_OUTBOX, ping_interval: float | None = None,
                  ping_timeout: float | None = None, queue_messages: bool = False,

@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable
 
+from .deprecation import keyword_only
 from .errors import ConnectionClosed, InvalidState, NegotiationError
 from .extension import Extension, ExtensionCodec
 from .frame import Frame, FrameParser, mask_join, new_frame
@@ -73,7 +74,8 @@ class websocket:
             (a peer that never reads cannot pin a thread); None for no limit.
     """
 
-    def __init__(self, sock: socket.socket | None = None, origin: str | None = None,
+    @keyword_only(2)
+    def __init__(self, sock: socket.socket | None = None, *, origin: str | None = None,
                  protocols: Sequence[str] = (), extensions: Sequence[Extension] = (),
                  location: str = "/", trusted_origins: Sequence[str] = (), locations: Sequence[str] = (),
                  auth: tuple[str, str] | None = None, ssl: None | bool | _ssl.SSLContext = None,
