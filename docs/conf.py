@@ -27,7 +27,8 @@ root_doc = "index"
 # standard library's and typing's names have no inventory here.
 nitpicky = True
 nitpick_ignore_regex = [(r"py:.*", r"(?!twspy\b).*"),
-                        (r"py:class", r"twspy\.watchdog\.Watched")]  # a typing.Protocol in signatures, not public
+                        (r"py:class", r"twspy\.watchdog\.Watched"),  # a typing.Protocol in signatures, not public
+                        (r"py:class", r"twspy\.deprecation\.F")]  # the TypeVar of a decorator's signature
 
 # Google-style docstrings (STYLE.md); signatures keep the source's type hints as written.
 napoleon_google_docstring = True
