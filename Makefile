@@ -39,8 +39,9 @@ docs: ## the documentation site with Sphinx, warnings as errors, in docs/_build/
 	@$(PYTHON) -c "import sphinx, myst_parser" 2>/dev/null || $(PYTHON) -m pip install -q sphinx myst-parser
 	$(PYTHON) -m sphinx -W --keep-going -E -q -b html docs docs/_build/html
 
-bench: ## benchmarks against peers and raw TCP (see bench/README.md)
+bench: ## benchmarks against peers and raw TCP, then 9,000 idle asyncio connections (see bench/README.md)
 	$(PYTHON) bench/run.py
+	$(PYTHON) bench/asyncio_scale.py --conns 9000
 
 compliance: ## Autobahn quick cases, both roles, threaded and asyncio (see compliance/README.md)
 	$(PYTHON) compliance/run.py --quick
