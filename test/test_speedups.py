@@ -13,6 +13,7 @@ import array
 import importlib
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -360,3 +361,26 @@ class TestSelection:
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == str(expected)
+
+
+class TestBuild:
+    """setup.py: the extension is optional; without a working compiler the build still succeeds
+    (a pure-Python package), and TWSPY_NO_SPEEDUPS=1 skips it on purpose."""
+
+    @pytest.mark.parametrize("env_change, warned", [({"CC": "false"}, True), ({"TWSPY_NO_SPEEDUPS": "1"}, False)])
+    def test_pure_python_build(self, tmp_path, env_change, warned):
+        pytest.importorskip("setuptools")
+        for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):
+            shutil.copy(os.path.join(ROOT, name), tmp_path)
+        shutil.copytree(os.path.join(ROOT, "twspy"), tmp_path / "twspy",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd"))
+        env = {k: v for k, v in os.environ.items() if k != "TWSPY_NO_SPEEDUPS"}
+        env.update(env_change)
+        done = subprocess.run([sys.executable, "setup.py", "build", "--build-base", str(tmp_path / "build")],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert ("twspy._speedups not built" in done.stderr) is warned
+        built = [os.path.relpath(os.path.join(d, f), tmp_path / "build")
+                 for d, _, files in os.walk(tmp_path / "build") for f in files]
+        assert any(path.endswith(os.path.join("twspy", "protocol.py")) for path in built)
+        assert not [path for path in built if "_speedups" in path and not path.endswith((".c", ".pyi"))]
