@@ -79,7 +79,7 @@ def test_background_reading_stops_at_the_bounds(pair):
     peer.send(*[Frame(twspy.OPCODE_TEXT, str(i)) for i in range(6)])
     wait_for(lambda: len(conn._inbox) == 3)
     peer.send(Frame(twspy.OPCODE_PING, b"late"))
-    with pytest.raises(TimeoutError):  # the ping behind the full queue waits; nothing was answered
+    with pytest.raises(socket.timeout):  # the ping behind the full queue waits (TimeoutError from 3.10 on)
         peer.frame(timeout=0.2)
     assert [conn.recv(1).payload for _ in range(6)] == [str(i) for i in range(6)]
     pong = peer.frame()

@@ -902,8 +902,8 @@ class Connection:
         self.close()
 
 
-class _ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg,unused-ignore]  # generic from 3.11 on
     """The core's DEBUG lines (frames both ways), prefixed with the connection."""
 
     def process(self, msg: Any, kwargs: Any) -> Any:
-        return "%s %s" % (repr(self.extra["conn"]).replace("%", "%%"), msg), kwargs  # type: ignore[index]
+        return "%s %s" % (repr(self.extra["conn"]).replace("%", "%%"), msg), kwargs  # type: ignore[index,unused-ignore]
