@@ -11,7 +11,9 @@ build: ## build the optional C accelerator (twspy/_speedups.c) in place
 
 test: ## run the test suite, with the C accelerator built when a compiler exists (installs the test extra)
 	@$(PYTHON) -c "import pytest, hypothesis, websockets, redis, mypy, fastapi, uvicorn" 2>/dev/null || $(PYTHON) -m pip install -q pytest hypothesis websockets redis mypy fastapi uvicorn
-	@if command -v "$$($(PYTHON) -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "cc").split()[0])')" >/dev/null; then \
+	@if ! $(PYTHON) -c "import setuptools" 2>/dev/null; then \
+	  echo "make test: no setuptools for $(PYTHON): the C accelerator is not built, the pure-Python code is tested"; \
+	elif command -v "$$($(PYTHON) -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "cc").split()[0])')" >/dev/null; then \
 	  $(MAKE) -s build && export TWSPY_REQUIRE_SPEEDUPS=1; fi; $(PYTHON) -m pytest -q test
 
 test-all: ## run the suite on every installed Python 3.9-3.13 (pyenv)
