@@ -126,3 +126,37 @@ def test_a_refused_handshake_answer_is_closed_with_1010_by_the_core():
         b.close()
     assert received[0].opcode == twspy.OPCODE_CLOSE and received[0].masking_key is not None
     assert decode_close(received[0].payload)[0] == 1010
+
+
+@pytest.mark.parametrize("answer, status", [
+    (b"NOT HTTP\r\n\r\n", None),                              # not HTTP at all: no Response to keep
+    (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", None),     # a 101 that lacks Upgrade
+    (b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope", 404),
+])
+def test_a_bad_handshake_answer_is_a_handshake_error(answer, status):
+    """The client's handshake runs in the core (ClientProtocol); every answer it refuses is a
+    HandshakeError out of websocket.client_handshake, with the status and body when there are."""
+    a, b = socket.socketpair()
+    a.settimeout(5)
+    b.settimeout(5)
+    ws = twspy.websocket(a)
+
+    def server():
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += b.recv(4096)
+        b.sendall(answer)
+        b.shutdown(socket.SHUT_WR)
+
+    thread = threading.Thread(target=server)
+    thread.start()
+    try:
+        with pytest.raises(twspy.HandshakeError) as info:
+            ws.client_handshake("127.0.0.1")
+        assert info.value.status == status
+        if status is not None:
+            assert info.value.body == b"nope"
+    finally:
+        thread.join(5)
+        ws.close()
+        b.close()

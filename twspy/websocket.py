@@ -306,9 +306,8 @@ class websocket:
                 core.receive_eof()
                 break
             core.receive_data(data)
-        response = core.response
-        assert response is not None
-        self.headers = response.headers
+        if core.response is not None:  # None: the answer was not HTTP (handshake_exc says why)
+            self.headers = core.response.headers
         self.path = self.location
         exc = core.handshake_exc
         if exc is not None:
