@@ -165,10 +165,11 @@ def test_process_request_takes_the_request():
                 return (200, "ok\n") if request.method == "GET" else 405
             return None
 
-    with pytest.warns(DeprecationWarning, match=r"process_request\(request\)"):
+    with pytest.warns(DeprecationWarning, match=r"process_request\(request\)") as warned:
         class Old(Server):
             def process_request(self, path, headers):
                 return (200, "old\n") if path == "/healthz" else None
+    assert warned[0].filename == __file__  # it points at the class statement
 
     def old_hook(path, headers):
         return (200, "old hook\n") if path == "/healthz" else None
@@ -191,8 +192,9 @@ def test_process_request_takes_the_request():
             await check(server, b"ok\n")
         async with Old(("127.0.0.1", 0), handler=handler) as server:
             await check(server, b"old\n")
-        with pytest.warns(DeprecationWarning, match="process_request"):
-            server = serve(handler, "127.0.0.1", 0, process_request=old_hook)
+        with pytest.warns(DeprecationWarning, match=r"process_request\(request\)") as warned_call:
+            server = Server(("127.0.0.1", 0), handler=handler, process_request=old_hook)
+        assert warned_call[0].filename == __file__  # at the call that passed the hook
         async with server:
             await check(server, b"old hook\n")
     run(main())

@@ -377,10 +377,11 @@ class TestProcessRequest:
         echo_once(server)
 
     def test_old_signature_still_works_with_a_warning(self, serve):
-        with pytest.warns(DeprecationWarning, match=r"process_request\(request\)"):
+        with pytest.warns(DeprecationWarning, match=r"process_request\(request\)") as warned:
             class Old(EchoServer):
                 def process_request(self, path, headers):
                     return (200, "old\n") if path == "/healthz" else None
+        assert warned[0].filename == __file__  # it points at the class statement
 
         server = serve(Old)
         assert self.get(server, "GET", "/healthz").endswith(b"\r\n\r\nold\n")

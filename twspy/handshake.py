@@ -27,7 +27,7 @@ __all__ = [
     "parse_request", "parse_response", "build_request", "build_response", "error_response",
     "server_handshake", "check_response", "chosen_subprotocol", "has_token", "MAX_HEADER_SIZE",
     "Reply", "reply_parts", "reply_response", "run_request_hook", "head_end", "basic_auth", "digest_auth",
-    "takes_path_and_headers", "legacy_hook_override",
+    "takes_path_and_headers", "legacy_hook",
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -343,16 +343,16 @@ def takes_path_and_headers(hook: Callable[..., Any], method: bool = False) -> bo
     return len(positional) >= 2 + method and not any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params)
 
 
-def legacy_hook_override(cls: type) -> bool:
-    """For a server class's ``__init_subclass__``: whether ``cls`` overrides
-    ``process_request`` with the deprecated ``(path, headers)`` signature (then warned about,
-    pointing at the class)."""
-    hook = cls.__dict__.get("process_request")
-    if hook is None or not takes_path_and_headers(hook, method=True):
+def legacy_hook(hook: Callable[..., Any], name: str = "process_request", method: bool = False,
+                stacklevel: int = 2) -> bool:
+    """Whether ``hook`` has the deprecated ``(path, headers)`` signature
+    (:func:`takes_path_and_headers`); if so, a DeprecationWarning naming it as ``name``, at
+    ``stacklevel`` counted from the caller (2: the caller's caller). Both servers call it, for
+    a subclass's override (``method``) and for a hook given as an argument."""
+    if not takes_path_and_headers(hook, method):
         return False
-    warnings.warn("%s.process_request(path, headers) is deprecated: override process_request(request) "
-                  "and read request.method, request.path, request.headers" % cls.__name__,
-                  DeprecationWarning, stacklevel=3)
+    warnings.warn("%s(path, headers) is deprecated: take process_request(request) and read request.method, "
+                  "request.path, request.headers" % name, DeprecationWarning, stacklevel=stacklevel + 1)
     return True
 
 

@@ -45,14 +45,6 @@ from .protocol import (
 __all__ = ["ServerProtocol", "ClientProtocol"]
 
 
-def _take_rest(proto: Protocol) -> bytes:
-    """The bytes buffered behind a handshake's head, taken out of ``proto``."""
-    buf = proto.buffered()
-    rest = bytes(buf)
-    del buf[:]
-    return rest
-
-
 class ServerProtocol(Protocol):
     """The server side, from the upgrade request on (§4.2).
 
@@ -131,9 +123,7 @@ class ServerProtocol(Protocol):
             self.handshake_failed(exc, error_response(exc))
             return
         self.queue_bytes(response)
-        if self.keep_rest:
-            self.rest = _take_rest(self)
-        self.handshake_succeeded(codecs)
+        self.rest = self.handshake_succeeded(codecs, self.keep_rest)
 
     def _process_request(self, request: Request) -> tuple[int, bytes] | None:
         return run_request_hook(self.process_request, request, self.logger)
@@ -214,9 +204,7 @@ class ClientProtocol(Protocol):
             self.handshake_failed(exc)
             return
         self.queue_event(response)
-        if self.keep_rest:
-            self.rest = _take_rest(self)
-        self.handshake_succeeded(codecs)
+        self.rest = self.handshake_succeeded(codecs, self.keep_rest)
 
     def _read_body(self, eof: bool = False) -> None:
         """Finish a non-101 answer once its body is here (or the server closed TCP)."""

@@ -959,10 +959,19 @@ class Protocol:
         self.state = CLOSED
         self._discard()
 
-    def handshake_succeeded(self, codecs: Sequence[ExtensionCodec]) -> None:
-        """Open the connection with the negotiated codecs; frames buffered behind the head are parsed."""
+    def handshake_succeeded(self, codecs: Sequence[ExtensionCodec], keep_rest: bool = False) -> bytes:
+        """Open the connection with the negotiated codecs. Frames buffered behind the head are
+        parsed, or with ``keep_rest`` taken out and returned unparsed (for a shell that parses
+        frames itself); the return value is b"" otherwise."""
         self.use_extensions(codecs)
         self.state = OPEN
         self._update_idle()  # use_extensions() saw CONNECTING: the fused paths apply from now on
-        if self._buf:  # frames the peer sent right behind its handshake
-            self._parse()
+        buf = self._buf
+        if not buf:
+            return b""
+        if keep_rest:
+            rest = bytes(buf)
+            del buf[:]
+            return rest
+        self._parse()  # frames the peer sent right behind its handshake
+        return b""

@@ -38,7 +38,7 @@ from .handshake import (
     build_response,
     error_response,
     head_end,
-    legacy_hook_override,
+    legacy_hook,
 )
 from .message import Message
 from .permessage_deflate import default_extensions
@@ -232,8 +232,9 @@ class Server:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "process_request" in cls.__dict__:
-            cls._legacy_hook = legacy_hook_override(cls)
+        if "process_request" in cls.__dict__:  # warned about at the class statement
+            cls._legacy_hook = legacy_hook(cls.__dict__["process_request"], "%s.process_request" % cls.__name__,
+                                           method=True)
 
     def __init__(self, address: tuple[str, int] = ("127.0.0.1", 8000), ssl: _ssl.SSLContext | None = None,
                  backlog_size: int = 128, max_connections: int = 1024, filters: Sequence[Filter] = (),

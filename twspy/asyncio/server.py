@@ -12,14 +12,13 @@ import itertools
 import logging
 import ssl as _ssl
 import threading
-import warnings
 from collections.abc import Awaitable, Sequence
 from typing import Any, Callable
 
 from ..errors import ConnectionClosed, HandshakeError, InvalidState
 from ..filters import Filter, run_close, run_connect, run_message, run_open
 from ..frame import CLOSE_GOING_AWAY, CLOSE_UNABLE
-from ..handshake import MAX_HEADER_SIZE, Headers, Reply, Request, legacy_hook_override, takes_path_and_headers
+from ..handshake import MAX_HEADER_SIZE, Headers, Reply, Request, legacy_hook
 from ..handshake_protocol import ServerProtocol
 from ..message import Message
 from ..permessage_deflate import default_extensions
@@ -220,8 +219,9 @@ class Server:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "process_request" in cls.__dict__:
-            cls._legacy_hook = legacy_hook_override(cls)
+        if "process_request" in cls.__dict__:  # warned about at the class statement
+            cls._legacy_hook = legacy_hook(cls.__dict__["process_request"], "%s.process_request" % cls.__name__,
+                                           method=True)
 
     def __init__(self, address: tuple[str, int] = ("127.0.0.1", 8000), *, handler: Handler | None = None,
                  ssl: _ssl.SSLContext | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -258,11 +258,7 @@ class Server:
         if hub is not None:
             hub.attach(self)  # inserts its membership filter; delivers through each client's SyncView
         if process_request is not None:
-            self._legacy_hook = takes_path_and_headers(process_request)
-            if self._legacy_hook:
-                warnings.warn("process_request(path, headers) is deprecated: take one argument, the request, "
-                              "and read request.method, request.path, request.headers", DeprecationWarning,
-                              stacklevel=2)
+            self._legacy_hook = legacy_hook(process_request)
             self.process_request = process_request  # type: ignore[method-assign,assignment]
         if select_subprotocol is not None:
             self.select_subprotocol = select_subprotocol  # type: ignore[method-assign,assignment]
